@@ -1,0 +1,168 @@
+//! `outpostctl`: the developer's and technician's command line.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use outpost::host::{EngineOptions, HostEngine};
+use outpost::package::Package;
+use outpost::replay::{JsonLines, ReplayOptions};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(version, about = "Outpost command line: run, check and inspect services")]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one service in the real host on a recorded file, without a broker;
+    /// print each message it publishes as a JSON line.
+    Run {
+        /// Package folder (service.toml + service.wasm).
+        package: PathBuf,
+        /// Recorded input: one message per line, or binary with --chunk.
+        #[arg(long)]
+        replay: PathBuf,
+        /// Topic the messages arrive on, e.g. site/demo/truck1/gnss/nmea.
+        #[arg(long)]
+        topic: String,
+        /// Send the file as binary pieces of N bytes instead of lines.
+        #[arg(long)]
+        chunk: Option<usize>,
+        /// Site calibration overriding the manifest's [config] (TOML file).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Keep service state in this folder (default: a temporary one).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Most messages per handle call.
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+    },
+    /// Check a package: manifest, component format and WIT contract.
+    Check {
+        package: PathBuf,
+    },
+    /// Print messages from the bus as JSON lines (e.g. a service's outputs).
+    Watch {
+        /// Topic filters (MQTT wildcards allowed).
+        #[arg(required = true)]
+        topics: Vec<String>,
+        #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
+        broker: String,
+        /// Exit after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Exit after this many seconds.
+        #[arg(long)]
+        timeout: Option<f64>,
+        /// One readable line per GNSS fix instead of JSON.
+        #[arg(long)]
+        fixes: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    outpost::telemetry::init_tracing();
+    match Args::parse().command {
+        Command::Watch { topics, broker, count, timeout, fixes } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(watch(topics, broker, count, timeout, fixes))
+        }
+        Command::Run { package, replay, topic, chunk, config, state, batch } => {
+            let config = match config {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+                    Some(toml::from_str::<toml::Table>(&text).with_context(|| format!("{} is not TOML", path.display()))?)
+                }
+                None => None,
+            };
+            let opts = ReplayOptions { package, input: replay, topic, chunk, config, state_dir: state, max_batch: batch };
+            let summary = outpost::replay::run(&opts, Box::new(JsonLines::new(std::io::stdout())))?;
+            eprintln!(
+                "outpostctl run: {} messages in, {} published, {} faults",
+                summary.messages_in, summary.messages_out, summary.faults
+            );
+            Ok(())
+        }
+        Command::Check { package } => {
+            let pkg = Package::load(&package)?;
+            let host = HostEngine::new(&EngineOptions { pooling: false, max_instances: 1 })?;
+            let loaded = host.load(&pkg.wasm_path, &pkg.wasm, None)?;
+            println!(
+                "{} ok: world {}, component sha256 {}, subscribes {:?}, publishes {:?}",
+                pkg.manifest.id(),
+                pkg.manifest.service.world,
+                loaded.digest,
+                pkg.manifest.bus.subscribe,
+                pkg.manifest.bus.publish
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn watch(topics: Vec<String>, broker: String, count: Option<u64>, timeout: Option<f64>, fixes: bool) -> anyhow::Result<()> {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    use std::io::Write;
+    for t in &topics {
+        outpost::topic::validate_filter(t).map_err(anyhow::Error::msg)?;
+    }
+    let (host, port) = outpost::config::parse_mqtt_url(&broker).map_err(anyhow::Error::msg)?;
+    let mut opts = MqttOptions::new(format!("outpostctl-watch-{}", std::process::id()), host, port);
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(opts, 100);
+    let deadline = timeout.map(|s| tokio::time::Instant::now() + std::time::Duration::from_secs_f64(s));
+    let mut seen = 0u64;
+    let mut stdout = std::io::stdout();
+    loop {
+        let event = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, eventloop.poll()).await {
+                Ok(e) => e,
+                Err(_) => break,
+            },
+            None => eventloop.poll().await,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                for t in &topics {
+                    client.subscribe(t.clone(), QoS::AtLeastOnce).await?;
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let line = if fixes { fix_line(&p.topic, &p.payload) } else { outpost::replay::render_line(&p.topic, &p.payload) };
+                if writeln!(stdout, "{line}").is_err() {
+                    break;
+                }
+                seen += 1;
+                if count.is_some_and(|c| seen >= c) {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => anyhow::bail!("connection to {broker} failed: {e}"),
+        }
+    }
+    let _ = client.disconnect().await;
+    Ok(())
+}
+
+/// `asset  time  lat lon  alt  speed track  mode` for a gpsd-style TPV.
+fn fix_line(topic: &str, payload: &[u8]) -> String {
+    let asset = outpost::topic::segment(topic, 2).unwrap_or("?");
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else {
+        return format!("{asset:>10}  (not JSON: {} bytes)", payload.len());
+    };
+    let num = |k: &str, prec: usize| v.get(k).and_then(|x| x.as_f64()).map_or("-".to_string(), |x| format!("{x:.prec$}"));
+    format!(
+        "{asset:>10}  {:<24}  mode {}  lat {:>13} lon {:>14}  alt {:>8} m  speed {:>6} m/s  track {:>6}",
+        v.get("time").and_then(|t| t.as_str()).unwrap_or("(no time)"),
+        v.get("mode").and_then(|m| m.as_i64()).unwrap_or(0),
+        num("lat", 7),
+        num("lon", 7),
+        num("alt", 1),
+        num("speed", 2),
+        num("track", 1),
+    )
+}

@@ -1,0 +1,314 @@
+//! The agent's config file (`outpost.toml`): every setting with its default.
+//! Syntax and unknown keys fail at parse (with line and column); meaning is
+//! checked afterwards and every problem is reported at once.
+
+use crate::manifest::Problems;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// This gateway's id, used in `outpost/{gateway}/...` topics and as MQTT client id.
+    pub gateway: String,
+    /// The site this gateway serves.
+    pub site: String,
+    /// Where installed services live: one folder per service with `service.toml` and `service.wasm`.
+    pub services_dir: PathBuf,
+    /// Persistent state (service key-value store) and the precompiled cache.
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub broker: BrokerConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub dispatch: DispatchConfig,
+    /// Per-site overrides, keyed by service name.
+    #[serde(default)]
+    pub services: BTreeMap<String, SiteServiceConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// `embedded` runs rumqttd inside the agent; `external` connects to `url`.
+    #[serde(default)]
+    pub mode: BrokerMode,
+    /// Listen address of the embedded broker.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// `mqtt://host:port` of an external broker (Mosquitto, EMQX, ...).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// MQTT keep-alive in seconds.
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_s: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerMode {
+    #[default]
+    Embedded,
+    External,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 1883))
+}
+fn default_keep_alive() -> u64 {
+    30
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig { mode: BrokerMode::Embedded, listen: default_listen(), url: None, keep_alive_s: default_keep_alive() }
+    }
+}
+
+impl BrokerConfig {
+    /// Host and port the agent's MQTT client connects to.
+    pub fn client_target(&self) -> Result<(String, u16), String> {
+        match self.mode {
+            BrokerMode::Embedded => Ok((self.listen.ip().to_string(), self.listen.port())),
+            BrokerMode::External => {
+                let url = self.url.as_deref().ok_or("broker.url is required when broker.mode = \"external\"")?;
+                parse_mqtt_url(url)
+            }
+        }
+    }
+}
+
+/// `mqtt://host:port` (port defaults to 1883).
+pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .ok_or_else(|| format!("broker.url '{url}' must start with mqtt:// (TLS is not supported yet)"))?;
+    let rest = rest.trim_end_matches('/');
+    match rest.rsplit_once(':') {
+        Some((host, port)) => {
+            let port = port.parse::<u16>().map_err(|_| format!("broker.url '{url}': port '{port}' is not a number"))?;
+            if host.is_empty() {
+                return Err(format!("broker.url '{url}' has no host"));
+            }
+            Ok((host.trim_matches(['[', ']']).to_owned(), port))
+        }
+        None if !rest.is_empty() => Ok((rest.to_owned(), 1883)),
+        None => Err(format!("broker.url '{url}' has no host")),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Prometheus `/metrics` and `/status`; omit to disable.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))) }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchConfig {
+    /// Most messages handed to one `handle` call.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// How often each instance's `tick` runs.
+    #[serde(default = "default_tick")]
+    pub tick_interval_ms: u64,
+    /// First restart delay after a fault; doubles up to `max_backoff_ms`.
+    #[serde(default = "default_backoff")]
+    pub initial_backoff_ms: u64,
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff_ms: u64,
+    /// On SIGTERM, how long to keep handling accepted messages before exiting.
+    #[serde(default = "default_drain")]
+    pub drain_timeout_ms: u64,
+}
+
+fn default_max_batch() -> usize {
+    256
+}
+fn default_tick() -> u64 {
+    1000
+}
+fn default_backoff() -> u64 {
+    100
+}
+fn default_max_backoff() -> u64 {
+    30_000
+}
+fn default_drain() -> u64 {
+    10_000
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            max_batch: default_max_batch(),
+            tick_interval_ms: default_tick(),
+            initial_backoff_ms: default_backoff(),
+            max_backoff_ms: default_max_backoff(),
+            drain_timeout_ms: default_drain(),
+        }
+    }
+}
+
+/// A site's calibration of one service.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteServiceConfig {
+    /// Keys override the manifest's `[config]` defaults (shallow merge per key).
+    #[serde(default)]
+    pub config: toml::Table,
+    /// Overrides `scale.instances`.
+    #[serde(default)]
+    pub instances: Option<u32>,
+    /// `false` keeps the service installed but not running.
+    #[serde(default = "default_enabled")]
+    pub enabled: bool,
+}
+
+fn default_enabled() -> bool {
+    true
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path} has {} problem(s):\n{}", problems.len(), Problems(problems))]
+    Invalid { path: PathBuf, problems: Vec<String> },
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
+        let config: AgentConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid { path: path.to_owned(), problems })
+        }
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let id_ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !id_ok(&self.gateway) {
+            p.push(format!("gateway '{}' must be non-empty ASCII letters, digits, '-', '_' or '.'", self.gateway));
+        }
+        if !id_ok(&self.site) {
+            p.push(format!("site '{}' must be non-empty ASCII letters, digits, '-', '_' or '.'", self.site));
+        }
+        if let Err(e) = self.broker.client_target() {
+            p.push(e);
+        }
+        if self.broker.mode == BrokerMode::Embedded && self.broker.url.is_some() {
+            p.push("broker.url is set but broker.mode is \"embedded\"; set mode = \"external\" to use it".into());
+        }
+        if self.broker.keep_alive_s < 5 {
+            p.push(format!("broker.keep_alive_s is {}; it must be at least 5", self.broker.keep_alive_s));
+        }
+        let d = &self.dispatch;
+        if d.max_batch == 0 || d.max_batch > 65_536 {
+            p.push(format!("dispatch.max_batch is {}; it must be 1 to 65536", d.max_batch));
+        }
+        if d.tick_interval_ms == 0 {
+            p.push("dispatch.tick_interval_ms must be at least 1".into());
+        }
+        if d.initial_backoff_ms == 0 || d.initial_backoff_ms > d.max_backoff_ms {
+            p.push(format!(
+                "dispatch.initial_backoff_ms ({}) must be at least 1 and at most dispatch.max_backoff_ms ({})",
+                d.initial_backoff_ms, d.max_backoff_ms
+            ));
+        }
+        for (name, s) in &self.services {
+            if s.instances == Some(0) || s.instances.is_some_and(|n| n > 64) {
+                p.push(format!("services.{name}.instances must be 1 to 64"));
+            }
+        }
+        p
+    }
+}
+
+impl fmt::Display for BrokerMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BrokerMode::Embedded => "embedded",
+            BrokerMode::External => "external",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = AgentConfig::parse(
+            "gateway = \"gw1\"\nsite = \"s1\"\nservices_dir = \"svc\"\nstate_dir = \"st\"\n",
+            Path::new("a.toml"),
+        )
+        .expect("valid");
+        assert_eq!(c.broker.mode, BrokerMode::Embedded);
+        assert_eq!(c.dispatch.max_batch, 256);
+    }
+
+    #[test]
+    fn all_problems_are_listed() {
+        let text = r#"
+gateway = "gw 1"
+site = ""
+services_dir = "svc"
+state_dir = "st"
+[broker]
+mode = "external"
+url = "http://x"
+[dispatch]
+max_batch = 0
+"#;
+        let err = AgentConfig::parse(text, Path::new("a.toml")).unwrap_err().to_string();
+        assert!(err.contains("4 problem(s)"), "{err}");
+        for needle in ["gateway 'gw 1'", "site ''", "mqtt://", "dispatch.max_batch"] {
+            assert!(err.contains(needle), "missing {needle}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_position() {
+        let err = AgentConfig::parse(
+            "gateway = \"g\"\nsite = \"s\"\nservices_dir = \"a\"\nstate_dir = \"b\"\nbrokr = 1\n",
+            Path::new("a.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("brokr") && err.contains("line 5"), "{err}");
+    }
+
+    #[test]
+    fn mqtt_urls() {
+        assert_eq!(parse_mqtt_url("mqtt://127.0.0.1:1884").unwrap(), ("127.0.0.1".into(), 1884));
+        assert_eq!(parse_mqtt_url("mqtt://broker").unwrap(), ("broker".into(), 1883));
+        assert!(parse_mqtt_url("mqtt://h:x").is_err());
+    }
+}

@@ -1,0 +1,130 @@
+//! The agent side of the `outpost:service` imports: publish (through the
+//! ACL), state (buffered, committed per call), logs and metrics.
+
+use super::bindings::outpost::service::{bus, log, metrics, state, types};
+use crate::state::{StateStore, StateTxn};
+use crate::telemetry::ServiceMetrics;
+use crate::topic;
+use std::sync::Arc;
+use wasmtime::component::ResourceTable;
+use wasmtime::StoreLimits;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Most messages one call may publish; protects the agent from a runaway guest.
+const MAX_OUTBOX: usize = 100_000;
+/// Largest payload a service may publish.
+const MAX_PUBLISH_BYTES: usize = 1 << 20;
+/// Longest log line kept from a guest.
+const MAX_LOG_CHARS: usize = 4096;
+
+/// What an instance needs from the agent; shared by all instances of a service.
+#[derive(Clone)]
+pub struct ServiceContext {
+    pub service: Arc<str>,
+    pub publish_acl: Arc<[String]>,
+    pub state: Option<Arc<StateStore>>,
+    pub metrics: ServiceMetrics,
+}
+
+/// What one call produced, taken by the dispatcher at the batch boundary.
+#[derive(Debug, Default)]
+pub struct CallOutput {
+    pub published: Vec<(String, Vec<u8>)>,
+    pub acl_denied: u64,
+}
+
+/// The `T` of each instance's `Store<T>`.
+pub struct InstanceState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limits: StoreLimits,
+    ctx: ServiceContext,
+    pub(crate) output: CallOutput,
+    pub(crate) txn: StateTxn,
+}
+
+impl InstanceState {
+    pub(crate) fn new(ctx: ServiceContext, limits: StoreLimits) -> Self {
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new().inherit_stderr().build();
+        InstanceState { wasi, table: ResourceTable::new(), limits, ctx, output: CallOutput::default(), txn: StateTxn::default() }
+    }
+
+    pub(crate) fn context(&self) -> &ServiceContext {
+        &self.ctx
+    }
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl types::Host for InstanceState {}
+
+impl bus::Host for InstanceState {
+    fn publish(&mut self, topic: String, payload: Vec<u8>) -> Result<(), String> {
+        topic::validate_topic(&topic)?;
+        if !self.ctx.publish_acl.iter().any(|f| topic::matches(f, &topic)) {
+            self.output.acl_denied += 1;
+            self.ctx.metrics.acl_denied.inc();
+            tracing::warn!(service = %self.ctx.service, topic = %topic.escape_debug(), "publish denied: topic not in the manifest's bus.publish list");
+            return Err(format!("publish to '{topic}' denied: not in the manifest's bus.publish list"));
+        }
+        if payload.len() > MAX_PUBLISH_BYTES {
+            return Err(format!("payload of {} bytes exceeds the {MAX_PUBLISH_BYTES}-byte limit", payload.len()));
+        }
+        if self.output.published.len() >= MAX_OUTBOX {
+            return Err(format!("more than {MAX_OUTBOX} publishes in one call"));
+        }
+        self.output.published.push((topic, payload));
+        Ok(())
+    }
+}
+
+impl state::Host for InstanceState {
+    fn get(&mut self, key: String) -> Option<Vec<u8>> {
+        match self.txn.get(&key) {
+            Some(pending) => pending,
+            None => self.ctx.state.as_ref().and_then(|s| match s.get(&self.ctx.service, &key) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::error!(service = %self.ctx.service, key, error = %e, "state read failed");
+                    None
+                }
+            }),
+        }
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>) {
+        self.txn.set(key, value);
+    }
+
+    fn delete(&mut self, key: String) {
+        self.txn.delete(key);
+    }
+}
+
+impl log::Host for InstanceState {
+    fn log(&mut self, level: log::Level, msg: String) {
+        let msg: String = msg.chars().take(MAX_LOG_CHARS).collect();
+        let service = &*self.ctx.service;
+        match level {
+            log::Level::Trace => tracing::trace!(service, "{msg}"),
+            log::Level::Debug => tracing::debug!(service, "{msg}"),
+            log::Level::Info => tracing::info!(service, "{msg}"),
+            log::Level::Warn => tracing::warn!(service, "{msg}"),
+            log::Level::Error => tracing::error!(service, "{msg}"),
+        }
+    }
+}
+
+impl metrics::Host for InstanceState {
+    fn kpi(&mut self, name: String, value: f64) {
+        self.ctx.metrics.set_kpi(&name, value);
+    }
+
+    fn counter(&mut self, name: String, delta: u64) {
+        self.ctx.metrics.add_counter(&name, delta);
+    }
+}

@@ -1,0 +1,152 @@
+//! One running instance of a service: its own store, memory limit and
+//! per-call deadline. A fault poisons only this instance.
+
+use super::bindings::outpost::service::types::{Message, ServiceError};
+use super::bindings::Service;
+use super::imports::{CallOutput, InstanceState, ServiceContext};
+use super::{LoadedComponent, EPOCH_TICK};
+use crate::manifest::Manifest;
+use std::time::Duration;
+use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap};
+
+/// Why a call did not complete normally.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The service returned an error value; the instance is still healthy.
+    #[error("service returned an error: {0}")]
+    Service(String),
+    /// The instance trapped, ran past its deadline or out of memory; it must be restarted.
+    #[error("instance fault ({kind}): {message}")]
+    Fault { kind: FaultKind, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    Deadline,
+    OutOfMemory,
+    Trap,
+}
+
+impl std::fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FaultKind::Deadline => "deadline exceeded",
+            FaultKind::OutOfMemory => "out of memory",
+            FaultKind::Trap => "trap",
+        })
+    }
+}
+
+fn describe(e: &ServiceError) -> String {
+    match e {
+        ServiceError::BadInput(m) => format!("bad input: {m}"),
+        ServiceError::BadConfig(m) => format!("bad config: {m}"),
+        ServiceError::Internal(m) => format!("internal: {m}"),
+    }
+}
+
+pub struct ServiceInstance {
+    store: Store<InstanceState>,
+    service: Service,
+    deadline_ticks: u64,
+}
+
+impl ServiceInstance {
+    pub(crate) fn start(
+        engine: &Engine,
+        loaded: &LoadedComponent,
+        manifest: &Manifest,
+        ctx: ServiceContext,
+        config_json: &str,
+    ) -> Result<ServiceInstance, CallError> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size((manifest.limits.memory_mib as usize) << 20)
+            .trap_on_grow_failure(true)
+            .instances(64)
+            .tables(64)
+            .memories(4)
+            .build();
+        let mut store = Store::new(engine, InstanceState::new(ctx, limits));
+        store.limiter(|s| &mut s.limits);
+        let tick = EPOCH_TICK.as_millis().max(1) as u64;
+        let deadline_ticks = manifest.limits.call_deadline_ms.div_ceil(tick) + 1;
+        store.set_epoch_deadline(deadline_ticks);
+        store.epoch_deadline_trap();
+        let service = loaded.pre.instantiate(&mut store).map_err(fault)?;
+        let mut instance = ServiceInstance { store, service, deadline_ticks };
+        instance.call(|s, store| s.call_init(store, config_json))?;
+        instance.store.data_mut().output = CallOutput::default();
+        Ok(instance)
+    }
+
+    /// Hands a batch to the service; returns what it published.
+    pub fn handle(&mut self, batch: &[Message]) -> Result<CallOutput, CallError> {
+        self.call(|s, store| s.call_handle(store, batch))
+    }
+
+    pub fn tick(&mut self, now_ms: u64) -> Result<CallOutput, CallError> {
+        self.call(|s, store| s.call_tick(store, now_ms))
+    }
+
+    /// Runs one export under the deadline; commits state writes only if the
+    /// call returned normally, so a fault leaves state as it was.
+    fn call(
+        &mut self,
+        f: impl FnOnce(&Service, &mut Store<InstanceState>) -> wasmtime::Result<Result<(), ServiceError>>,
+    ) -> Result<CallOutput, CallError> {
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        let result = f(&self.service, &mut self.store);
+        let data = self.store.data_mut();
+        let output = std::mem::take(&mut data.output);
+        let txn = std::mem::take(&mut data.txn);
+        match result {
+            Ok(service_result) => {
+                if let Some(store) = data.context().state.clone() {
+                    if let Err(e) = store.commit(&data.context().service, txn) {
+                        tracing::error!(service = %data.context().service, error = %e, "state commit failed");
+                    }
+                }
+                match service_result {
+                    Ok(()) => Ok(output),
+                    // Outputs published before the error still stand: the
+                    // service chose to report, not to crash.
+                    Err(e) => {
+                        data.output = output;
+                        Err(CallError::Service(describe(&e)))
+                    }
+                }
+            }
+            Err(e) => Err(fault(e)),
+        }
+    }
+
+    /// Outputs left over from a call that returned a service error.
+    pub fn take_output(&mut self) -> CallOutput {
+        std::mem::take(&mut self.store.data_mut().output)
+    }
+
+    /// The per-call deadline (rounded to the epoch tick).
+    pub fn deadline(&self) -> Duration {
+        EPOCH_TICK * self.deadline_ticks as u32
+    }
+}
+
+fn fault(e: wasmtime::Error) -> CallError {
+    let kind = match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => FaultKind::Deadline,
+        Some(Trap::MemoryOutOfBounds) | Some(Trap::HeapMisaligned) => FaultKind::Trap,
+        _ => {
+            let text = format!("{e:#}");
+            if text.contains("memory") && (text.contains("grow") || text.contains("limit") || text.contains("alloc")) {
+                FaultKind::OutOfMemory
+            } else {
+                FaultKind::Trap
+            }
+        }
+    };
+    // The root cause ("wasm `unreachable` instruction executed", "forcing
+    // trap when growing memory ...") is what an operator needs; the guest
+    // backtrace goes to debug logs.
+    tracing::debug!(error = ?e, "instance fault details");
+    CallError::Fault { kind, message: e.root_cause().to_string() }
+}

@@ -1,0 +1,218 @@
+//! Hosting service components with wasmtime: one engine for the agent,
+//! a checked and pre-linked component per service, and instances that run
+//! under a memory limit and a per-call deadline.
+
+mod contract;
+mod imports;
+mod instance;
+
+pub use contract::{check_component_bytes, check_contract};
+pub use imports::{CallOutput, InstanceState, ServiceContext};
+pub use instance::{CallError, ServiceInstance};
+
+use crate::manifest::Manifest;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// Generated from `sdk/wit/service.wit`, the single source of truth.
+pub(crate) mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../sdk/wit",
+        world: "service",
+    });
+}
+
+/// Epoch tick used for call deadlines.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Largest linear memory any instance may grow to; manifests are capped to it.
+pub const MAX_MEMORY_MIB: u32 = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read component {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("component {path}: {message}")]
+    NotAComponent { path: PathBuf, message: String },
+    #[error("component {path} does not fit the contract {world}: {message}")]
+    Contract { path: PathBuf, world: String, message: String },
+    #[error("component {path} failed to compile: {message}")]
+    Compile { path: PathBuf, message: String },
+    #[error("wasmtime engine: {0}")]
+    Engine(String),
+}
+
+/// Engine settings that differ between the agent and the benchmarks.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Pre-allocated instance slots (copy-on-write memories, fast instantiate).
+    pub pooling: bool,
+    /// Instance slots when pooling.
+    pub max_instances: u32,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { pooling: true, max_instances: 256 }
+    }
+}
+
+/// The agent's wasmtime engine plus a linker with the Outpost and WASI imports.
+pub struct HostEngine {
+    engine: Engine,
+    linker: Linker<InstanceState>,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl HostEngine {
+    pub fn new(options: &EngineOptions) -> Result<HostEngine, LoadError> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        // Explicit bounds checks with small reservations: many instances fit
+        // in the address space and a memory limit is a plain resource limit.
+        config.memory_reservation(u64::from(MAX_MEMORY_MIB) << 20);
+        config.memory_guard_size(64 << 10);
+        config.memory_reservation_for_growth(1 << 20);
+        if options.pooling {
+            let mut pool = PoolingAllocationConfig::default();
+            let n = options.max_instances.max(1);
+            pool.total_component_instances(n);
+            pool.total_core_instances(n * 8);
+            pool.total_memories(n * 2);
+            pool.total_tables(n * 8);
+            pool.max_memories_per_component(2);
+            pool.max_core_instances_per_component(16);
+            pool.max_tables_per_component(16);
+            pool.max_memory_size((MAX_MEMORY_MIB as usize) << 20);
+            pool.max_component_instance_size(1 << 20);
+            pool.max_core_instance_size(1 << 20);
+            pool.table_elements(20_000);
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
+        let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        bindings::Service::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        let weak = engine.weak();
+        let stop = stop_ticker.clone();
+        std::thread::Builder::new()
+            .name("outpost-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(|e| LoadError::Engine(format!("cannot start epoch thread: {e}")))?;
+        Ok(HostEngine { engine, linker, stop_ticker })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compiles (or loads from `cache_dir`) a component, checks it against the
+    /// contract and pre-links it.
+    pub fn load(
+        &self,
+        wasm_path: &Path,
+        bytes: &[u8],
+        cache_dir: Option<&Path>,
+    ) -> Result<LoadedComponent, LoadError> {
+        check_component_bytes(bytes).map_err(|message| LoadError::NotAComponent { path: wasm_path.to_owned(), message })?;
+        let digest = hex::encode(Sha256::digest(bytes));
+        let component = match cache_dir {
+            Some(dir) => self.compile_cached(wasm_path, bytes, &digest, dir)?,
+            None => self.compile(wasm_path, bytes)?,
+        };
+        check_contract(&self.engine, &component).map_err(|message| LoadError::Contract {
+            path: wasm_path.to_owned(),
+            world: crate::manifest::SUPPORTED_WORLD.into(),
+            message,
+        })?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::Contract {
+            path: wasm_path.to_owned(),
+            world: crate::manifest::SUPPORTED_WORLD.into(),
+            message: format!("{e:#}"),
+        })?;
+        let pre = bindings::ServicePre::new(pre).map_err(|e| LoadError::Contract {
+            path: wasm_path.to_owned(),
+            world: crate::manifest::SUPPORTED_WORLD.into(),
+            message: format!("{e:#}"),
+        })?;
+        Ok(LoadedComponent { pre, digest })
+    }
+
+    fn compile(&self, path: &Path, bytes: &[u8]) -> Result<Component, LoadError> {
+        Component::new(&self.engine, bytes)
+            .map_err(|e| LoadError::Compile { path: path.to_owned(), message: format!("{e:#}") })
+    }
+
+    fn compile_cached(&self, path: &Path, bytes: &[u8], digest: &str, dir: &Path) -> Result<Component, LoadError> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        let file = dir.join(format!("{digest}-{:016x}.cwasm", h.finish()));
+        if file.exists() {
+            // SAFETY: the file was written by `Component::serialize` of this
+            // agent into its own cache directory (named by the source digest
+            // and the engine's compatibility hash); wasmtime re-checks the
+            // header and refuses artifacts from another version or config.
+            match unsafe { Component::deserialize_file(&self.engine, &file) } {
+                Ok(c) => return Ok(c),
+                Err(e) => tracing::warn!(cache = %file.display(), error = %e, "precompiled cache entry unusable; recompiling"),
+            }
+        }
+        let component = self.compile(path, bytes)?;
+        match component.serialize() {
+            Ok(data) => {
+                let tmp = file.with_extension("tmp");
+                let written = std::fs::create_dir_all(dir)
+                    .and_then(|_| std::fs::write(&tmp, &data))
+                    .and_then(|_| std::fs::rename(&tmp, &file));
+                if let Err(e) = written {
+                    tracing::warn!(cache = %file.display(), error = %e, "cannot write precompiled cache");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot serialize compiled component"),
+        }
+        Ok(component)
+    }
+
+    /// Starts a new instance of a loaded component and runs its `init`.
+    pub fn instantiate(
+        &self,
+        loaded: &LoadedComponent,
+        manifest: &Manifest,
+        context: ServiceContext,
+        config_json: &str,
+    ) -> Result<ServiceInstance, CallError> {
+        ServiceInstance::start(&self.engine, loaded, manifest, context, config_json)
+    }
+}
+
+impl Drop for HostEngine {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A compiled, contract-checked component ready to instantiate.
+#[derive(Clone)]
+pub struct LoadedComponent {
+    pub(crate) pre: bindings::ServicePre<InstanceState>,
+    /// sha256 of the component bytes.
+    pub digest: String,
+}

@@ -1,0 +1,26 @@
+//! The Outpost agent library: hosts WebAssembly service components on one
+//! MQTT integration layer (bus, state, config, metrics).
+//!
+//! - [`config`]: the agent's `outpost.toml`.
+//! - [`manifest`], [`package`]: what a service is and how it is installed.
+//! - [`host`]: wasmtime engine, contract checks, instances with limits.
+//! - [`dispatch`]: queues, batching, in-agent routing, faults and restarts.
+//! - [`bus`], [`broker`]: the MQTT link and the embedded broker.
+//! - [`state`]: per-service persistent key-value state.
+//! - [`telemetry`], [`http`]: metrics, logs, status page.
+//! - [`agent`]: ties it together; [`replay`]: offline runs for developers.
+
+pub mod agent;
+pub mod broker;
+pub mod bus;
+pub mod config;
+pub mod dispatch;
+pub mod host;
+pub mod http;
+pub mod manifest;
+pub mod package;
+pub mod replay;
+pub mod sim;
+pub mod state;
+pub mod telemetry;
+pub mod topic;

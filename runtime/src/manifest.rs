@@ -1,0 +1,301 @@
+//! `service.toml`: what a service is, what it may touch, and its defaults.
+//!
+//! Deny by default: a service receives only what it subscribes to and may
+//! publish only to its `publish` list (enforced by the host, not the guest).
+
+use crate::topic;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The WIT world this agent hosts. Components built against another major
+/// version are refused with both versions named.
+pub const SUPPORTED_WORLD: &str = "outpost:service@1.0.0";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub service: ServiceInfo,
+    pub bus: BusSpec,
+    #[serde(default)]
+    pub scale: ScaleSpec,
+    #[serde(default)]
+    pub limits: LimitsSpec,
+    /// Default config; the site's `[services.NAME.config]` overrides keys.
+    #[serde(default)]
+    pub config: toml::Table,
+    #[serde(default)]
+    pub kpis: BTreeMap<String, KpiSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceInfo {
+    pub name: String,
+    pub version: String,
+    pub provider: String,
+    pub world: String,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusSpec {
+    /// Topic filters delivered to the service.
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+    /// Topic filters the service may publish to (the ACL).
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// Also publish outputs to the MQTT broker (not only to in-agent
+    /// subscribers). Default true so outside tools see them.
+    #[serde(default = "default_true")]
+    pub mirror: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleSpec {
+    #[serde(default = "default_instances")]
+    pub instances: u32,
+    /// Topic level used as the shard key: one key always goes to the same
+    /// instance, in order. Without it, instance = hash of the whole topic.
+    #[serde(default)]
+    pub shard_by: Option<usize>,
+}
+
+fn default_instances() -> u32 {
+    1
+}
+
+impl Default for ScaleSpec {
+    fn default() -> Self {
+        ScaleSpec { instances: 1, shard_by: None }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u32,
+    #[serde(default = "default_deadline_ms")]
+    pub call_deadline_ms: u64,
+    /// Largest payload accepted for this service; bigger ones are counted and dropped.
+    #[serde(default = "default_max_payload")]
+    pub max_payload_bytes: usize,
+    /// Messages queued per instance before QoS0 input is shed.
+    #[serde(default = "default_queue")]
+    pub queue_capacity: usize,
+}
+
+fn default_memory_mib() -> u32 {
+    16
+}
+fn default_deadline_ms() -> u64 {
+    50
+}
+fn default_max_payload() -> usize {
+    64 * 1024
+}
+fn default_queue() -> usize {
+    10_000
+}
+
+impl Default for LimitsSpec {
+    fn default() -> Self {
+        LimitsSpec {
+            memory_mib: default_memory_mib(),
+            call_deadline_ms: default_deadline_ms(),
+            max_payload_bytes: default_max_payload(),
+            queue_capacity: default_queue(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KpiSpec {
+    pub unit: String,
+    pub better: Better,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Better {
+    Higher,
+    Lower,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read manifest {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("manifest {path} is not valid TOML for a service manifest: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("manifest {path} has {} problem(s):\n{}", problems.len(), Problems(problems))]
+    Invalid { path: PathBuf, problems: Vec<String> },
+}
+
+/// Renders a list of problems one per line.
+pub struct Problems<'a>(pub &'a [String]);
+
+impl fmt::Display for Problems<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Manifest {
+    pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ManifestError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates; every problem is reported at once.
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
+        let manifest: Manifest = toml::from_str(text)
+            .map_err(|e| ManifestError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        let problems = manifest.problems();
+        if problems.is_empty() {
+            Ok(manifest)
+        } else {
+            Err(ManifestError::Invalid { path: path.to_owned(), problems })
+        }
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let s = &self.service;
+        if s.name.is_empty() || !s.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            p.push(format!("service.name '{}' must be non-empty ASCII letters, digits, '-' or '_'", s.name));
+        }
+        if let Err(e) = semver::Version::parse(&s.version) {
+            p.push(format!("service.version '{}' is not semver (like 1.2.0): {e}", s.version));
+        }
+        if s.provider.is_empty() {
+            p.push("service.provider is empty".into());
+        }
+        if let Err(e) = check_world(&s.world) {
+            p.push(format!("service.world: {e}"));
+        }
+        if self.bus.subscribe.is_empty() {
+            p.push("bus.subscribe is empty: the service would never receive a message".into());
+        }
+        for f in &self.bus.subscribe {
+            if let Err(e) = topic::validate_filter(f) {
+                p.push(format!("bus.subscribe: {e}"));
+            }
+        }
+        for f in &self.bus.publish {
+            if let Err(e) = topic::validate_filter(f) {
+                p.push(format!("bus.publish: {e}"));
+            }
+        }
+        if self.scale.instances == 0 || self.scale.instances > 64 {
+            p.push(format!("scale.instances is {}; it must be 1 to 64", self.scale.instances));
+        }
+        if self.scale.instances > 1 && self.scale.shard_by.is_none() {
+            p.push("scale.shard_by is required when scale.instances > 1 (which topic level keeps order)".into());
+        }
+        let l = &self.limits;
+        if l.memory_mib == 0 || l.memory_mib > 4096 {
+            p.push(format!("limits.memory_mib is {}; it must be 1 to 4096", l.memory_mib));
+        }
+        if l.call_deadline_ms == 0 || l.call_deadline_ms > 60_000 {
+            p.push(format!("limits.call_deadline_ms is {}; it must be 1 to 60000", l.call_deadline_ms));
+        }
+        if l.max_payload_bytes == 0 || l.max_payload_bytes > 16 << 20 {
+            p.push(format!("limits.max_payload_bytes is {}; it must be 1 to 16777216", l.max_payload_bytes));
+        }
+        if l.queue_capacity == 0 {
+            p.push("limits.queue_capacity must be at least 1".into());
+        }
+        for (name, kpi) in &self.kpis {
+            if kpi.unit.is_empty() {
+                p.push(format!("kpis.{name}.unit is empty"));
+            }
+        }
+        p
+    }
+
+    /// `name@version`, as used in logs and metrics.
+    pub fn id(&self) -> String {
+        format!("{}@{}", self.service.name, self.service.version)
+    }
+}
+
+/// Accepts `outpost:service@1.x.y` (same major as this agent).
+pub fn check_world(world: &str) -> Result<(), String> {
+    let (pkg, version) = world
+        .split_once('@')
+        .ok_or_else(|| format!("'{world}' has no version; this agent hosts {SUPPORTED_WORLD}"))?;
+    if pkg != "outpost:service" {
+        return Err(format!("'{world}' is not an Outpost world; this agent hosts {SUPPORTED_WORLD}"));
+    }
+    let v = semver::Version::parse(version).map_err(|e| format!("'{world}': bad version: {e}"))?;
+    if v.major != 1 {
+        return Err(format!("service targets {world} but this agent hosts {SUPPORTED_WORLD} (major versions differ)"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[service]
+name = "positioning"
+version = "1.2.0"
+provider = "acme"
+world = "outpost:service@1.0.0"
+[bus]
+subscribe = ["site/+/+/gnss/nmea"]
+publish = ["svc/positioning/+/fix"]
+"#;
+
+    #[test]
+    fn good_manifest_parses_with_defaults() {
+        let m = Manifest::parse(GOOD, Path::new("service.toml")).expect("valid");
+        assert_eq!(m.limits.memory_mib, 16);
+        assert_eq!(m.scale.instances, 1);
+        assert!(m.bus.mirror);
+    }
+
+    #[test]
+    fn every_problem_is_listed_at_once() {
+        let bad = GOOD
+            .replace("1.2.0", "one")
+            .replace("outpost:service@1.0.0", "outpost:service@2.0.0")
+            .replace("svc/positioning/+/fix", "svc/#/fix");
+        let err = Manifest::parse(&bad, Path::new("x/service.toml")).unwrap_err().to_string();
+        assert!(err.contains("3 problem(s)"), "{err}");
+        assert!(err.contains("service.version 'one'"), "{err}");
+        assert!(err.contains("outpost:service@2.0.0") && err.contains(SUPPORTED_WORLD), "{err}");
+        assert!(err.contains("bus.publish"), "{err}");
+        assert!(err.contains("x/service.toml"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_their_name() {
+        let bad = format!("{GOOD}\n[limits]\nmemory_mb = 3\n");
+        let err = Manifest::parse(&bad, Path::new("service.toml")).unwrap_err().to_string();
+        assert!(err.contains("memory_mb"), "{err}");
+    }
+}

@@ -1,0 +1,167 @@
+//! Prometheus metrics for the agent and each service, plus tracing setup.
+//! Per-service handles are resolved once so the message path only touches
+//! atomics.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabel {
+    service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NamedLabel {
+    service: String,
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabel {
+    service: String,
+    reason: String,
+}
+
+type HistogramFamily = Family<ServiceLabel, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 1 us .. ~1 s
+    Histogram::new(exponential_buckets(1e-6, 2.0, 21))
+}
+
+/// All of the agent's metrics.
+pub struct Metrics {
+    registry: Registry,
+    messages_in: Family<ServiceLabel, Counter>,
+    messages_out: Family<ServiceLabel, Counter>,
+    handle_seconds: HistogramFamily,
+    traps: Family<ServiceLabel, Counter>,
+    restarts: Family<ServiceLabel, Counter>,
+    queue_depth: Family<ServiceLabel, Gauge>,
+    instances: Family<ServiceLabel, Gauge>,
+    acl_denied: Family<ServiceLabel, Counter>,
+    dropped: Family<DropLabel, Counter>,
+    dead_letters: Family<ServiceLabel, Counter>,
+    service_errors: Family<ServiceLabel, Counter>,
+    kpi: Family<NamedLabel, Gauge<f64, AtomicU64>>,
+    counters: Family<NamedLabel, Counter>,
+    /// 1 while the agent's MQTT connection is up.
+    pub mqtt_connected: Gauge,
+    /// Messages received from the broker.
+    pub ingress: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut r = Registry::default();
+        let m = Metrics {
+            messages_in: Family::default(),
+            messages_out: Family::default(),
+            handle_seconds: Family::new_with_constructor(latency_histogram),
+            traps: Family::default(),
+            restarts: Family::default(),
+            queue_depth: Family::default(),
+            instances: Family::default(),
+            acl_denied: Family::default(),
+            dropped: Family::default(),
+            dead_letters: Family::default(),
+            service_errors: Family::default(),
+            kpi: Family::default(),
+            counters: Family::default(),
+            mqtt_connected: Gauge::default(),
+            ingress: Counter::default(),
+            registry: Registry::default(),
+        };
+        r.register("outpost_messages_in", "Messages delivered to a service", m.messages_in.clone());
+        r.register("outpost_messages_out", "Messages published by a service", m.messages_out.clone());
+        r.register("outpost_handle_seconds", "Time of one handle call (one batch)", m.handle_seconds.clone());
+        r.register("outpost_traps", "Instance faults: traps, deadlines, out of memory", m.traps.clone());
+        r.register("outpost_restarts", "Instance restarts after a fault", m.restarts.clone());
+        r.register("outpost_queue_depth", "Messages waiting for a service", m.queue_depth.clone());
+        r.register("outpost_instances", "Running instances of a service", m.instances.clone());
+        r.register("outpost_acl_denied", "Publishes refused by the manifest ACL", m.acl_denied.clone());
+        r.register("outpost_dropped", "Messages not delivered, by reason", m.dropped.clone());
+        r.register("outpost_dead_letters", "Messages that faulted an instance on their own", m.dead_letters.clone());
+        r.register("outpost_service_errors", "Calls that returned a service error", m.service_errors.clone());
+        r.register("outpost_service_kpi", "Service KPIs, as last reported", m.kpi.clone());
+        r.register("outpost_service_events", "Service-defined counters", m.counters.clone());
+        r.register("outpost_mqtt_connected", "1 while connected to the MQTT broker", m.mqtt_connected.clone());
+        r.register("outpost_ingress_messages", "Messages received from the MQTT broker", m.ingress.clone());
+        Arc::new(Metrics { registry: r, ..m })
+    }
+
+    /// Handles for one service.
+    pub fn service(self: &Arc<Self>, service: &str) -> ServiceMetrics {
+        let l = ServiceLabel { service: service.to_owned() };
+        ServiceMetrics {
+            name: service.into(),
+            messages_in: self.messages_in.get_or_create(&l).clone(),
+            messages_out: self.messages_out.get_or_create(&l).clone(),
+            handle_seconds: self.handle_seconds.get_or_create(&l).clone(),
+            traps: self.traps.get_or_create(&l).clone(),
+            restarts: self.restarts.get_or_create(&l).clone(),
+            queue_depth: self.queue_depth.get_or_create(&l).clone(),
+            instances: self.instances.get_or_create(&l).clone(),
+            acl_denied: self.acl_denied.get_or_create(&l).clone(),
+            dead_letters: self.dead_letters.get_or_create(&l).clone(),
+            service_errors: self.service_errors.get_or_create(&l).clone(),
+            all: self.clone(),
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        out
+    }
+}
+
+/// One service's metric handles (cheap clones of atomics).
+#[derive(Clone)]
+pub struct ServiceMetrics {
+    name: Arc<str>,
+    pub messages_in: Counter,
+    pub messages_out: Counter,
+    pub handle_seconds: Histogram,
+    pub traps: Counter,
+    pub restarts: Counter,
+    pub queue_depth: Gauge,
+    pub instances: Gauge,
+    pub acl_denied: Counter,
+    pub dead_letters: Counter,
+    pub service_errors: Counter,
+    all: Arc<Metrics>,
+}
+
+impl ServiceMetrics {
+    pub fn dropped(&self, reason: &str) {
+        self.all.dropped.get_or_create(&DropLabel { service: self.name.to_string(), reason: reason.into() }).inc();
+    }
+
+    pub fn set_kpi(&self, name: &str, value: f64) {
+        self.all.kpi.get_or_create(&NamedLabel { service: self.name.to_string(), name: name.into() }).set(value);
+    }
+
+    pub fn add_counter(&self, name: &str, delta: u64) {
+        self.all.counters.get_or_create(&NamedLabel { service: self.name.to_string(), name: name.into() }).inc_by(delta);
+    }
+}
+
+/// Logs go to stderr, human-readable or JSON (`OUTPOST_LOG_FORMAT=json`),
+/// filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let json = std::env::var("OUTPOST_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}

@@ -1,0 +1,151 @@
+//! `cargo xtask`: the project's own setup, build, test, demo and bench
+//! commands. Everything a bare machine needs is installed from here.
+
+mod bench;
+mod demo;
+mod toolchain;
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  setup   install what is missing (WASM guest toolchain, Mosquitto, promtool)
+  build   build every service component and assemble packages in target/outpost/
+  test    setup + build + run every test (what CI runs)
+  demo    start the agent with its embedded broker, deploy positioning and
+          replay real GNSS captures through it, printing fixes as they arrive
+  bench   measured figures beside their baselines (release build)";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root()?;
+    std::env::set_current_dir(&root)?;
+    match args.first().map(String::as_str) {
+        Some("setup") => {
+            toolchain::setup(true)?;
+        }
+        Some("build") => {
+            let guest = toolchain::setup(false)?;
+            build_packages(&root, &guest)?;
+        }
+        Some("test") => test(&root, &args[1..])?,
+        Some("demo") => demo::run(&root, &args[1..])?,
+        Some("bench") => bench::run(&root, &args[1..])?,
+        _ => {
+            println!("{USAGE}");
+            if !args.is_empty() {
+                bail!("unknown command {:?}", args[0]);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    Ok(dir.parent().context("xtask has no parent folder")?.to_owned())
+}
+
+/// Prints a step header; returns the start time for `done`.
+pub fn step(what: &str) -> Instant {
+    println!("\x1b[1m==> {what}\x1b[0m");
+    Instant::now()
+}
+
+pub fn done(t: Instant) {
+    println!("    done in {:.1}s", t.elapsed().as_secs_f64());
+}
+
+/// Runs a command, failing with its name if it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{:?} failed with {status}", cmd.get_program());
+    }
+    Ok(())
+}
+
+/// The host cargo (the one running xtask).
+pub fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+pub fn packages_dir(root: &Path) -> PathBuf {
+    root.join("target/outpost/packages")
+}
+
+pub fn test_packages_dir(root: &Path) -> PathBuf {
+    root.join("target/outpost/test-packages")
+}
+
+/// Guest crates: every folder with a `service.toml` under plugins/ (real
+/// services) and tests/guests/ (test services).
+fn guest_crates(root: &Path) -> Result<Vec<(String, PathBuf, bool)>> {
+    let mut out = Vec::new();
+    for (folder, is_test) in [("plugins", false), ("tests/guests", true)] {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(root.join(folder))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("service.toml").is_file() && p.join("Cargo.toml").is_file())
+            .collect();
+        dirs.sort();
+        for dir in dirs {
+            let manifest = std::fs::read_to_string(dir.join("Cargo.toml"))?;
+            let name = manifest
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("name = \"").and_then(|r| r.strip_suffix('"')))
+                .with_context(|| format!("no package name in {}", dir.join("Cargo.toml").display()))?
+                .to_owned();
+            out.push((name, dir, is_test));
+        }
+    }
+    Ok(out)
+}
+
+/// Builds every guest to wasm32-wasip2 and assembles `service.toml` +
+/// `service.wasm` package folders.
+pub fn build_packages(root: &Path, guest: &toolchain::Guest) -> Result<()> {
+    let crates = guest_crates(root)?;
+    let t = step(&format!(
+        "building {} service components ({}) with {}",
+        crates.len(),
+        crates.iter().map(|c| c.0.as_str()).collect::<Vec<_>>().join(", "),
+        guest.describe()
+    ));
+    let target_dir = root.join("target/wasm");
+    let mut cmd = guest.cargo_build(&target_dir);
+    for (name, _, _) in &crates {
+        cmd.arg("-p").arg(name);
+    }
+    run(&mut cmd).context("building service components failed; run `cargo xtask setup` to check the guest toolchain")?;
+    for (name, dir, is_test) in &crates {
+        let wasm = target_dir.join("wasm32-wasip2/release").join(format!("{}.wasm", name.replace('-', "_")));
+        let dest_root = if *is_test { test_packages_dir(root) } else { packages_dir(root) };
+        let dest = dest_root.join(name);
+        std::fs::create_dir_all(&dest)?;
+        std::fs::copy(dir.join("service.toml"), dest.join("service.toml"))?;
+        std::fs::copy(&wasm, dest.join("service.wasm"))
+            .with_context(|| format!("component {} was not produced", wasm.display()))?;
+        let size = std::fs::metadata(dest.join("service.wasm"))?.len();
+        println!("    {name}: {} ({} KiB)", dest.display(), size / 1024);
+    }
+    done(t);
+    Ok(())
+}
+
+fn test(root: &Path, extra: &[String]) -> Result<()> {
+    let guest = toolchain::setup(true)?;
+    build_packages(root, &guest)?;
+    let t = step("running every test (cargo test --workspace)");
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--exclude", "xtask"])
+        .args(extra)
+        .env("OUTPOST_PACKAGES", packages_dir(root))
+        .env("OUTPOST_TEST_PACKAGES", test_packages_dir(root));
+    run(&mut cmd)?;
+    done(t);
+    Ok(())
+}

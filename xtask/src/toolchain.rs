@@ -1,0 +1,191 @@
+//! Finds or installs what builds and tests need on a bare machine: a WASM
+//! guest toolchain (rustup's wasm32-wasip2 target where it can be had,
+//! else Debian's rustc-web with build-std), Mosquitto and promtool.
+
+use crate::{done, run, step};
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// How guests are compiled.
+pub enum Guest {
+    /// rustup's toolchain with the wasm32-wasip2 target installed.
+    Rustup,
+    /// Debian's rustc-web/cargo-web, std built from rust-web-src.
+    Debian,
+}
+
+const DEBIAN_PACKAGES: [&str; 5] = ["rustc-web", "cargo-web", "rust-web-src", "lld", "wasi-libc"];
+
+impl Guest {
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Guest::Rustup => "rustup's wasm32-wasip2 target",
+            Guest::Debian => "Debian's rustc-web (build-std)",
+        }
+    }
+
+    pub fn cargo_build(&self, target_dir: &Path) -> Command {
+        let mut cmd = match self {
+            Guest::Rustup => {
+                let mut c = crate::cargo();
+                c.args(["build", "--release", "--target", "wasm32-wasip2"]);
+                c
+            }
+            Guest::Debian => {
+                let mut c = Command::new("/usr/bin/cargo");
+                clean_env(&mut c);
+                c.env("RUSTC_BOOTSTRAP", "1")
+                    .env("RUSTC", "/usr/bin/rustc")
+                    .env("RUSTFLAGS", "-L /usr/lib/wasm32-wasi")
+                    .args(["build", "--release", "--target", "wasm32-wasip2", "-Zbuild-std=std,panic_abort"]);
+                c
+            }
+        };
+        // Small, fast guests; names kept for trap backtraces.
+        cmd.env("CARGO_TARGET_DIR", target_dir)
+            .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+            .env("CARGO_PROFILE_RELEASE_LTO", "true")
+            .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
+            .env("CARGO_PROFILE_RELEASE_PANIC", "abort");
+        cmd
+    }
+}
+
+/// The outer cargo's variables would point Debian's cargo at rustup's rustc.
+fn clean_env(cmd: &mut Command) {
+    for (key, _) in std::env::vars() {
+        let keep = key == "CARGO_HOME" || key == "CARGO_NET_OFFLINE";
+        if !keep && (key.starts_with("CARGO") || key.starts_with("RUSTUP") || key.starts_with("RUSTC") || key == "RUSTFLAGS" || key == "RUSTDOC")
+        {
+            cmd.env_remove(&key);
+        }
+    }
+}
+
+fn has_command(name: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {name}")]).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+fn rustup_has_wasm_target() -> bool {
+    Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == "wasm32-wasip2"))
+}
+
+fn debian_toolchain_ready() -> bool {
+    Path::new("/usr/bin/rustc").exists()
+        && Path::new("/usr/bin/cargo").exists()
+        && Path::new("/usr/lib/rustlib/src/rust/library").exists()
+        && Path::new("/usr/lib/wasm32-wasi").exists()
+}
+
+/// Runs a command with a time limit (rustup may hang without a network).
+fn run_with_timeout(cmd: &mut Command, limit: Duration) -> bool {
+    let Ok(mut child) = cmd.spawn() else { return false };
+    let start = std::time::Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.success(),
+            Ok(None) if start.elapsed() < limit => std::thread::sleep(Duration::from_millis(200)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+        }
+    }
+}
+
+static APT_UPDATED: std::sync::Once = std::sync::Once::new();
+
+/// `apt-get install` as root (or through sudo), updating the lists once.
+pub fn apt_install(packages: &[&str]) -> Result<()> {
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
+    let prefix: Vec<&str> = if root { vec![] } else if has_command("sudo") { vec!["sudo", "-n"] } else {
+        bail!("need to install {} but this user is not root and has no sudo; install them and rerun", packages.join(" "));
+    };
+    let apt = |args: &[&str]| -> Result<()> {
+        let mut all: Vec<&str> = prefix.clone();
+        all.push("apt-get");
+        all.extend_from_slice(args);
+        let mut cmd = Command::new(all[0]);
+        cmd.args(&all[1..]).env("DEBIAN_FRONTEND", "noninteractive");
+        run(&mut cmd)
+    };
+    let mut update = Ok(());
+    APT_UPDATED.call_once(|| update = apt(&["update", "-q"]));
+    update.context("apt-get update failed")?;
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend_from_slice(packages);
+    apt(&args).with_context(|| format!("apt-get install {} failed", packages.join(" ")))
+}
+
+/// Finds or installs the guest toolchain; with `servers`, also Mosquitto
+/// and promtool for the interop tests.
+pub fn setup(servers: bool) -> Result<Guest> {
+    let t = step("checking the WASM guest toolchain");
+    let forced = std::env::var("OUTPOST_GUEST_TOOLCHAIN").ok();
+    let guest = match forced.as_deref() {
+        Some("debian") => {
+            if !debian_toolchain_ready() {
+                apt_install(&DEBIAN_PACKAGES)?;
+            }
+            Guest::Debian
+        }
+        Some("rustup") => {
+            if !rustup_has_wasm_target() {
+                run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))?;
+            }
+            Guest::Rustup
+        }
+        Some(other) => bail!("OUTPOST_GUEST_TOOLCHAIN={other}: use `rustup` or `debian`"),
+        None if rustup_has_wasm_target() => Guest::Rustup,
+        None => {
+            println!("    wasm32-wasip2 target not installed; trying `rustup target add wasm32-wasip2`");
+            if has_command("rustup")
+                && run_with_timeout(
+                    Command::new("rustup").args(["target", "add", "wasm32-wasip2"]),
+                    Duration::from_secs(180),
+                )
+                && rustup_has_wasm_target()
+            {
+                Guest::Rustup
+            } else {
+                if !debian_toolchain_ready() {
+                    println!("    rustup cannot provide it here; installing Debian's toolchain: {}", DEBIAN_PACKAGES.join(" "));
+                    apt_install(&DEBIAN_PACKAGES)?;
+                }
+                if !debian_toolchain_ready() {
+                    bail!("no WASM guest toolchain: neither rustup's wasm32-wasip2 target nor Debian's {} could be installed", DEBIAN_PACKAGES.join(" "));
+                }
+                Guest::Debian
+            }
+        }
+    };
+    println!("    using {}", guest.describe());
+    done(t);
+    if servers {
+        let t = step("checking test servers and clients (mosquitto, mosquitto_sub, promtool)");
+        let mut missing = Vec::new();
+        if !has_command("mosquitto") {
+            missing.push("mosquitto");
+        }
+        if !has_command("mosquitto_sub") {
+            missing.push("mosquitto-clients");
+        }
+        if !has_command("promtool") {
+            missing.push("prometheus");
+        }
+        if missing.is_empty() {
+            println!("    all present");
+        } else {
+            println!("    installing {}", missing.join(" "));
+            apt_install(&missing)?;
+        }
+        done(t);
+    }
+    Ok(guest)
+}
