@@ -36,7 +36,7 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, status: Arc<Mutex<Ag
 }
 
 async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.encode())
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.encode())
 }
 
 fn snapshot(s: &AppState) -> Option<AgentStatus> {

@@ -115,14 +115,43 @@ impl Metrics {
         }
     }
 
-    /// Prometheus text exposition.
-    pub fn encode(&self) -> String {
+    /// OpenMetrics text exposition.
+    pub fn encode_openmetrics(&self) -> String {
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "metrics encoding failed");
         }
         out
     }
+
+    /// Prometheus text format 0.0.4, what every scraper and `promtool`
+    /// accept: counter families are named with their `_total` suffix and
+    /// the OpenMetrics `# EOF` marker is dropped.
+    pub fn encode(&self) -> String {
+        to_prometheus_text(&self.encode_openmetrics())
+    }
+}
+
+fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 256);
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 /// One service's metric handles (cheap clones of atomics).
@@ -159,8 +188,13 @@ impl ServiceMetrics {
 /// Logs go to stderr, human-readable or JSON (`OUTPOST_LOG_FORMAT=json`),
 /// filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing() {
+    init_tracing_with("info,rumqttd=warn")
+}
+
+/// Like [`init_tracing`] with another default filter (tests use `warn`).
+pub fn init_tracing_with(default_filter: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let json = std::env::var("OUTPOST_LOG_FORMAT").is_ok_and(|v| v == "json");
     let _ = if json { builder.json().try_init() } else { builder.try_init() };

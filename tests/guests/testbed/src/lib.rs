@@ -3,35 +3,63 @@
 //! - `trap` panics (a trap under panic=abort), `loop` spins forever,
 //!   `alloc` grows memory without bound, `acl` publishes outside its ACL;
 //! - `count` increments a persistent counter and publishes its value;
+//! - `spin:MS:TEXT` busy-waits MS ms, then publishes TEXT;
 //! - `bad` returns a bad-input error; anything else is echoed back.
+//! With config `echo_only = true` it echoes everything (a healthy neighbour).
 
 use outpost_sdk::{export_service, host, Message, Service, ServiceError};
 
 pub struct Testbed {
-    out: String,
+    config: Config,
     hoard: Vec<Vec<u8>>,
 }
 
-fn config_out(config: &str) -> Result<String, ServiceError> {
-    // Tiny hand parse of {"out": "..."}: keeps the guest dependency-free.
-    let key = "\"out\"";
-    let Some(at) = config.find(key) else { return Ok("test/out".into()) };
-    let rest = &config[at + key.len()..];
-    let start = rest.find('"').ok_or_else(|| ServiceError::BadConfig("out must be a string".into()))? + 1;
-    let len = rest[start..].find('"').ok_or_else(|| ServiceError::BadConfig("unterminated string".into()))?;
-    Ok(rest[start..start + len].to_owned())
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    /// Prefix of output topics.
+    #[serde(default = "default_out")]
+    out: String,
+    /// Echo every payload, commands included (a well-behaved neighbour).
+    #[serde(default)]
+    echo_only: bool,
+}
+
+fn default_out() -> String {
+    "test/out".into()
+}
+
+/// Busy-waits about `ms` milliseconds (no clocks needed inside the guest).
+fn spin(ms: u64) {
+    let mut x = 1u64;
+    for _ in 0..ms * 200_000 {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
 }
 
 impl Service for Testbed {
     fn init(config: &str) -> Result<Self, ServiceError> {
-        Ok(Testbed { out: config_out(config)?, hoard: Vec::new() })
+        let config = if config.trim().is_empty() { "{}" } else { config };
+        let config: Config = serde_json::from_str(config).map_err(|e| ServiceError::BadConfig(e.to_string()))?;
+        Ok(Testbed { config, hoard: Vec::new() })
     }
 
     fn handle(&mut self, batch: Vec<Message>) -> Result<(), ServiceError> {
         let mut rejected = None;
         for m in batch {
             let tail = m.topic.strip_prefix("test/in/").unwrap_or("x").to_owned();
-            let out = format!("{}/{}", self.out, tail);
+            let out = format!("{}/{}", self.config.out, tail);
+            if self.config.echo_only {
+                host::publish(&out, &m.payload).map_err(ServiceError::Internal)?;
+                continue;
+            }
+            if let Some(rest) = m.payload.strip_prefix(b"spin:") {
+                let text = String::from_utf8_lossy(rest);
+                let (ms, echo) = text.split_once(':').unwrap_or((&text, ""));
+                spin(ms.parse().unwrap_or(1));
+                host::publish(&out, echo.as_bytes()).map_err(ServiceError::Internal)?;
+                continue;
+            }
             match m.payload.as_slice() {
                 b"trap" => panic!("testbed asked to trap"),
                 b"loop" => {
