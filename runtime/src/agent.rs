@@ -43,6 +43,8 @@ pub struct AgentStatus {
     /// Services that could not be loaded, with the reason.
     pub rejected: Vec<(String, String)>,
     pub uptime_s: u64,
+    /// Milliseconds from start to ready (services loaded, subscribed).
+    pub ready_ms: Option<f64>,
 }
 
 pub struct Agent {
@@ -109,6 +111,7 @@ impl Agent {
             services: dispatcher.status(),
             rejected,
             uptime_s: 0,
+            ready_ms: None,
         }));
         if let Some(addr) = cfg.metrics.listen {
             crate::http::serve(addr, metrics.clone(), status.clone()).await.map_err(|e| AgentError::Metrics {
@@ -132,6 +135,9 @@ impl Agent {
                 let ms = started.elapsed().as_secs_f64() * 1e3;
                 tracing::info!(ready_ms = format!("{ms:.1}"), subscriptions = ?subscriptions, "agent ready");
                 set_state(&status, "ready");
+                if let Ok(mut s) = status.lock() {
+                    s.ready_ms = Some(ms);
+                }
                 let body = serde_json::json!({"state": "ready", "ready_ms": ms, "services": status_services(&status)});
                 link.publish_retained(&status_topic, body.to_string().into_bytes()).await;
             }

@@ -242,8 +242,8 @@ impl AgentConfig {
             ));
         }
         for (name, s) in &self.services {
-            if s.instances == Some(0) || s.instances.is_some_and(|n| n > 64) {
-                p.push(format!("services.{name}.instances must be 1 to 64"));
+            if s.instances == Some(0) || s.instances.is_some_and(|n| n > crate::manifest::MAX_INSTANCES) {
+                p.push(format!("services.{name}.instances must be 1 to {}", crate::manifest::MAX_INSTANCES));
             }
         }
         p

@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 /// version are refused with both versions named.
 pub const SUPPORTED_WORLD: &str = "outpost:service@1.0.0";
 
+/// Most instances of one service on one gateway.
+pub const MAX_INSTANCES: u32 = 256;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -207,8 +210,8 @@ impl Manifest {
                 p.push(format!("bus.publish: {e}"));
             }
         }
-        if self.scale.instances == 0 || self.scale.instances > 64 {
-            p.push(format!("scale.instances is {}; it must be 1 to 64", self.scale.instances));
+        if self.scale.instances == 0 || self.scale.instances > MAX_INSTANCES {
+            p.push(format!("scale.instances is {}; it must be 1 to {MAX_INSTANCES}", self.scale.instances));
         }
         if self.scale.instances > 1 && self.scale.shard_by.is_none() {
             p.push("scale.shard_by is required when scale.instances > 1 (which topic level keeps order)".into());

@@ -1,6 +1,23 @@
-//! bench placeholder
+//! `cargo xtask bench`: builds everything in release and runs the benchmark
+//! harness (`runtime/benches/agent.rs`), which prints every figure beside a
+//! baseline measured in the same run.
+
+use crate::{build_packages, cargo, demo, done, host_target_dir, packages_dir, run, step, test_packages_dir, toolchain};
 use anyhow::Result;
 use std::path::Path;
-pub fn run(_root: &Path, _args: &[String]) -> Result<()> {
-    anyhow::bail!("bench: not yet")
+
+pub fn run_bench(root: &Path, args: &[String]) -> Result<()> {
+    let guest = toolchain::setup(true)?;
+    build_packages(root, &guest)?;
+    demo::build_bins(true)?;
+    let t = step("running benchmarks (release)");
+    let mut cmd = cargo();
+    cmd.args(["bench", "-p", "outpost-runtime", "--bench", "agent", "--"])
+        .args(args)
+        .env("OUTPOST_PACKAGES", packages_dir(root))
+        .env("OUTPOST_TEST_PACKAGES", test_packages_dir(root))
+        .env("OUTPOST_BIN_DIR", host_target_dir(root).join("release"));
+    run(&mut cmd)?;
+    done(t);
+    Ok(())
 }

@@ -60,7 +60,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let guest = toolchain::setup(false)?;
     build_packages(root, &guest)?;
     build_bins(false)?;
-    let bin = root.join("target/debug");
+    let bin = crate::host_target_dir(root).join("debug");
 
     let t = step("starting the agent with its embedded broker");
     let work = root.join("target/outpost/demo");

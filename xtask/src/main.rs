@@ -34,7 +34,7 @@ fn main() -> Result<()> {
         }
         Some("test") => test(&root, &args[1..])?,
         Some("demo") => demo::run(&root, &args[1..])?,
-        Some("bench") => bench::run(&root, &args[1..])?,
+        Some("bench") => bench::run_bench(&root, &args[1..])?,
         _ => {
             println!("{USAGE}");
             if !args.is_empty() {
@@ -72,6 +72,11 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 /// The host cargo (the one running xtask).
 pub fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Where the host cargo puts its builds (CI may move it out of the clone).
+pub fn host_target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"))
 }
 
 pub fn packages_dir(root: &Path) -> PathBuf {
@@ -115,7 +120,7 @@ pub fn build_packages(root: &Path, guest: &toolchain::Guest) -> Result<()> {
         crates.iter().map(|c| c.0.as_str()).collect::<Vec<_>>().join(", "),
         guest.describe()
     ));
-    let target_dir = root.join("target/wasm");
+    let target_dir = host_target_dir(root).join("wasm");
     let mut cmd = guest.cargo_build(&target_dir);
     for (name, _, _) in &crates {
         cmd.arg("-p").arg(name);
@@ -139,12 +144,14 @@ pub fn build_packages(root: &Path, guest: &toolchain::Guest) -> Result<()> {
 fn test(root: &Path, extra: &[String]) -> Result<()> {
     let guest = toolchain::setup(true)?;
     build_packages(root, &guest)?;
+    demo::build_bins(false)?;
     let t = step("running every test (cargo test --workspace)");
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--exclude", "xtask"])
         .args(extra)
         .env("OUTPOST_PACKAGES", packages_dir(root))
-        .env("OUTPOST_TEST_PACKAGES", test_packages_dir(root));
+        .env("OUTPOST_TEST_PACKAGES", test_packages_dir(root))
+        .env("OUTPOST_BIN_DIR", host_target_dir(root).join("debug"));
     run(&mut cmd)?;
     done(t);
     Ok(())

@@ -8,7 +8,10 @@ mod instance;
 
 pub use contract::{check_component_bytes, check_contract};
 pub use imports::{CallOutput, InstanceState, ServiceContext};
-pub use instance::{CallError, ServiceInstance};
+pub use instance::{CallError, FaultKind, ServiceInstance};
+
+/// The WIT `message` record as the host passes it to `handle`.
+pub use bindings::outpost::service::types::Message as WitMessage;
 
 use crate::manifest::Manifest;
 use sha2::{Digest, Sha256};
@@ -215,4 +218,11 @@ pub struct LoadedComponent {
     pub(crate) pre: bindings::ServicePre<InstanceState>,
     /// sha256 of the component bytes.
     pub digest: String,
+}
+
+impl LoadedComponent {
+    /// The compiled component (benchmarks compare against raw wasmtime with it).
+    pub fn component(&self) -> &Component {
+        self.pre.instance_pre().component()
+    }
 }

@@ -1,4 +1,4 @@
-//! Testbed service. For each message on `test/in/{tail}` it acts on the
+//! Testbed service. For each message on `a/b/{tail}` it acts on the
 //! payload and publishes to `{out}/{tail}`:
 //! - `trap` panics (a trap under panic=abort), `loop` spins forever,
 //!   `alloc` grows memory without bound, `acl` publishes outside its ACL;
@@ -47,7 +47,8 @@ impl Service for Testbed {
     fn handle(&mut self, batch: Vec<Message>) -> Result<(), ServiceError> {
         let mut rejected = None;
         for m in batch {
-            let tail = m.topic.strip_prefix("test/in/").unwrap_or("x").to_owned();
+            // Everything after the first two levels: test/in/{tail} -> {out}/{tail}.
+            let tail = m.topic.splitn(3, '/').nth(2).unwrap_or("x").to_owned();
             let out = format!("{}/{}", self.config.out, tail);
             if self.config.echo_only {
                 host::publish(&out, &m.payload).map_err(ServiceError::Internal)?;

@@ -1,0 +1,536 @@
+//! `cargo xtask bench`: every figure printed beside a baseline measured in
+//! the same run. Needs the packages built by `cargo xtask build`, release
+//! binaries, and Mosquitto (all provided by `cargo xtask bench`).
+
+use outpost::config::DispatchConfig;
+use outpost::dispatch::{Dispatcher, Egress, Inbound, ServiceSpec};
+use outpost::host::{EngineOptions, HostEngine, LoadedComponent, ServiceContext};
+use outpost::manifest::Manifest;
+use outpost::telemetry::Metrics;
+use outpost_sdk::testing::Harness;
+use outpost_sdk::Message;
+use positioning::Positioning;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn env_dir(var: &str, default: &str) -> PathBuf {
+    std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| workspace().join(default))
+}
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_owned()
+}
+
+struct Row {
+    what: String,
+    ours: String,
+    baseline: String,
+    ratio: String,
+    target: String,
+}
+
+fn row(rows: &mut Vec<Row>, what: &str, ours: String, baseline: String, ratio: String, target: &str) {
+    println!("  {what}: {ours}  |  baseline {baseline}  |  {ratio}  (target {target})");
+    rows.push(Row { what: what.into(), ours, baseline, ratio, target: target.into() });
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+struct Null;
+impl Egress for Null {
+    fn publish(&mut self, _: &str, _: &[u8]) {}
+}
+
+fn load(host: &HostEngine, dir: &Path) -> (Manifest, LoadedComponent) {
+    let pkg = outpost::package::Package::load(dir).unwrap_or_else(|e| panic!("{e}; run `cargo xtask bench`"));
+    let loaded = host.load(&pkg.wasm_path, &pkg.wasm, None).expect("load component");
+    (pkg.manifest, loaded)
+}
+
+fn context(name: &str, manifest: &Manifest, metrics: &Arc<Metrics>) -> ServiceContext {
+    ServiceContext {
+        service: name.into(),
+        publish_acl: manifest.bus.publish.clone().into(),
+        state: None,
+        metrics: metrics.service(name),
+    }
+}
+
+/// NMEA lines of every shipped capture (the positioning workload).
+fn nmea_workload() -> Vec<Vec<u8>> {
+    let dir = workspace().join("tests/data/gpsd-nmea-logs");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("tests/data/gpsd-nmea-logs")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    files.sort();
+    let mut lines = Vec::new();
+    for f in files {
+        let data = std::fs::read(&f).expect("read capture");
+        for l in data.split(|&b| b == b'\n') {
+            let l = l.strip_suffix(b"\r").unwrap_or(l);
+            if l.starts_with(b"$") {
+                lines.push(l.to_vec());
+            }
+        }
+    }
+    lines
+}
+
+/// (a) positioning per message, WASM in the real host vs the same code native.
+fn bench_handler(rows: &mut Vec<Row>) {
+    println!("\n(a) positioning handler, per message: WASM (real host) vs native");
+    let lines = nmea_workload();
+    let topic = "site/bench/truck-1/gnss/nmea";
+    let host = HostEngine::new(&EngineOptions::default()).expect("engine");
+    let (manifest, loaded) = load(&host, &env_dir("OUTPOST_PACKAGES", "target/outpost/packages").join("positioning"));
+    let metrics = Metrics::new();
+    for batch in [1usize, 16, 256] {
+        let rounds = (200_000 / lines.len()).max(2);
+        // WASM
+        let mut instance = host.instantiate(&loaded, &manifest, context("positioning", &manifest, &metrics), "{}").expect("instantiate");
+        let wit_batches: Vec<Vec<outpost::host::WitMessage>> = lines
+            .chunks(batch)
+            .map(|c| c.iter().map(|l| outpost::host::WitMessage { topic: topic.into(), payload: l.clone(), received_ms: 0 }).collect())
+            .collect();
+        let t = Instant::now();
+        for _ in 0..rounds {
+            for b in &wit_batches {
+                instance.handle(b).expect("wasm handle");
+            }
+        }
+        let wasm_ns = t.elapsed().as_nanos() as f64 / (rounds * lines.len()) as f64;
+        // Native, same service code through the SDK's harness.
+        let mut h = Harness::<Positioning>::new("{}").expect("native init");
+        let native_batches: Vec<Vec<Message>> =
+            lines.chunks(batch).map(|c| c.iter().map(|l| Message::new(topic, l.clone())).collect()).collect();
+        let t = Instant::now();
+        for _ in 0..rounds {
+            for b in &native_batches {
+                h.send_batch(b.clone()).expect("native handle");
+                h.take_published();
+            }
+        }
+        let native_ns = t.elapsed().as_nanos() as f64 / (rounds * lines.len()) as f64;
+        row(
+            rows,
+            &format!("positioning per message, batch {batch}"),
+            format!("{wasm_ns:.0} ns (WASM)"),
+            format!("{native_ns:.0} ns (native)"),
+            format!("{:.2}x native", wasm_ns / native_ns),
+            if batch == 256 { "<= 1.5x at batch 256" } else { "-" },
+        );
+    }
+}
+
+/// (b) service -> service inside the agent vs raw publish -> subscribe through Mosquitto.
+fn bench_in_agent(rows: &mut Vec<Row>, mosquitto_port: u16, rt: &tokio::runtime::Runtime) {
+    println!("\n(b) service-to-service delivery: in-agent routing vs Mosquitto publish -> subscribe");
+    let host = Arc::new(HostEngine::new(&EngineOptions::default()).expect("engine"));
+    let testbed = env_dir("OUTPOST_TEST_PACKAGES", "target/outpost/test-packages").join("testbed");
+    let metrics = Metrics::new();
+    let mut d = Dispatcher::new(host.clone(), DispatchConfig::default(), "bench", Box::new(Null));
+    for (name, sub, out) in [("relay", "bench/in/#", "bench/mid"), ("sink", "bench/mid/#", "bench/out")] {
+        let (mut manifest, loaded) = load(&host, &testbed);
+        manifest.service.name = name.into();
+        manifest.bus.subscribe = vec![sub.into()];
+        manifest.bus.publish = vec![format!("{out}/#")];
+        manifest.bus.mirror = false;
+        let ctx = context(name, &manifest, &metrics);
+        d.add_service(ServiceSpec {
+            config_json: format!("{{\"out\": \"{out}\", \"echo_only\": true}}"),
+            instances: 1,
+            manifest,
+            loaded,
+            context: ctx,
+        })
+        .expect("add service");
+    }
+    let sink = metrics.service("sink");
+    let n = 100_000u64;
+    let burst = 64u64;
+    let mut latencies = Vec::new();
+    let t = Instant::now();
+    let mut sent = 0;
+    while sent < n {
+        let t0 = Instant::now();
+        for _ in 0..burst {
+            d.accept(Arc::new(Inbound::new("bench/in/a", vec![b'x'; 100])));
+        }
+        d.run_until_idle();
+        latencies.push(t0.elapsed().as_secs_f64() * 1e6);
+        sent += burst;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(sink.messages_in.get(), sent, "sink saw every message");
+    let agent_rate = sent as f64 / secs;
+    let agent_p99 = percentile(&mut latencies, 0.99);
+
+    let (raw_rate, raw_p99) = rt.block_on(raw_mqtt(mosquitto_port, QoS::AtMostOnce, 50_000, "bench/raw0"));
+    row(
+        rows,
+        "in-agent service->service, msgs/s",
+        format!("{agent_rate:.0}/s"),
+        format!("{raw_rate:.0}/s (Mosquitto QoS0)"),
+        format!("{:.1}x", agent_rate / raw_rate),
+        ">= 5x",
+    );
+    row(
+        rows,
+        "in-agent service->service, p99 latency",
+        format!("{agent_p99:.0} us (burst of {burst})"),
+        format!("{raw_p99:.0} us"),
+        format!("{:.2}x", agent_p99 / raw_p99),
+        "-",
+    );
+}
+
+/// Raw publish -> subscribe through a broker; returns (msgs/s, p99 latency us).
+async fn raw_mqtt(port: u16, qos: QoS, n: usize, topic: &str) -> (f64, f64) {
+    let start = Instant::now();
+    let (sub, mut sub_loop) = client("bench-sub", port);
+    let (pub_, mut pub_loop) = client("bench-pub", port);
+    sub.subscribe(topic, qos).await.expect("subscribe");
+    loop {
+        if let Ok(Event::Incoming(Packet::SubAck(_))) = sub_loop.poll().await {
+            break;
+        }
+    }
+    tokio::spawn(async move { while pub_loop.poll().await.is_ok() {} });
+    let topic_owned = topic.to_owned();
+    let publisher = tokio::spawn(async move {
+        for _ in 0..n {
+            let mut payload = vec![b'x'; 100];
+            payload[..16].copy_from_slice(&start.elapsed().as_nanos().to_le_bytes());
+            pub_.publish(&topic_owned, qos, false, payload).await.expect("publish");
+        }
+    });
+    let mut lat = Vec::with_capacity(n);
+    let mut first = None;
+    let mut last = Instant::now();
+    while lat.len() < n {
+        match tokio::time::timeout(Duration::from_secs(5), sub_loop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                let now = start.elapsed().as_nanos();
+                let sent = u128::from_le_bytes(p.payload[..16].try_into().expect("16 bytes"));
+                lat.push((now - sent) as f64 / 1e3);
+                first.get_or_insert_with(Instant::now);
+                last = Instant::now();
+            }
+            Ok(Ok(_)) => {}
+            _ => break,
+        }
+    }
+    let _ = publisher.await;
+    let got = lat.len();
+    if got < n {
+        println!("    (baseline received {got} of {n})");
+    }
+    let secs = first.map_or(1.0, |f| last.duration_since(f).as_secs_f64().max(1e-9));
+    (got as f64 / secs, percentile(&mut lat, 0.99))
+}
+
+fn client(id: &str, port: u16) -> (AsyncClient, rumqttc::EventLoop) {
+    let mut o = MqttOptions::new(format!("{id}-{}", std::process::id()), "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_inflight(100);
+    AsyncClient::new(o, 10_000)
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+}
+
+fn start_mosquitto(dir: &Path) -> (Proc, u16) {
+    let port = free_port();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 100\nmax_queued_messages 1000000\n")).expect("conf");
+    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"].into_iter().find(|p| Path::new(p).exists()).expect("mosquitto installed");
+    let child = Command::new(bin).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("mosquitto");
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (Proc(child), port)
+}
+
+/// (c) publish -> service -> subscriber through the agent vs raw through the same broker.
+fn bench_end_to_end(rows: &mut Vec<Row>, mosquitto_port: u16, rt: &tokio::runtime::Runtime) {
+    println!("\n(c) end to end: publish -> agent service -> subscriber vs raw publish -> subscribe (QoS1, same Mosquitto)");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let services = dir.path().join("services/testbed");
+    std::fs::create_dir_all(&services).expect("mkdir");
+    let testbed = env_dir("OUTPOST_TEST_PACKAGES", "target/outpost/test-packages").join("testbed");
+    for f in ["service.toml", "service.wasm"] {
+        std::fs::copy(testbed.join(f), services.join(f)).expect("copy");
+    }
+    let text = format!(
+        "gateway = \"bench\"\nsite = \"b\"\nservices_dir = \"{}\"\nstate_dir = \"{}\"\n[broker]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:{mosquitto_port}\"\n[metrics]\n",
+        dir.path().join("services").display(),
+        dir.path().join("state").display()
+    );
+    let config = outpost::config::AgentConfig::parse(&text, Path::new("bench.toml")).expect("config");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let agent = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("rt");
+        rt.block_on(outpost::agent::Agent::new(config).run(async move {
+            let _ = stop_rx.await;
+        }))
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let n = 20_000;
+    let (agent_rate, agent_p99) = rt.block_on(through_agent(mosquitto_port, n));
+    let (raw_rate, raw_p99) = rt.block_on(raw_mqtt(mosquitto_port, QoS::AtLeastOnce, n, "bench/raw1"));
+    let _ = stop_tx.send(());
+    let _ = agent.join();
+    row(
+        rows,
+        "end to end through the agent, msgs/s",
+        format!("{agent_rate:.0}/s"),
+        format!("{raw_rate:.0}/s (raw)"),
+        format!("{:.2}x", agent_rate / raw_rate),
+        ">= 0.7x",
+    );
+    row(rows, "end to end p99 latency", format!("{agent_p99:.0} us"), format!("{raw_p99:.0} us"), format!("{:.2}x", agent_p99 / raw_p99), "-");
+}
+
+async fn through_agent(port: u16, n: usize) -> (f64, f64) {
+    let start = Instant::now();
+    let (sub, mut sub_loop) = client("bench-e2e-sub", port);
+    let (pub_, mut pub_loop) = client("bench-e2e-pub", port);
+    sub.subscribe("test/out/#", QoS::AtLeastOnce).await.expect("subscribe");
+    loop {
+        if let Ok(Event::Incoming(Packet::SubAck(_))) = sub_loop.poll().await {
+            break;
+        }
+    }
+    tokio::spawn(async move { while pub_loop.poll().await.is_ok() {} });
+    let publisher = tokio::spawn(async move {
+        for _ in 0..n {
+            // The testbed echoes the payload: a decimal send time in ns.
+            let payload = start.elapsed().as_nanos().to_string().into_bytes();
+            pub_.publish("test/in/bench", QoS::AtLeastOnce, false, payload).await.expect("publish");
+        }
+    });
+    let mut lat = Vec::with_capacity(n);
+    let mut first = None;
+    let mut last = Instant::now();
+    while lat.len() < n {
+        match tokio::time::timeout(Duration::from_secs(10), sub_loop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                let now = start.elapsed().as_nanos();
+                let sent: u128 = std::str::from_utf8(&p.payload).ok().and_then(|s| s.parse().ok()).unwrap_or(now);
+                lat.push((now - sent) as f64 / 1e3);
+                first.get_or_insert_with(Instant::now);
+                last = Instant::now();
+            }
+            Ok(Ok(_)) => {}
+            _ => break,
+        }
+    }
+    let _ = publisher.await;
+    if lat.len() < n {
+        println!("    (agent path delivered {} of {n})", lat.len());
+    }
+    let secs = first.map_or(1.0, |f| last.duration_since(f).as_secs_f64().max(1e-9));
+    (lat.len() as f64 / secs, percentile(&mut lat, 0.99))
+}
+
+struct RawState {
+    wasi: wasmtime_wasi::WasiCtx,
+    table: wasmtime::component::ResourceTable,
+}
+impl wasmtime_wasi::WasiView for RawState {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        wasmtime_wasi::WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// (d) instantiate cost vs raw wasmtime on the same engine config.
+fn bench_instantiate(rows: &mut Vec<Row>) {
+    println!("\n(d) instantiate: Outpost instance (store, limits, WASI, init) vs raw wasmtime (same engine config)");
+    let host = HostEngine::new(&EngineOptions::default()).expect("engine");
+    let (manifest, loaded) = load(&host, &env_dir("OUTPOST_PACKAGES", "target/outpost/packages").join("positioning"));
+    let metrics = Metrics::new();
+    let ctx = context("positioning", &manifest, &metrics);
+    let n = 2000;
+    for _ in 0..50 {
+        drop(host.instantiate(&loaded, &manifest, ctx.clone(), "{}").expect("warm"));
+    }
+    let t = Instant::now();
+    for _ in 0..n {
+        drop(host.instantiate(&loaded, &manifest, ctx.clone(), "{}").expect("instantiate"));
+    }
+    let ours = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    let mut linker = wasmtime::component::Linker::<RawState>::new(host.engine());
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).expect("wasi");
+    linker.define_unknown_imports_as_traps(loaded.component()).expect("stubs");
+    let pre = linker.instantiate_pre(loaded.component()).expect("pre");
+    let mk = || wasmtime::Store::new(host.engine(), RawState { wasi: wasmtime_wasi::WasiCtx::builder().build(), table: Default::default() });
+    for _ in 0..50 {
+        let mut s = mk();
+        pre.instantiate(&mut s).expect("raw warm");
+    }
+    let t = Instant::now();
+    for _ in 0..n {
+        let mut s = mk();
+        pre.instantiate(&mut s).expect("raw instantiate");
+    }
+    let raw = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    row(rows, "instantiate + init (pooling)", format!("{ours:.1} us"), format!("{raw:.1} us (raw wasmtime instantiate)"), format!("{:.2}x", ours / raw), "< 20 us");
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn http_status(port: u16) -> Option<serde_json::Value> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(s, "GET /status HTTP/1.0\r\n\r\n").ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    serde_json::from_str(raw.split_once("\r\n\r\n")?.1).ok()
+}
+
+/// Starts the release agent binary; returns it with (wall ms to ready, agent's own ready_ms).
+fn start_agent(dir: &Path, extra: &str) -> (Proc, f64, f64) {
+    let (mqtt, http) = (free_port(), free_port());
+    let config = dir.join("outpost.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "gateway = \"bench\"\nsite = \"b\"\nservices_dir = \"{}\"\nstate_dir = \"{}\"\n[broker]\nlisten = \"127.0.0.1:{mqtt}\"\n[metrics]\nlisten = \"127.0.0.1:{http}\"\n{extra}",
+            dir.join("services").display(),
+            dir.join("state").display()
+        ),
+    )
+    .expect("config");
+    let bin = env_dir("OUTPOST_BIN_DIR", "target/release").join("outpost");
+    let t = Instant::now();
+    let child = Command::new(&bin).arg("--config").arg(&config).stderr(Stdio::null()).spawn().unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    let proc_ = Proc(child);
+    loop {
+        if let Some(s) = http_status(http) {
+            if s["state"] == "ready" {
+                return (proc_, t.elapsed().as_secs_f64() * 1e3, s["ready_ms"].as_f64().unwrap_or(f64::NAN));
+            }
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "agent not ready");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn install(dir: &Path, package: &Path, name: &str) {
+    let dest = dir.join("services").join(name);
+    std::fs::create_dir_all(&dest).expect("mkdir");
+    std::fs::copy(package.join("service.wasm"), dest.join("service.wasm")).expect("copy");
+    let manifest = std::fs::read_to_string(package.join("service.toml")).expect("manifest");
+    let manifest = manifest.replacen(&format!("name = \"{}\"", package.file_name().and_then(|n| n.to_str()).unwrap_or("")), &format!("name = \"{name}\""), 1);
+    std::fs::write(dest.join("service.toml"), manifest).expect("write");
+}
+
+/// (d) start to ready, and (e) memory.
+fn bench_start_and_memory(rows: &mut Vec<Row>, mosquitto_pid: u32) {
+    println!("\n(d) agent start to ready with 4 services, and (e) resident memory");
+    let pkgs = env_dir("OUTPOST_PACKAGES", "target/outpost/packages");
+    let tests = env_dir("OUTPOST_TEST_PACKAGES", "target/outpost/test-packages");
+    let dir = tempfile::tempdir().expect("tempdir");
+    install(dir.path(), &pkgs.join("positioning"), "positioning");
+    for name in ["testbed", "relay", "sink"] {
+        install(dir.path(), &tests.join("testbed"), name);
+    }
+    let (cold, cold_wall, cold_ms) = start_agent(dir.path(), "");
+    drop(cold);
+    let (warm, warm_wall, warm_ms) = start_agent(dir.path(), "");
+    row(
+        rows,
+        "start to ready, 4 services, precompiled cache",
+        format!("{warm_ms:.1} ms (agent) / {warm_wall:.1} ms (process spawn)"),
+        format!("{cold_ms:.1} ms / {cold_wall:.1} ms without cache"),
+        format!("{:.1}x faster", cold_ms / warm_ms),
+        "< 100 ms with cache",
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let four = rss_kib(warm.0.id());
+    drop(warm);
+
+    let idle_dir = tempfile::tempdir().expect("tempdir");
+    install(idle_dir.path(), &pkgs.join("positioning"), "positioning");
+    let (idle, _, _) = start_agent(idle_dir.path(), "");
+    std::thread::sleep(Duration::from_secs(1));
+    let idle_kib = rss_kib(idle.0.id());
+    drop(idle);
+    let mosq = rss_kib(mosquitto_pid);
+    row(
+        rows,
+        "idle RSS, agent + embedded broker + positioning",
+        format!("{:.1} MiB", idle_kib as f64 / 1024.0),
+        format!("{:.1} MiB (idle Mosquitto)", mosq as f64 / 1024.0),
+        format!("{:.2}x", idle_kib as f64 / mosq as f64),
+        "< 2x Mosquitto",
+    );
+    let (hundred, _, _) = start_agent(dir.path(), "[services.testbed]\ninstances = 97\n");
+    std::thread::sleep(Duration::from_secs(1));
+    let h = rss_kib(hundred.0.id());
+    drop(hundred);
+    row(
+        rows,
+        "RSS with 100 service instances (97 testbed + 3 others)",
+        format!("{:.1} MiB", h as f64 / 1024.0),
+        format!("{:.1} MiB with 4 instances", four as f64 / 1024.0),
+        format!("+{:.0} KiB per instance", (h.saturating_sub(four)) as f64 / 96.0),
+        "< 64 MB",
+    );
+}
+
+fn main() {
+    // `cargo bench` passes --bench; a filter argument selects sections.
+    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let on = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mosquitto, mosquitto_port) = start_mosquitto(dir.path());
+    let mut rows = Vec::new();
+    println!("Outpost benchmarks ({} cores); every figure beside its baseline from this run", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if on("handler") {
+        bench_handler(&mut rows);
+    }
+    if on("in-agent") {
+        bench_in_agent(&mut rows, mosquitto_port, &rt);
+    }
+    if on("e2e") {
+        bench_end_to_end(&mut rows, mosquitto_port, &rt);
+    }
+    if on("instantiate") {
+        bench_instantiate(&mut rows);
+    }
+    if on("start") {
+        bench_start_and_memory(&mut rows, mosquitto.0.id());
+    }
+    println!("\n| figure | Outpost | baseline (same run) | ratio | target |\n|---|---|---|---|---|");
+    for r in &rows {
+        println!("| {} | {} | {} | {} | {} |", r.what, r.ours, r.baseline, r.ratio, r.target);
+    }
+}
