@@ -50,6 +50,7 @@ pub struct ReplaySummary {
     pub messages_in: u64,
     pub messages_out: u64,
     pub faults: u64,
+    pub dead_letters: u64,
 }
 
 /// Prints each output as `{"topic": ..., "payload": ...}`.
@@ -172,6 +173,7 @@ pub fn run(opts: &ReplayOptions, egress: Box<dyn Egress>) -> Result<ReplaySummar
         messages_in: svc_metrics.messages_in.get(),
         messages_out: svc_metrics.messages_out.get(),
         faults: svc_metrics.traps.get(),
+        dead_letters: svc_metrics.dead_letters.get(),
     })
 }
 

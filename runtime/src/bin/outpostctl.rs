@@ -81,8 +81,8 @@ fn main() -> anyhow::Result<()> {
             let opts = ReplayOptions { package, input: replay, topic, chunk, config, state_dir: state, max_batch: batch };
             let summary = outpost::replay::run(&opts, Box::new(JsonLines::new(std::io::stdout())))?;
             eprintln!(
-                "outpostctl run: {} messages in, {} published, {} faults",
-                summary.messages_in, summary.messages_out, summary.faults
+                "outpostctl run: {} messages handled, {} published, {} instance faults, {} dead-lettered",
+                summary.messages_in, summary.messages_out, summary.faults, summary.dead_letters
             );
             Ok(())
         }
