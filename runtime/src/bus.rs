@@ -183,7 +183,7 @@ async fn drive(
                 metrics.mqtt_connected.set(0);
                 failures += 1;
                 let wait = Duration::from_millis((100u64 << failures.min(6)).min(5_000));
-                if failures == 1 || failures % 20 == 0 {
+                if failures == 1 || failures.is_multiple_of(20) {
                     tracing::warn!(broker = %format!("{}:{}", opts.host, opts.port), error = %e, retry_ms = wait.as_millis() as u64,
                         "MQTT connection lost or refused; retrying");
                 }

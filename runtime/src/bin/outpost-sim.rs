@@ -46,7 +46,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     outpost::telemetry::init_tracing();
     let args = Args::parse();
-    if !(args.speed > 0.0) {
+    if args.speed.is_nan() || args.speed <= 0.0 {
         bail!("--speed must be greater than 0");
     }
     let qos = match args.qos {

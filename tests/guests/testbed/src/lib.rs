@@ -5,6 +5,7 @@
 //! - `count` increments a persistent counter and publishes its value;
 //! - `spin:MS:TEXT` busy-waits MS ms, then publishes TEXT;
 //! - `bad` returns a bad-input error; anything else is echoed back.
+//!
 //! With config `echo_only = true` it echoes everything (a healthy neighbour).
 
 use outpost_sdk::{export_service, host, Message, Service, ServiceError};
