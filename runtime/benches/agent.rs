@@ -283,7 +283,7 @@ fn bench_end_to_end(rows: &mut Vec<Row>, mosquitto_port: u16, rt: &tokio::runtim
         std::fs::copy(testbed.join(f), services.join(f)).expect("copy");
     }
     let text = format!(
-        "gateway = \"bench\"\nsite = \"b\"\nservices_dir = \"{}\"\nstate_dir = \"{}\"\n[broker]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:{mosquitto_port}\"\n[metrics]\n",
+        "gateway = \"bench\"\nsite = \"b\"\nservices_dir = \"{}\"\nstate_dir = \"{}\"\n[broker]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:{mosquitto_port}\"\n[metrics]\n[api]\n",
         dir.path().join("services").display(),
         dir.path().join("state").display()
     );
@@ -416,12 +416,12 @@ fn http_status(port: u16) -> Option<serde_json::Value> {
 
 /// Starts the release agent binary; returns it with (wall ms to ready, agent's own ready_ms).
 fn start_agent(dir: &Path, extra: &str) -> (Proc, f64, f64) {
-    let (mqtt, http) = (free_port(), free_port());
+    let (mqtt, http, api) = (free_port(), free_port(), free_port());
     let config = dir.join("outpost.toml");
     std::fs::write(
         &config,
         format!(
-            "gateway = \"bench\"\nsite = \"b\"\nservices_dir = \"{}\"\nstate_dir = \"{}\"\n[broker]\nlisten = \"127.0.0.1:{mqtt}\"\n[metrics]\nlisten = \"127.0.0.1:{http}\"\n{extra}",
+            "gateway = \"bench\"\nsite = \"b\"\nservices_dir = \"{}\"\nstate_dir = \"{}\"\n[broker]\nlisten = \"127.0.0.1:{mqtt}\"\n[metrics]\nlisten = \"127.0.0.1:{http}\"\n[api]\nlisten = \"127.0.0.1:{api}\"\n{extra}",
             dir.join("services").display(),
             dir.join("state").display()
         ),

@@ -25,8 +25,10 @@ pub enum AgentError {
     ServicesDir { path: String, message: String },
     #[error("{0}")]
     Config(String),
-    #[error("cannot serve metrics on {addr}: {message}")]
+    #[error("cannot serve metrics on {addr}: {message} (set [metrics] listen to a free address, or remove it)")]
     Metrics { addr: String, message: String },
+    #[error("cannot serve the management API on {addr}: {message} (set [api] listen to a free address, or remove it)")]
+    Api { addr: String, message: String },
     #[error("cannot start the dispatcher thread: {0}")]
     Thread(String),
 }
@@ -115,6 +117,12 @@ impl Agent {
         }));
         if let Some(addr) = cfg.metrics.listen {
             crate::http::serve(addr, metrics.clone(), status.clone()).await.map_err(|e| AgentError::Metrics {
+                addr: addr.to_string(),
+                message: e.to_string(),
+            })?;
+        }
+        if let Some(addr) = cfg.api.listen {
+            crate::api::serve(addr, status.clone(), metrics.clone()).await.map_err(|e| AgentError::Api {
                 addr: addr.to_string(),
                 message: e.to_string(),
             })?;

@@ -26,6 +26,8 @@ pub struct AgentConfig {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub dispatch: DispatchConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
     /// Per-site overrides, keyed by service name.
     #[serde(default)]
     pub services: BTreeMap<String, SiteServiceConfig>,
@@ -113,6 +115,20 @@ pub struct MetricsConfig {
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig { listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))) }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// gRPC management API (`outpostctl status`); omit to disable.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { listen: Some(SocketAddr::from(([127, 0, 0, 1], 9465))) }
     }
 }
 

@@ -7,10 +7,11 @@
 //! - [`dispatch`]: queues, batching, in-agent routing, faults and restarts.
 //! - [`bus`], [`broker`]: the MQTT link and the embedded broker.
 //! - [`state`]: per-service persistent key-value state.
-//! - [`telemetry`], [`http`]: metrics, logs, status page.
+//! - [`telemetry`], [`http`]: metrics, logs, status page; [`api`]: gRPC management API.
 //! - [`agent`]: ties it together; [`replay`]: offline runs for developers.
 
 pub mod agent;
+pub mod api;
 pub mod broker;
 pub mod bus;
 pub mod config;

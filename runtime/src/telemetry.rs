@@ -188,7 +188,7 @@ impl ServiceMetrics {
 /// Logs go to stderr, human-readable or JSON (`OUTPOST_LOG_FORMAT=json`),
 /// filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing() {
-    init_tracing_with("info,rumqttd=warn")
+    init_tracing_with("info,rumqttd=warn,rumqttd::router::routing=off,rumqttd::server::broker=off")
 }
 
 /// Like [`init_tracing`] with another default filter (tests use `warn`).

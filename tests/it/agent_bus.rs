@@ -106,3 +106,34 @@ fn metrics_pass_promtool_and_status_page_renders() {
     let (code, _) = agent.http("/healthz").expect("healthz");
     assert_eq!(code, 200);
 }
+
+#[test]
+fn management_api_and_outpostctl_status_report_services() {
+    let dir = AgentDir::new();
+    dir.install(&test_package("testbed"), "testbed");
+    let agent = TestAgent::start(&dir, None, "");
+    let out = std::process::Command::new(binary("outpostctl"))
+        .args(["status", "--agent", &format!("http://127.0.0.1:{}", agent.api_port), "--json"])
+        .output()
+        .expect("outpostctl status");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON status");
+    assert_eq!(status["gateway"], "test-gw");
+    assert_eq!(status["state"], "ready");
+    assert_eq!(status["mqtt_connected"], true);
+    assert_eq!(status["services"][0]["name"], "testbed");
+    assert_eq!(status["services"][0]["running"], 1);
+    let table = std::process::Command::new(binary("outpostctl"))
+        .args(["status", "--agent", &format!("http://127.0.0.1:{}", agent.api_port)])
+        .output()
+        .expect("outpostctl status");
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("testbed") && text.contains("ok") && text.contains("test-gw"), "{text}");
+    // An agent that is not there: a clear error, not a hang.
+    let gone = std::process::Command::new(binary("outpostctl"))
+        .args(["status", "--agent", &format!("http://127.0.0.1:{}", free_port())])
+        .output()
+        .expect("outpostctl status");
+    assert!(!gone.status.success());
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("cannot reach the agent"));
+}

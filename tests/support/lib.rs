@@ -36,6 +36,17 @@ pub fn test_package(name: &str) -> PathBuf {
     built("OUTPOST_TEST_PACKAGES", "target/outpost/test-packages", name)
 }
 
+/// A binary of the runtime crate (`outpost`, `outpostctl`, `outpost-sim`),
+/// built by `cargo xtask test` before the tests run.
+pub fn binary(name: &str) -> PathBuf {
+    let dir = std::env::var_os("OUTPOST_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target")).join("debug")
+    });
+    let bin = dir.join(name);
+    assert!(bin.is_file(), "{} not built; run the tests with `cargo xtask test`", bin.display());
+    bin
+}
+
 pub fn data(rel: &str) -> PathBuf {
     workspace().join("tests/data").join(rel)
 }
@@ -207,6 +218,7 @@ pub fn publish_bytes(port: u16, topic: &str, payload: &[u8]) {
 pub struct TestAgent {
     pub mqtt_port: u16,
     pub http_port: u16,
+    pub api_port: u16,
     pub dir: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<(), String>>>,
@@ -241,8 +253,9 @@ impl AgentDir {
     }
 
     /// Config text for an agent on the given broker (`None` = embedded on a free port).
-    pub fn config(&self, external: Option<&str>, extra: &str) -> (String, u16, u16) {
+    pub fn config(&self, external: Option<&str>, extra: &str) -> (String, u16, u16, u16) {
         let http = free_port();
+        let api = free_port();
         let (broker, port) = match external {
             Some(url) => {
                 let port = url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port in url");
@@ -254,11 +267,11 @@ impl AgentDir {
             }
         };
         let text = format!(
-            "gateway = \"test-gw\"\nsite = \"s1\"\nservices_dir = \"{}\"\nstate_dir = \"{}\"\n{broker}\n[metrics]\nlisten = \"127.0.0.1:{http}\"\n\n[dispatch]\ninitial_backoff_ms = 20\nmax_backoff_ms = 200\ntick_interval_ms = 200\n{extra}\n",
+            "gateway = \"test-gw\"\nsite = \"s1\"\nservices_dir = \"{}\"\nstate_dir = \"{}\"\n{broker}\n[metrics]\nlisten = \"127.0.0.1:{http}\"\n\n[api]\nlisten = \"127.0.0.1:{api}\"\n\n[dispatch]\ninitial_backoff_ms = 20\nmax_backoff_ms = 200\ntick_interval_ms = 200\n{extra}\n",
             self.path().join("services").display(),
             self.path().join("state").display(),
         );
-        (text, port, http)
+        (text, port, http, api)
     }
 }
 
@@ -271,8 +284,8 @@ impl Default for AgentDir {
 impl TestAgent {
     /// Starts an agent and waits until it is ready (subscribed) or 30 s pass.
     pub fn start(dir: &AgentDir, external: Option<&str>, extra: &str) -> TestAgent {
-        outpost::telemetry::init_tracing_with("warn,rumqttd=error");
-        let (text, mqtt_port, http_port) = dir.config(external, extra);
+        outpost::telemetry::init_tracing_with("warn,rumqttd=off");
+        let (text, mqtt_port, http_port, api_port) = dir.config(external, extra);
         let config = AgentConfig::parse(&text, Path::new("test.toml")).expect("test config is valid");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -286,7 +299,7 @@ impl TestAgent {
                     .map_err(|e| e.to_string())
             })
         });
-        let agent = TestAgent { mqtt_port, http_port, dir: dir.path().to_owned(), stop: Some(tx), thread: Some(thread) };
+        let agent = TestAgent { mqtt_port, http_port, api_port, dir: dir.path().to_owned(), stop: Some(tx), thread: Some(thread) };
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(30) {
             if agent.status().is_some_and(|s| s["state"] == "ready") {

@@ -70,12 +70,12 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     for f in ["service.toml", "service.wasm"] {
         std::fs::copy(packages_dir(root).join("positioning").join(f), services.join(f))?;
     }
-    let (mqtt, http) = (free_port()?, free_port()?);
+    let (mqtt, http, api) = (free_port()?, free_port()?, free_port()?);
     let config = work.join("outpost.toml");
     std::fs::write(
         &config,
         format!(
-            "gateway = \"demo-gw\"\nsite = \"demo\"\nservices_dir = \"{}\"\nstate_dir = \"{}\"\n\n[broker]\nmode = \"embedded\"\nlisten = \"127.0.0.1:{mqtt}\"\n\n[metrics]\nlisten = \"127.0.0.1:{http}\"\n",
+            "gateway = \"demo-gw\"\nsite = \"demo\"\nservices_dir = \"{}\"\nstate_dir = \"{}\"\n\n[broker]\nmode = \"embedded\"\nlisten = \"127.0.0.1:{mqtt}\"\n\n[metrics]\nlisten = \"127.0.0.1:{http}\"\n\n[api]\nlisten = \"127.0.0.1:{api}\"\n",
             work.join("services").display(),
             work.join("state").display()
         ),
@@ -98,6 +98,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     println!("    agent ready: MQTT on 127.0.0.1:{mqtt}, status page http://{http_addr}/ , log {}", work.join("agent.log").display());
+    run_cmd(Command::new(bin.join("outpostctl")).args(["status", "--agent", &format!("http://127.0.0.1:{api}")]))?;
     done(t);
 
     let t = step(&format!("replaying {} real GNSS captures at {speed}x; fixes as they arrive:", CAPTURES.len()));

@@ -44,6 +44,15 @@ enum Command {
     Check {
         package: PathBuf,
     },
+    /// Show a running agent's state and services (gRPC management API).
+    Status {
+        /// The agent's management API.
+        #[arg(long, default_value = "http://127.0.0.1:9465")]
+        agent: String,
+        /// Print the raw status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print messages from the bus as JSON lines (e.g. a service's outputs).
     Watch {
         /// Topic filters (MQTT wildcards allowed).
@@ -66,6 +75,10 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     outpost::telemetry::init_tracing();
     match Args::parse().command {
+        Command::Status { agent, json } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(status(agent, json))
+        }
         Command::Watch { topics, broker, count, timeout, fixes } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(watch(topics, broker, count, timeout, fixes))
@@ -101,6 +114,49 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn status(agent: String, json: bool) -> anyhow::Result<()> {
+    use outpost_proto::agent::v1::{agent_client::AgentClient, GetStatusRequest};
+    let mut client = AgentClient::connect(agent.clone())
+        .await
+        .with_context(|| format!("cannot reach the agent at {agent} (is it running? is [api] listen set?)"))?;
+    let s = client.get_status(GetStatusRequest {}).await.context("status request failed")?.into_inner();
+    if json {
+        let services: Vec<serde_json::Value> = s
+            .services
+            .iter()
+            .map(|v| serde_json::json!({"name": v.name, "version": v.version, "digest": v.digest, "instances": v.instances,
+                "running": v.running, "queued": v.queued, "restarts": v.restarts, "uptime_s": v.uptime_s}))
+            .collect();
+        let rejected: Vec<serde_json::Value> =
+            s.rejected.iter().map(|r| serde_json::json!({"name": r.name, "reason": r.reason})).collect();
+        println!(
+            "{}",
+            serde_json::json!({"gateway": s.gateway, "site": s.site, "state": s.state, "broker": s.broker,
+                "mqtt_connected": s.mqtt_connected, "uptime_s": s.uptime_s, "ready_ms": s.ready_ms,
+                "services": services, "rejected": rejected})
+        );
+        return Ok(());
+    }
+    println!(
+        "gateway {}  site {}  state {}  broker {} ({})  up {}s",
+        s.gateway,
+        s.site,
+        s.state,
+        s.broker,
+        if s.mqtt_connected { "connected" } else { "DISCONNECTED" },
+        s.uptime_s
+    );
+    println!("{:<20} {:<10} {:>9} {:>7} {:>8}  {}", "SERVICE", "VERSION", "INSTANCES", "QUEUED", "RESTARTS", "HEALTH");
+    for v in &s.services {
+        let health = if v.running == v.instances { "ok" } else { "DEGRADED" };
+        println!("{:<20} {:<10} {:>4}/{:<4} {:>7} {:>8}  {health}", v.name, v.version, v.running, v.instances, v.queued, v.restarts);
+    }
+    for r in &s.rejected {
+        println!("{:<20} NOT LOADED: {}", r.name, r.reason);
+    }
+    Ok(())
 }
 
 async fn watch(topics: Vec<String>, broker: String, count: Option<u64>, timeout: Option<f64>, fixes: bool) -> anyhow::Result<()> {
