@@ -452,3 +452,25 @@ fn shard(topic_name: &str, shard_by: Option<usize>, n: usize) -> usize {
     key.hash(&mut h);
     (h.finish() % n as u64) as usize
 }
+
+#[cfg(test)]
+mod tests {
+    use super::shard;
+
+    #[test]
+    fn one_shard_key_always_goes_to_one_instance() {
+        let a = shard("site/s1/truck-7/gnss/nmea", Some(2), 4);
+        for signal in ["gnss/ubx", "payload", "fuel"] {
+            assert_eq!(shard(&format!("site/s2/truck-7/{signal}"), Some(2), 4), a);
+        }
+    }
+
+    #[test]
+    fn keys_spread_over_instances() {
+        let mut seen = [0usize; 4];
+        for i in 0..400 {
+            seen[shard(&format!("site/s/asset-{i}/x"), Some(2), 4)] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 50), "{seen:?}");
+    }
+}

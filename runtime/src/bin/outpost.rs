@@ -12,7 +12,7 @@ struct Args {
     /// Agent config file.
     #[arg(short, long, default_value = "/etc/outpost/outpost.toml", env = "OUTPOST_CONFIG")]
     config: PathBuf,
-    /// Validate the config and exit.
+    /// Validate the config and every installed package, then exit.
     #[arg(long)]
     check: bool,
 }
@@ -23,7 +23,7 @@ fn main() -> anyhow::Result<()> {
     let config = AgentConfig::load(&args.config)?;
     if args.check {
         println!("{}: ok", args.config.display());
-        return Ok(());
+        return check_packages(&config);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -57,4 +57,35 @@ async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Loads and contract-checks every package in `services_dir`, reporting each.
+fn check_packages(config: &AgentConfig) -> anyhow::Result<()> {
+    use outpost::host::{EngineOptions, HostEngine};
+    use outpost::package::Package;
+    let dirs = match Package::discover(&config.services_dir) {
+        Ok(d) => d,
+        Err(e) => {
+            println!("{}: {e} (no services installed yet)", config.services_dir.display());
+            return Ok(());
+        }
+    };
+    let host = HostEngine::new(&EngineOptions { pooling: false, max_instances: 1 })?;
+    let mut bad = 0;
+    for dir in &dirs {
+        match Package::load(dir).map_err(anyhow::Error::from).and_then(|p| {
+            host.load(&p.wasm_path, &p.wasm, None).map_err(anyhow::Error::from)?;
+            Ok(p.manifest.id())
+        }) {
+            Ok(id) => println!("{}: {id} ok", dir.display()),
+            Err(e) => {
+                bad += 1;
+                println!("{}: {e:#}", dir.display());
+            }
+        }
+    }
+    if bad > 0 {
+        anyhow::bail!("{bad} of {} packages cannot run; the agent would start without them", dirs.len());
+    }
+    Ok(())
 }
