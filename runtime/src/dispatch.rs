@@ -236,17 +236,17 @@ impl Dispatcher {
             return true;
         }
         let slot = &mut self.services[s];
-        let inst = &mut slot.instances[i];
-        if inst.queue.is_empty() {
+        let InstanceSlot { health, queue, isolate, .. } = &mut slot.instances[i];
+        if queue.is_empty() {
             return false;
         }
-        let Health::Running(instance) = &mut inst.health else { return false };
-        let n = if inst.isolate > 0 { 1 } else { inst.queue.len().min(self.config.max_batch) };
-        let batch: Vec<Message> = inst
-            .queue
+        let Health::Running(instance) = health else { return false };
+        let n = if *isolate > 0 { 1 } else { queue.len().min(self.config.max_batch) };
+        // Lowered straight from the queued envelopes: no per-message copies.
+        let batch: Vec<Message<'_>> = queue
             .iter()
             .take(n)
-            .map(|e| Message { topic: e.topic.clone(), payload: e.payload.clone(), received_ms: e.received_ms })
+            .map(|e| Message { topic: &e.topic, payload: &e.payload, received_ms: e.received_ms })
             .collect();
         let started = Instant::now();
         let result = instance.handle(&batch);

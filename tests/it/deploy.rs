@@ -22,7 +22,8 @@ fn bin_dir() -> PathBuf {
     let dir = match std::env::var_os("OUTPOST_BIN_DIR") {
         Some(d) => PathBuf::from(d),
         None => {
-            let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target"));
+            let target =
+                std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target"));
             let target = if target.is_absolute() { target } else { workspace().join(target) };
             target.join("debug")
         }
@@ -78,7 +79,13 @@ fn assert_ok(o: &Output, what: &str) -> (String, String) {
 }
 
 fn check_config(outpost: &Path, config: &Path) {
-    let o = Command::new(outpost).arg("--check").arg("--config").arg(config).env("RUST_BACKTRACE", "0").output().expect("outpost --check");
+    let o = Command::new(outpost)
+        .arg("--check")
+        .arg("--config")
+        .arg(config)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("outpost --check");
     let (out, _) = assert_ok(&o, &format!("outpost --check --config {}", config.display()));
     assert!(out.contains(": ok"), "outpost --check printed {out:?}");
 }
@@ -177,8 +184,10 @@ fn install_check_start_and_stop_a_gateway() {
     let services = prefix.join("var/lib/outpost/services");
     let state = prefix.join("var/lib/outpost/state");
     assert!(services.is_dir() && state.is_dir(), "services/ and state/ created under var/lib/outpost");
-    let mut installed_names: Vec<String> =
-        fs::read_dir(&services).expect("services dir").map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
+    let mut installed_names: Vec<String> = fs::read_dir(&services)
+        .expect("services dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
     installed_names.sort();
     assert_eq!(installed_names, names, "every package installed, nothing else");
     for n in &names {
@@ -225,7 +234,13 @@ fn install_check_start_and_stop_a_gateway() {
     verify_unit_if_possible(&unit, &outpost, scratch.path());
 
     // --- the technician's instructions ----------------------------------
-    for needle in ["http://127.0.0.1:9464/", "curl -s 127.0.0.1:9464/status", "outpostctl watch", "journalctl -u outpost"] {
+    for needle in [
+        "http://127.0.0.1:9464/",
+        "curl -s 127.0.0.1:9464/status",
+        "outpostctl status",
+        "outpostctl watch",
+        "journalctl -u outpost",
+    ] {
         assert!(out.contains(needle), "installer output lacks {needle:?}:\n{out}");
     }
 
@@ -241,12 +256,13 @@ fn install_check_start_and_stop_a_gateway() {
     check_config(&outpost, &config);
 
     // --- run the installed agent on the installed config ----------------
-    let (mqtt, http) = (free_port(), free_port());
+    let (mqtt, http, api) = (free_port(), free_port(), free_port());
     let mut cfg = edited;
     cfg = set_key(&cfg, "", "services_dir", services.to_str().expect("utf-8"));
     cfg = set_key(&cfg, "", "state_dir", state.to_str().expect("utf-8"));
     cfg = set_key(&cfg, "broker", "listen", &format!("127.0.0.1:{mqtt}"));
     cfg = set_key(&cfg, "metrics", "listen", &format!("127.0.0.1:{http}"));
+    cfg = set_key(&cfg, "api", "listen", &format!("127.0.0.1:{api}"));
     fs::write(&config, &cfg).expect("rewrite config");
     check_config(&outpost, &config);
 
@@ -297,6 +313,17 @@ fn install_check_start_and_stop_a_gateway() {
     let (code, page) = http_get(&addr, "/").expect("GET /");
     assert!(code == 200 && page.contains("gw-test"), "status page names the gateway ({code}):\n{page}");
 
+    // The management API answers `outpostctl status`, as the installer says.
+    let o = Command::new(prefix.join("usr/local/bin/outpostctl"))
+        .args(["status", "--json", "--agent", &format!("http://127.0.0.1:{api}")])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("outpostctl status");
+    let (out, _) = assert_ok(&o, "outpostctl status");
+    let ctl: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("outpostctl status --json: {e}: {out}"));
+    assert_eq!((ctl["gateway"].as_str(), ctl["state"].as_str()), (Some("gw-test"), Some("ready")), "{ctl:#}");
+
     let pid = agent.child.id().to_string();
     let kill = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
     assert!(kill.success(), "kill -TERM {pid} failed");
@@ -305,7 +332,11 @@ fn install_check_start_and_stop_a_gateway() {
         if let Some(exit) = agent.child.try_wait().expect("try_wait") {
             break exit;
         }
-        assert!(stopping.elapsed() < Duration::from_secs(15), "agent still running 15 s after SIGTERM:\n{}", agent.log());
+        assert!(
+            stopping.elapsed() < Duration::from_secs(15),
+            "agent still running 15 s after SIGTERM:\n{}",
+            agent.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     let log = agent.log();
@@ -362,8 +393,14 @@ fn installer_fails_loudly_with_the_fix() {
     let empty = scratch.path().join("empty");
     fs::create_dir_all(&empty).expect("mkdir");
     let cases: [(Vec<&str>, &[&str]); 5] = [
-        (vec!["--prefix", prefix_s, "--bin-dir", missing.to_str().expect("utf-8"), "--no-start"], &["--bin-dir", "not a folder", "cargo build"]),
-        (vec!["--prefix", prefix_s, "--bin-dir", empty.to_str().expect("utf-8"), "--no-start"], &["outpost outpostctl outpost-sim", "--bin-dir"]),
+        (
+            vec!["--prefix", prefix_s, "--bin-dir", missing.to_str().expect("utf-8"), "--no-start"],
+            &["--bin-dir", "not a folder", "cargo build"],
+        ),
+        (
+            vec!["--prefix", prefix_s, "--bin-dir", empty.to_str().expect("utf-8"), "--no-start"],
+            &["outpost outpostctl outpost-sim", "--bin-dir"],
+        ),
         (vec!["--prefix", prefix_s, "--gateway", "gw 1", "--no-start"], &["--gateway 'gw 1'", "letters, digits"]),
         (vec!["--prefix", prefix_s, "--frobnicate"], &["unknown option '--frobnicate'", "--help"]),
         (vec!["--prefix"], &["--prefix needs a value"]),

@@ -27,6 +27,8 @@ pub(crate) mod bindings {
     wasmtime::component::bindgen!({
         path: "../sdk/wit",
         world: "service",
+        // Batches are lowered straight from the queued messages, no copies.
+        ownership: Borrowing { duplicate_if_necessary: true },
     });
 }
 
