@@ -1,0 +1,268 @@
+//! Positioning: GNSS fixes of every machine, shaped like gpsd's TPV report.
+//!
+//! Input, per asset: `site/{site}/{asset}/gnss/nmea` (one or more NMEA 0183
+//! lines per message; the end of a message ends a sentence) and
+//! `site/{site}/{asset}/gnss/ubx` (any chunk of a u-blox byte stream: UBX
+//! frames, NMEA and RTCM3 interleaved, reassembled across messages).
+//! Output: `svc/positioning/{asset}/fix`, one TPV per reporting cycle.
+//!
+//! Config (JSON, every key optional):
+//! - `min_mode` (1..3, default 1): lowest fix mode published (1 = also "no fix" reports);
+//! - `max_devices` (default 1000): assets tracked at once (memory bound);
+//! - `idle_flush_ms` (default 1500): a cycle still open this long after its
+//!   last input is published by `tick`.
+
+pub mod nmea;
+pub mod tpv;
+pub mod ubx;
+
+use nmea::NmeaError;
+use outpost_sdk::{export_service, host, Message, Service, ServiceError};
+use std::collections::BTreeMap;
+use tpv::{FixState, Tpv};
+use ubx::{Frame, NavPvt, StreamDecoder};
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_min_mode")]
+    pub min_mode: u8,
+    #[serde(default = "default_max_devices")]
+    pub max_devices: usize,
+    #[serde(default = "default_idle_flush")]
+    pub idle_flush_ms: u64,
+}
+
+fn default_min_mode() -> u8 {
+    1
+}
+fn default_max_devices() -> usize {
+    1000
+}
+fn default_idle_flush() -> u64 {
+    1500
+}
+
+impl Config {
+    pub fn parse(json: &str) -> Result<Config, ServiceError> {
+        let json = if json.trim().is_empty() { "{}" } else { json };
+        let c: Config = serde_json::from_str(json).map_err(|e| ServiceError::BadConfig(format!("positioning config: {e}")))?;
+        if !(1..=3).contains(&c.min_mode) {
+            return Err(ServiceError::BadConfig(format!("min_mode is {}; it must be 1, 2 or 3", c.min_mode)));
+        }
+        if c.max_devices == 0 {
+            return Err(ServiceError::BadConfig("max_devices must be at least 1".into()));
+        }
+        Ok(c)
+    }
+}
+
+struct Device {
+    fix: FixState,
+    stream: StreamDecoder,
+    last_input_ms: u64,
+}
+
+/// Counts kept by the service and reported through `metrics.counter`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Counts {
+    pub sentences: u64,
+    pub other_sentences: u64,
+    pub skipped_lines: u64,
+    pub checksum_errors: u64,
+    pub malformed: u64,
+    pub ubx_frames: u64,
+    pub fixes: u64,
+    pub devices_rejected: u64,
+}
+
+pub struct Positioning {
+    config: Config,
+    devices: BTreeMap<String, Device>,
+    counts: Counts,
+    /// Fixes produced by the current call, published at its end.
+    out: Vec<Tpv>,
+}
+
+impl Positioning {
+    pub fn counts(&self) -> &Counts {
+        &self.counts
+    }
+
+    /// UBX stream statistics of one asset (frames, bad checksums, skipped bytes...).
+    pub fn stream_stats(&self, asset: &str) -> Option<ubx::StreamStats> {
+        self.devices.get(asset).map(|d| d.stream.stats.clone())
+    }
+
+    fn device(&mut self, asset: &str, now_ms: u64) -> Option<&mut Device> {
+        if !self.devices.contains_key(asset) {
+            if self.devices.len() >= self.config.max_devices {
+                self.counts.devices_rejected += 1;
+                return None;
+            }
+            self.devices.insert(asset.to_owned(), Device { fix: FixState::new(asset), stream: StreamDecoder::new(), last_input_ms: now_ms });
+        }
+        let d = self.devices.get_mut(asset)?;
+        d.last_input_ms = now_ms;
+        Some(d)
+    }
+
+    fn nmea_line(counts: &mut Counts, fix: &mut FixState, line: &[u8], out: &mut Vec<Tpv>) {
+        if line.is_empty() {
+            return;
+        }
+        match nmea::parse(line) {
+            Ok((_, nmea::Sentence::Other)) => counts.other_sentences += 1,
+            Ok((head, s)) => {
+                counts.sentences += 1;
+                let kind = &head[head.len().saturating_sub(3)..];
+                out.extend(fix.on_sentence(kind, &s));
+            }
+            Err(NmeaError::NotNmea) => counts.skipped_lines += 1,
+            Err(NmeaError::Checksum) => counts.checksum_errors += 1,
+            Err(NmeaError::Malformed) => counts.malformed += 1,
+        }
+    }
+
+    /// Processes one message; fixes collect in `self.out`.
+    pub fn ingest(&mut self, m: &Message) {
+        let asset = m.topic_segment(2).unwrap_or("unknown").to_owned();
+        let binary = m.topic.ends_with("/ubx");
+        let mut out = std::mem::take(&mut self.out);
+        let mut counts = std::mem::take(&mut self.counts);
+        if let Some(dev) = self.device(&asset, m.received_ms) {
+            if binary {
+                let mut frames = Vec::new();
+                dev.stream.push(&m.payload, &mut frames);
+                for f in frames {
+                    match f {
+                        Frame::Ubx { class: 0x01, id: 0x07, payload } => {
+                            counts.ubx_frames += 1;
+                            if let Some(pvt) = NavPvt::parse(&payload) {
+                                out.push(dev.fix.on_nav_pvt(&pvt));
+                            }
+                        }
+                        Frame::Ubx { .. } => counts.ubx_frames += 1,
+                        Frame::Nmea(line) => Self::nmea_line(&mut counts, &mut dev.fix, &line, &mut out),
+                        Frame::Rtcm3 { .. } => {}
+                    }
+                }
+            } else {
+                for line in m.payload.split(|&b| b == b'\n') {
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    Self::nmea_line(&mut counts, &mut dev.fix, line, &mut out);
+                }
+            }
+        }
+        self.counts = counts;
+        self.out = out;
+    }
+
+    /// Publishes what the call produced and reports counters.
+    fn publish(&mut self, before: Counts) -> Result<(), ServiceError> {
+        let mut failed = None;
+        for fix in self.out.drain(..) {
+            if fix.mode < self.config.min_mode {
+                continue;
+            }
+            self.counts.fixes += 1;
+            let body = serde_json::to_vec(&fix).map_err(|e| ServiceError::Internal(e.to_string()))?;
+            if let Err(e) = host::publish(&format!("svc/positioning/{}/fix", fix.device), &body) {
+                failed.get_or_insert(e);
+            }
+        }
+        let c = &self.counts;
+        for (name, now, was) in [
+            ("sentences", c.sentences, before.sentences),
+            ("other_sentences", c.other_sentences, before.other_sentences),
+            ("skipped_lines", c.skipped_lines, before.skipped_lines),
+            ("checksum_errors", c.checksum_errors, before.checksum_errors),
+            ("malformed", c.malformed, before.malformed),
+            ("ubx_frames", c.ubx_frames, before.ubx_frames),
+            ("fixes", c.fixes, before.fixes),
+            ("devices_rejected", c.devices_rejected, before.devices_rejected),
+        ] {
+            if now > was {
+                host::counter(name, now - was);
+            }
+        }
+        match failed {
+            Some(e) => Err(ServiceError::Internal(format!("publish failed: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Publishes every open cycle (end of a recording).
+    pub fn flush_all(&mut self) -> Result<(), ServiceError> {
+        let before = self.counts.clone();
+        for d in self.devices.values_mut() {
+            self.out.extend(d.fix.flush());
+            d.stream.finish();
+        }
+        self.publish(before)
+    }
+}
+
+impl Service for Positioning {
+    fn init(config: &str) -> Result<Self, ServiceError> {
+        Ok(Positioning { config: Config::parse(config)?, devices: BTreeMap::new(), counts: Counts::default(), out: Vec::new() })
+    }
+
+    fn handle(&mut self, batch: Vec<Message>) -> Result<(), ServiceError> {
+        let before = self.counts.clone();
+        for m in &batch {
+            self.ingest(m);
+        }
+        self.publish(before)
+    }
+
+    fn tick(&mut self, now_ms: u64) -> Result<(), ServiceError> {
+        let before = self.counts.clone();
+        let idle = self.config.idle_flush_ms;
+        for d in self.devices.values_mut() {
+            if now_ms.saturating_sub(d.last_input_ms) >= idle {
+                self.out.extend(d.fix.flush());
+            }
+        }
+        host::kpi("devices", self.devices.len() as f64);
+        self.publish(before)
+    }
+}
+
+export_service!(Positioning);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outpost_sdk::testing::Harness;
+
+    #[test]
+    fn config_is_checked() {
+        assert!(Config::parse("").is_ok());
+        assert!(matches!(Config::parse("{\"min_mod\": 2}"), Err(ServiceError::BadConfig(m)) if m.contains("min_mod")));
+        assert!(Config::parse("{\"min_mode\": 4}").is_err());
+    }
+
+    #[test]
+    fn fixes_are_published_per_asset() {
+        let mut h = Harness::<Positioning>::with_acl("{}", &["svc/positioning/+/fix"]).expect("init");
+        for l in [
+            "$GPGGA,030719.000,3747.0873,S,17518.8938,E,1,08,1.1,59.9,M,23.7,M,,0000*7D",
+            "$GPRMC,030719.000,A,3747.0873,S,17518.8938,E,0.69,181.39,311214,,,A*7D",
+            "$GPGGA,030720.000,3747.0875,S,17518.8938,E,1,08,1.1,59.8,M,23.7,M,,0000*70",
+            "garbage line",
+            "$GPGGA,030720.000,3747.0875,S,17518.8938,E,1,08,1.1,59.8,M,23.7,M,,0000*71",
+        ] {
+            h.send("site/s1/truck-9/gnss/nmea", l).expect("handle");
+        }
+        let out = h.take_published();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, "svc/positioning/truck-9/fix");
+        let v: serde_json::Value = serde_json::from_slice(&out[0].1).expect("json");
+        assert_eq!(v["class"], "TPV");
+        assert_eq!(v["time"], "2014-12-31T03:07:19.000Z");
+        let counters = h.host().counters;
+        assert_eq!(counters.get("skipped_lines"), Some(&1));
+        assert_eq!(counters.get("checksum_errors"), Some(&1));
+    }
+}
