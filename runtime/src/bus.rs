@@ -67,7 +67,12 @@ impl MqttLink {
         if let Some((topic, payload)) = &opts.last_will {
             mqtt.set_last_will(rumqttc::LastWill::new(topic, payload.clone(), QoS::AtLeastOnce, true));
         }
-        let (client, eventloop) = AsyncClient::new(mqtt, 10_000);
+        let (client, mut eventloop) = AsyncClient::new(mqtt, 10_000);
+        // An ack followed by a publish are two small writes: without
+        // TCP_NODELAY, Nagle holds the second until the broker's delayed ACK.
+        let mut net = rumqttc::NetworkOptions::new();
+        net.set_tcp_nodelay(true);
+        eventloop.set_network_options(net);
         let state = Arc::new(LinkState {
             unacked_out: AtomicI64::new(0),
             ready: Notify::new(),
