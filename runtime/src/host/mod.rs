@@ -79,11 +79,10 @@ impl HostEngine {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
-        // Explicit bounds checks with small reservations: many instances fit
-        // in the address space and a memory limit is a plain resource limit.
-        config.memory_reservation(u64::from(MAX_MEMORY_MIB) << 20);
-        config.memory_guard_size(64 << 10);
-        config.memory_reservation_for_growth(1 << 20);
+        // wasmtime's default 4 GiB reservation plus guard region lets
+        // Cranelift drop bounds checks on memory accesses; it is address
+        // space only (hundreds of instances fit in 47 bits), and the real
+        // cap is the per-service limit enforced by the store's limiter.
         if options.pooling {
             let mut pool = PoolingAllocationConfig::default();
             let n = options.max_instances.max(1);
