@@ -203,15 +203,7 @@ fn bench_in_agent(rows: &mut Vec<Row>, mosquitto_port: u16, rt: &tokio::runtime:
 
 /// One message at a time: publish, wait for it to arrive, repeat; p99 in us.
 async fn ping_pong(port: u16, qos: QoS, pub_topic: &str, sub_filter: &str, n: usize) -> f64 {
-    let (sub, mut sub_loop) = client("bench-pp-sub", port);
-    let (pub_, mut pub_loop) = client("bench-pp-pub", port);
-    sub.subscribe(sub_filter, qos).await.expect("subscribe");
-    loop {
-        if let Ok(Event::Incoming(Packet::SubAck(_))) = sub_loop.poll().await {
-            break;
-        }
-    }
-    tokio::spawn(async move { while pub_loop.poll().await.is_ok() {} });
+    let (pub_, sub, mut sub_loop) = pub_sub(port, sub_filter, qos).await;
     let mut lat = Vec::with_capacity(n);
     for i in 0..n {
         let t0 = Instant::now();
@@ -234,15 +226,7 @@ async fn ping_pong(port: u16, qos: QoS, pub_topic: &str, sub_filter: &str, n: us
 /// Raw publish -> subscribe through a broker; returns (msgs/s, p99 latency us).
 async fn raw_mqtt(port: u16, qos: QoS, n: usize, topic: &str) -> (f64, f64) {
     let start = Instant::now();
-    let (sub, mut sub_loop) = client("bench-sub", port);
-    let (pub_, mut pub_loop) = client("bench-pub", port);
-    sub.subscribe(topic, qos).await.expect("subscribe");
-    loop {
-        if let Ok(Event::Incoming(Packet::SubAck(_))) = sub_loop.poll().await {
-            break;
-        }
-    }
-    tokio::spawn(async move { while pub_loop.poll().await.is_ok() {} });
+    let (pub_, _sub, mut sub_loop) = pub_sub(port, topic, qos).await;
     let topic_owned = topic.to_owned();
     let publisher = tokio::spawn(async move {
         for _ in 0..n {
@@ -276,8 +260,25 @@ async fn raw_mqtt(port: u16, qos: QoS, n: usize, topic: &str) -> (f64, f64) {
     (got as f64 / secs, percentile(&mut lat, 0.99))
 }
 
+/// A subscriber (already acknowledged by the broker) and a publisher whose
+/// event loop runs in the background.
+async fn pub_sub(port: u16, filter: &str, qos: QoS) -> (AsyncClient, AsyncClient, rumqttc::EventLoop) {
+    let (sub, mut sub_loop) = client("bench-sub", port);
+    let (pub_, mut pub_loop) = client("bench-pub", port);
+    sub.subscribe(filter, qos).await.expect("subscribe");
+    loop {
+        if let Ok(Event::Incoming(Packet::SubAck(_))) = sub_loop.poll().await {
+            break;
+        }
+    }
+    tokio::spawn(async move { while pub_loop.poll().await.is_ok() {} });
+    (pub_, sub, sub_loop)
+}
+
 fn client(id: &str, port: u16) -> (AsyncClient, rumqttc::EventLoop) {
-    let mut o = MqttOptions::new(format!("{id}-{}", std::process::id()), "127.0.0.1", port);
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut o = MqttOptions::new(format!("{id}-{}-{n}", std::process::id()), "127.0.0.1", port);
     o.set_keep_alive(Duration::from_secs(30));
     o.set_inflight(100);
     AsyncClient::new(o, 10_000)
@@ -359,15 +360,7 @@ fn bench_end_to_end(rows: &mut Vec<Row>, mosquitto_port: u16, rt: &tokio::runtim
 
 async fn through_agent(port: u16, n: usize) -> (f64, f64) {
     let start = Instant::now();
-    let (sub, mut sub_loop) = client("bench-e2e-sub", port);
-    let (pub_, mut pub_loop) = client("bench-e2e-pub", port);
-    sub.subscribe("test/out/#", QoS::AtLeastOnce).await.expect("subscribe");
-    loop {
-        if let Ok(Event::Incoming(Packet::SubAck(_))) = sub_loop.poll().await {
-            break;
-        }
-    }
-    tokio::spawn(async move { while pub_loop.poll().await.is_ok() {} });
+    let (pub_, _sub, mut sub_loop) = pub_sub(port, "test/out/#", QoS::AtLeastOnce).await;
     let publisher = tokio::spawn(async move {
         for _ in 0..n {
             // The testbed echoes the payload: a decimal send time in ns.

@@ -2,14 +2,14 @@
 //! one, loads every installed service, and runs the dispatcher until told
 //! to stop; then it drains what it accepted before exiting.
 
-use crate::bus::{LinkOptions, MqttLink};
+use crate::bus::{Link, LinkOptions};
 use crate::config::{AgentConfig, BrokerMode};
-use crate::dispatch::{Dispatcher, Envelope, ServiceSpec, ServiceStatus};
+use crate::dispatch::{Dispatcher, ServiceSpec, ServiceStatus};
 use crate::host::{EngineOptions, HostEngine, ServiceContext};
 use crate::package::{effective_config, Package};
 use crate::state::StateStore;
 use crate::telemetry::Metrics;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -71,7 +71,6 @@ impl Agent {
         let cache_dir = cfg.state_dir.join("cache");
 
         let (host_name, port) = cfg.broker.client_target().map_err(AgentError::Config)?;
-        let (tx, rx) = crossbeam_channel::unbounded::<Envelope>();
         let status_topic = format!("outpost/{}/status", cfg.gateway);
 
         // Load services before connecting, so subscriptions are known.
@@ -89,7 +88,7 @@ impl Agent {
             let local = dispatcher.output_filters();
             Arc::new(move |t: &str| local.iter().any(|f| crate::topic::matches(f, t))) as Arc<dyn Fn(&str) -> bool + Send + Sync>
         };
-        let link = MqttLink::start(
+        let link = Link::new(
             LinkOptions {
                 host: host_name.clone(),
                 port,
@@ -98,11 +97,10 @@ impl Agent {
                 subscriptions: subscriptions.clone(),
                 last_will: Some((status_topic.clone(), br#"{"state":"offline"}"#.to_vec())),
             },
-            tx,
-            echo_filter,
             metrics.clone(),
         );
-        dispatcher.set_egress(Box::new(link.egress(tokio::runtime::Handle::current())));
+        dispatcher.set_egress(Box::new(link.egress()));
+        let link_state = link.state.clone();
 
         let status = Arc::new(Mutex::new(AgentStatus {
             gateway: cfg.gateway.clone(),
@@ -127,28 +125,28 @@ impl Agent {
                 message: e.to_string(),
             })?;
         }
-        let drain = Duration::from_millis(cfg.dispatch.drain_timeout_ms);
-        let stop = Arc::new(AtomicBool::new(false));
-        let worker = {
-            let status = status.clone();
-            let stop = stop.clone();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let io = {
+            let io = IoLoop {
+                link,
+                dispatcher,
+                ignore: echo_filter,
+                stop: stop_rx,
+                status: status.clone(),
+                drain: Duration::from_millis(cfg.dispatch.drain_timeout_ms),
+                started,
+                status_topic,
+            };
             std::thread::Builder::new()
-                .name("outpost-dispatch".into())
-                .spawn(move || dispatch_loop(dispatcher, rx, &stop, status, drain, started))
+                .name("outpost-io".into())
+                .spawn(move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => io.run(&rt),
+                    Err(e) => tracing::error!(error = %e, "cannot start the I/O thread's runtime"),
+                })
                 .map_err(|e| AgentError::Thread(e.to_string()))?
         };
-
         tokio::select! {
-            _ = link.wait_ready() => {
-                let ms = started.elapsed().as_secs_f64() * 1e3;
-                tracing::info!(ready_ms = format!("{ms:.1}"), subscriptions = ?subscriptions, "agent ready");
-                set_state(&status, "ready");
-                if let Ok(mut s) = status.lock() {
-                    s.ready_ms = Some(ms);
-                }
-                let body = serde_json::json!({"state": "ready", "ready_ms": ms, "services": status_services(&status)});
-                link.publish_retained(&status_topic, body.to_string().into_bytes()).await;
-            }
+            _ = link_state.wait_ready() => {}
             _ = tokio::time::sleep(Duration::from_secs(10)) => {
                 tracing::warn!(broker = %format!("{host_name}:{port}"), "broker not reachable yet; services run and input is taken as soon as it connects");
             }
@@ -156,11 +154,8 @@ impl Agent {
         shutdown.await;
         tracing::info!("shutdown requested; draining accepted messages");
         set_state(&status, "draining");
-        link.state.stop_input.store(true, Ordering::Release);
-        stop.store(true, Ordering::Release);
-        let _ = tokio::task::spawn_blocking(move || worker.join()).await;
-        link.publish_retained(&status_topic, br#"{"state":"stopped"}"#.to_vec()).await;
-        link.close(Duration::from_secs(5)).await;
+        let _ = stop_tx.send(true);
+        let _ = tokio::task::spawn_blocking(move || io.join()).await;
         tracing::info!("agent stopped");
         Ok(())
     }
@@ -170,10 +165,6 @@ fn set_state(status: &Mutex<AgentStatus>, state: &'static str) {
     if let Ok(mut s) = status.lock() {
         s.state = state;
     }
-}
-
-fn status_services(status: &Mutex<AgentStatus>) -> serde_json::Value {
-    status.lock().map(|s| serde_json::to_value(&s.services).unwrap_or_default()).unwrap_or_default()
 }
 
 struct NullEgress;
@@ -243,59 +234,79 @@ fn load_services(
     Ok(rejected)
 }
 
-fn dispatch_loop(
-    mut d: Dispatcher,
-    rx: crossbeam_channel::Receiver<Envelope>,
-    stop: &AtomicBool,
+/// The I/O thread: the MQTT link and the dispatcher, run to completion
+/// together (see `bus`).
+struct IoLoop {
+    link: Link,
+    dispatcher: Dispatcher,
+    ignore: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+    stop: tokio::sync::watch::Receiver<bool>,
     status: Arc<Mutex<AgentStatus>>,
     drain: Duration,
     started: Instant,
-) {
-    use crossbeam_channel::RecvTimeoutError;
-    let mut last_status = Instant::now();
-    loop {
-        if stop.load(Ordering::Acquire) {
-            break;
-        }
-        let wait = d.next_wakeup().clamp(Duration::from_millis(1), Duration::from_millis(100));
-        match rx.recv_timeout(wait) {
-            Ok(env) => {
-                d.accept(env);
-                for env in rx.try_iter().take(65_536) {
-                    d.accept(env);
+    status_topic: String,
+}
+
+impl IoLoop {
+    /// Network waits run inside `rt`; service calls run outside it, because
+    /// WASI's synchronous bindings start their own runtime for host I/O
+    /// (a guest writing to stderr) and must not be nested in ours.
+    fn run(mut self, rt: &tokio::runtime::Runtime) {
+        let d = &mut self.dispatcher;
+        let link = &mut self.link;
+        let mut announced = false;
+        let mut last_status = Instant::now();
+        let mut draining_since: Option<Instant> = None;
+        loop {
+            link.flush_outbox();
+            if draining_since.is_none() && *self.stop.borrow() {
+                draining_since = Some(Instant::now());
+                link.state.stop_input.store(true, Ordering::Release);
+            }
+            let wait = d.next_wakeup().clamp(Duration::from_millis(1), Duration::from_millis(100));
+            if let Some(msg) = rt.block_on(link.next(wait, &*self.ignore)) {
+                d.accept(Arc::new(msg));
+            }
+            // Hand over whole batches: run the services once the socket's
+            // buffered packets are taken.
+            if !link.has_buffered() {
+                d.run_until_idle();
+                d.tick_if_due();
+            }
+            if !announced && link.state.is_ready.load(Ordering::Acquire) {
+                announced = true;
+                let ms = self.started.elapsed().as_secs_f64() * 1e3;
+                tracing::info!(ready_ms = format!("{ms:.1}"), "agent ready");
+                if let Ok(mut s) = self.status.lock() {
+                    s.state = "ready";
+                    s.ready_ms = Some(ms);
+                }
+                let body = serde_json::json!({"state": "ready", "ready_ms": ms, "services": d.status()});
+                link.publish_retained(&self.status_topic, body.to_string().into_bytes());
+            }
+            if last_status.elapsed() > Duration::from_millis(200) {
+                last_status = Instant::now();
+                if let Ok(mut s) = self.status.lock() {
+                    s.services = d.status();
+                    s.uptime_s = self.started.elapsed().as_secs();
                 }
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
-        d.run_until_idle();
-        d.tick_if_due();
-        if last_status.elapsed() > Duration::from_millis(200) {
-            last_status = Instant::now();
-            if let Ok(mut s) = status.lock() {
-                s.services = d.status();
-                s.uptime_s = started.elapsed().as_secs();
+            if let Some(since) = draining_since {
+                if d.queued() == 0 || since.elapsed() > self.drain {
+                    break;
+                }
             }
         }
-    }
-    // Drain: whatever reached the channel before input stopped, then the queues.
-    for env in rx.try_iter() {
-        d.accept(env);
-    }
-    let deadline = Instant::now() + drain;
-    while d.queued() > 0 && Instant::now() < deadline {
-        d.run_until_idle();
-        if d.queued() > 0 {
-            std::thread::sleep(d.next_wakeup().clamp(Duration::from_millis(1), Duration::from_millis(20)));
+        let left = d.queued();
+        if left > 0 {
+            tracing::error!(messages = left, "drain timeout: messages left unacknowledged; the broker will redeliver them");
+        } else {
+            tracing::info!("all accepted messages handled");
         }
-    }
-    let left = d.queued();
-    if left > 0 {
-        tracing::error!(messages = left, "drain timeout: messages left unacknowledged; the broker will redeliver them");
-    } else {
-        tracing::info!("all accepted messages handled");
-    }
-    if let Ok(mut s) = status.lock() {
-        s.services = d.status();
+        if let Ok(mut s) = self.status.lock() {
+            s.services = d.status();
+        }
+        link.publish_retained(&self.status_topic, br#"{"state":"stopped"}"#.to_vec());
+        rt.block_on(self.link.close(Duration::from_secs(5)));
     }
 }

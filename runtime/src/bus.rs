@@ -1,22 +1,27 @@
-//! The agent's MQTT link: one task owns the rumqttc event loop (acks and
-//! reconnects never stall), forwards accepted messages to the dispatcher in
-//! arrival order, and carries the dispatcher's publishes out.
+//! The agent's MQTT link. One I/O thread owns both the rumqttc event loop
+//! and the dispatcher: messages read from the socket are handed to the
+//! services as a whole batch on the same thread, and what the services
+//! publish, and the acknowledgements they release, go back into the same
+//! event loop without a cross-thread wake-up per message.
 //!
 //! Input is QoS 1 with manual acknowledgement: a message is acknowledged
 //! only after every service it was routed to has handled it. The session is
 //! persistent (clean_session = false), so what arrives while the agent is
 //! down or draining is redelivered by the broker.
 
-use crate::dispatch::{now_ms, AckToken, Egress, Envelope, Inbound};
+use crate::dispatch::{now_ms, AckToken, Egress, Inbound};
 use crate::telemetry::Metrics;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 
 /// Largest MQTT packet accepted or sent.
 pub const MAX_PACKET: usize = 1 << 20;
+/// Requests (publishes, acks) queued towards the event loop.
+const REQUEST_CAPACITY: usize = 100_000;
 
 /// Settings of one MQTT connection.
 #[derive(Debug, Clone)]
@@ -31,33 +36,50 @@ pub struct LinkOptions {
     pub last_will: Option<(String, Vec<u8>)>,
 }
 
-/// Shared view of the link for the agent and the dispatcher's egress.
+/// Shared view of the link for the agent's other tasks.
 pub struct LinkState {
     /// QoS 1 publishes sent and not yet acknowledged by the broker.
     pub unacked_out: AtomicI64,
-    /// Set once the first subscription is acknowledged.
-    pub ready: Notify,
+    /// Set once the subscriptions are acknowledged.
     pub is_ready: AtomicBool,
-    /// Stop forwarding input (drain on shutdown).
+    pub ready: Notify,
+    /// Stop taking input (drain on shutdown).
     pub stop_input: AtomicBool,
 }
 
-pub struct MqttLink {
-    pub client: AsyncClient,
-    pub state: Arc<LinkState>,
-    finish: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+impl LinkState {
+    pub async fn wait_ready(&self) {
+        loop {
+            let notified = self.ready.notified();
+            if self.is_ready.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn mark_ready(&self) {
+        if !self.is_ready.swap(true, Ordering::AcqRel) {
+            self.ready.notify_waiters();
+        }
+    }
 }
 
-impl MqttLink {
-    /// Connects in the background; `ingress` receives every accepted message.
-    /// `ignore` drops topics the agent itself produced (echoes).
-    pub fn start(
-        opts: LinkOptions,
-        ingress: crossbeam_channel::Sender<Envelope>,
-        ignore: Arc<dyn Fn(&str) -> bool + Send + Sync>,
-        metrics: Arc<Metrics>,
-    ) -> MqttLink {
+/// Publishes waiting for room in the client's request queue.
+type Outbox = Arc<Mutex<VecDeque<(String, Vec<u8>, bool)>>>;
+
+pub struct Link {
+    pub client: AsyncClient,
+    eventloop: EventLoop,
+    pub state: Arc<LinkState>,
+    opts: LinkOptions,
+    metrics: Arc<Metrics>,
+    outbox: Outbox,
+    failures: u32,
+}
+
+impl Link {
+    pub fn new(opts: LinkOptions, metrics: Arc<Metrics>) -> Link {
         let mut mqtt = MqttOptions::new(opts.client_id.clone(), opts.host.clone(), opts.port);
         mqtt.set_keep_alive(opts.keep_alive);
         mqtt.set_clean_session(false);
@@ -67,7 +89,7 @@ impl MqttLink {
         if let Some((topic, payload)) = &opts.last_will {
             mqtt.set_last_will(rumqttc::LastWill::new(topic, payload.clone(), QoS::AtLeastOnce, true));
         }
-        let (client, mut eventloop) = AsyncClient::new(mqtt, 10_000);
+        let (client, mut eventloop) = AsyncClient::new(mqtt, REQUEST_CAPACITY);
         // An ack followed by a publish are two small writes: without
         // TCP_NODELAY, Nagle holds the second until the broker's delayed ACK.
         let mut net = rumqttc::NetworkOptions::new();
@@ -75,101 +97,80 @@ impl MqttLink {
         eventloop.set_network_options(net);
         let state = Arc::new(LinkState {
             unacked_out: AtomicI64::new(0),
-            ready: Notify::new(),
             is_ready: AtomicBool::new(false),
+            ready: Notify::new(),
             stop_input: AtomicBool::new(false),
         });
-        let (finish, finish_rx) = watch::channel(false);
-        let task = tokio::spawn(drive(eventloop, client.clone(), opts, ingress, ignore, metrics, state.clone(), finish_rx));
-        MqttLink { client, state, finish, task }
+        Link { client, eventloop, state, opts, metrics, outbox: Arc::default(), failures: 0 }
     }
 
-    pub async fn wait_ready(&self) {
-        while !self.state.is_ready.load(Ordering::Acquire) {
-            let notified = self.state.ready.notified();
-            if self.state.is_ready.load(Ordering::Acquire) {
+    /// An egress for the dispatcher running on this link's thread.
+    pub fn egress(&self) -> LinkEgress {
+        LinkEgress { client: self.client.clone(), state: self.state.clone(), outbox: self.outbox.clone() }
+    }
+
+    /// Anything read from the socket and not yet returned by `next`?
+    pub fn has_buffered(&self) -> bool {
+        !self.eventloop.state.events.is_empty()
+    }
+
+    /// Moves waiting publishes into the client's queue as far as it has room.
+    pub fn flush_outbox(&self) {
+        let Ok(mut outbox) = self.outbox.lock() else { return };
+        while let Some((topic, payload, retain)) = outbox.pop_front() {
+            if let Err(rumqttc::ClientError::TryRequest(_)) = self.client.try_publish(topic.as_str(), QoS::AtLeastOnce, retain, payload.clone()) {
+                outbox.push_front((topic, payload, retain));
                 break;
             }
-            notified.await;
         }
     }
 
-    /// An egress for the dispatcher thread.
-    pub fn egress(&self, runtime: tokio::runtime::Handle) -> MqttEgress {
-        MqttEgress { client: self.client.clone(), state: self.state.clone(), runtime }
-    }
-
-    /// Publishes a retained message (status updates), counted like any other.
-    pub async fn publish_retained(&self, topic: &str, payload: Vec<u8>) {
-        self.state.unacked_out.fetch_add(1, Ordering::AcqRel);
-        if let Err(e) = self.client.publish(topic, QoS::AtLeastOnce, true, payload).await {
-            self.state.unacked_out.fetch_sub(1, Ordering::AcqRel);
-            tracing::warn!(topic, error = %e, "cannot publish retained message");
-        }
-    }
-
-    /// Waits (up to `timeout`) for outstanding publishes, then disconnects.
-    pub async fn close(self, timeout: Duration) {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while self.state.unacked_out.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let left = self.state.unacked_out.load(Ordering::Acquire);
-        if left > 0 {
-            tracing::warn!(unacked = left, "closing MQTT link with publishes not yet acknowledged by the broker");
-        }
-        let _ = self.client.disconnect().await;
-        let _ = self.finish.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.task).await;
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn drive(
-    mut eventloop: EventLoop,
-    client: AsyncClient,
-    opts: LinkOptions,
-    ingress: crossbeam_channel::Sender<Envelope>,
-    ignore: Arc<dyn Fn(&str) -> bool + Send + Sync>,
-    metrics: Arc<Metrics>,
-    state: Arc<LinkState>,
-    mut finish: watch::Receiver<bool>,
-) {
-    let mut failures = 0u32;
-    loop {
-        let event = tokio::select! {
-            e = eventloop.poll() => e,
-            _ = finish.changed() => break,
+    /// Drives the connection until a message arrives (returned) or `wait`
+    /// passes (None). While disconnected it waits for the reconnect instead,
+    /// so a slow connect is never cut short.
+    pub async fn next(&mut self, wait: Duration, ignore: &(dyn Fn(&str) -> bool + Send + Sync)) -> Option<Inbound> {
+        let event = if self.eventloop.network.is_some() {
+            match tokio::time::timeout(wait, self.eventloop.poll()).await {
+                Ok(e) => e,
+                Err(_) => return None,
+            }
+        } else {
+            self.eventloop.poll().await
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                failures = 0;
-                metrics.mqtt_connected.set(1);
-                tracing::info!(broker = %format!("{}:{}", opts.host, opts.port), session_present = ack.session_present, "connected to MQTT broker");
-                if opts.subscriptions.is_empty() {
-                    mark_ready(&state);
+                self.failures = 0;
+                self.metrics.mqtt_connected.set(1);
+                tracing::info!(broker = %format!("{}:{}", self.opts.host, self.opts.port), session_present = ack.session_present, "connected to MQTT broker");
+                if self.opts.subscriptions.is_empty() {
+                    self.state.mark_ready();
                 }
-                for f in &opts.subscriptions {
-                    if let Err(e) = client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
+                for f in &self.opts.subscriptions {
+                    if let Err(e) = self.client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
                         tracing::error!(filter = %f, error = %e, "cannot subscribe");
                     }
                 }
+                None
             }
-            Ok(Event::Incoming(Packet::SubAck(_))) => mark_ready(&state),
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                self.state.mark_ready();
+                None
+            }
             Ok(Event::Incoming(Packet::PubAck(_))) => {
-                state.unacked_out.fetch_sub(1, Ordering::AcqRel);
+                self.state.unacked_out.fetch_sub(1, Ordering::AcqRel);
+                None
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if state.stop_input.load(Ordering::Acquire) {
+                if self.state.stop_input.load(Ordering::Acquire) {
                     // Draining: leave it unacknowledged; the broker redelivers it.
-                    continue;
+                    return None;
                 }
-                metrics.ingress.inc();
+                self.metrics.ingress.inc();
                 if ignore(&p.topic) {
-                    let _ = client.try_ack(&p);
-                    continue;
+                    let _ = self.client.try_ack(&p);
+                    return None;
                 }
-                let c = client.clone();
+                let c = self.client.clone();
                 let reliable = p.qos != QoS::AtMostOnce;
                 let topic = p.topic.clone();
                 let payload = p.payload.to_vec();
@@ -178,54 +179,73 @@ async fn drive(
                         tracing::warn!(error = %e, "cannot queue MQTT acknowledgement");
                     }
                 });
-                let env = Arc::new(Inbound { topic, payload, received_ms: now_ms(), reliable, ack: Some(ack) });
-                if ingress.send(env).is_err() {
-                    tracing::debug!("dispatcher gone; input no longer forwarded");
-                }
+                Some(Inbound { topic, payload, received_ms: now_ms(), reliable, ack: Some(ack) })
             }
-            Ok(_) => {}
+            Ok(_) => None,
             Err(e) => {
-                metrics.mqtt_connected.set(0);
-                failures += 1;
-                let wait = Duration::from_millis((100u64 << failures.min(6)).min(5_000));
-                if failures == 1 || failures.is_multiple_of(20) {
-                    tracing::warn!(broker = %format!("{}:{}", opts.host, opts.port), error = %e, retry_ms = wait.as_millis() as u64,
-                        "MQTT connection lost or refused; retrying");
+                self.metrics.mqtt_connected.set(0);
+                self.failures += 1;
+                let backoff = Duration::from_millis((100u64 << self.failures.min(6)).min(5_000));
+                if self.failures == 1 || self.failures.is_multiple_of(20) {
+                    tracing::warn!(broker = %format!("{}:{}", self.opts.host, self.opts.port), error = %e,
+                        retry_ms = backoff.as_millis() as u64, "MQTT connection lost or refused; retrying");
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = finish.changed() => break,
-                }
+                tokio::time::sleep(backoff.min(wait.max(Duration::from_millis(100)))).await;
+                None
             }
         }
     }
-    metrics.mqtt_connected.set(0);
-}
 
-fn mark_ready(state: &LinkState) {
-    if !state.is_ready.swap(true, Ordering::AcqRel) {
-        state.ready.notify_waiters();
+    /// Publishes a retained message (status updates), counted like any other.
+    pub fn publish_retained(&self, topic: &str, payload: Vec<u8>) {
+        self.state.unacked_out.fetch_add(1, Ordering::AcqRel);
+        if let Ok(mut outbox) = self.outbox.lock() {
+            outbox.push_back((topic.to_owned(), payload, true));
+        }
+        self.flush_outbox();
+    }
+
+    /// Waits (up to `timeout`) for outstanding publishes, then disconnects.
+    pub async fn close(mut self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let never = |_: &str| false;
+        while tokio::time::Instant::now() < deadline
+            && (self.state.unacked_out.load(Ordering::Acquire) > 0 || self.outbox.lock().is_ok_and(|o| !o.is_empty()))
+        {
+            self.flush_outbox();
+            let _ = self.next(Duration::from_millis(20), &never).await;
+        }
+        let left = self.state.unacked_out.load(Ordering::Acquire);
+        if left > 0 {
+            tracing::warn!(unacked = left, "closing MQTT link with publishes not yet acknowledged by the broker");
+        }
+        if self.client.try_disconnect().is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while self.eventloop.poll().await.is_ok() {}
+            })
+            .await;
+        }
+        self.metrics.mqtt_connected.set(0);
     }
 }
 
-/// Publishes from the dispatcher thread; blocks only when the client's
-/// request queue is full (backpressure), never on a broker round trip.
-pub struct MqttEgress {
+/// The dispatcher's way out: straight into the client's request queue, or
+/// the outbox when the queue is full (never blocks the I/O thread).
+pub struct LinkEgress {
     client: AsyncClient,
     state: Arc<LinkState>,
-    runtime: tokio::runtime::Handle,
+    outbox: Outbox,
 }
 
-impl Egress for MqttEgress {
+impl Egress for LinkEgress {
     fn publish(&mut self, topic: &str, payload: &[u8]) {
         self.state.unacked_out.fetch_add(1, Ordering::AcqRel);
-        let result = match self.client.try_publish(topic, QoS::AtLeastOnce, false, payload.to_vec()) {
-            Ok(()) => Ok(()),
-            Err(_) => self.runtime.block_on(self.client.publish(topic, QoS::AtLeastOnce, false, payload.to_vec())),
-        };
-        if let Err(e) = result {
-            self.state.unacked_out.fetch_sub(1, Ordering::AcqRel);
-            tracing::error!(topic, error = %e, "cannot publish to the broker");
+        let queued_before = self.outbox.lock().is_ok_and(|o| !o.is_empty());
+        if !queued_before && self.client.try_publish(topic, QoS::AtLeastOnce, false, payload.to_vec()).is_ok() {
+            return;
+        }
+        if let Ok(mut outbox) = self.outbox.lock() {
+            outbox.push_back((topic.to_owned(), payload.to_vec(), false));
         }
     }
 }
