@@ -55,7 +55,7 @@ pub fn build_bins(release: bool) -> Result<()> {
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let speed = match args.iter().position(|a| a == "--speed") {
         Some(i) => args.get(i + 1).context("--speed needs a number")?.parse::<f64>().context("--speed needs a number")?,
-        None => 10.0,
+        None => 30.0,
     };
     let guest = toolchain::setup(false)?;
     build_packages(root, &guest)?;
