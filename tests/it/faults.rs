@@ -77,6 +77,8 @@ fn shutdown_drains_accepted_messages_and_broker_keeps_the_rest() {
     // ~2 ms of work each: the agent is still busy when asked to stop.
     let input: Vec<Vec<u8>> = (0..300).map(|i| format!("spin:2:id{i}").into_bytes()).collect();
     publish_lines(mosquitto.port, "test/in/a", &input);
+    // Stop while the agent is busy: once it has handled its first message.
+    sub.wait_until(Duration::from_secs(20), |g| !g.is_empty());
     agent.stop().expect("drained stop");
     let first_run = sub.received().len();
     // A new agent with the same identity gets what the broker kept.
