@@ -151,8 +151,35 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         .args(extra)
         .env("OUTPOST_PACKAGES", packages_dir(root))
         .env("OUTPOST_TEST_PACKAGES", test_packages_dir(root))
-        .env("OUTPOST_BIN_DIR", host_target_dir(root).join("debug"));
-    run(&mut cmd)?;
+        .env("OUTPOST_BIN_DIR", host_target_dir(root).join("debug"))
+        .stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().context("cannot start cargo test")?;
+    // Pass the output through and add up every test binary's result line.
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    if let Some(out) = child.stdout.take() {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                for part in rest.split(';') {
+                    let mut words = part.split_whitespace().rev();
+                    let (Some(kind), Some(n)) = (words.next(), words.next()) else { continue };
+                    let n: u64 = n.parse().unwrap_or(0);
+                    match kind {
+                        "passed" => passed += n,
+                        "failed" => failed += n,
+                        "ignored" => ignored += n,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("cargo test failed with {status}");
+    }
     done(t);
     Ok(())
 }
