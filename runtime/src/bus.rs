@@ -85,7 +85,9 @@ impl Link {
         mqtt.set_clean_session(false);
         mqtt.set_manual_acks(true);
         mqtt.set_max_packet_size(MAX_PACKET, MAX_PACKET);
-        mqtt.set_inflight(100);
+        // Outgoing QoS 1 window: acks for input share the request queue with
+        // publishes, so a small window would stall input behind output.
+        mqtt.set_inflight(1000);
         if let Some((topic, payload)) = &opts.last_will {
             mqtt.set_last_will(rumqttc::LastWill::new(topic, payload.clone(), QoS::AtLeastOnce, true));
         }
@@ -117,6 +119,9 @@ impl Link {
     /// Moves waiting publishes into the client's queue as far as it has room.
     pub fn flush_outbox(&self) {
         let Ok(mut outbox) = self.outbox.lock() else { return };
+        if outbox.is_empty() {
+            return;
+        }
         while let Some((topic, payload, retain)) = outbox.pop_front() {
             if let Err(rumqttc::ClientError::TryRequest(_)) = self.client.try_publish(topic.as_str(), QoS::AtLeastOnce, retain, payload.clone()) {
                 outbox.push_front((topic, payload, retain));
@@ -129,7 +134,10 @@ impl Link {
     /// passes (None). While disconnected it waits for the reconnect instead,
     /// so a slow connect is never cut short.
     pub async fn next(&mut self, wait: Duration, ignore: &(dyn Fn(&str) -> bool + Send + Sync)) -> Option<Inbound> {
-        let event = if self.eventloop.network.is_some() {
+        let event = if self.has_buffered() {
+            // Already read from the socket: returns at once, no timer needed.
+            self.eventloop.poll().await
+        } else if self.eventloop.network.is_some() {
             match tokio::time::timeout(wait, self.eventloop.poll()).await {
                 Ok(e) => e,
                 Err(_) => return None,

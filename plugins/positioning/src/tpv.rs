@@ -10,11 +10,17 @@
 //! until it is known, a cycle is published when the next one starts.
 //! Values merge across sentences of a cycle, later sentences winning.
 
+use crate::geoid::ecef_to_wgs84;
+use crate::geoid::wgs84_separation;
 use crate::nmea::Sentence;
-use crate::ubx::NavPvt;
+use crate::ubx::{NavPvt, NavSol, NavTimeGps};
 use serde::Serialize;
 
 const KNOTS_TO_MPS: f64 = 0.514_444_444;
+/// 2017-01-01T00:00:00Z: dates before it are WKRO victims (see `cycle_seconds`).
+const WKRO_BEFORE_S: f64 = 1_483_228_800.0;
+/// 1024 GPS weeks, s.
+const ROLLOVER_S: f64 = 1024.0 * 7.0 * 86_400.0;
 
 /// A gpsd TPV ("time-position-velocity") report.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -73,11 +79,20 @@ pub fn days_from_civil(y: i32, m: u32, d: u32) -> i64 {
 /// ISO 8601 UTC with milliseconds, as gpsd prints it.
 pub fn iso_time(y: i32, m: u32, d: u32, seconds_of_day: f64) -> String {
     let ms_total = (seconds_of_day * 1000.0).round() as i64;
-    let (day_carry, ms_of_day) = (ms_total.div_euclid(86_400_000), ms_total.rem_euclid(86_400_000));
+    let (day_carry, ms_of_day) = (
+        ms_total.div_euclid(86_400_000),
+        ms_total.rem_euclid(86_400_000),
+    );
     let days = days_from_civil(y, m, d) + day_carry;
     let (y, m, d) = civil_from_days(days);
     let s = ms_of_day / 1000;
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", s / 3600, s / 60 % 60, s % 60, ms_of_day % 1000)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        ms_of_day % 1000
+    )
 }
 
 pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
@@ -128,11 +143,36 @@ pub struct FixState {
     last_fix: Option<((f64, f64), f64)>,
     /// Once UBX NAV-PVT is seen, it is the source of fixes for this device.
     pub ubx_pvt_seen: bool,
+    /// Apply gpsd's week-rollover correction to NMEA dates.
+    pub rollover_fix: bool,
+    /// UBX epoch state (receivers without NAV-PVT): see [`FixState::on_ubx_nav`].
+    ubx: UbxEpoch,
 }
+
+/// One UBX navigation epoch being assembled from NAV-SOL and NAV-TIMEGPS.
+#[derive(Debug, Default)]
+struct UbxEpoch {
+    /// GPS-UTC leap seconds from NAV-TIMEGPS; gpsd's build-time 18 until known.
+    leap_s: Option<i32>,
+    itow: Option<u32>,
+    last_id: Option<u8>,
+    /// The NAV message id that ends an epoch, learned like gpsd does.
+    ender: Option<u8>,
+    sol: Option<NavSol>,
+    gps_time: Option<(u16, f64)>,
+}
+
+/// Unix seconds of the start of GPS time (1980-01-06).
+const GPS_EPOCH_S: f64 = 315_964_800.0;
 
 impl FixState {
     pub fn new(device: &str) -> Self {
-        FixState { device: device.to_owned(), mode: 1, ..Default::default() }
+        FixState {
+            device: device.to_owned(),
+            mode: 1,
+            rollover_fix: true,
+            ..Default::default()
+        }
     }
 
     /// Feeds one sentence (`kind` is its 3-letter type, talker ignored);
@@ -171,7 +211,14 @@ impl FixState {
 
     fn merge(&mut self, s: &Sentence) -> bool {
         match *s {
-            Sentence::Gga { pos, quality, sats, alt_msl, geoid_sep, .. } => {
+            Sentence::Gga {
+                pos,
+                quality,
+                sats,
+                alt_msl,
+                geoid_sep,
+                ..
+            } => {
                 if quality == 0 {
                     self.propose(1);
                 } else {
@@ -179,23 +226,39 @@ impl FixState {
                     self.propose(if alt_msl.is_some() { 3 } else { 2 });
                     self.status = Some(if quality == 2 { 2 } else { 1 });
                     self.alt_msl = alt_msl;
-                    self.geoid_sep = geoid_sep;
+                    // No separation sent: gpsd fills it from its geoid model.
+                    self.geoid_sep =
+                        geoid_sep.or(self.pos.map(|(la, lo)| wgs84_separation(la, lo)));
                 }
                 self.sats = sats;
                 true
             }
-            Sentence::Gns { pos, valid, alt_msl, geoid_sep, .. } => {
+            Sentence::Gns {
+                pos,
+                valid,
+                alt_msl,
+                geoid_sep,
+                ..
+            } => {
                 if valid {
                     self.pos = pos.or(self.pos);
                     self.propose(if alt_msl.is_some() { 3 } else { 2 });
                     self.alt_msl = alt_msl;
-                    self.geoid_sep = geoid_sep;
+                    self.geoid_sep =
+                        geoid_sep.or(self.pos.map(|(la, lo)| wgs84_separation(la, lo)));
                 } else {
                     self.propose(1);
                 }
                 true
             }
-            Sentence::Rmc { valid, pos, speed_knots, track, date, .. } => {
+            Sentence::Rmc {
+                valid,
+                pos,
+                speed_knots,
+                track,
+                date,
+                ..
+            } => {
                 if let Some(d) = date {
                     self.date = Some(d);
                 }
@@ -216,12 +279,22 @@ impl FixState {
                 }
                 true
             }
-            Sentence::Gsa { mode: Some(m @ 1..=3), .. } => {
+            Sentence::Gsa {
+                mode: Some(m @ 1..=3),
+                ..
+            } => {
                 self.propose(m);
                 true
             }
-            Sentence::Vtg { track, speed_knots, speed_kmh } => {
-                if let Some(sp) = speed_knots.map(|k| k * KNOTS_TO_MPS).or(speed_kmh.map(|k| k / 3.6)) {
+            Sentence::Vtg {
+                track,
+                speed_knots,
+                speed_kmh,
+            } => {
+                if let Some(sp) = speed_knots
+                    .map(|k| k * KNOTS_TO_MPS)
+                    .or(speed_kmh.map(|k| k / 3.6))
+                {
                     self.cycle_speed = Some(sp);
                 }
                 if track.is_some() {
@@ -239,10 +312,19 @@ impl FixState {
         }
     }
 
-    /// Absolute seconds of the current cycle, when the date is known.
+    /// Unix seconds of the current cycle, when the date is known, with
+    /// gpsd's GPS week-rollover (WKRO) correction: a receiver reporting a UTC
+    /// date before 2017-01-01 (when the leap second count reached 18) is
+    /// taken to have wrapped its 10-bit GPS week and is moved forward 1024
+    /// weeks (e.g. a 1999-08-22 date after the April 2019 rollover).
     fn cycle_seconds(&self) -> Option<f64> {
         let (d, m, y) = self.date?;
-        Some(days_from_civil(y, m, d) as f64 * 86_400.0 + self.cycle_time?)
+        let t = days_from_civil(y, m, d) as f64 * 86_400.0 + self.cycle_time?;
+        Some(if self.rollover_fix && t < WKRO_BEFORE_S {
+            t + ROLLOVER_S
+        } else {
+            t
+        })
     }
 
     fn report(&mut self) -> Option<Tpv> {
@@ -252,16 +334,15 @@ impl FixState {
         if let Some(m) = self.cycle_mode {
             self.mode = m;
         }
-        let time = match (self.date, self.cycle_time) {
-            (Some((d, m, y)), Some(t)) => Some(iso_time(y, m, d, t)),
-            _ => None,
-        };
+        let time = self.cycle_seconds().map(|t| iso_time(1970, 1, 1, t));
         let fix = self.mode >= 2;
         // Receivers that send no speed (GGA-only cycles): derive it from the
         // distance to the previous fix, as gpsd does.
         let now = self.cycle_seconds();
         let derived = match (self.cycle_speed, self.pos, self.last_fix, now) {
-            (None, Some(p), Some((q, t0)), Some(t1)) if fix && t1 > t0 && t1 - t0 < 10.0 => Some(distance_m(q, p) / (t1 - t0)),
+            (None, Some(p), Some((q, t0)), Some(t1)) if fix && t1 > t0 && t1 - t0 < 10.0 => {
+                Some(distance_m(q, p) / (t1 - t0))
+            }
             _ => None,
         };
         let speed = self.cycle_speed.or(derived);
@@ -290,12 +371,99 @@ impl FixState {
 
     /// End of input: publish a cycle still waiting for its ender.
     pub fn flush(&mut self) -> Option<Tpv> {
+        if let Some(t) = self.sol_report() {
+            return Some(t);
+        }
         if self.pending {
             self.pending = false;
             self.report()
         } else {
             None
         }
+    }
+
+    /// A UBX NAV message of a receiver without NAV-PVT (u-blox 4..8 sending
+    /// NAV-SOL): messages sharing an iTOW form one epoch. As in gpsd, the
+    /// last message id of the first complete epoch becomes the cycle ender
+    /// and the fix is published when it arrives; an epoch still open when
+    /// the next iTOW starts is published then.
+    pub fn on_ubx_nav(&mut self, id: u8, itow: u32, payload: &[u8]) -> Option<Tpv> {
+        if self.ubx_pvt_seen {
+            return None;
+        }
+        let mut out = None;
+        if self.ubx.itow != Some(itow) {
+            if self.ubx.itow.is_some() && self.ubx.ender.is_none() {
+                self.ubx.ender = self.ubx.last_id;
+            }
+            out = self.sol_report();
+            self.ubx.itow = Some(itow);
+        }
+        match id {
+            0x06 => {
+                if let Some(sol) = NavSol::parse(payload) {
+                    self.ubx.gps_time = sol.gps_time.or(self.ubx.gps_time);
+                    self.ubx.sol = Some(sol);
+                }
+            }
+            0x20 => {
+                if let Some(t) = NavTimeGps::parse(payload) {
+                    if let Some(l) = t.leap_s {
+                        self.ubx.leap_s = Some(i32::from(l));
+                    }
+                    self.ubx.gps_time = t.gps_time.or(self.ubx.gps_time);
+                }
+            }
+            _ => {}
+        }
+        self.ubx.last_id = Some(id);
+        if self.ubx.ender == Some(id) {
+            out = out.or(self.sol_report());
+        }
+        out
+    }
+
+    /// The epoch's fix from NAV-SOL (ECEF converted as gpsd does), if any.
+    fn sol_report(&mut self) -> Option<Tpv> {
+        let sol = self.ubx.sol.take()?;
+        let leap = f64::from(self.ubx.leap_s.unwrap_or(18));
+        let time = self.ubx.gps_time.take().map(|(week, tow)| {
+            iso_time(
+                1970,
+                1,
+                1,
+                GPS_EPOCH_S + f64::from(week) * 604_800.0 + tow - leap,
+            )
+        });
+        let mode = match sol.gps_fix {
+            3..=5 => 3,
+            2 => 2,
+            _ => 1,
+        };
+        let fix = mode >= 2;
+        let [x, y, z] = sol.ecef;
+        let [vx, vy, vz] = sol.ecef_vel;
+        let g = ecef_to_wgs84(x, y, z, vx, vy, vz).filter(|_| fix);
+        let sep = g.map(|g| wgs84_separation(g.lat, g.lon));
+        let alt = g.zip(sep).map(|(g, s)| g.alt_hae - s);
+        Some(Tpv {
+            class: "TPV",
+            device: self.device.clone(),
+            mode,
+            status: fix.then_some(if sol.dgps { 2 } else { 1 }),
+            time,
+            lat: g.map(|g| g.lat),
+            lon: g.map(|g| g.lon),
+            alt,
+            alt_msl: alt,
+            alt_hae: g.map(|g| g.alt_hae),
+            geoid_sep: sep,
+            speed: g.map(|g| g.vel_n.hypot(g.vel_e)),
+            track: g.map(|g| g.vel_e.atan2(g.vel_n).to_degrees().rem_euclid(360.0)),
+            climb: g.map(|g| -g.vel_d),
+            satellites_used: Some(sol.num_sv),
+            ..Default::default()
+        })
     }
 
     /// One report per UBX NAV-PVT epoch.
@@ -312,8 +480,15 @@ impl FixState {
             }
         };
         let fix = mode >= 2;
-        let time = (p.valid_date && p.valid_time && (1..=12).contains(&p.month) && (1..=31).contains(&p.day)).then(|| {
-            let sod = f64::from(p.hour) * 3600.0 + f64::from(p.min) * 60.0 + f64::from(p.sec) + f64::from(p.nano) * 1e-9;
+        let time = (p.valid_date
+            && p.valid_time
+            && (1..=12).contains(&p.month)
+            && (1..=31).contains(&p.day))
+        .then(|| {
+            let sod = f64::from(p.hour) * 3600.0
+                + f64::from(p.min) * 60.0
+                + f64::from(p.sec)
+                + f64::from(p.nano) * 1e-9;
             iso_time(i32::from(p.year), u32::from(p.month), u32::from(p.day), sod)
         });
         let alt = (mode == 3).then_some(p.hmsl_m);
@@ -368,7 +543,7 @@ mod tests {
             ],
         );
         assert_eq!(out.len(), 2, "{out:?}");
-        assert_eq!(out[1].time.as_deref(), Some("2014-12-31T03:07:20.000Z"));
+        assert_eq!(out[1].time.as_deref(), Some("2034-08-16T03:07:20.000Z"));
         assert_eq!(out[1].mode, 3);
         assert!((out[1].speed.unwrap_or(0.0) - 0.592).abs() < 0.001);
         assert_eq!(out[1].alt_hae, Some(59.8 + 23.7));
@@ -377,8 +552,14 @@ mod tests {
     #[test]
     fn dates_round_trip() {
         for (y, m, d) in [(1970, 1, 1), (2000, 2, 29), (2034, 8, 16), (1999, 12, 31)] {
-            assert_eq!(civil_from_days(days_from_civil(y, m, d)), (i64::from(y), m, d));
+            assert_eq!(
+                civil_from_days(days_from_civil(y, m, d)),
+                (i64::from(y), m, d)
+            );
         }
-        assert_eq!(iso_time(2019, 12, 31, 86_399.9996), "2020-01-01T00:00:00.000Z");
+        assert_eq!(
+            iso_time(2019, 12, 31, 86_399.999_6),
+            "2020-01-01T00:00:00.000Z"
+        );
     }
 }

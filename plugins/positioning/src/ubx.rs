@@ -5,17 +5,24 @@
 
 /// Longest UBX payload accepted (u-blox's largest messages are a few KiB).
 const MAX_UBX_PAYLOAD: usize = 8192;
-/// Longest NMEA line looked for before a `$` is taken as garbage.
-const MAX_NMEA_LINE: usize = 256;
+/// Longest NMEA line looked for before a `$` is taken as garbage (the
+/// standard says 82 characters, but u-blox PUBX,03 lists every satellite).
+const MAX_NMEA_LINE: usize = 1024;
 /// Reassembly buffer bound: hostile input cannot grow memory past this.
 pub const MAX_BUFFER: usize = 64 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    Ubx { class: u8, id: u8, payload: Vec<u8> },
+    Ubx {
+        class: u8,
+        id: u8,
+        payload: Vec<u8>,
+    },
     /// One NMEA line without its terminator.
     Nmea(Vec<u8>),
-    Rtcm3 { message_type: u16 },
+    Rtcm3 {
+        message_type: u16,
+    },
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -134,7 +141,14 @@ impl StreamDecoder {
                     self.stats.ubx_bad_checksum += 1;
                     return Step::Skip(2);
                 }
-                Step::Frame(Frame::Ubx { class: b[2], id: b[3], payload: b[6..6 + len].to_vec() }, 8 + len)
+                Step::Frame(
+                    Frame::Ubx {
+                        class: b[2],
+                        id: b[3],
+                        payload: b[6..6 + len].to_vec(),
+                    },
+                    8 + len,
+                )
             }
             b'$' => {
                 for (k, &c) in b.iter().enumerate().skip(1) {
@@ -159,12 +173,18 @@ impl StreamDecoder {
                 if b.len() < 6 + len {
                     return Step::Wait;
                 }
-                let crc = (u32::from(b[3 + len]) << 16) | (u32::from(b[4 + len]) << 8) | u32::from(b[5 + len]);
+                let crc = (u32::from(b[3 + len]) << 16)
+                    | (u32::from(b[4 + len]) << 8)
+                    | u32::from(b[5 + len]);
                 if crc24q(&b[..3 + len]) != crc {
                     self.stats.rtcm3_bad_crc += 1;
                     return Step::Skip(1);
                 }
-                let message_type = if len >= 2 { (u16::from(b[3]) << 4) | (u16::from(b[4]) >> 4) } else { 0 };
+                let message_type = if len >= 2 {
+                    (u16::from(b[3]) << 4) | (u16::from(b[4]) >> 4)
+                } else {
+                    0
+                };
                 Step::Frame(Frame::Rtcm3 { message_type }, 6 + len)
             }
             _ => Step::Skip(1),
@@ -237,6 +257,157 @@ impl NavPvt {
             head_mot_deg: f64::from(i32le(p, 64)) * 1e-5,
         })
     }
+}
+
+/// UBX NAV-SOL (0x01 0x06): ECEF solution of u-blox 4..8 receivers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NavSol {
+    pub itow_ms: u32,
+    /// GPS time, when week and time of week are valid: (week, seconds of week).
+    pub gps_time: Option<(u16, f64)>,
+    pub gps_fix: u8,
+    pub dgps: bool,
+    /// ECEF position (m) and velocity (m/s).
+    pub ecef: [f64; 3],
+    pub ecef_vel: [f64; 3],
+    pub p_acc_m: f64,
+    pub num_sv: u8,
+}
+
+impl NavSol {
+    pub fn parse(p: &[u8]) -> Option<NavSol> {
+        if p.len() < 52 {
+            return None;
+        }
+        let flags = p[11];
+        let itow_ms = u32le(p, 0);
+        let ftow_ns = i32le(p, 4);
+        let week = u16::from_le_bytes([p[8], p[9]]);
+        let cm = |at: usize| f64::from(i32le(p, at)) / 100.0;
+        Some(NavSol {
+            itow_ms,
+            gps_time: (flags & 0x0C == 0x0C)
+                .then(|| (week, f64::from(itow_ms) / 1e3 + f64::from(ftow_ns) * 1e-9)),
+            gps_fix: p[10],
+            dgps: flags & 0x02 != 0,
+            ecef: [cm(12), cm(16), cm(20)],
+            ecef_vel: [cm(28), cm(32), cm(36)],
+            p_acc_m: f64::from(u32le(p, 24)) / 100.0,
+            num_sv: p[47],
+        })
+    }
+}
+
+/// UBX NAV-TIMEGPS (0x01 0x20): GPS time and the leap second count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NavTimeGps {
+    pub itow_ms: u32,
+    pub gps_time: Option<(u16, f64)>,
+    pub leap_s: Option<i8>,
+}
+
+impl NavTimeGps {
+    pub fn parse(p: &[u8]) -> Option<NavTimeGps> {
+        if p.len() < 16 {
+            return None;
+        }
+        let valid = p[11];
+        let itow_ms = u32le(p, 0);
+        let week = u16::from_le_bytes([p[8], p[9]]);
+        let tow = f64::from(itow_ms) / 1e3 + f64::from(i32le(p, 4)) * 1e-9;
+        Some(NavTimeGps {
+            itow_ms,
+            gps_time: (valid & 0x03 == 0x03).then_some((week, tow)),
+            leap_s: (valid & 0x04 != 0).then_some(p[10] as i8),
+        })
+    }
+}
+
+/// UBX NAV-POSLLH (0x01 0x02): geodetic position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NavPosLlh {
+    pub itow_ms: u32,
+    pub lon: f64,
+    pub lat: f64,
+    /// Height above the ellipsoid and above mean sea level, mm.
+    pub height_mm: i32,
+    pub hmsl_mm: i32,
+    pub h_acc_mm: u32,
+    pub v_acc_mm: u32,
+}
+
+impl NavPosLlh {
+    pub fn parse(p: &[u8]) -> Option<NavPosLlh> {
+        if p.len() < 28 {
+            return None;
+        }
+        Some(NavPosLlh {
+            itow_ms: u32le(p, 0),
+            lon: f64::from(i32le(p, 4)) * 1e-7,
+            lat: f64::from(i32le(p, 8)) * 1e-7,
+            height_mm: i32le(p, 12),
+            hmsl_mm: i32le(p, 16),
+            h_acc_mm: u32le(p, 20),
+            v_acc_mm: u32le(p, 24),
+        })
+    }
+}
+
+/// UBX HNR-PVT (0x28 0x00): high-rate navigation output of ADR/UDR receivers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HnrPvt {
+    pub itow_ms: u32,
+    pub year: u16,
+    pub month: u8,
+    pub day: u8,
+    pub hour: u8,
+    pub min: u8,
+    pub sec: u8,
+    pub nano: i32,
+    pub fix_type: u8,
+    pub lon: f64,
+    pub lat: f64,
+    pub height_mm: i32,
+    pub hmsl_mm: i32,
+    /// Ground speed and 3D speed, mm/s.
+    pub g_speed_mms: i32,
+    pub speed_mms: i32,
+    pub head_mot_deg: f64,
+}
+
+impl HnrPvt {
+    pub fn parse(p: &[u8]) -> Option<HnrPvt> {
+        if p.len() < 72 {
+            return None;
+        }
+        Some(HnrPvt {
+            itow_ms: u32le(p, 0),
+            year: u16::from_le_bytes([p[4], p[5]]),
+            month: p[6],
+            day: p[7],
+            hour: p[8],
+            min: p[9],
+            sec: p[10],
+            nano: i32le(p, 12),
+            fix_type: p[16],
+            lon: f64::from(i32le(p, 20)) * 1e-7,
+            lat: f64::from(i32le(p, 24)) * 1e-7,
+            height_mm: i32le(p, 28),
+            hmsl_mm: i32le(p, 32),
+            g_speed_mms: i32le(p, 36),
+            speed_mms: i32le(p, 40),
+            head_mot_deg: f64::from(i32le(p, 44)) * 1e-5,
+        })
+    }
+}
+
+/// Time of week of NAV messages that carry it at offset 0 (epoch grouping),
+/// the same set gpsd uses to find a cycle's last message.
+pub fn nav_itow(class: u8, id: u8, payload: &[u8]) -> Option<u32> {
+    let with_itow = [
+        0x01, 0x02, 0x04, 0x06, 0x07, 0x11, 0x12, 0x20, 0x21, 0x30, 0x35, 0x61,
+    ];
+    (class == 0x01 && with_itow.contains(&id) && payload.len() >= 4).then(|| u32le(payload, 0))
 }
 
 #[cfg(test)]

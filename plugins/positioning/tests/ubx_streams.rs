@@ -1,13 +1,19 @@
 //! The UBX stream decoder against pyubx2 on its own test streams
-//! (tests/data/pyubx2-ubx-logs), corrupted ones included. The expected
-//! counts and NAV-PVT values come from pyubx2 (`make_expected.py` there).
+//! (tests/data/pyubx2-ubx-logs), corrupted ones included. Expected frames
+//! and values are parsed from pyubx2's own test file (`test_stream.py.txt`,
+//! its `EXPECTED_RESULTS` lists); the two example recordings without such a
+//! list are checked against pyubx2's decode (`expected_frames.json`).
 
-use positioning::ubx::{Frame, NavPvt, StreamDecoder, StreamStats};
+use positioning::ubx::{Frame, HnrPvt, NavPosLlh, NavPvt, StreamDecoder, StreamStats};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/pyubx2-ubx-logs")
+    Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/data/pyubx2-ubx-logs"
+    ))
+    .to_path_buf()
 }
 
 fn decode(data: &[u8], chunk: usize) -> (Vec<Frame>, StreamStats) {
@@ -20,57 +26,304 @@ fn decode(data: &[u8], chunk: usize) -> (Vec<Frame>, StreamStats) {
     (frames, d.stats)
 }
 
-#[test]
-fn frame_counts_and_nav_pvt_values_match_pyubx2() {
-    let expected: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir().join("expected_frames.json")).expect("expected_frames.json")).expect("json");
-    let mut mismatches = Vec::new();
-    let mut streams = 0;
-    for (name, exp) in expected.as_object().expect("object") {
-        let data = std::fs::read(dir().join(name)).expect("stream");
-        let (frames, stats) = decode(&data, 4096);
-        streams += 1;
-        // Reassembly: any chunking gives the same frames.
-        for chunk in [1usize, 7, 1024] {
-            assert_eq!(decode(&data, chunk).0, frames, "{name}: chunks of {chunk} decode differently");
+/// One `def test...` of pyubx2's test_stream.py that reads a whole stream
+/// and lists every frame it must yield (`EXPECTED_RESULTS`).
+struct PyTest {
+    name: String,
+    stream: String,
+    /// Protocols the test's `protfilter` keeps: (UBX, NMEA, RTCM3).
+    keeps: (bool, bool, bool),
+    /// The expected frames, in pyubx2's text form.
+    expected: Vec<String>,
+}
+
+/// Parses test_stream.py.txt. Tests about errors (`quitonerror` other than
+/// raise, `assertRaises`) or reading only part of a stream are left out.
+fn pyubx2_tests() -> Vec<PyTest> {
+    let text =
+        std::fs::read_to_string(dir().join("test_stream.py.txt")).expect("test_stream.py.txt");
+    // Python joins adjacent string literals: do the same first.
+    let joined = regex_free_join(&text);
+    let mut tests = Vec::new();
+    for block in joined.split("\n    def ").skip(1) {
+        let name = block.split('(').next().unwrap_or("").to_owned();
+        let stream = match block
+            .split("os.path.join(DIRNAME, \"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+        {
+            Some(s) => s.to_owned(),
+            None => continue,
+        };
+        if !block.contains("EXPECTED_RESULTS = ")
+            || block.contains("assertRaises")
+            || block.contains("ERR_LOG")
+            || block.contains("ERR_IGNORE")
+            || block.contains("quitonerror=0")
+            || block.contains("quitonerror=1")
+            || block.contains("catchio")
+            || block.contains("break")
+        {
+            continue;
         }
-        let ubx = frames.iter().filter(|f| matches!(f, Frame::Ubx { .. })).count() as u64;
-        let rtcm = frames.iter().filter(|f| matches!(f, Frame::Rtcm3 { .. })).count() as u64;
+        let filter = block
+            .split("protfilter=")
+            .nth(1)
+            .map(|r| r.split([',', ')']).next().unwrap_or("").trim().to_owned());
+        let keeps = match filter.as_deref() {
+            None | Some("3") | Some("UBX_PROTOCOL | NMEA_PROTOCOL") => (true, true, false),
+            Some("7") => (true, true, true),
+            Some("UBX_PROTOCOL") | Some("2") => (true, false, false),
+            Some("NMEA_PROTOCOL") | Some("1") => (false, true, false),
+            Some(other) => panic!("{name}: protfilter {other} not understood"),
+        };
+        let list = block.split("EXPECTED_RESULTS = ").nth(1).unwrap_or("");
+        let list = &list[..list
+            .find("\n        )")
+            .or_else(|| list.find("\n        ]"))
+            .unwrap_or(list.len())];
+        let expected: Vec<String> = list
+            .split("\"<")
+            .skip(1)
+            .filter_map(|e| e.find(")>\"").map(|end| format!("<{}", &e[..end + 2])))
+            .collect();
+        // The count the test asserts, when it states one.
+        let asserted = block
+            .split("self.assertEqual(i, ")
+            .nth(1)
+            .and_then(|r| r.split(')').next())
+            .and_then(|n| n.trim().parse::<usize>().ok());
+        if asserted.is_some_and(|n| n != expected.len()) {
+            // The list is a sample (e.g. testDEBUG checks 2 of 188 frames).
+            println!(
+                "{name}: skipped, EXPECTED_RESULTS lists {} of {asserted:?} frames",
+                expected.len()
+            );
+            continue;
+        }
+        tests.push(PyTest {
+            name,
+            stream,
+            keeps,
+            expected,
+        });
+    }
+    tests
+}
+
+/// Joins Python's implicitly concatenated literals (`"a"\n   "b"` -> `"ab"`).
+fn regex_free_join(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(q) = rest.find('"') {
+        out.push_str(&rest[..q]);
+        let after = &rest[q + 1..];
+        let trimmed = after.trim_start();
+        // A closing quote followed (across whitespace/newline) by an opening one.
+        if after.len() != trimmed.len()
+            && after[..after.len() - trimmed.len()].contains('\n')
+            && trimmed.starts_with('"')
+            && out.ends_with(|c: char| c != '(' && c != ' ' && c != '\n' && c != ',')
+        {
+            rest = &trimmed[1..];
+        } else {
+            out.push('"');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `key=value` of a pyubx2 text form, as a number.
+fn field(expected: &str, key: &str) -> f64 {
+    let pat = format!(" {key}=");
+    let v = expected
+        .split(&pat)
+        .nth(1)
+        .and_then(|r| r.split([',', ')']).next())
+        .and_then(|v| v.parse::<f64>().ok());
+    v.unwrap_or_else(|| panic!("no {key} in {expected}"))
+}
+
+#[test]
+fn frame_counts_and_values_match_pyubx2_expected_results() {
+    let tests = pyubx2_tests();
+    assert!(
+        tests.len() >= 15,
+        "only {} pyubx2 tests parsed",
+        tests.len()
+    );
+    let mut checked_values = 0;
+    for t in &tests {
+        let data = std::fs::read(dir().join(&t.stream)).expect("stream");
+        let (frames, stats) = decode(&data, 4096);
+        for chunk in [1usize, 7, 1024] {
+            assert_eq!(
+                decode(&data, chunk).0,
+                frames,
+                "{}: chunks of {chunk} decode differently",
+                t.stream
+            );
+        }
+        let kept: Vec<&Frame> = frames
+            .iter()
+            .filter(|f| match f {
+                Frame::Ubx { .. } => t.keeps.0,
+                Frame::Nmea(_) => t.keeps.1,
+                Frame::Rtcm3 { .. } => t.keeps.2,
+            })
+            .collect();
+        let kinds: Vec<&str> = kept
+            .iter()
+            .map(|f| match f {
+                Frame::Ubx { .. } => "UBX",
+                Frame::Nmea(_) => "NMEA",
+                Frame::Rtcm3 { .. } => "RTCM",
+            })
+            .collect();
+        let want: Vec<&str> = t
+            .expected
+            .iter()
+            .map(|e| e[1..].split('(').next().unwrap_or(""))
+            .collect();
         println!(
-            "{name:<34} UBX {ubx:>5} (pyubx2 {:>5})  RTCM3 {rtcm:>2} (pyubx2 {:>2})  bad checksum {} bad length {} skipped bytes {}",
-            exp["ubx_frames"], exp["rtcm3_frames"], stats.ubx_bad_checksum, stats.ubx_bad_length, stats.skipped_bytes
+            "{:<28} {:<34} frames {:>3} (pyubx2 {:>3})  bad checksums {}",
+            t.name,
+            t.stream,
+            kinds.len(),
+            want.len(),
+            stats.ubx_bad_checksum
         );
-        // pyubx2 drops checksum-valid frames whose payload it cannot parse in
-        // its default (output) message mode: receiver-bound MGA/CFG-VALGET
-        // frames in these three recordings. We count every valid frame, so
-        // there we must find at least as many.
-        let input_messages = ["assistnow.log", "2023-4-17_82912_serial-COM3.ubx", "pygpsdata-MGASF.log"];
-        let want_ubx = exp["ubx_frames"].as_u64().unwrap_or(u64::MAX);
-        let ubx_ok = if input_messages.contains(&name.as_str()) { ubx >= want_ubx } else { ubx == want_ubx };
-        if !ubx_ok || Some(rtcm) != exp["rtcm3_frames"].as_u64() {
-            mismatches.push(format!("{name}: UBX {ubx} vs {}, RTCM3 {rtcm} vs {}", exp["ubx_frames"], exp["rtcm3_frames"]));
+        assert_eq!(
+            kinds, want,
+            "{}: frame sequence differs from pyubx2",
+            t.name
+        );
+        for (f, e) in kept.iter().zip(&t.expected) {
+            let Frame::Ubx { class, id, payload } = f else {
+                continue;
+            };
+            let close7 = |a: f64, b: f64| (a - b).abs() < 1e-7 + 1e-12;
+            match (class, id) {
+                (0x01, 0x07) if e.starts_with("<UBX(NAV-PVT,") => {
+                    let p = NavPvt::parse(payload).expect("NAV-PVT payload");
+                    assert!(
+                        close7(p.lat, field(e, "lat")) && close7(p.lon, field(e, "lon")),
+                        "{}: {p:?} vs {e}",
+                        t.name
+                    );
+                    assert_eq!(
+                        (p.height_m * 1e3).round(),
+                        field(e, "height"),
+                        "{}: height",
+                        t.name
+                    );
+                    assert_eq!(
+                        (p.hmsl_m * 1e3).round(),
+                        field(e, "hMSL"),
+                        "{}: hMSL",
+                        t.name
+                    );
+                    assert_eq!(
+                        (p.g_speed_mps * 1e3).round(),
+                        field(e, "gSpeed"),
+                        "{}: gSpeed",
+                        t.name
+                    );
+                    assert_eq!(
+                        f64::from(p.fix_type),
+                        field(e, "fixType"),
+                        "{}: fixType",
+                        t.name
+                    );
+                    assert_eq!(f64::from(p.num_sv), field(e, "numSV"), "{}: numSV", t.name);
+                    checked_values += 1;
+                }
+                (0x01, 0x02) if e.starts_with("<UBX(NAV-POSLLH,") => {
+                    let p = NavPosLlh::parse(payload).expect("NAV-POSLLH payload");
+                    assert!(
+                        close7(p.lat, field(e, "lat")) && close7(p.lon, field(e, "lon")),
+                        "{}: {p:?} vs {e}",
+                        t.name
+                    );
+                    assert_eq!(f64::from(p.height_mm), field(e, "height"));
+                    assert_eq!(f64::from(p.hmsl_mm), field(e, "hMSL"));
+                    assert_eq!(f64::from(p.h_acc_mm), field(e, "hAcc"));
+                    assert_eq!(f64::from(p.v_acc_mm), field(e, "vAcc"));
+                    checked_values += 1;
+                }
+                (0x28, 0x00) if e.starts_with("<UBX(HNR-PVT,") => {
+                    let p = HnrPvt::parse(payload).expect("HNR-PVT payload");
+                    assert!(
+                        close7(p.lat, field(e, "lat")) && close7(p.lon, field(e, "lon")),
+                        "{}: {p:?} vs {e}",
+                        t.name
+                    );
+                    assert_eq!(f64::from(p.height_mm), field(e, "height"));
+                    assert_eq!(f64::from(p.hmsl_mm), field(e, "hMSL"));
+                    assert_eq!(f64::from(p.g_speed_mms), field(e, "gSpeed"));
+                    assert_eq!(f64::from(p.speed_mms), field(e, "speed"));
+                    assert_eq!(f64::from(p.fix_type), field(e, "gpsFix"));
+                    checked_values += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    println!("{checked_values} NAV-PVT/NAV-POSLLH/HNR-PVT frames checked field by field");
+    assert!(
+        checked_values >= 20,
+        "only {checked_values} position frames checked"
+    );
+}
+
+/// The two example recordings have no expected list; pyubx2 itself decoded
+/// them (`make_expected.py`): same UBX frame count and NAV-PVT values.
+#[test]
+fn example_recordings_match_pyubx2_oracle() {
+    let expected: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir().join("expected_frames.json")).expect("expected_frames.json"),
+    )
+    .expect("json");
+    for name in ["mon_span.ubx", "2023-4-17_82912_serial-COM3.ubx"] {
+        let data = std::fs::read(dir().join(name)).expect("stream");
+        let (frames, _) = decode(&data, 64);
+        let ubx = frames
+            .iter()
+            .filter(|f| matches!(f, Frame::Ubx { .. }))
+            .count() as u64;
+        let want = expected[name]["ubx_frames"].as_u64().unwrap_or(u64::MAX);
+        // pyubx2 (output message mode) drops the receiver-bound CFG-VALGET
+        // polls of the COM3 session although their checksums are valid; we
+        // keep every valid frame, so there we find more.
+        if name.starts_with("2023") {
+            assert!(ubx >= want, "{name}: UBX frames {ubx} < {want}");
+        } else {
+            assert_eq!(ubx, want, "{name}: UBX frames");
         }
         let pvts: Vec<NavPvt> = frames
             .iter()
             .filter_map(|f| match f {
-                Frame::Ubx { class: 1, id: 7, payload } => NavPvt::parse(payload),
+                Frame::Ubx {
+                    class: 1,
+                    id: 7,
+                    payload,
+                } => NavPvt::parse(payload),
                 _ => None,
             })
             .collect();
-        let want = exp["nav_pvt"].as_array().expect("list");
+        let want = expected[name]["nav_pvt"].as_array().expect("list");
         assert_eq!(pvts.len(), want.len(), "{name}: NAV-PVT count");
         for (ours, w) in pvts.iter().zip(want) {
             let f = |k: &str| w[k].as_f64().unwrap_or(f64::NAN);
-            assert!((ours.lat - f("lat")).abs() < 1e-7 && (ours.lon - f("lon")).abs() < 1e-7, "{name}: {ours:?} vs {w}");
-            assert_eq!((ours.height_m * 1e3).round(), f("height_mm"), "{name}: height");
+            assert!(
+                (ours.lat - f("lat")).abs() < 1e-7 && (ours.lon - f("lon")).abs() < 1e-7,
+                "{name}: {ours:?} vs {w}"
+            );
             assert_eq!((ours.hmsl_m * 1e3).round(), f("hmsl_mm"), "{name}: hMSL");
-            assert_eq!((ours.g_speed_mps * 1e3).round(), f("gspeed_mms"), "{name}: gSpeed");
-            assert_eq!(f64::from(ours.fix_type), f("fix_type"), "{name}: fixType");
-            assert_eq!(f64::from(ours.num_sv), f("num_sv"), "{name}: numSV");
         }
     }
-    assert!(streams >= 30, "only {streams} streams found");
-    assert!(mismatches.is_empty(), "frame counts differ from pyubx2:\n{}", mismatches.join("\n"));
 }
 
 #[test]
@@ -79,9 +332,26 @@ fn corrupted_streams_are_counted_and_resynchronised() {
     assert!(bad("pygpsdata-BADCK2.log").ubx_bad_checksum >= 1);
     assert!(bad("pygpsdata-MIXED3BADCK.log").ubx_bad_checksum >= 1);
     assert!(bad("pygpsdata-MIXED-RTCM3BADCRC.log").rtcm3_bad_crc >= 1);
-    for truncated in ["pygpsdata-BADEOF1.log", "pygpsdata-BADEOF2.log", "pygpsdata-BADEOF3.log"] {
-        assert!(bad(truncated).truncated_bytes > 0, "{truncated}: truncated tail counted");
+    for truncated in [
+        "pygpsdata-BADEOF1.log",
+        "pygpsdata-BADEOF2.log",
+        "pygpsdata-BADEOF3.log",
+    ] {
+        assert!(
+            bad(truncated).truncated_bytes > 0,
+            "{truncated}: truncated tail counted"
+        );
     }
+    // pyubx2's testUBXITERATE_ERR2: after the bad NAV-PVT checksum, the
+    // next GPGGA (08:02:48) is still decoded.
+    let data = std::fs::read(dir().join("pygpsdata-MIXED3BADCK.log")).expect("stream");
+    let (frames, _) = decode(&data, 5);
+    assert!(
+        frames
+            .iter()
+            .any(|f| matches!(f, Frame::Nmea(l) if l.starts_with(b"$GPGGA,080248"))),
+        "no resynchronisation after the bad frame"
+    );
     let hdr = bad("pygpsdata-BADHDR.log");
     assert!(hdr.skipped_bytes > 0, "bad header skipped: {hdr:?}");
 }
@@ -96,7 +366,10 @@ fn mangled_streams_never_panic() {
         seed ^= seed << 17;
         seed
     };
-    for entry in std::fs::read_dir(dir()).expect("dir").filter_map(Result::ok) {
+    for entry in std::fs::read_dir(dir())
+        .expect("dir")
+        .filter_map(Result::ok)
+    {
         let data = std::fs::read(entry.path()).expect("read");
         for _ in 0..20 {
             let mut d = data.clone();
@@ -107,11 +380,20 @@ fn mangled_streams_never_panic() {
                 let i = (next() as usize) % d.len();
                 d[i] ^= 1 << (next() % 8);
             }
-            let cut = if d.is_empty() { 0 } else { (next() as usize) % d.len() };
+            let cut = if d.is_empty() {
+                0
+            } else {
+                (next() as usize) % d.len()
+            };
             d.truncate(cut);
             let (frames, _) = decode(&d, 1 + (next() as usize) % 300);
             for f in frames {
-                if let Frame::Ubx { class: 1, id: 7, payload } = f {
+                if let Frame::Ubx {
+                    class: 1,
+                    id: 7,
+                    payload,
+                } = f
+                {
                     let _ = NavPvt::parse(&payload);
                 }
             }
