@@ -235,15 +235,35 @@ async fn raw_mqtt(port: u16, qos: QoS, n: usize, topic: &str) -> (f64, f64) {
             pub_.publish(&topic_owned, qos, false, payload).await.expect("publish");
         }
     });
+    let (rate, p99, got) = receive(&mut sub_loop, n, start, Duration::from_secs(5), |payload| {
+        payload.get(..16).and_then(|b| b.try_into().ok()).map(u128::from_le_bytes)
+    })
+    .await;
+    let _ = publisher.await;
+    if got < n {
+        println!("    (baseline received {got} of {n})");
+    }
+    (rate, p99)
+}
+
+/// Reads up to `n` messages whose payload tells its send time (ns since
+/// `start`); returns (msgs/s from first to last arrival, p99 latency us, count).
+async fn receive(
+    sub_loop: &mut rumqttc::EventLoop,
+    n: usize,
+    start: Instant,
+    idle: Duration,
+    sent_ns: impl Fn(&[u8]) -> Option<u128>,
+) -> (f64, f64, usize) {
     let mut lat = Vec::with_capacity(n);
     let mut first = None;
     let mut last = Instant::now();
     while lat.len() < n {
-        match tokio::time::timeout(Duration::from_secs(5), sub_loop.poll()).await {
+        match tokio::time::timeout(idle, sub_loop.poll()).await {
             Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
                 let now = start.elapsed().as_nanos();
-                let sent = u128::from_le_bytes(p.payload[..16].try_into().expect("16 bytes"));
-                lat.push((now - sent) as f64 / 1e3);
+                let sent = sent_ns(&p.payload).unwrap_or(now);
+                lat.push(now.saturating_sub(sent) as f64 / 1e3);
                 first.get_or_insert_with(Instant::now);
                 last = Instant::now();
             }
@@ -251,13 +271,9 @@ async fn raw_mqtt(port: u16, qos: QoS, n: usize, topic: &str) -> (f64, f64) {
             _ => break,
         }
     }
-    let _ = publisher.await;
     let got = lat.len();
-    if got < n {
-        println!("    (baseline received {got} of {n})");
-    }
     let secs = first.map_or(1.0, |f| last.duration_since(f).as_secs_f64().max(1e-9));
-    (got as f64 / secs, percentile(&mut lat, 0.99))
+    (got as f64 / secs, percentile(&mut lat, 0.99), got)
 }
 
 /// A subscriber (already acknowledged by the broker) and a publisher whose
@@ -368,28 +384,15 @@ async fn through_agent(port: u16, n: usize) -> (f64, f64) {
             pub_.publish("test/in/bench", QoS::AtLeastOnce, false, payload).await.expect("publish");
         }
     });
-    let mut lat = Vec::with_capacity(n);
-    let mut first = None;
-    let mut last = Instant::now();
-    while lat.len() < n {
-        match tokio::time::timeout(Duration::from_secs(10), sub_loop.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                let now = start.elapsed().as_nanos();
-                let sent: u128 = std::str::from_utf8(&p.payload).ok().and_then(|s| s.parse().ok()).unwrap_or(now);
-                lat.push((now - sent) as f64 / 1e3);
-                first.get_or_insert_with(Instant::now);
-                last = Instant::now();
-            }
-            Ok(Ok(_)) => {}
-            _ => break,
-        }
-    }
+    let (rate, p99, got) = receive(&mut sub_loop, n, start, Duration::from_secs(10), |payload| {
+        std::str::from_utf8(payload).ok().and_then(|t| t.parse().ok())
+    })
+    .await;
     let _ = publisher.await;
-    if lat.len() < n {
-        println!("    (agent path delivered {} of {n})", lat.len());
+    if got < n {
+        println!("    (agent path delivered {got} of {n})");
     }
-    let secs = first.map_or(1.0, |f| last.duration_since(f).as_secs_f64().max(1e-9));
-    (lat.len() as f64 / secs, percentile(&mut lat, 0.99))
+    (rate, p99)
 }
 
 struct RawState {
