@@ -98,7 +98,9 @@ fn bench_handler(rows: &mut Vec<Row>) {
     for batch in [1usize, 16, 256] {
         let rounds = (200_000 / lines.len()).max(2);
         // WASM
-        let mut instance = host.instantiate(&loaded, &manifest, context("positioning", &manifest, &metrics), "{}").expect("instantiate");
+        let mut instance = host
+            .instantiate(&loaded, &manifest, context("positioning", &manifest, &metrics), "{}")
+            .expect("instantiate");
         let wit_batches: Vec<Vec<outpost::host::WitMessage>> = lines
             .chunks(batch)
             .map(|c| c.iter().map(|l| outpost::host::WitMessage { topic, payload: l, received_ms: 0 }).collect())
@@ -316,8 +318,12 @@ fn start_mosquitto(dir: &Path) -> (Proc, u16) {
     let port = free_port();
     let conf = dir.join("mosquitto.conf");
     std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 100\nmax_queued_messages 1000000\nset_tcp_nodelay true\n")).expect("conf");
-    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"].into_iter().find(|p| Path::new(p).exists()).expect("mosquitto installed");
-    let child = Command::new(bin).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("mosquitto");
+    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("mosquitto installed");
+    let child =
+        Command::new(bin).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("mosquitto");
     let t = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() && t.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(10));
@@ -327,7 +333,9 @@ fn start_mosquitto(dir: &Path) -> (Proc, u16) {
 
 /// (c) publish -> service -> subscriber through the agent vs raw through the same broker.
 fn bench_end_to_end(rows: &mut Vec<Row>, mosquitto_port: u16, rt: &tokio::runtime::Runtime) {
-    println!("\n(c) end to end: publish -> agent service -> subscriber vs raw publish -> subscribe (QoS1, same Mosquitto)");
+    println!(
+        "\n(c) end to end: publish -> agent service -> subscriber vs raw publish -> subscribe (QoS1, same Mosquitto)"
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let services = dir.path().join("services/testbed");
     std::fs::create_dir_all(&services).expect("mkdir");
@@ -426,7 +434,10 @@ fn bench_instantiate(rows: &mut Vec<Row>) {
     linker.define_unknown_imports_as_traps(loaded.component()).expect("stubs");
     let pre = linker.instantiate_pre(loaded.component()).expect("pre");
     let mk = || {
-        let mut s = wasmtime::Store::new(host.engine(), RawState { wasi: wasmtime_wasi::WasiCtx::builder().build(), table: Default::default() });
+        let mut s = wasmtime::Store::new(
+            host.engine(),
+            RawState { wasi: wasmtime_wasi::WasiCtx::builder().build(), table: Default::default() },
+        );
         s.set_epoch_deadline(u64::MAX / 2);
         s
     };
@@ -440,13 +451,22 @@ fn bench_instantiate(rows: &mut Vec<Row>) {
         pre.instantiate(&mut s).expect("raw instantiate");
     }
     let raw = t.elapsed().as_secs_f64() * 1e6 / n as f64;
-    row(rows, "instantiate + init (pooling)", format!("{ours:.1} us"), format!("{raw:.1} us (raw wasmtime instantiate)"), format!("{:.2}x", ours / raw), "< 20 us");
+    row(
+        rows,
+        "instantiate + init (pooling)",
+        format!("{ours:.1} us"),
+        format!("{raw:.1} us (raw wasmtime instantiate)"),
+        format!("{:.2}x", ours / raw),
+        "< 20 us",
+    );
 }
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -474,7 +494,12 @@ fn start_agent(dir: &Path, extra: &str) -> (Proc, f64, f64) {
     .expect("config");
     let bin = env_dir("OUTPOST_BIN_DIR", "target/release").join("outpost");
     let t = Instant::now();
-    let child = Command::new(&bin).arg("--config").arg(&config).stderr(Stdio::null()).spawn().unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    let child = Command::new(&bin)
+        .arg("--config")
+        .arg(&config)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
     let proc_ = Proc(child);
     loop {
         if let Some(s) = http_status(http) {
@@ -492,7 +517,11 @@ fn install(dir: &Path, package: &Path, name: &str) {
     std::fs::create_dir_all(&dest).expect("mkdir");
     std::fs::copy(package.join("service.wasm"), dest.join("service.wasm")).expect("copy");
     let manifest = std::fs::read_to_string(package.join("service.toml")).expect("manifest");
-    let manifest = manifest.replacen(&format!("name = \"{}\"", package.file_name().and_then(|n| n.to_str()).unwrap_or("")), &format!("name = \"{name}\""), 1);
+    let manifest = manifest.replacen(
+        &format!("name = \"{}\"", package.file_name().and_then(|n| n.to_str()).unwrap_or("")),
+        &format!("name = \"{name}\""),
+        1,
+    );
     std::fs::write(dest.join("service.toml"), manifest).expect("write");
 }
 
@@ -566,7 +595,10 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mosquitto, mosquitto_port) = start_mosquitto(dir.path());
     let mut rows = Vec::new();
-    println!("Outpost benchmarks ({} cores); every figure beside its baseline from this run", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    println!(
+        "Outpost benchmarks ({} cores); every figure beside its baseline from this run",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
     if on("handler") {
         bench_handler(&mut rows);
     }

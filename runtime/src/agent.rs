@@ -86,7 +86,8 @@ impl Agent {
             dispatcher.subscriptions().into_iter().filter(|f| !dispatcher.is_internal(f)).collect();
         let echo_filter = {
             let local = dispatcher.output_filters();
-            Arc::new(move |t: &str| local.iter().any(|f| crate::topic::matches(f, t))) as Arc<dyn Fn(&str) -> bool + Send + Sync>
+            Arc::new(move |t: &str| local.iter().any(|f| crate::topic::matches(f, t)))
+                as Arc<dyn Fn(&str) -> bool + Send + Sync>
         };
         let link = Link::new(
             LinkOptions {
@@ -114,16 +115,14 @@ impl Agent {
             ready_ms: None,
         }));
         if let Some(addr) = cfg.metrics.listen {
-            crate::http::serve(addr, metrics.clone(), status.clone()).await.map_err(|e| AgentError::Metrics {
-                addr: addr.to_string(),
-                message: e.to_string(),
-            })?;
+            crate::http::serve(addr, metrics.clone(), status.clone())
+                .await
+                .map_err(|e| AgentError::Metrics { addr: addr.to_string(), message: e.to_string() })?;
         }
         if let Some(addr) = cfg.api.listen {
-            crate::api::serve(addr, status.clone(), metrics.clone()).await.map_err(|e| AgentError::Api {
-                addr: addr.to_string(),
-                message: e.to_string(),
-            })?;
+            crate::api::serve(addr, status.clone(), metrics.clone())
+                .await
+                .map_err(|e| AgentError::Api { addr: addr.to_string(), message: e.to_string() })?;
         }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let io = {
@@ -299,7 +298,10 @@ impl IoLoop {
         }
         let left = d.queued();
         if left > 0 {
-            tracing::error!(messages = left, "drain timeout: messages left unacknowledged; the broker will redeliver them");
+            tracing::error!(
+                messages = left,
+                "drain timeout: messages left unacknowledged; the broker will redeliver them"
+            );
         } else {
             tracing::info!("all accepted messages handled");
         }

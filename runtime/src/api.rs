@@ -36,7 +36,11 @@ impl From<&AgentStatus> for pb::AgentStatus {
                     uptime_s: v.uptime_s,
                 })
                 .collect(),
-            rejected: s.rejected.iter().map(|(name, reason)| pb::RejectedPackage { name: name.clone(), reason: reason.clone() }).collect(),
+            rejected: s
+                .rejected
+                .iter()
+                .map(|(name, reason)| pb::RejectedPackage { name: name.clone(), reason: reason.clone() })
+                .collect(),
             uptime_s: s.uptime_s,
             ready_ms: s.ready_ms,
         }

@@ -13,8 +13,7 @@ pub enum BrokerError {
 /// Starts rumqttd on `listen` in its own threads. Fails early if the port is taken.
 pub fn start_embedded(listen: SocketAddr) -> Result<(), BrokerError> {
     // rumqttd reports bind failures only in its own thread; probe first.
-    std::net::TcpListener::bind(listen)
-        .map_err(|e| BrokerError::Listen { addr: listen, message: e.to_string() })?;
+    std::net::TcpListener::bind(listen).map_err(|e| BrokerError::Listen { addr: listen, message: e.to_string() })?;
     let text = format!(
         r#"
 id = 0

@@ -123,7 +123,9 @@ impl Link {
             return;
         }
         while let Some((topic, payload, retain)) = outbox.pop_front() {
-            if let Err(rumqttc::ClientError::TryRequest(_)) = self.client.try_publish(topic.as_str(), QoS::AtLeastOnce, retain, payload.clone()) {
+            if let Err(rumqttc::ClientError::TryRequest(_)) =
+                self.client.try_publish(topic.as_str(), QoS::AtLeastOnce, retain, payload.clone())
+            {
                 outbox.push_front((topic, payload, retain));
                 break;
             }
@@ -228,10 +230,9 @@ impl Link {
             tracing::warn!(unacked = left, "closing MQTT link with publishes not yet acknowledged by the broker");
         }
         if self.client.try_disconnect().is_ok() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                while self.eventloop.poll().await.is_ok() {}
-            })
-            .await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), async { while self.eventloop.poll().await.is_ok() {} })
+                    .await;
         }
         self.metrics.mqtt_connected.set(0);
     }

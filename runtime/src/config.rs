@@ -67,7 +67,12 @@ fn default_keep_alive() -> u64 {
 
 impl Default for BrokerConfig {
     fn default() -> Self {
-        BrokerConfig { mode: BrokerMode::Embedded, listen: default_listen(), url: None, keep_alive_s: default_keep_alive() }
+        BrokerConfig {
+            mode: BrokerMode::Embedded,
+            listen: default_listen(),
+            url: None,
+            keep_alive_s: default_keep_alive(),
+        }
     }
 }
 

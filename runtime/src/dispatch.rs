@@ -78,7 +78,9 @@ pub struct ServiceSpec {
 enum Health {
     Running(ServiceInstance),
     /// Waiting to restart after a fault or a failed init.
-    Backoff { until: Instant },
+    Backoff {
+        until: Instant,
+    },
 }
 
 struct InstanceSlot {
@@ -138,8 +140,7 @@ impl Dispatcher {
     /// fails is retried with backoff; the error is returned for the first.
     pub fn add_service(&mut self, spec: ServiceSpec) -> Result<(), CallError> {
         let metrics = spec.context.metrics.clone();
-        let mut slot =
-            ServiceSlot { metrics, instances: Vec::new(), started: Instant::now(), spec };
+        let mut slot = ServiceSlot { metrics, instances: Vec::new(), started: Instant::now(), spec };
         let mut first_error = None;
         for _ in 0..slot.spec.instances.max(1) {
             let health = match self.start_instance(&slot.spec) {
@@ -150,7 +151,13 @@ impl Dispatcher {
                     Health::Backoff { until }
                 }
             };
-            slot.instances.push(InstanceSlot { health, queue: VecDeque::new(), isolate: 0, faults_in_a_row: 0, last_fault: None });
+            slot.instances.push(InstanceSlot {
+                health,
+                queue: VecDeque::new(),
+                isolate: 0,
+                faults_in_a_row: 0,
+                last_fault: None,
+            });
         }
         slot.metrics.instances.set(slot.running() as i64);
         self.services.push(slot);
@@ -294,7 +301,8 @@ impl Dispatcher {
             if mirror {
                 self.egress.publish(&topic_name, &payload);
             }
-            let env = Arc::new(Inbound { topic: topic_name, payload, received_ms: now_ms(), reliable: true, ack: None });
+            let env =
+                Arc::new(Inbound { topic: topic_name, payload, received_ms: now_ms(), reliable: true, ack: None });
             self.route(env, Some(s));
         }
     }

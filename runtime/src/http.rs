@@ -76,7 +76,11 @@ async fn status_page(State(s): State<AppState>) -> Html<String> {
         ));
     }
     for (name, why) in &st.rejected {
-        rows.push_str(&format!("<tr class=\"bad\"><td>{}</td><td colspan=6>not loaded: {}</td></tr>", esc(name), esc(why)));
+        rows.push_str(&format!(
+            "<tr class=\"bad\"><td>{}</td><td colspan=6>not loaded: {}</td></tr>",
+            esc(name),
+            esc(why)
+        ));
     }
     Html(format!(
         "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=5><title>Outpost {gw}</title>\

@@ -165,15 +165,15 @@ impl fmt::Display for Problems<'_> {
 
 impl Manifest {
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ManifestError::Read { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ManifestError::Read { path: path.to_owned(), source })?;
         Self::parse(&text, path)
     }
 
     /// Parses and validates; every problem is reported at once.
     pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
-        let manifest: Manifest = toml::from_str(text)
-            .map_err(|e| ManifestError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        let manifest: Manifest =
+            toml::from_str(text).map_err(|e| ManifestError::Parse { path: path.to_owned(), message: e.to_string() })?;
         let problems = manifest.problems();
         if problems.is_empty() {
             Ok(manifest)
@@ -245,9 +245,8 @@ impl Manifest {
 
 /// Accepts `outpost:service@1.x.y` (same major as this agent).
 pub fn check_world(world: &str) -> Result<(), String> {
-    let (pkg, version) = world
-        .split_once('@')
-        .ok_or_else(|| format!("'{world}' has no version; this agent hosts {SUPPORTED_WORLD}"))?;
+    let (pkg, version) =
+        world.split_once('@').ok_or_else(|| format!("'{world}' has no version; this agent hosts {SUPPORTED_WORLD}"))?;
     if pkg != "outpost:service" {
         return Err(format!("'{world}' is not an Outpost world; this agent hosts {SUPPORTED_WORLD}"));
     }

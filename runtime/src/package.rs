@@ -38,18 +38,16 @@ impl Package {
         if !wasm_path.is_file() {
             return Err(PackageError::NoComponent { dir: dir.to_owned() });
         }
-        let wasm = std::fs::read(&wasm_path).map_err(|source| PackageError::Read { path: wasm_path.clone(), source })?;
+        let wasm =
+            std::fs::read(&wasm_path).map_err(|source| PackageError::Read { path: wasm_path.clone(), source })?;
         Ok(Package { dir: dir.to_owned(), manifest, wasm_path, wasm })
     }
 
     /// Every package folder under `root` (sorted, so start-up order is stable).
     pub fn discover(root: &Path) -> Result<Vec<PathBuf>, PackageError> {
         let entries = std::fs::read_dir(root).map_err(|source| PackageError::Read { path: root.to_owned(), source })?;
-        let mut dirs: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| p.join(MANIFEST_FILE).is_file())
-            .collect();
+        let mut dirs: Vec<PathBuf> =
+            entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.join(MANIFEST_FILE).is_file()).collect();
         dirs.sort();
         Ok(dirs)
     }

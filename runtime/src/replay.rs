@@ -122,7 +122,8 @@ pub fn run(opts: &ReplayOptions, egress: Box<dyn Egress>) -> Result<ReplaySummar
         context,
     })?;
 
-    let file = std::fs::File::open(&opts.input).map_err(|source| ReplayError::Input { path: opts.input.clone(), source })?;
+    let file =
+        std::fs::File::open(&opts.input).map_err(|source| ReplayError::Input { path: opts.input.clone(), source })?;
     let mut reader = std::io::BufReader::new(file);
     let batch = opts.max_batch.max(1);
     let mut pending = 0usize;

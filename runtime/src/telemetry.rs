@@ -181,7 +181,10 @@ impl ServiceMetrics {
     }
 
     pub fn add_counter(&self, name: &str, delta: u64) {
-        self.all.counters.get_or_create(&NamedLabel { service: self.name.to_string(), name: name.into() }).inc_by(delta);
+        self.all
+            .counters
+            .get_or_create(&NamedLabel { service: self.name.to_string(), name: name.into() })
+            .inc_by(delta);
     }
 }
 

@@ -14,7 +14,11 @@ fn test_package(name: &str) -> PathBuf {
 
 fn outpostctl(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_outpostctl")).args(args).output().expect("run outpostctl");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -23,8 +27,14 @@ fn run_replays_lines_and_prints_json_lines() {
     let input = dir.path().join("in.txt");
     std::fs::write(&input, "{\"a\": 1}\nplain text\ncount\r\ntrap\nafter\n").expect("write");
     let pkg = test_package("testbed");
-    let (ok, stdout, stderr) =
-        outpostctl(&["run", pkg.to_str().expect("utf8"), "--replay", input.to_str().expect("utf8"), "--topic", "test/in/x"]);
+    let (ok, stdout, stderr) = outpostctl(&[
+        "run",
+        pkg.to_str().expect("utf8"),
+        "--replay",
+        input.to_str().expect("utf8"),
+        "--topic",
+        "test/in/x",
+    ]);
     assert!(ok, "{stderr}");
     let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
     let outputs: Vec<&serde_json::Value> = lines.iter().filter(|l| l["topic"] == "test/out/x").collect();
@@ -57,7 +67,9 @@ fn run_chunks_binary_files() {
     assert!(ok, "{stderr}");
     let payloads: Vec<String> = stdout
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json")["payload"].as_str().unwrap_or("").to_owned())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("json")["payload"].as_str().unwrap_or("").to_owned()
+        })
         .collect();
     assert_eq!(payloads, vec!["YWFhYQ==", "YWFhYQ==", "YWE="], "3 chunks of 4, 4 and 2 bytes");
 }
@@ -65,9 +77,11 @@ fn run_chunks_binary_files() {
 #[test]
 fn errors_name_the_problem() {
     let pkg = test_package("testbed");
-    let (ok, _, stderr) = outpostctl(&["run", pkg.to_str().expect("utf8"), "--replay", "/nonexistent", "--topic", "test/in/x"]);
+    let (ok, _, stderr) =
+        outpostctl(&["run", pkg.to_str().expect("utf8"), "--replay", "/nonexistent", "--topic", "test/in/x"]);
     assert!(!ok && stderr.contains("/nonexistent"), "{stderr}");
-    let (ok, _, stderr) = outpostctl(&["run", pkg.to_str().expect("utf8"), "--replay", "/dev/null", "--topic", "other/topic"]);
+    let (ok, _, stderr) =
+        outpostctl(&["run", pkg.to_str().expect("utf8"), "--replay", "/dev/null", "--topic", "other/topic"]);
     assert!(!ok && stderr.contains("other/topic") && stderr.contains("test/in/#"), "{stderr}");
     let (ok, _, stderr) = outpostctl(&["run", "/tmp", "--replay", "/dev/null", "--topic", "x"]);
     assert!(!ok && stderr.contains("no service.toml"), "{stderr}");

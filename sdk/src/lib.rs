@@ -101,7 +101,7 @@ macro_rules! export_service {
                     $crate::guest::tick::<$service>(now_ms)
                 }
             }
-            $crate::guest::bindings::__export_outpost_world!(OutpostExport with_types_in $crate::guest::bindings);
+    $crate::guest::bindings::__export_outpost_world!(OutpostExport with_types_in $crate::guest::bindings);
         };
     };
 }

@@ -16,10 +16,8 @@ fn echo_round_trip(external: Option<&Mosquitto>) {
     let sub = Subscriber::start(agent.mqtt_port, &["test/out/#"]);
     publish_lines(agent.mqtt_port, "test/in/truck-1", &lines(&["hello", "acl", "count", "count", "bye"]));
     let got = sub.wait_until(Duration::from_secs(20), |g| g.len() >= 5);
-    let expected: Vec<(String, String)> = ["hello", "denied", "1", "2", "bye"]
-        .iter()
-        .map(|p| ("test/out/truck-1".to_string(), p.to_string()))
-        .collect();
+    let expected: Vec<(String, String)> =
+        ["hello", "denied", "1", "2", "bye"].iter().map(|p| ("test/out/truck-1".to_string(), p.to_string())).collect();
     assert_eq!(got, expected, "outputs in order, ACL enforced by the host, state counted");
     assert_eq!(agent.metric("outpost_acl_denied_total", &["testbed"]), 1.0);
     assert_eq!(agent.metric("outpost_messages_in_total", &["testbed"]), 5.0);
@@ -47,7 +45,8 @@ fn state_survives_agent_restart() {
         let agent = TestAgent::start(&dir, Some(&mosquitto.url()), "");
         let sub = Subscriber::start(mosquitto.port, &["test/out/#"]);
         publish_lines(mosquitto.port, "test/in/a", &lines(&["count", "count"]));
-        let got: Vec<String> = sub.wait_until(Duration::from_secs(20), |g| g.len() >= 2).into_iter().map(|(_, p)| p).collect();
+        let got: Vec<String> =
+            sub.wait_until(Duration::from_secs(20), |g| g.len() >= 2).into_iter().map(|(_, p)| p).collect();
         assert_eq!(got, expected, "counter continues from persisted state");
         agent.stop().expect("stop");
     }

@@ -64,7 +64,14 @@ publish = []
 memory_mib = 0
 "#;
     let err = Manifest::parse(text, Path::new("bad/service.toml")).unwrap_err().to_string();
-    for needle in ["bad/service.toml", "service.name", "service.version", "outpost:service@3.0.0", "bus.subscribe", "limits.memory_mib"] {
+    for needle in [
+        "bad/service.toml",
+        "service.name",
+        "service.version",
+        "outpost:service@3.0.0",
+        "bus.subscribe",
+        "limits.memory_mib",
+    ] {
         assert!(err.contains(needle), "{needle} missing in: {err}");
     }
 }

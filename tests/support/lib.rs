@@ -40,7 +40,10 @@ pub fn test_package(name: &str) -> PathBuf {
 /// built by `cargo xtask test` before the tests run.
 pub fn binary(name: &str) -> PathBuf {
     let dir = std::env::var_os("OUTPOST_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target")).join("debug")
+        std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace().join("target"))
+            .join("debug")
     });
     let bin = dir.join(name);
     assert!(bin.is_file(), "{} not built; run the tests with `cargo xtask test`", bin.display());
@@ -289,7 +292,11 @@ impl TestAgent {
         let config = AgentConfig::parse(&text, Path::new("test.toml")).expect("test config is valid");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| e.to_string())?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
             rt.block_on(async move {
                 Agent::new(config)
                     .run(async move {
@@ -299,7 +306,14 @@ impl TestAgent {
                     .map_err(|e| e.to_string())
             })
         });
-        let agent = TestAgent { mqtt_port, http_port, api_port, dir: dir.path().to_owned(), stop: Some(tx), thread: Some(thread) };
+        let agent = TestAgent {
+            mqtt_port,
+            http_port,
+            api_port,
+            dir: dir.path().to_owned(),
+            stop: Some(tx),
+            thread: Some(thread),
+        };
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(30) {
             if agent.status().is_some_and(|s| s["state"] == "ready") {

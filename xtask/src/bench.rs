@@ -2,7 +2,9 @@
 //! harness (`runtime/benches/agent.rs`), which prints every figure beside a
 //! baseline measured in the same run.
 
-use crate::{build_packages, cargo, demo, done, host_target_dir, packages_dir, run, step, test_packages_dir, toolchain};
+use crate::{
+    build_packages, cargo, demo, done, host_target_dir, packages_dir, run, step, test_packages_dir, toolchain,
+};
 use anyhow::Result;
 use std::path::Path;
 

@@ -41,7 +41,8 @@ impl Drop for KillOnDrop {
 }
 
 pub fn build_bins(release: bool) -> Result<()> {
-    let t = step(&format!("building outpost, outpostctl and outpost-sim ({})", if release { "release" } else { "debug" }));
+    let t =
+        step(&format!("building outpost, outpostctl and outpost-sim ({})", if release { "release" } else { "debug" }));
     let mut cmd = cargo();
     cmd.args(["build", "-p", "outpost-runtime", "--bins"]);
     if release {
@@ -54,7 +55,9 @@ pub fn build_bins(release: bool) -> Result<()> {
 
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let speed = match args.iter().position(|a| a == "--speed") {
-        Some(i) => args.get(i + 1).context("--speed needs a number")?.parse::<f64>().context("--speed needs a number")?,
+        Some(i) => {
+            args.get(i + 1).context("--speed needs a number")?.parse::<f64>().context("--speed needs a number")?
+        }
         None => 30.0,
     };
     let guest = toolchain::setup(false)?;
@@ -82,7 +85,12 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     )?;
     let log = std::fs::File::create(work.join("agent.log"))?;
     let agent = KillOnDrop(
-        Command::new(bin.join("outpost")).arg("--config").arg(&config).stderr(log).spawn().context("cannot start outpost")?,
+        Command::new(bin.join("outpost"))
+            .arg("--config")
+            .arg(&config)
+            .stderr(log)
+            .spawn()
+            .context("cannot start outpost")?,
     );
     let http_addr = format!("127.0.0.1:{http}");
     let started = Instant::now();
@@ -97,7 +105,10 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    println!("    agent ready: MQTT on 127.0.0.1:{mqtt}, status page http://{http_addr}/ , log {}", work.join("agent.log").display());
+    println!(
+        "    agent ready: MQTT on 127.0.0.1:{mqtt}, status page http://{http_addr}/ , log {}",
+        work.join("agent.log").display()
+    );
     run_cmd(Command::new(bin.join("outpostctl")).args(["status", "--agent", &format!("http://127.0.0.1:{api}")]))?;
     done(t);
 

@@ -125,7 +125,8 @@ pub fn build_packages(root: &Path, guest: &toolchain::Guest) -> Result<()> {
     for (name, _, _) in &crates {
         cmd.arg("-p").arg(name);
     }
-    run(&mut cmd).context("building service components failed; run `cargo xtask setup` to check the guest toolchain")?;
+    run(&mut cmd)
+        .context("building service components failed; run `cargo xtask setup` to check the guest toolchain")?;
     for (name, dir, is_test) in &crates {
         let wasm = target_dir.join("wasm32-wasip2/release").join(format!("{}.wasm", name.replace('-', "_")));
         let dest_root = if *is_test { test_packages_dir(root) } else { packages_dir(root) };

@@ -57,7 +57,12 @@ impl Guest {
 fn clean_env(cmd: &mut Command) {
     for (key, _) in std::env::vars() {
         let keep = key == "CARGO_HOME" || key == "CARGO_NET_OFFLINE";
-        if !keep && (key.starts_with("CARGO") || key.starts_with("RUSTUP") || key.starts_with("RUSTC") || key == "RUSTFLAGS" || key == "RUSTDOC")
+        if !keep
+            && (key.starts_with("CARGO")
+                || key.starts_with("RUSTUP")
+                || key.starts_with("RUSTC")
+                || key == "RUSTFLAGS"
+                || key == "RUSTDOC")
         {
             cmd.env_remove(&key);
         }
@@ -65,7 +70,11 @@ fn clean_env(cmd: &mut Command) {
 }
 
 fn has_command(name: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {name}")]).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn rustup_has_wasm_target() -> bool {
@@ -104,8 +113,15 @@ static APT_UPDATED: std::sync::Once = std::sync::Once::new();
 /// `apt-get install` as root (or through sudo), updating the lists once.
 pub fn apt_install(packages: &[&str]) -> Result<()> {
     let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
-    let prefix: Vec<&str> = if root { vec![] } else if has_command("sudo") { vec!["sudo", "-n"] } else {
-        bail!("need to install {} but this user is not root and has no sudo; install them and rerun", packages.join(" "));
+    let prefix: Vec<&str> = if root {
+        vec![]
+    } else if has_command("sudo") {
+        vec!["sudo", "-n"]
+    } else {
+        bail!(
+            "need to install {} but this user is not root and has no sudo; install them and rerun",
+            packages.join(" ")
+        );
     };
     let apt = |args: &[&str]| -> Result<()> {
         let mut all: Vec<&str> = prefix.clone();
@@ -155,7 +171,10 @@ pub fn setup(servers: bool) -> Result<Guest> {
                 Guest::Rustup
             } else {
                 if !debian_toolchain_ready() {
-                    println!("    rustup cannot provide it here; installing Debian's toolchain: {}", DEBIAN_PACKAGES.join(" "));
+                    println!(
+                        "    rustup cannot provide it here; installing Debian's toolchain: {}",
+                        DEBIAN_PACKAGES.join(" ")
+                    );
                     apt_install(&DEBIAN_PACKAGES)?;
                 }
                 if !debian_toolchain_ready() {

@@ -353,24 +353,8 @@ static GEOID_CM: [[i16; COLS]; ROWS] = [
 
 /// gpsd's bilinear interpolation (same corner naming and edge cases).
 #[allow(clippy::too_many_arguments)]
-fn bilinear(
-    x1: i32,
-    y1: i32,
-    x2: i32,
-    y2: i32,
-    x: f64,
-    y: f64,
-    z11: f64,
-    z12: f64,
-    z21: f64,
-    z22: f64,
-) -> f64 {
-    let (xx1, x2x, yy1, y2y) = (
-        x - f64::from(x1),
-        f64::from(x2) - x,
-        y - f64::from(y1),
-        f64::from(y2) - y,
-    );
+fn bilinear(x1: i32, y1: i32, x2: i32, y2: i32, x: f64, y: f64, z11: f64, z12: f64, z21: f64, z22: f64) -> f64 {
+    let (xx1, x2x, yy1, y2y) = (x - f64::from(x1), f64::from(x2) - x, y - f64::from(y1), f64::from(y2) - y);
     if y1 == y2 {
         if x1 == x2 {
             return z11;

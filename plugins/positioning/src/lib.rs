@@ -47,18 +47,13 @@ fn default_idle_flush() -> u64 {
 impl Config {
     pub fn parse(json: &str) -> Result<Config, ServiceError> {
         let json = if json.trim().is_empty() { "{}" } else { json };
-        let c: Config = serde_json::from_str(json)
-            .map_err(|e| ServiceError::BadConfig(format!("positioning config: {e}")))?;
+        let c: Config =
+            serde_json::from_str(json).map_err(|e| ServiceError::BadConfig(format!("positioning config: {e}")))?;
         if !(1..=3).contains(&c.min_mode) {
-            return Err(ServiceError::BadConfig(format!(
-                "min_mode is {}; it must be 1, 2 or 3",
-                c.min_mode
-            )));
+            return Err(ServiceError::BadConfig(format!("min_mode is {}; it must be 1, 2 or 3", c.min_mode)));
         }
         if c.max_devices == 0 {
-            return Err(ServiceError::BadConfig(
-                "max_devices must be at least 1".into(),
-            ));
+            return Err(ServiceError::BadConfig("max_devices must be at least 1".into()));
         }
         Ok(c)
     }
@@ -109,11 +104,7 @@ impl Positioning {
             }
             self.devices.insert(
                 asset.to_owned(),
-                Device {
-                    fix: FixState::new(asset),
-                    stream: StreamDecoder::new(),
-                    last_input_ms: now_ms,
-                },
+                Device { fix: FixState::new(asset), stream: StreamDecoder::new(), last_input_ms: now_ms },
             );
         }
         let d = self.devices.get_mut(asset)?;
@@ -150,11 +141,7 @@ impl Positioning {
                 dev.stream.push(&m.payload, &mut frames);
                 for f in frames {
                     match f {
-                        Frame::Ubx {
-                            class: 0x01,
-                            id: 0x07,
-                            payload,
-                        } => {
+                        Frame::Ubx { class: 0x01, id: 0x07, payload } => {
                             counts.ubx_frames += 1;
                             if let Some(pvt) = NavPvt::parse(&payload) {
                                 out.push(dev.fix.on_nav_pvt(&pvt));
@@ -166,9 +153,7 @@ impl Positioning {
                                 out.extend(dev.fix.on_ubx_nav(id, itow, &payload));
                             }
                         }
-                        Frame::Nmea(line) => {
-                            Self::nmea_line(&mut counts, &mut dev.fix, &line, &mut out)
-                        }
+                        Frame::Nmea(line) => Self::nmea_line(&mut counts, &mut dev.fix, &line, &mut out),
                         Frame::Rtcm3 { .. } => {}
                     }
                 }
@@ -191,8 +176,7 @@ impl Positioning {
                 continue;
             }
             self.counts.fixes += 1;
-            let body =
-                serde_json::to_vec(&fix).map_err(|e| ServiceError::Internal(e.to_string()))?;
+            let body = serde_json::to_vec(&fix).map_err(|e| ServiceError::Internal(e.to_string()))?;
             if let Err(e) = host::publish(&format!("svc/positioning/{}/fix", fix.device), &body) {
                 failed.get_or_insert(e);
             }
@@ -206,11 +190,7 @@ impl Positioning {
             ("malformed", c.malformed, before.malformed),
             ("frames", c.ubx_frames, before.ubx_frames),
             ("fixes", c.fixes, before.fixes),
-            (
-                "devices_rejected",
-                c.devices_rejected,
-                before.devices_rejected,
-            ),
+            ("devices_rejected", c.devices_rejected, before.devices_rejected),
         ] {
             if now > was {
                 host::counter(name, now - was);
@@ -274,16 +254,13 @@ mod tests {
     #[test]
     fn config_is_checked() {
         assert!(Config::parse("").is_ok());
-        assert!(
-            matches!(Config::parse("{\"min_mod\": 2}"), Err(ServiceError::BadConfig(m)) if m.contains("min_mod"))
-        );
+        assert!(matches!(Config::parse("{\"min_mod\": 2}"), Err(ServiceError::BadConfig(m)) if m.contains("min_mod")));
         assert!(Config::parse("{\"min_mode\": 4}").is_err());
     }
 
     #[test]
     fn fixes_are_published_per_asset() {
-        let mut h =
-            Harness::<Positioning>::with_acl("{}", &["svc/positioning/+/fix"]).expect("init");
+        let mut h = Harness::<Positioning>::with_acl("{}", &["svc/positioning/+/fix"]).expect("init");
         for l in [
             "$GPGGA,030719.000,3747.0873,S,17518.8938,E,1,08,1.1,59.9,M,23.7,M,,0000*7D",
             "$GPRMC,030719.000,A,3747.0873,S,17518.8938,E,0.69,181.39,311214,,,A*7D",

@@ -106,10 +106,7 @@ pub fn parse(line: &[u8]) -> Result<(String, Sentence), NmeaError> {
         if ck.len() < 2 {
             return Err(NmeaError::Malformed);
         }
-        let want = hex(ck[0])
-            .zip(hex(ck[1]))
-            .map(|(h, l)| h << 4 | l)
-            .ok_or(NmeaError::Malformed)?;
+        let want = hex(ck[0]).zip(hex(ck[1])).map(|(h, l)| h << 4 | l).ok_or(NmeaError::Malformed)?;
         let got = body.iter().fold(0u8, |acc, b| acc ^ b);
         if want != got {
             return Err(NmeaError::Checksum);
@@ -154,17 +151,9 @@ pub fn parse(line: &[u8]) -> Result<(String, Sentence), NmeaError> {
         "VTG" => {
             // Old-style VTG has no unit letters: track, magnetic, knots, km/h.
             if g(2) == "T" || g(6) == "N" || g(8) == "K" {
-                Sentence::Vtg {
-                    track: num(g(1)),
-                    speed_knots: num(g(5)),
-                    speed_kmh: num(g(7)),
-                }
+                Sentence::Vtg { track: num(g(1)), speed_knots: num(g(5)), speed_kmh: num(g(7)) }
             } else {
-                Sentence::Vtg {
-                    track: num(g(1)),
-                    speed_knots: num(g(3)),
-                    speed_kmh: num(g(4)),
-                }
+                Sentence::Vtg { track: num(g(1)), speed_knots: num(g(3)), speed_kmh: num(g(4)) }
             }
         }
         "GLL" => Sentence::Gll {
@@ -172,19 +161,11 @@ pub fn parse(line: &[u8]) -> Result<(String, Sentence), NmeaError> {
             valid: g(6) == "A" || g(6).is_empty(),
             pos: position(g(1), g(2), g(3), g(4)),
         },
-        "GST" => Sentence::Gst {
-            time: time_of_day(g(1)),
-        },
+        "GST" => Sentence::Gst { time: time_of_day(g(1)) },
         "ZDA" => Sentence::Zda {
             time: time_of_day(g(1)),
-            date: match (
-                g(2).parse::<u32>(),
-                g(3).parse::<u32>(),
-                g(4).parse::<i32>(),
-            ) {
-                (Ok(d), Ok(m), Ok(y)) if (1..=31).contains(&d) && (1..=12).contains(&m) => {
-                    Some((d, m, y))
-                }
+            date: match (g(2).parse::<u32>(), g(3).parse::<u32>(), g(4).parse::<i32>()) {
+                (Ok(d), Ok(m), Ok(y)) if (1..=31).contains(&d) && (1..=12).contains(&m) => Some((d, m, y)),
                 _ => None,
             },
         },
@@ -223,11 +204,7 @@ fn ddmmyy(s: &str) -> Option<(u32, u32, i32)> {
     let d: u32 = s.get(0..2)?.parse().ok()?;
     let m: u32 = s.get(2..4)?.parse().ok()?;
     let y: i32 = s.get(4..6)?.parse().ok()?;
-    ((1..=31).contains(&d) && (1..=12).contains(&m)).then_some((
-        d,
-        m,
-        if y < 80 { 2000 + y } else { 1900 + y },
-    ))
+    ((1..=31).contains(&d) && (1..=12).contains(&m)).then_some((d, m, if y < 80 { 2000 + y } else { 1900 + y }))
 }
 
 /// `ddmm.mmmm,N,dddmm.mmmm,E` to signed degrees.
@@ -263,18 +240,10 @@ mod tests {
     #[test]
     fn gga_with_checksum() {
         let (head, s) =
-            parse(b"$GPGGA,030719.000,3747.0873,S,17518.8938,E,1,08,1.1,59.9,M,23.7,M,,0000*7D")
-                .expect("valid");
+            parse(b"$GPGGA,030719.000,3747.0873,S,17518.8938,E,1,08,1.1,59.9,M,23.7,M,,0000*7D").expect("valid");
         assert_eq!(head, "GPGGA");
         match s {
-            Sentence::Gga {
-                time,
-                pos: Some((lat, lon)),
-                quality,
-                alt_msl,
-                geoid_sep,
-                ..
-            } => {
+            Sentence::Gga { time, pos: Some((lat, lon)), quality, alt_msl, geoid_sep, .. } => {
                 assert_eq!(time, Some(3.0 * 3600.0 + 7.0 * 60.0 + 19.0));
                 assert!((lat + 37.784788333).abs() < 1e-8 && (lon - 175.314896667).abs() < 1e-8);
                 assert_eq!((quality, alt_msl, geoid_sep), (1, Some(59.9), Some(23.7)));
@@ -288,16 +257,8 @@ mod tests {
         assert_eq!(parse(b"$GPGGA,1,2,3*00").unwrap_err(), NmeaError::Checksum);
         assert_eq!(parse(b"# gpsd header").unwrap_err(), NmeaError::NotNmea);
         assert_eq!(parse(b"$GPGGA*Z").unwrap_err(), NmeaError::Malformed);
-        assert!(matches!(
-            parse(b"$PGRME,15.0,M,45.0,M,25.0,M*1C"),
-            Ok((_, Sentence::Other)) | Err(_)
-        ));
-        for junk in [
-            &b"$\xff\xfe*00"[..],
-            b"$GPRMC,99,A,9999.9,N,x,E",
-            b"$GPGGA,,,,,,,,,,,,,,",
-            b"$GP",
-        ] {
+        assert!(matches!(parse(b"$PGRME,15.0,M,45.0,M,25.0,M*1C"), Ok((_, Sentence::Other)) | Err(_)));
+        for junk in [&b"$\xff\xfe*00"[..], b"$GPRMC,99,A,9999.9,N,x,E", b"$GPGGA,,,,,,,,,,,,,,", b"$GP"] {
             let _ = parse(junk);
         }
     }

@@ -79,20 +79,11 @@ pub fn days_from_civil(y: i32, m: u32, d: u32) -> i64 {
 /// ISO 8601 UTC with milliseconds, as gpsd prints it.
 pub fn iso_time(y: i32, m: u32, d: u32, seconds_of_day: f64) -> String {
     let ms_total = (seconds_of_day * 1000.0).round() as i64;
-    let (day_carry, ms_of_day) = (
-        ms_total.div_euclid(86_400_000),
-        ms_total.rem_euclid(86_400_000),
-    );
+    let (day_carry, ms_of_day) = (ms_total.div_euclid(86_400_000), ms_total.rem_euclid(86_400_000));
     let days = days_from_civil(y, m, d) + day_carry;
     let (y, m, d) = civil_from_days(days);
     let s = ms_of_day / 1000;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        s / 3600,
-        s / 60 % 60,
-        s % 60,
-        ms_of_day % 1000
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", s / 3600, s / 60 % 60, s % 60, ms_of_day % 1000)
 }
 
 pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
@@ -167,12 +158,7 @@ const GPS_EPOCH_S: f64 = 315_964_800.0;
 
 impl FixState {
     pub fn new(device: &str) -> Self {
-        FixState {
-            device: device.to_owned(),
-            mode: 1,
-            rollover_fix: true,
-            ..Default::default()
-        }
+        FixState { device: device.to_owned(), mode: 1, rollover_fix: true, ..Default::default() }
     }
 
     /// Feeds one sentence (`kind` is its 3-letter type, talker ignored);
@@ -211,14 +197,7 @@ impl FixState {
 
     fn merge(&mut self, s: &Sentence) -> bool {
         match *s {
-            Sentence::Gga {
-                pos,
-                quality,
-                sats,
-                alt_msl,
-                geoid_sep,
-                ..
-            } => {
+            Sentence::Gga { pos, quality, sats, alt_msl, geoid_sep, .. } => {
                 if quality == 0 {
                     self.propose(1);
                 } else {
@@ -227,38 +206,23 @@ impl FixState {
                     self.status = Some(if quality == 2 { 2 } else { 1 });
                     self.alt_msl = alt_msl;
                     // No separation sent: gpsd fills it from its geoid model.
-                    self.geoid_sep =
-                        geoid_sep.or(self.pos.map(|(la, lo)| wgs84_separation(la, lo)));
+                    self.geoid_sep = geoid_sep.or(self.pos.map(|(la, lo)| wgs84_separation(la, lo)));
                 }
                 self.sats = sats;
                 true
             }
-            Sentence::Gns {
-                pos,
-                valid,
-                alt_msl,
-                geoid_sep,
-                ..
-            } => {
+            Sentence::Gns { pos, valid, alt_msl, geoid_sep, .. } => {
                 if valid {
                     self.pos = pos.or(self.pos);
                     self.propose(if alt_msl.is_some() { 3 } else { 2 });
                     self.alt_msl = alt_msl;
-                    self.geoid_sep =
-                        geoid_sep.or(self.pos.map(|(la, lo)| wgs84_separation(la, lo)));
+                    self.geoid_sep = geoid_sep.or(self.pos.map(|(la, lo)| wgs84_separation(la, lo)));
                 } else {
                     self.propose(1);
                 }
                 true
             }
-            Sentence::Rmc {
-                valid,
-                pos,
-                speed_knots,
-                track,
-                date,
-                ..
-            } => {
+            Sentence::Rmc { valid, pos, speed_knots, track, date, .. } => {
                 if let Some(d) = date {
                     self.date = Some(d);
                 }
@@ -279,22 +243,12 @@ impl FixState {
                 }
                 true
             }
-            Sentence::Gsa {
-                mode: Some(m @ 1..=3),
-                ..
-            } => {
+            Sentence::Gsa { mode: Some(m @ 1..=3), .. } => {
                 self.propose(m);
                 true
             }
-            Sentence::Vtg {
-                track,
-                speed_knots,
-                speed_kmh,
-            } => {
-                if let Some(sp) = speed_knots
-                    .map(|k| k * KNOTS_TO_MPS)
-                    .or(speed_kmh.map(|k| k / 3.6))
-                {
+            Sentence::Vtg { track, speed_knots, speed_kmh } => {
+                if let Some(sp) = speed_knots.map(|k| k * KNOTS_TO_MPS).or(speed_kmh.map(|k| k / 3.6)) {
                     self.cycle_speed = Some(sp);
                 }
                 if track.is_some() {
@@ -320,11 +274,7 @@ impl FixState {
     fn cycle_seconds(&self) -> Option<f64> {
         let (d, m, y) = self.date?;
         let t = days_from_civil(y, m, d) as f64 * 86_400.0 + self.cycle_time?;
-        Some(if self.rollover_fix && t < WKRO_BEFORE_S {
-            t + ROLLOVER_S
-        } else {
-            t
-        })
+        Some(if self.rollover_fix && t < WKRO_BEFORE_S { t + ROLLOVER_S } else { t })
     }
 
     fn report(&mut self) -> Option<Tpv> {
@@ -427,14 +377,11 @@ impl FixState {
     fn sol_report(&mut self) -> Option<Tpv> {
         let sol = self.ubx.sol.take()?;
         let leap = f64::from(self.ubx.leap_s.unwrap_or(18));
-        let time = self.ubx.gps_time.take().map(|(week, tow)| {
-            iso_time(
-                1970,
-                1,
-                1,
-                GPS_EPOCH_S + f64::from(week) * 604_800.0 + tow - leap,
-            )
-        });
+        let time = self
+            .ubx
+            .gps_time
+            .take()
+            .map(|(week, tow)| iso_time(1970, 1, 1, GPS_EPOCH_S + f64::from(week) * 604_800.0 + tow - leap));
         let mode = match sol.gps_fix {
             3..=5 => 3,
             2 => 2,
@@ -480,17 +427,12 @@ impl FixState {
             }
         };
         let fix = mode >= 2;
-        let time = (p.valid_date
-            && p.valid_time
-            && (1..=12).contains(&p.month)
-            && (1..=31).contains(&p.day))
-        .then(|| {
-            let sod = f64::from(p.hour) * 3600.0
-                + f64::from(p.min) * 60.0
-                + f64::from(p.sec)
-                + f64::from(p.nano) * 1e-9;
-            iso_time(i32::from(p.year), u32::from(p.month), u32::from(p.day), sod)
-        });
+        let time =
+            (p.valid_date && p.valid_time && (1..=12).contains(&p.month) && (1..=31).contains(&p.day)).then(|| {
+                let sod =
+                    f64::from(p.hour) * 3600.0 + f64::from(p.min) * 60.0 + f64::from(p.sec) + f64::from(p.nano) * 1e-9;
+                iso_time(i32::from(p.year), u32::from(p.month), u32::from(p.day), sod)
+            });
         let alt = (mode == 3).then_some(p.hmsl_m);
         Tpv {
             class: "TPV",
@@ -552,14 +494,8 @@ mod tests {
     #[test]
     fn dates_round_trip() {
         for (y, m, d) in [(1970, 1, 1), (2000, 2, 29), (2034, 8, 16), (1999, 12, 31)] {
-            assert_eq!(
-                civil_from_days(days_from_civil(y, m, d)),
-                (i64::from(y), m, d)
-            );
+            assert_eq!(civil_from_days(days_from_civil(y, m, d)), (i64::from(y), m, d));
         }
-        assert_eq!(
-            iso_time(2019, 12, 31, 86_399.999_6),
-            "2020-01-01T00:00:00.000Z"
-        );
+        assert_eq!(iso_time(2019, 12, 31, 86_399.999_6), "2020-01-01T00:00:00.000Z");
     }
 }

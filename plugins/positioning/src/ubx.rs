@@ -141,14 +141,7 @@ impl StreamDecoder {
                     self.stats.ubx_bad_checksum += 1;
                     return Step::Skip(2);
                 }
-                Step::Frame(
-                    Frame::Ubx {
-                        class: b[2],
-                        id: b[3],
-                        payload: b[6..6 + len].to_vec(),
-                    },
-                    8 + len,
-                )
+                Step::Frame(Frame::Ubx { class: b[2], id: b[3], payload: b[6..6 + len].to_vec() }, 8 + len)
             }
             b'$' => {
                 for (k, &c) in b.iter().enumerate().skip(1) {
@@ -173,18 +166,12 @@ impl StreamDecoder {
                 if b.len() < 6 + len {
                     return Step::Wait;
                 }
-                let crc = (u32::from(b[3 + len]) << 16)
-                    | (u32::from(b[4 + len]) << 8)
-                    | u32::from(b[5 + len]);
+                let crc = (u32::from(b[3 + len]) << 16) | (u32::from(b[4 + len]) << 8) | u32::from(b[5 + len]);
                 if crc24q(&b[..3 + len]) != crc {
                     self.stats.rtcm3_bad_crc += 1;
                     return Step::Skip(1);
                 }
-                let message_type = if len >= 2 {
-                    (u16::from(b[3]) << 4) | (u16::from(b[4]) >> 4)
-                } else {
-                    0
-                };
+                let message_type = if len >= 2 { (u16::from(b[3]) << 4) | (u16::from(b[4]) >> 4) } else { 0 };
                 Step::Frame(Frame::Rtcm3 { message_type }, 6 + len)
             }
             _ => Step::Skip(1),
@@ -286,8 +273,7 @@ impl NavSol {
         let cm = |at: usize| f64::from(i32le(p, at)) / 100.0;
         Some(NavSol {
             itow_ms,
-            gps_time: (flags & 0x0C == 0x0C)
-                .then(|| (week, f64::from(itow_ms) / 1e3 + f64::from(ftow_ns) * 1e-9)),
+            gps_time: (flags & 0x0C == 0x0C).then(|| (week, f64::from(itow_ms) / 1e3 + f64::from(ftow_ns) * 1e-9)),
             gps_fix: p[10],
             dgps: flags & 0x02 != 0,
             ecef: [cm(12), cm(16), cm(20)],
@@ -404,9 +390,7 @@ impl HnrPvt {
 /// Time of week of NAV messages that carry it at offset 0 (epoch grouping),
 /// the same set gpsd uses to find a cycle's last message.
 pub fn nav_itow(class: u8, id: u8, payload: &[u8]) -> Option<u32> {
-    let with_itow = [
-        0x01, 0x02, 0x04, 0x06, 0x07, 0x11, 0x12, 0x20, 0x21, 0x30, 0x35, 0x61,
-    ];
+    let with_itow = [0x01, 0x02, 0x04, 0x06, 0x07, 0x11, 0x12, 0x20, 0x21, 0x30, 0x35, 0x61];
     (class == 0x01 && with_itow.contains(&id) && payload.len() >= 4).then(|| u32le(payload, 0))
 }
 

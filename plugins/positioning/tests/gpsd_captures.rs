@@ -20,11 +20,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 fn data_dir() -> PathBuf {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/data/gpsd-nmea-logs"
-    ))
-    .to_path_buf()
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/data/gpsd-nmea-logs")).to_path_buf()
 }
 
 /// `2017-07-19T08:50:00.800Z` to Unix milliseconds.
@@ -33,11 +29,8 @@ fn epoch_ms(t: &str) -> Option<i64> {
     let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
     let (y, m, day) = (d.next()??, d.next()??, d.next()??);
     let mut hms = rest.trim_end_matches('Z').split(':');
-    let (h, mi, s) = (
-        hms.next()?.parse::<f64>().ok()?,
-        hms.next()?.parse::<f64>().ok()?,
-        hms.next()?.parse::<f64>().ok()?,
-    );
+    let (h, mi, s) =
+        (hms.next()?.parse::<f64>().ok()?, hms.next()?.parse::<f64>().ok()?, hms.next()?.parse::<f64>().ok()?);
     let days = positioning::tpv::days_from_civil(y as i32, m as u32, day as u32) as f64;
     Some(((days * 86_400.0 + h * 3600.0 + mi * 60.0 + s) * 1000.0).round() as i64)
 }
@@ -48,14 +41,7 @@ fn disagreement(exp: &Value, ours: &Value) -> Option<&'static str> {
     if exp["mode"] != ours["mode"] {
         return Some("mode");
     }
-    for (k, tol) in [
-        ("lat", 1e-6),
-        ("lon", 1e-6),
-        ("alt", 0.05),
-        ("altHAE", 0.05),
-        ("speed", 0.01),
-        ("track", 0.1),
-    ] {
+    for (k, tol) in [("lat", 1e-6), ("lon", 1e-6), ("alt", 0.05), ("altHAE", 0.05), ("speed", 0.01), ("track", 0.1)] {
         if exp.get(k).is_some() {
             match (f(exp, k), f(ours, k)) {
                 (Some(a), Some(b)) if (a - b).abs() <= tol => {}
@@ -88,16 +74,10 @@ fn score(expected_chk: &Path, ours: &[Value]) -> Score {
         .filter_map(|v| Some((v["time"].as_str().and_then(epoch_ms)?, v)))
         .collect();
     // Ours: the last fix emitted for each time.
-    let by_time: BTreeMap<i64, &Value> = ours
-        .iter()
-        .filter_map(|v| Some((v["time"].as_str().and_then(epoch_ms)?, v)))
-        .collect();
+    let by_time: BTreeMap<i64, &Value> =
+        ours.iter().filter_map(|v| Some((v["time"].as_str().and_then(epoch_ms)?, v))).collect();
     let last_expected: BTreeMap<i64, &Value> = expected.iter().map(|(k, v)| (*k, v)).collect();
-    let mut s = Score {
-        tpvs: expected.len(),
-        epochs: last_expected.len(),
-        ..Score::default()
-    };
+    let mut s = Score { tpvs: expected.len(), epochs: last_expected.len(), ..Score::default() };
     for (k, exp) in &expected {
         match by_time.get(k).map(|o| disagreement(exp, o)) {
             None => *s.misses.entry("no fix").or_default() += 1,
@@ -105,18 +85,10 @@ fn score(expected_chk: &Path, ours: &[Value]) -> Score {
             Some(None) => s.tpvs_ok += 1,
         }
     }
-    s.ceiling = expected
-        .iter()
-        .filter(|(k, e)| {
-            last_expected
-                .get(k)
-                .is_some_and(|l| disagreement(e, l).is_none())
-        })
-        .count();
-    s.epochs_ok = last_expected
-        .iter()
-        .filter(|(k, e)| by_time.get(k).is_some_and(|o| disagreement(e, o).is_none()))
-        .count();
+    s.ceiling =
+        expected.iter().filter(|(k, e)| last_expected.get(k).is_some_and(|l| disagreement(e, l).is_none())).count();
+    s.epochs_ok =
+        last_expected.iter().filter(|(k, e)| by_time.get(k).is_some_and(|o| disagreement(e, o).is_none())).count();
     s
 }
 
@@ -132,10 +104,7 @@ fn run(path: &Path, topic: &str, chunk: Option<usize>) -> Vec<Value> {
         h.send(topic, p.to_vec()).expect("handle");
     }
     h.service().flush_all().expect("flush");
-    h.take_published()
-        .into_iter()
-        .map(|(_, p)| serde_json::from_slice(&p).expect("fix is JSON"))
-        .collect()
+    h.take_published().into_iter().map(|(_, p)| serde_json::from_slice(&p).expect("fix is JSON")).collect()
 }
 
 /// Scores every capture; prints a table; returns (TPVs matched, TPVs, epochs matched, epochs, per-file %).
@@ -147,36 +116,20 @@ fn report(
 ) -> (usize, usize, usize, usize, Vec<(String, f64)>) {
     let (mut t, mut t_ok, mut e, mut e_ok, mut ceil) = (0, 0, 0, 0, 0);
     let mut per_file = Vec::new();
-    println!(
-        "\n{kind}: {:<34} {:>16} {:>15}  misses by first differing field",
-        "capture", "TPVs matched", "epochs"
-    );
+    println!("\n{kind}: {:<34} {:>16} {:>15}  misses by first differing field", "capture", "TPVs matched", "epochs");
     for f in files {
-        let s = score(
-            &PathBuf::from(format!("{}.chk", f.display())),
-            &run(f, topic, chunk),
-        );
+        let s = score(&PathBuf::from(format!("{}.chk", f.display())), &run(f, topic, chunk));
         if s.tpvs == 0 {
             continue;
         }
-        let name = f
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("?")
-            .to_owned();
+        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("?").to_owned();
         let pct = 100.0 * s.tpvs_ok as f64 / s.tpvs as f64;
         println!(
             "{kind}: {name:<34} {:>5}/{:<5} {pct:5.1}% {:>6}/{:<6}  {:?}",
             s.tpvs_ok, s.tpvs, s.epochs_ok, s.epochs, s.misses
         );
         per_file.push((name, pct));
-        (t, t_ok, e, e_ok, ceil) = (
-            t + s.tpvs,
-            t_ok + s.tpvs_ok,
-            e + s.epochs,
-            e_ok + s.epochs_ok,
-            ceil + s.ceiling,
-        );
+        (t, t_ok, e, e_ok, ceil) = (t + s.tpvs, t_ok + s.tpvs_ok, e + s.epochs, e_ok + s.epochs_ok, ceil + s.ceiling);
     }
     println!(
         "{kind}: TOTAL TPVs {t_ok}/{t} ({:.1}%; one fix per epoch can match at most {ceil}), epochs {e_ok}/{e} ({:.1}%)",
@@ -190,10 +143,7 @@ fn captures(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .expect("data dir")
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension().is_some_and(|x| x == "log")
-                && PathBuf::from(format!("{}.chk", p.display())).exists()
-        })
+        .filter(|p| p.extension().is_some_and(|x| x == "log") && PathBuf::from(format!("{}.chk", p.display())).exists())
         .collect();
     v.sort();
     v
@@ -218,12 +168,7 @@ fn nmea_captures_agree_with_gpsd() {
     assert!(files.len() >= 55, "only {} captures found", files.len());
     let (ok, n, e_ok, e, per_file) = report("NMEA", &files, "site/test/rx/gnss/nmea", None);
     let overall = ok as f64 / n as f64;
-    assert!(
-        overall >= THRESHOLD_TPVS,
-        "TPV agreement {:.1}% below {:.0}%",
-        overall * 100.0,
-        THRESHOLD_TPVS * 100.0
-    );
+    assert!(overall >= THRESHOLD_TPVS, "TPV agreement {:.1}% below {:.0}%", overall * 100.0, THRESHOLD_TPVS * 100.0);
     let epochs = e_ok as f64 / e as f64;
     assert!(
         epochs >= THRESHOLD_EPOCHS,
@@ -231,14 +176,8 @@ fn nmea_captures_agree_with_gpsd() {
         epochs * 100.0,
         THRESHOLD_EPOCHS * 100.0
     );
-    let weak: Vec<_> = per_file
-        .iter()
-        .filter(|(_, pct)| *pct < FLOOR_PER_FILE)
-        .collect();
-    assert!(
-        weak.is_empty(),
-        "captures below {FLOOR_PER_FILE}%: {weak:?}"
-    );
+    let weak: Vec<_> = per_file.iter().filter(|(_, pct)| *pct < FLOOR_PER_FILE).collect();
+    assert!(weak.is_empty(), "captures below {FLOOR_PER_FILE}%: {weak:?}");
 }
 
 /// UBX, fed in 64-byte chunks. NAV-PVT receivers (neo-m8n, zed-f9t with
@@ -292,17 +231,12 @@ fn mangled_input_never_panics_the_service() {
                 d[i] ^= 1 << (next() % 8);
             }
             d.truncate((next() as usize) % (d.len() + 1));
-            let topic = if next() % 2 == 0 {
-                "site/s/fz/gnss/nmea"
-            } else {
-                "site/s/fz/gnss/ubx"
-            };
+            let topic = if next() % 2 == 0 { "site/s/fz/gnss/nmea" } else { "site/s/fz/gnss/ubx" };
             let mut at = 0;
             while at < d.len() {
                 let n = 1 + (next() as usize) % 300;
                 let end = (at + n).min(d.len());
-                h.send(topic, d[at..end].to_vec())
-                    .unwrap_or_else(|e| panic!("round {round}: {e}"));
+                h.send(topic, d[at..end].to_vec()).unwrap_or_else(|e| panic!("round {round}: {e}"));
                 at = end;
             }
         }
@@ -312,12 +246,5 @@ fn mangled_input_never_panics_the_service() {
         let v: Value = serde_json::from_slice(&body).expect("fix is JSON");
         assert!(v["mode"].as_u64().is_some_and(|m| (1..=3).contains(&m)));
     }
-    assert!(
-        h.host()
-            .counters
-            .get("checksum_errors")
-            .copied()
-            .unwrap_or(0)
-            > 0
-    );
+    assert!(h.host().counters.get("checksum_errors").copied().unwrap_or(0) > 0);
 }

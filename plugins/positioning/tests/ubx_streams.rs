@@ -9,11 +9,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 fn dir() -> PathBuf {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/data/pyubx2-ubx-logs"
-    ))
-    .to_path_buf()
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/data/pyubx2-ubx-logs")).to_path_buf()
 }
 
 fn decode(data: &[u8], chunk: usize) -> (Vec<Frame>, StreamStats) {
@@ -40,18 +36,13 @@ struct PyTest {
 /// Parses test_stream.py.txt. Tests about errors (`quitonerror` other than
 /// raise, `assertRaises`) or reading only part of a stream are left out.
 fn pyubx2_tests() -> Vec<PyTest> {
-    let text =
-        std::fs::read_to_string(dir().join("test_stream.py.txt")).expect("test_stream.py.txt");
+    let text = std::fs::read_to_string(dir().join("test_stream.py.txt")).expect("test_stream.py.txt");
     // Python joins adjacent string literals: do the same first.
     let joined = regex_free_join(&text);
     let mut tests = Vec::new();
     for block in joined.split("\n    def ").skip(1) {
         let name = block.split('(').next().unwrap_or("").to_owned();
-        let stream = match block
-            .split("os.path.join(DIRNAME, \"")
-            .nth(1)
-            .and_then(|r| r.split('"').next())
-        {
+        let stream = match block.split("os.path.join(DIRNAME, \"").nth(1).and_then(|r| r.split('"').next()) {
             Some(s) => s.to_owned(),
             None => continue,
         };
@@ -66,10 +57,8 @@ fn pyubx2_tests() -> Vec<PyTest> {
         {
             continue;
         }
-        let filter = block
-            .split("protfilter=")
-            .nth(1)
-            .map(|r| r.split([',', ')']).next().unwrap_or("").trim().to_owned());
+        let filter =
+            block.split("protfilter=").nth(1).map(|r| r.split([',', ')']).next().unwrap_or("").trim().to_owned());
         let keeps = match filter.as_deref() {
             None | Some("3") | Some("UBX_PROTOCOL | NMEA_PROTOCOL") => (true, true, false),
             Some("7") => (true, true, true),
@@ -78,15 +67,9 @@ fn pyubx2_tests() -> Vec<PyTest> {
             Some(other) => panic!("{name}: protfilter {other} not understood"),
         };
         let list = block.split("EXPECTED_RESULTS = ").nth(1).unwrap_or("");
-        let list = &list[..list
-            .find("\n        )")
-            .or_else(|| list.find("\n        ]"))
-            .unwrap_or(list.len())];
-        let expected: Vec<String> = list
-            .split("\"<")
-            .skip(1)
-            .filter_map(|e| e.find(")>\"").map(|end| format!("<{}", &e[..end + 2])))
-            .collect();
+        let list = &list[..list.find("\n        )").or_else(|| list.find("\n        ]")).unwrap_or(list.len())];
+        let expected: Vec<String> =
+            list.split("\"<").skip(1).filter_map(|e| e.find(")>\"").map(|end| format!("<{}", &e[..end + 2]))).collect();
         // The count the test asserts, when it states one.
         let asserted = block
             .split("self.assertEqual(i, ")
@@ -95,18 +78,10 @@ fn pyubx2_tests() -> Vec<PyTest> {
             .and_then(|n| n.trim().parse::<usize>().ok());
         if asserted.is_some_and(|n| n != expected.len()) {
             // The list is a sample (e.g. testDEBUG checks 2 of 188 frames).
-            println!(
-                "{name}: skipped, EXPECTED_RESULTS lists {} of {asserted:?} frames",
-                expected.len()
-            );
+            println!("{name}: skipped, EXPECTED_RESULTS lists {} of {asserted:?} frames", expected.len());
             continue;
         }
-        tests.push(PyTest {
-            name,
-            stream,
-            keeps,
-            expected,
-        });
+        tests.push(PyTest { name, stream, keeps, expected });
     }
     tests
 }
@@ -138,33 +113,20 @@ fn regex_free_join(text: &str) -> String {
 /// `key=value` of a pyubx2 text form, as a number.
 fn field(expected: &str, key: &str) -> f64 {
     let pat = format!(" {key}=");
-    let v = expected
-        .split(&pat)
-        .nth(1)
-        .and_then(|r| r.split([',', ')']).next())
-        .and_then(|v| v.parse::<f64>().ok());
+    let v = expected.split(&pat).nth(1).and_then(|r| r.split([',', ')']).next()).and_then(|v| v.parse::<f64>().ok());
     v.unwrap_or_else(|| panic!("no {key} in {expected}"))
 }
 
 #[test]
 fn frame_counts_and_values_match_pyubx2_expected_results() {
     let tests = pyubx2_tests();
-    assert!(
-        tests.len() >= 15,
-        "only {} pyubx2 tests parsed",
-        tests.len()
-    );
+    assert!(tests.len() >= 15, "only {} pyubx2 tests parsed", tests.len());
     let mut checked_values = 0;
     for t in &tests {
         let data = std::fs::read(dir().join(&t.stream)).expect("stream");
         let (frames, stats) = decode(&data, 4096);
         for chunk in [1usize, 7, 1024] {
-            assert_eq!(
-                decode(&data, chunk).0,
-                frames,
-                "{}: chunks of {chunk} decode differently",
-                t.stream
-            );
+            assert_eq!(decode(&data, chunk).0, frames, "{}: chunks of {chunk} decode differently", t.stream);
         }
         let kept: Vec<&Frame> = frames
             .iter()
@@ -182,11 +144,7 @@ fn frame_counts_and_values_match_pyubx2_expected_results() {
                 Frame::Rtcm3 { .. } => "RTCM",
             })
             .collect();
-        let want: Vec<&str> = t
-            .expected
-            .iter()
-            .map(|e| e[1..].split('(').next().unwrap_or(""))
-            .collect();
+        let want: Vec<&str> = t.expected.iter().map(|e| e[1..].split('(').next().unwrap_or("")).collect();
         println!(
             "{:<28} {:<34} frames {:>3} (pyubx2 {:>3})  bad checksums {}",
             t.name,
@@ -195,11 +153,7 @@ fn frame_counts_and_values_match_pyubx2_expected_results() {
             want.len(),
             stats.ubx_bad_checksum
         );
-        assert_eq!(
-            kinds, want,
-            "{}: frame sequence differs from pyubx2",
-            t.name
-        );
+        assert_eq!(kinds, want, "{}: frame sequence differs from pyubx2", t.name);
         for (f, e) in kept.iter().zip(&t.expected) {
             let Frame::Ubx { class, id, payload } = f else {
                 continue;
@@ -213,30 +167,10 @@ fn frame_counts_and_values_match_pyubx2_expected_results() {
                         "{}: {p:?} vs {e}",
                         t.name
                     );
-                    assert_eq!(
-                        (p.height_m * 1e3).round(),
-                        field(e, "height"),
-                        "{}: height",
-                        t.name
-                    );
-                    assert_eq!(
-                        (p.hmsl_m * 1e3).round(),
-                        field(e, "hMSL"),
-                        "{}: hMSL",
-                        t.name
-                    );
-                    assert_eq!(
-                        (p.g_speed_mps * 1e3).round(),
-                        field(e, "gSpeed"),
-                        "{}: gSpeed",
-                        t.name
-                    );
-                    assert_eq!(
-                        f64::from(p.fix_type),
-                        field(e, "fixType"),
-                        "{}: fixType",
-                        t.name
-                    );
+                    assert_eq!((p.height_m * 1e3).round(), field(e, "height"), "{}: height", t.name);
+                    assert_eq!((p.hmsl_m * 1e3).round(), field(e, "hMSL"), "{}: hMSL", t.name);
+                    assert_eq!((p.g_speed_mps * 1e3).round(), field(e, "gSpeed"), "{}: gSpeed", t.name);
+                    assert_eq!(f64::from(p.fix_type), field(e, "fixType"), "{}: fixType", t.name);
                     assert_eq!(f64::from(p.num_sv), field(e, "numSV"), "{}: numSV", t.name);
                     checked_values += 1;
                 }
@@ -272,10 +206,7 @@ fn frame_counts_and_values_match_pyubx2_expected_results() {
         }
     }
     println!("{checked_values} NAV-PVT/NAV-POSLLH/HNR-PVT frames checked field by field");
-    assert!(
-        checked_values >= 20,
-        "only {checked_values} position frames checked"
-    );
+    assert!(checked_values >= 20, "only {checked_values} position frames checked");
 }
 
 /// The two example recordings have no expected list; pyubx2 itself decoded
@@ -289,10 +220,7 @@ fn example_recordings_match_pyubx2_oracle() {
     for name in ["mon_span.ubx", "2023-4-17_82912_serial-COM3.ubx"] {
         let data = std::fs::read(dir().join(name)).expect("stream");
         let (frames, _) = decode(&data, 64);
-        let ubx = frames
-            .iter()
-            .filter(|f| matches!(f, Frame::Ubx { .. }))
-            .count() as u64;
+        let ubx = frames.iter().filter(|f| matches!(f, Frame::Ubx { .. })).count() as u64;
         let want = expected[name]["ubx_frames"].as_u64().unwrap_or(u64::MAX);
         // pyubx2 (output message mode) drops the receiver-bound CFG-VALGET
         // polls of the COM3 session although their checksums are valid; we
@@ -305,11 +233,7 @@ fn example_recordings_match_pyubx2_oracle() {
         let pvts: Vec<NavPvt> = frames
             .iter()
             .filter_map(|f| match f {
-                Frame::Ubx {
-                    class: 1,
-                    id: 7,
-                    payload,
-                } => NavPvt::parse(payload),
+                Frame::Ubx { class: 1, id: 7, payload } => NavPvt::parse(payload),
                 _ => None,
             })
             .collect();
@@ -332,24 +256,15 @@ fn corrupted_streams_are_counted_and_resynchronised() {
     assert!(bad("pygpsdata-BADCK2.log").ubx_bad_checksum >= 1);
     assert!(bad("pygpsdata-MIXED3BADCK.log").ubx_bad_checksum >= 1);
     assert!(bad("pygpsdata-MIXED-RTCM3BADCRC.log").rtcm3_bad_crc >= 1);
-    for truncated in [
-        "pygpsdata-BADEOF1.log",
-        "pygpsdata-BADEOF2.log",
-        "pygpsdata-BADEOF3.log",
-    ] {
-        assert!(
-            bad(truncated).truncated_bytes > 0,
-            "{truncated}: truncated tail counted"
-        );
+    for truncated in ["pygpsdata-BADEOF1.log", "pygpsdata-BADEOF2.log", "pygpsdata-BADEOF3.log"] {
+        assert!(bad(truncated).truncated_bytes > 0, "{truncated}: truncated tail counted");
     }
     // pyubx2's testUBXITERATE_ERR2: after the bad NAV-PVT checksum, the
     // next GPGGA (08:02:48) is still decoded.
     let data = std::fs::read(dir().join("pygpsdata-MIXED3BADCK.log")).expect("stream");
     let (frames, _) = decode(&data, 5);
     assert!(
-        frames
-            .iter()
-            .any(|f| matches!(f, Frame::Nmea(l) if l.starts_with(b"$GPGGA,080248"))),
+        frames.iter().any(|f| matches!(f, Frame::Nmea(l) if l.starts_with(b"$GPGGA,080248"))),
         "no resynchronisation after the bad frame"
     );
     let hdr = bad("pygpsdata-BADHDR.log");
@@ -366,10 +281,7 @@ fn mangled_streams_never_panic() {
         seed ^= seed << 17;
         seed
     };
-    for entry in std::fs::read_dir(dir())
-        .expect("dir")
-        .filter_map(Result::ok)
-    {
+    for entry in std::fs::read_dir(dir()).expect("dir").filter_map(Result::ok) {
         let data = std::fs::read(entry.path()).expect("read");
         for _ in 0..20 {
             let mut d = data.clone();
@@ -380,20 +292,11 @@ fn mangled_streams_never_panic() {
                 let i = (next() as usize) % d.len();
                 d[i] ^= 1 << (next() % 8);
             }
-            let cut = if d.is_empty() {
-                0
-            } else {
-                (next() as usize) % d.len()
-            };
+            let cut = if d.is_empty() { 0 } else { (next() as usize) % d.len() };
             d.truncate(cut);
             let (frames, _) = decode(&d, 1 + (next() as usize) % 300);
             for f in frames {
-                if let Frame::Ubx {
-                    class: 1,
-                    id: 7,
-                    payload,
-                } = f
-                {
+                if let Frame::Ubx { class: 1, id: 7, payload } = f {
                     let _ = NavPvt::parse(&payload);
                 }
             }

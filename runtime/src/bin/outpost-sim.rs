@@ -150,7 +150,11 @@ async fn main() -> anyhow::Result<()> {
         "outpost-sim: {} messages in {:.2}s{}",
         sent_total,
         started.elapsed().as_secs_f64(),
-        if qos == QoS::AtLeastOnce { format!(", {} acknowledged by the broker", acked.load(Ordering::Relaxed)) } else { String::new() }
+        if qos == QoS::AtLeastOnce {
+            format!(", {} acknowledged by the broker", acked.load(Ordering::Relaxed))
+        } else {
+            String::new()
+        }
     );
     Ok(())
 }

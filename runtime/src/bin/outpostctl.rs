@@ -41,9 +41,7 @@ enum Command {
         batch: usize,
     },
     /// Check a package: manifest, component format and WIT contract.
-    Check {
-        package: PathBuf,
-    },
+    Check { package: PathBuf },
     /// Show a running agent's state and services (gRPC management API).
     Status {
         /// The agent's management API.
@@ -86,12 +84,17 @@ fn main() -> anyhow::Result<()> {
         Command::Run { package, replay, topic, chunk, config, state, batch } => {
             let config = match config {
                 Some(path) => {
-                    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-                    Some(toml::from_str::<toml::Table>(&text).with_context(|| format!("{} is not TOML", path.display()))?)
+                    let text =
+                        std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+                    Some(
+                        toml::from_str::<toml::Table>(&text)
+                            .with_context(|| format!("{} is not TOML", path.display()))?,
+                    )
                 }
                 None => None,
             };
-            let opts = ReplayOptions { package, input: replay, topic, chunk, config, state_dir: state, max_batch: batch };
+            let opts =
+                ReplayOptions { package, input: replay, topic, chunk, config, state_dir: state, max_batch: batch };
             let summary = outpost::replay::run(&opts, Box::new(JsonLines::new(std::io::stdout())))?;
             eprintln!(
                 "outpostctl run: {} messages handled, {} published, {} instance faults, {} dead-lettered",
@@ -126,8 +129,10 @@ async fn status(agent: String, json: bool) -> anyhow::Result<()> {
         let services: Vec<serde_json::Value> = s
             .services
             .iter()
-            .map(|v| serde_json::json!({"name": v.name, "version": v.version, "digest": v.digest, "instances": v.instances,
-                "running": v.running, "queued": v.queued, "restarts": v.restarts, "uptime_s": v.uptime_s}))
+            .map(|v| {
+                serde_json::json!({"name": v.name, "version": v.version, "digest": v.digest, "instances": v.instances,
+                "running": v.running, "queued": v.queued, "restarts": v.restarts, "uptime_s": v.uptime_s})
+            })
             .collect();
         let rejected: Vec<serde_json::Value> =
             s.rejected.iter().map(|r| serde_json::json!({"name": r.name, "reason": r.reason})).collect();
@@ -148,10 +153,13 @@ async fn status(agent: String, json: bool) -> anyhow::Result<()> {
         if s.mqtt_connected { "connected" } else { "DISCONNECTED" },
         s.uptime_s
     );
-    println!("{:<20} {:<10} {:>9} {:>7} {:>8}  {}", "SERVICE", "VERSION", "INSTANCES", "QUEUED", "RESTARTS", "HEALTH");
+    println!("{:<20} {:<10} {:>9} {:>7} {:>8}  HEALTH", "SERVICE", "VERSION", "INSTANCES", "QUEUED", "RESTARTS");
     for v in &s.services {
         let health = if v.running == v.instances { "ok" } else { "DEGRADED" };
-        println!("{:<20} {:<10} {:>4}/{:<4} {:>7} {:>8}  {health}", v.name, v.version, v.running, v.instances, v.queued, v.restarts);
+        println!(
+            "{:<20} {:<10} {:>4}/{:<4} {:>7} {:>8}  {health}",
+            v.name, v.version, v.running, v.instances, v.queued, v.restarts
+        );
     }
     for r in &s.rejected {
         println!("{:<20} NOT LOADED: {}", r.name, r.reason);
@@ -159,7 +167,13 @@ async fn status(agent: String, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn watch(topics: Vec<String>, broker: String, count: Option<u64>, timeout: Option<f64>, fixes: bool) -> anyhow::Result<()> {
+async fn watch(
+    topics: Vec<String>,
+    broker: String,
+    count: Option<u64>,
+    timeout: Option<f64>,
+    fixes: bool,
+) -> anyhow::Result<()> {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
     use std::io::Write;
     for t in &topics {
@@ -187,7 +201,11 @@ async fn watch(topics: Vec<String>, broker: String, count: Option<u64>, timeout:
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                let line = if fixes { fix_line(&p.topic, &p.payload) } else { outpost::replay::render_line(&p.topic, &p.payload) };
+                let line = if fixes {
+                    fix_line(&p.topic, &p.payload)
+                } else {
+                    outpost::replay::render_line(&p.topic, &p.payload)
+                };
                 if writeln!(stdout, "{line}").is_err() {
                     break;
                 }
@@ -210,7 +228,8 @@ fn fix_line(topic: &str, payload: &[u8]) -> String {
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else {
         return format!("{asset:>10}  (not JSON: {} bytes)", payload.len());
     };
-    let num = |k: &str, prec: usize| v.get(k).and_then(|x| x.as_f64()).map_or("-".to_string(), |x| format!("{x:.prec$}"));
+    let num =
+        |k: &str, prec: usize| v.get(k).and_then(|x| x.as_f64()).map_or("-".to_string(), |x| format!("{x:.prec$}"));
     format!(
         "{asset:>10}  {:<24}  mode {}  lat {:>13} lon {:>14}  alt {:>8} m  speed {:>6} m/s  track {:>6}",
         v.get("time").and_then(|t| t.as_str()).unwrap_or("(no time)"),

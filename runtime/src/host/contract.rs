@@ -43,7 +43,8 @@ pub fn check_contract(engine: &Engine, component: &Component) -> Result<(), Stri
                     if version.is_empty() { "(unversioned)" } else { version }
                 ));
             } else if !OUTPOST_INTERFACES.contains(&iface) {
-                problems.push(format!("imports unknown interface {name}; {SUPPORTED_WORLD} has {OUTPOST_INTERFACES:?}"));
+                problems
+                    .push(format!("imports unknown interface {name}; {SUPPORTED_WORLD} has {OUTPOST_INTERFACES:?}"));
             }
         } else if name.starts_with("outpost:") {
             problems.push(format!("imports {name}, which this agent does not provide (it hosts {SUPPORTED_WORLD})"));

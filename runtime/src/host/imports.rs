@@ -46,7 +46,14 @@ pub struct InstanceState {
 impl InstanceState {
     pub(crate) fn new(ctx: ServiceContext, limits: StoreLimits) -> Self {
         let wasi = wasmtime_wasi::WasiCtxBuilder::new().inherit_stderr().build();
-        InstanceState { wasi, table: ResourceTable::new(), limits, ctx, output: CallOutput::default(), txn: StateTxn::default() }
+        InstanceState {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+            ctx,
+            output: CallOutput::default(),
+            txn: StateTxn::default(),
+        }
     }
 
     pub(crate) fn context(&self) -> &ServiceContext {

@@ -129,13 +129,9 @@ impl HostEngine {
 
     /// Compiles (or loads from `cache_dir`) a component, checks it against the
     /// contract and pre-links it.
-    pub fn load(
-        &self,
-        wasm_path: &Path,
-        bytes: &[u8],
-        cache_dir: Option<&Path>,
-    ) -> Result<LoadedComponent, LoadError> {
-        check_component_bytes(bytes).map_err(|message| LoadError::NotAComponent { path: wasm_path.to_owned(), message })?;
+    pub fn load(&self, wasm_path: &Path, bytes: &[u8], cache_dir: Option<&Path>) -> Result<LoadedComponent, LoadError> {
+        check_component_bytes(bytes)
+            .map_err(|message| LoadError::NotAComponent { path: wasm_path.to_owned(), message })?;
         let digest = hex::encode(Sha256::digest(bytes));
         let component = match cache_dir {
             Some(dir) => self.compile_cached(wasm_path, bytes, &digest, dir)?,
@@ -176,7 +172,9 @@ impl HostEngine {
             // header and refuses artifacts from another version or config.
             match unsafe { Component::deserialize_file(&self.engine, &file) } {
                 Ok(c) => return Ok(c),
-                Err(e) => tracing::warn!(cache = %file.display(), error = %e, "precompiled cache entry unusable; recompiling"),
+                Err(e) => {
+                    tracing::warn!(cache = %file.display(), error = %e, "precompiled cache entry unusable; recompiling")
+                }
             }
         }
         let component = self.compile(path, bytes)?;
