@@ -74,8 +74,10 @@ impl Agent {
         let status_topic = format!("outpost/{}/status", cfg.gateway);
 
         // Load services before connecting, so subscriptions are known.
-        let placeholder: Box<dyn crate::dispatch::Egress> = Box::new(NullEgress);
-        let mut dispatcher = Dispatcher::new(host.clone(), cfg.dispatch.clone(), &cfg.gateway, placeholder);
+        // The link needs the services' subscriptions, so it comes second;
+        // nothing is published before it exists (init outputs are discarded).
+        let unconnected: Box<dyn crate::dispatch::Egress> = Box::new(NullEgress);
+        let mut dispatcher = Dispatcher::new(host.clone(), cfg.dispatch.clone(), &cfg.gateway, unconnected);
         let rejected = load_services(&cfg, &host, &state, &metrics, &cache_dir, &mut dispatcher)?;
         for name in cfg.services.keys() {
             if !dispatcher.status().iter().any(|s| &s.name == name) && !rejected.iter().any(|(n, _)| n == name) {
