@@ -526,7 +526,7 @@ fn install(dir: &Path, package: &Path, name: &str) {
 }
 
 /// (d) start to ready, and (e) memory.
-fn bench_start_and_memory(rows: &mut Vec<Row>, mosquitto_pid: u32) {
+fn bench_start_and_memory(rows: &mut Vec<Row>) {
     println!("\n(d) agent start to ready with 4 services, and (e) resident memory");
     let pkgs = env_dir("OUTPOST_PACKAGES", "target/outpost/packages");
     let tests = env_dir("OUTPOST_TEST_PACKAGES", "target/outpost/test-packages");
@@ -559,7 +559,6 @@ fn bench_start_and_memory(rows: &mut Vec<Row>, mosquitto_pid: u32) {
     let idle_kib = rss_kib(idle.0.id());
     drop(idle);
     // A fresh Mosquitto, idle (the one used above has served the floods).
-    let _ = mosquitto_pid;
     let mdir = tempfile::tempdir().expect("tempdir");
     let (fresh, _) = start_mosquitto(mdir.path());
     std::thread::sleep(Duration::from_secs(1));
@@ -593,7 +592,8 @@ fn main() {
     let on = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mosquitto, mosquitto_port) = start_mosquitto(dir.path());
+    // Kept alive (killed on drop) for the sections that need a broker.
+    let (_mosquitto, mosquitto_port) = start_mosquitto(dir.path());
     let mut rows = Vec::new();
     println!(
         "Outpost benchmarks ({} cores); every figure beside its baseline from this run",
@@ -612,7 +612,7 @@ fn main() {
         bench_instantiate(&mut rows);
     }
     if on("start") {
-        bench_start_and_memory(&mut rows, mosquitto.0.id());
+        bench_start_and_memory(&mut rows);
     }
     println!("\n| figure | Outpost | baseline (same run) | ratio | target |\n|---|---|---|---|---|");
     for r in &rows {

@@ -49,6 +49,14 @@ pub struct AgentStatus {
     pub ready_ms: Option<f64>,
 }
 
+impl AgentStatus {
+    /// A copy for readers (status page, gRPC), with the link state as the
+    /// metrics see it now rather than at the last refresh.
+    pub fn snapshot(status: &Mutex<AgentStatus>, metrics: &Metrics) -> Option<AgentStatus> {
+        status.lock().ok().map(|st| AgentStatus { mqtt_connected: metrics.mqtt_connected.get() == 1, ..st.clone() })
+    }
+}
+
 pub struct Agent {
     config: AgentConfig,
 }

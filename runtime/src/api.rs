@@ -50,10 +50,9 @@ impl From<&AgentStatus> for pb::AgentStatus {
 #[tonic::async_trait]
 impl AgentApi for Api {
     async fn get_status(&self, _: Request<pb::GetStatusRequest>) -> Result<Response<pb::AgentStatus>, Status> {
-        let s = self.status.lock().map_err(|_| Status::internal("status lock poisoned"))?;
-        let mut out = pb::AgentStatus::from(&*s);
-        out.mqtt_connected = self.metrics.mqtt_connected.get() == 1;
-        Ok(Response::new(out))
+        let s = AgentStatus::snapshot(&self.status, &self.metrics)
+            .ok_or_else(|| Status::internal("status lock poisoned"))?;
+        Ok(Response::new(pb::AgentStatus::from(&s)))
     }
 
     async fn get_metrics(&self, _: Request<pb::GetMetricsRequest>) -> Result<Response<pb::MetricsText>, Status> {

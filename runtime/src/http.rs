@@ -40,11 +40,7 @@ async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 fn snapshot(s: &AppState) -> Option<AgentStatus> {
-    s.status.lock().ok().map(|st| {
-        let mut st = st.clone();
-        st.mqtt_connected = s.metrics.mqtt_connected.get() == 1;
-        st
-    })
+    AgentStatus::snapshot(&s.status, &s.metrics)
 }
 
 async fn status_json(State(s): State<AppState>) -> impl IntoResponse {

@@ -126,22 +126,7 @@ async fn status(agent: String, json: bool) -> anyhow::Result<()> {
         .with_context(|| format!("cannot reach the agent at {agent} (is it running? is [api] listen set?)"))?;
     let s = client.get_status(GetStatusRequest {}).await.context("status request failed")?.into_inner();
     if json {
-        let services: Vec<serde_json::Value> = s
-            .services
-            .iter()
-            .map(|v| {
-                serde_json::json!({"name": v.name, "version": v.version, "digest": v.digest, "instances": v.instances,
-                "running": v.running, "queued": v.queued, "restarts": v.restarts, "uptime_s": v.uptime_s})
-            })
-            .collect();
-        let rejected: Vec<serde_json::Value> =
-            s.rejected.iter().map(|r| serde_json::json!({"name": r.name, "reason": r.reason})).collect();
-        println!(
-            "{}",
-            serde_json::json!({"gateway": s.gateway, "site": s.site, "state": s.state, "broker": s.broker,
-                "mqtt_connected": s.mqtt_connected, "uptime_s": s.uptime_s, "ready_ms": s.ready_ms,
-                "services": services, "rejected": rejected})
-        );
+        println!("{}", serde_json::to_string(&s)?);
         return Ok(());
     }
     println!(
