@@ -84,6 +84,17 @@ mod imp {
 
 pub use imp::{counter, kpi, log, publish, state_delete, state_get, state_set};
 
+/// Separates a KPI's name from its subject in the name passed to the host.
+pub const KPI_SUBJECT_SEPARATOR: char = '/';
+
+/// Sets a KPI for one subject (a truck, a loader, a zone...): the agent
+/// exports it as `outpost_service_kpi{name="...", subject="..."}`. The plain
+/// [`kpi`] is the site-wide value (empty subject). Keep the set of subjects
+/// bounded (the agent caps series per service).
+pub fn kpi_for(name: &str, subject: &str, value: f64) {
+    kpi(&format!("{name}{KPI_SUBJECT_SEPARATOR}{subject}"), value)
+}
+
 pub fn info(msg: &str) {
     log(Level::Info, msg)
 }
