@@ -3,9 +3,10 @@
 //! host calls): fixes in, [`Output`]s, a picture and KPI values out.
 //!
 //! Rules (the README has them with their reasons):
-//! - A fix updates its asset, then its zones, then every pair it forms with
-//!   an asset that could reach it within `warn_time_s`: its current
-//!   partners plus grid neighbours within
+//! - A fix updates its asset and checks its zones. At the end of the batch
+//!   each asset with a new fix is paired with every asset that could reach
+//!   it within `warn_time_s` (each pair once per batch, with both newest
+//!   fixes): its current partners plus grid neighbours within
 //!   `(|v_a| + v_max) (warn_time_s + max_extrapolation_s) + 2 r_max + warn_gap_m + clear_margin_m`,
 //!   where `v_max` bounds every live asset's speed.
 //! - A pair is compared at the newer of its two fix times, the older fix
@@ -22,18 +23,20 @@
 //!   more than `stale_after_s` behind it (or, in `tick`, whose last fix
 //!   arrived more than `stale_after_s` of wall clock ago) is dropped.
 
+mod report;
+mod zones;
+
+use zones::zone_msg;
+
 use crate::config::{Config, ZoneKind};
 use crate::geo::{Frame, Polygon};
 use crate::grid::{Cell, Grid};
 use crate::kinematics::{geometry, reaches_within, velocity, Geometry};
 use crate::output::*;
 use crate::tpv::{iso_ms, Fix, Reject};
-use serde::{Deserialize, Serialize};
+pub use report::{Kpis, Saved, SavedEncounter, SavedViolation};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-/// Most encounters listed in a picture (the counts cover all).
-const PICTURE_MAX_ENCOUNTERS: usize = 1000;
-const HOUR_MS: i64 = 3_600_000;
 /// Most start times kept per hourly rate (bounds memory under an alert storm).
 const RATE_WINDOW_CAP: usize = 100_000;
 
@@ -103,33 +106,6 @@ struct Zone {
     poly: Polygon,
 }
 
-/// What survives a restart (state key `active`): the open encounters and
-/// zone violations, so they are neither started twice nor left uncleared.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Saved {
-    pub clock_ms: i64,
-    pub encounters: Vec<SavedEncounter>,
-    pub zones: Vec<SavedViolation>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SavedEncounter {
-    pub id: String,
-    pub a: String,
-    pub b: String,
-    pub peak: Severity,
-    pub start_ms: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SavedViolation {
-    pub id: String,
-    pub asset: String,
-    pub zone: String,
-    pub start_ms: i64,
-    pub peak_speed: f64,
-}
-
 /// Counters, cumulative; the service reports their increase per call.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -172,22 +148,6 @@ impl Stats {
     }
 }
 
-/// KPI values at one instant.
-#[derive(Debug, Clone, Default)]
-pub struct Kpis {
-    pub assets_tracked: usize,
-    pub encounters_active: usize,
-    pub encounters_critical: usize,
-    pub warnings_per_hour: usize,
-    pub critical_per_hour: usize,
-    pub zone_violations_active: usize,
-    pub zone_violations_per_hour: usize,
-    pub min_ttc_s: f64,
-    /// Active encounters per live asset, and 0 for assets dropped since the last call.
-    pub per_asset: Vec<(String, usize)>,
-    pub per_zone: Vec<(String, usize)>,
-}
-
 pub struct Engine {
     cfg: Config,
     stale_ms: i64,
@@ -215,8 +175,15 @@ pub struct Engine {
     dirty: bool,
     saved_clock_ms: Option<i64>,
     expired_ids: Vec<String>,
+    /// Per slot: stamp of the last pair scan that met it (dedupes a scan).
     mark: Vec<u32>,
     mark_gen: u32,
+    /// Assets with a new fix in this batch, scanned for pairs at its end.
+    moved: Vec<u32>,
+    /// Per slot: the batch round in which it was queued / scanned.
+    queued: Vec<u32>,
+    done: Vec<u32>,
+    round: u32,
     scratch: Vec<u32>,
     pub stats: Stats,
 }
@@ -269,6 +236,10 @@ impl Engine {
             expired_ids: Vec::new(),
             mark: Vec::new(),
             mark_gen: 0,
+            moved: Vec::new(),
+            queued: Vec::new(),
+            done: Vec::new(),
+            round: 1,
             scratch: Vec::new(),
             stats: Stats::default(),
             cfg,
@@ -430,6 +401,8 @@ impl Engine {
                     None => {
                         self.slots.push(Some(asset));
                         self.mark.push(0);
+                        self.queued.push(0);
+                        self.done.push(0);
                         (self.slots.len() - 1) as u32
                     }
                 };
@@ -454,7 +427,12 @@ impl Engine {
         self.v_max = self.v_max.max(vx.hypot(vy));
         self.stats.fixes += 1;
         self.check_zones(slot);
-        self.check_pairs(slot);
+        // Pairs are scanned once per batch with every asset's newest fix,
+        // so a batch never starts and clears the same pair on the way.
+        if self.queued[slot as usize] != self.round {
+            self.queued[slot as usize] = self.round;
+            self.moved.push(slot);
+        }
         Ok(())
     }
 
@@ -489,7 +467,7 @@ impl Engine {
         let gen = self.mark_gen;
         self.mark[slot as usize] = gen;
         for p in partners {
-            if self.mark[p as usize] != gen {
+            if self.mark[p as usize] != gen && self.done[p as usize] != self.round {
                 self.mark[p as usize] = gen;
                 self.evaluate(slot, p);
             }
@@ -502,7 +480,7 @@ impl Engine {
         cands.clear();
         self.grid.query(x, y, radius, &mut cands);
         for &b in &cands {
-            if self.mark[b as usize] == gen {
+            if self.mark[b as usize] == gen || self.done[b as usize] == self.round {
                 continue;
             }
             self.mark[b as usize] = gen;
@@ -514,6 +492,8 @@ impl Engine {
             }
         }
         self.scratch = cands;
+        // Pairs with this asset are settled for this batch.
+        self.done[slot as usize] = self.round;
     }
 
     fn evaluate(&mut self, sa: u32, sb: u32) {
@@ -681,74 +661,18 @@ impl Engine {
         self.out.extend(msgs);
     }
 
-    fn check_zones(&mut self, slot: u32) {
-        if self.zones.is_empty() {
-            return;
-        }
-        let Some(a) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else { return };
-        let (p, speed, t) = ((a.x, a.y), a.vx.hypot(a.vy), a.t_ms);
-        let margin = self.cfg.zone_clear_margin_m;
-        for (zi, z) in self.zones.iter().enumerate() {
-            let mut at = a.violations.iter().position(|v| v.zone == zi);
-            if at.is_none() && !self.restored_zone.is_empty() {
-                if let Some(r) = self.restored_zone.remove(&(a.id.clone(), z.name.clone())) {
-                    a.violations.push(Violation {
-                        zone: zi,
-                        id: r.id,
-                        start_ms: r.start_ms,
-                        clear_since: None,
-                        peak_speed: r.peak_speed,
-                    });
-                    at = Some(a.violations.len() - 1);
-                }
-            }
-            if at.is_none() && !z.poly.near(p, 0.0) {
-                continue;
-            }
-            let inside = z.poly.contains(p);
-            let limit = z.max_speed.unwrap_or(f64::INFINITY);
-            match at {
-                None => {
-                    let on = inside && (z.kind == ZoneKind::NoGo || speed > limit);
-                    if on {
-                        let v = Violation {
-                            zone: zi,
-                            id: format!("{}|{}|{t}", a.id, z.name),
-                            start_ms: t,
-                            clear_since: None,
-                            peak_speed: speed,
-                        };
-                        self.out.push(Output::Zone(zone_msg(a, z, &v, Lifecycle::Start, None, t)));
-                        a.violations.push(v);
-                        self.stats.zone_violations += 1;
-                        push_capped(&mut self.zone_starts, t);
-                        self.dirty = true;
-                    }
-                }
-                Some(i) => {
-                    let left = !inside && z.poly.distance_to_edge(p) >= margin;
-                    let slowed = z.kind == ZoneKind::SpeedLimit && speed <= limit - self.cfg.speed_clear_margin_mps;
-                    let v = &mut a.violations[i];
-                    if !(left || slowed) {
-                        v.clear_since = None;
-                        v.peak_speed = v.peak_speed.max(speed);
-                        continue;
-                    }
-                    let since = *v.clear_since.get_or_insert(t);
-                    if t - since >= self.hold_ms {
-                        let v = a.violations.swap_remove(i);
-                        let why = if left { ClearReason::LeftZone } else { ClearReason::BelowLimit };
-                        self.out.push(Output::Zone(zone_msg(a, z, &v, Lifecycle::Clear, Some(why), t)));
-                        self.dirty = true;
-                    }
-                }
-            }
-        }
-    }
-
     /// End of a batch: drops assets stale on the site clock, and encounters
     /// carried over a restart whose assets did not come back in time.
     pub fn end_of_batch(&mut self) {
+        for slot in std::mem::take(&mut self.moved) {
+            self.check_pairs(slot);
+        }
+        self.round = self.round.wrapping_add(1);
+        if self.round == 0 {
+            // Wrapped: old stamps could match again.
+            self.queued.iter_mut().chain(self.done.iter_mut()).for_each(|r| *r = 0);
+            self.round = 1;
+        }
         let Some(clock) = self.clock_ms else { return };
         let stale: Vec<u32> = self
             .slots
@@ -872,183 +796,6 @@ impl Engine {
             self.expired_ids.push(a.id);
         }
     }
-
-    /// What to persist, when the open set changed or the saved clock is
-    /// more than half `stale_after_s` old (so a restart judges staleness
-    /// from a recent time).
-    pub fn take_saved(&mut self) -> Option<Saved> {
-        let clock = self.clock_ms?;
-        let open = !self.encounters.is_empty() || self.slots.iter().flatten().any(|a| !a.violations.is_empty());
-        let pending = !self.restored_enc.is_empty() || !self.restored_zone.is_empty();
-        let due = self.saved_clock_ms.is_none_or(|c| clock.saturating_sub(c) > self.stale_ms / 2);
-        if !self.dirty && !((open || pending) && due) {
-            return None;
-        }
-        self.dirty = false;
-        self.saved_clock_ms = Some(clock);
-        let name = |s: u32| self.asset(s).map(|a| a.id.clone()).unwrap_or_default();
-        let mut encounters: Vec<SavedEncounter> = self
-            .encounters
-            .values()
-            .map(|e| SavedEncounter {
-                id: e.id.clone(),
-                a: name(e.lo),
-                b: name(e.hi),
-                peak: e.peak,
-                start_ms: e.start_ms,
-            })
-            .collect();
-        encounters.extend(self.restored_enc.values().cloned());
-        encounters.sort_by(|x, y| x.id.cmp(&y.id));
-        let mut zones: Vec<SavedViolation> = self
-            .slots
-            .iter()
-            .flatten()
-            .flat_map(|a| {
-                a.violations.iter().filter_map(|v| {
-                    Some(SavedViolation {
-                        id: v.id.clone(),
-                        asset: a.id.clone(),
-                        zone: self.zones.get(v.zone)?.name.clone(),
-                        start_ms: v.start_ms,
-                        peak_speed: v.peak_speed,
-                    })
-                })
-            })
-            .collect();
-        zones.extend(self.restored_zone.values().cloned());
-        zones.sort_by(|x, y| x.id.cmp(&y.id));
-        // Restored entries keep the clock they were judged by.
-        let clock_ms = if pending { self.restored_clock_ms.max(clock - self.stale_ms) } else { clock };
-        Some(Saved { clock_ms, encounters, zones })
-    }
-
-    pub fn picture(&self, now_ms: u64) -> Picture {
-        let clock = self.clock_ms.unwrap_or(0);
-        let mut assets: Vec<PictureAsset> = self
-            .slots
-            .iter()
-            .flatten()
-            .map(|a| PictureAsset {
-                id: a.id.clone(),
-                class: a.class.and_then(|c| self.cfg.classes.get(c)).map(|c| c.name.clone()),
-                lat: r8(a.lat),
-                lon: r8(a.lon),
-                x_m: r3(a.x),
-                y_m: r3(a.y),
-                speed_mps: r3(a.speed()),
-                track_deg: r3(a.track()),
-                age_s: r3((clock - a.t_ms) as f64 / 1000.0),
-                time: iso_ms(a.t_ms),
-            })
-            .collect();
-        assets.sort_by(|x, y| x.id.cmp(&y.id));
-        let mut encounters: Vec<PictureEncounter> = self
-            .encounters
-            .values()
-            .filter_map(|e| {
-                let s = e.last?;
-                Some(PictureEncounter {
-                    id: e.id.clone(),
-                    a: self.asset(e.lo)?.id.clone(),
-                    b: self.asset(e.hi)?.id.clone(),
-                    severity: e.severity,
-                    peak_severity: e.peak,
-                    kind: if s.geo.ttc.is_some() { "collision" } else { "proximity" },
-                    distance_m: r3(s.geo.distance),
-                    gap_m: r3(s.geo.distance - s.radius),
-                    closing_speed_mps: r3(s.geo.closing_speed),
-                    ttc_s: s.geo.ttc.map(r3),
-                    cpa_time_s: r3(s.geo.cpa_time),
-                    cpa_distance_m: r3(s.geo.cpa_distance),
-                    since: iso_ms(e.start_ms),
-                    updated: iso_ms(s.t_ms),
-                })
-            })
-            .collect();
-        encounters.sort_by(|x, y| {
-            y.severity
-                .cmp(&x.severity)
-                .then(x.ttc_s.unwrap_or(f64::INFINITY).total_cmp(&y.ttc_s.unwrap_or(f64::INFINITY)))
-                .then_with(|| x.id.cmp(&y.id))
-        });
-        let critical = self.encounters.values().filter(|e| e.severity == Severity::Critical).count();
-        let n_enc = self.encounters.len();
-        encounters.truncate(PICTURE_MAX_ENCOUNTERS);
-        let mut zone_violations: Vec<PictureViolation> = self
-            .slots
-            .iter()
-            .flatten()
-            .flat_map(|a| {
-                a.violations.iter().filter_map(|v| {
-                    let z = self.zones.get(v.zone)?;
-                    Some(PictureViolation {
-                        id: v.id.clone(),
-                        asset: a.id.clone(),
-                        zone: z.name.clone(),
-                        zone_kind: z.kind.as_str(),
-                        since: iso_ms(v.start_ms),
-                        speed_mps: r3(a.speed()),
-                        max_speed_mps: z.max_speed,
-                    })
-                })
-            })
-            .collect();
-        zone_violations.sort_by(|x, y| x.id.cmp(&y.id));
-        Picture {
-            site: self.cfg.site.clone(),
-            time: self.clock_ms.map(iso_ms),
-            generated_ms: now_ms,
-            counts: PictureCounts {
-                assets: assets.len(),
-                encounters: n_enc,
-                critical,
-                zone_violations: zone_violations.len(),
-                restored_pending: self.restored_enc.len() + self.restored_zone.len(),
-            },
-            assets,
-            encounters,
-            zone_violations,
-        }
-    }
-
-    /// KPI values now; also forgets the assets dropped since the last call.
-    pub fn kpis(&mut self) -> Kpis {
-        let clock = self.clock_ms.unwrap_or(0);
-        for q in [&mut self.starts, &mut self.critical_starts, &mut self.zone_starts] {
-            while q.front().is_some_and(|&t| clock - t >= HOUR_MS) {
-                q.pop_front();
-            }
-        }
-        let mut per_asset: Vec<(String, usize)> =
-            self.slots.iter().flatten().map(|a| (a.id.clone(), a.partners.len())).collect();
-        per_asset.extend(self.expired_ids.drain(..).filter(|id| !self.index.contains_key(id)).map(|id| (id, 0)));
-        let per_zone: Vec<(String, usize)> = self
-            .zones
-            .iter()
-            .enumerate()
-            .map(|(zi, z)| {
-                let n = self.slots.iter().flatten().filter(|a| a.violations.iter().any(|v| v.zone == zi)).count();
-                (z.name.clone(), n)
-            })
-            .collect();
-        Kpis {
-            assets_tracked: self.index.len(),
-            encounters_active: self.encounters.len(),
-            encounters_critical: self.encounters.values().filter(|e| e.severity == Severity::Critical).count(),
-            warnings_per_hour: self.starts.len(),
-            critical_per_hour: self.critical_starts.len(),
-            zone_violations_active: per_zone.iter().map(|z| z.1).sum(),
-            zone_violations_per_hour: self.zone_starts.len(),
-            min_ttc_s: self
-                .encounters
-                .values()
-                .filter_map(|e| e.last.and_then(|s| s.geo.ttc))
-                .fold(self.cfg.warn_time_s, f64::min),
-            per_asset,
-            per_zone,
-        }
-    }
 }
 
 fn push_capped(q: &mut VecDeque<i64>, t: i64) {
@@ -1056,22 +803,4 @@ fn push_capped(q: &mut VecDeque<i64>, t: i64) {
         q.pop_front();
     }
     q.push_back(t);
-}
-
-fn zone_msg(a: &Asset, z: &Zone, v: &Violation, state: Lifecycle, reason: Option<ClearReason>, t: i64) -> ZoneMsg {
-    let limited = z.kind == ZoneKind::SpeedLimit;
-    ZoneMsg {
-        asset: a.id.clone(),
-        zone: z.name.clone(),
-        zone_kind: z.kind.as_str(),
-        violation: v.id.clone(),
-        state,
-        reason,
-        time: iso_ms(t),
-        lat: Some(r8(a.lat)),
-        lon: Some(r8(a.lon)),
-        speed_mps: Some(r3(a.speed())),
-        max_speed_mps: z.max_speed,
-        peak_speed_mps: limited.then(|| r3(v.peak_speed.max(a.speed()))),
-    }
 }
