@@ -1,0 +1,200 @@
+//! Running aggregates, one compact record per (truck, shift) and per
+//! (loader, shift), plus each loader's recent loads and open bucket session.
+//! These are what state keeps; reports and KPIs are computed from them.
+
+use crate::config::Limits;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Payload class against the truck's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Below the target band.
+    Under,
+    /// Inside the band.
+    Ok,
+    /// Above the band, at or below the overload limit.
+    Over,
+    /// Above the overload limit.
+    Overload,
+}
+
+impl Class {
+    pub fn of(payload_t: f64, l: &Limits) -> Class {
+        if payload_t > l.overload_t {
+            Class::Overload
+        } else if payload_t > l.high_t {
+            Class::Over
+        } else if payload_t < l.low_t {
+            Class::Under
+        } else {
+            Class::Ok
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Under => "under",
+            Class::Ok => "ok",
+            Class::Over => "over",
+            Class::Overload => "overload",
+        }
+    }
+}
+
+/// A count and a sum (for means).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stat {
+    pub n: u64,
+    pub sum: f64,
+}
+
+impl Stat {
+    pub fn add(&mut self, x: f64) {
+        self.n += 1;
+        self.sum += x;
+    }
+    pub fn merge(&mut self, o: &Stat) {
+        self.n += o.n;
+        self.sum += o.sum;
+    }
+    pub fn mean(&self) -> Option<f64> {
+        (self.n > 0).then(|| self.sum / self.n as f64)
+    }
+}
+
+/// A message seen for a key (cycle `full_time` or refuel start), kept to
+/// tell an exact redelivery (same fingerprint) from a conflicting duplicate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seen {
+    pub t: i64,
+    pub fp: u64,
+    /// Whether that message was accepted (duplicates are judged against these).
+    pub ok: bool,
+}
+
+/// Most keys remembered per record; beyond, redeliveries may be rejected as
+/// duplicates instead of ignored, but never counted twice.
+pub const MAX_SEEN: usize = 2000;
+
+/// One truck in one shift.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TruckShift {
+    pub model: String,
+    pub cycles: u64,
+    pub tonnes: f64,
+    /// Sum of payload / rated.
+    pub ratio_sum: f64,
+    /// Cycles per [`Class`].
+    pub class: [u64; 4],
+    /// Valid durations: the seven of `input::DURATIONS`, then `cycle_s`.
+    pub dur: [Stat; 8],
+    /// Earliest start and latest end of accepted cycles (span for t/h).
+    pub first_start: Option<i64>,
+    pub last_end: Option<i64>,
+    /// Latest accepted `empty_time` (order check).
+    pub last_empty: Option<i64>,
+    /// Latest time of anything recorded here (retention order of shifts).
+    pub last_time: Option<i64>,
+    pub refuels: u64,
+    pub litres: f64,
+    pub fuel_queue_min: Stat,
+    pub rejected: BTreeMap<String, u64>,
+    pub seen: Vec<Seen>,
+    pub fuel_seen: Vec<Seen>,
+}
+
+impl TruckShift {
+    pub fn touch_time(&mut self, t: i64) {
+        self.last_time = Some(self.last_time.map_or(t, |x| x.max(t)));
+    }
+
+    pub fn span_s(&self) -> Option<f64> {
+        Some((self.last_end? - self.first_start?) as f64)
+    }
+
+    pub fn reject(&mut self, name: &str) {
+        *self.rejected.entry(name.to_owned()).or_insert(0) += 1;
+    }
+
+    /// Cycles rejected for their payload (zero, sentinel, implausible):
+    /// real cycles whose tonnes are unknown.
+    pub fn payload_junk(&self) -> u64 {
+        ["zero_payload", "sentinel_payload", "implausible_payload"].iter().filter_map(|k| self.rejected.get(*k)).sum()
+    }
+
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.values().sum()
+    }
+}
+
+/// One loader in one shift.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoaderShift {
+    pub cycles: u64,
+    pub tonnes: f64,
+    pub ratio_sum: f64,
+    /// Sum of payload - target.
+    pub dev_sum: f64,
+    pub class: [u64; 4],
+    pub queue_s: Stat,
+    pub loading_s: Stat,
+}
+
+/// One of a loader's recent loads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecentLoad {
+    /// `full_time` of the load.
+    pub t: i64,
+    pub truck: String,
+    pub payload_t: f64,
+    pub target_t: f64,
+    pub class: u8,
+}
+
+/// A loader's open bucket session: the truck being loaded and its passes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    pub truck: String,
+    pub model: String,
+    /// (pass, bucket_t, fingerprint), in pass order.
+    pub passes: Vec<(u32, f64, u64)>,
+    /// Passes skipped (lost messages): the weights are incomplete.
+    pub missing: u32,
+    /// Agent time of the last bucket (expiry by `tick`).
+    pub last_ms: u64,
+}
+
+impl Session {
+    pub fn loaded_t(&self) -> f64 {
+        self.passes.iter().map(|p| p.1).sum()
+    }
+    pub fn last_pass(&self) -> u32 {
+        self.passes.last().map_or(0, |p| p.0)
+    }
+}
+
+/// What a loader keeps beyond its shift records.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoaderRecent {
+    /// The latest `advice_window` loads by `full_time`, oldest first.
+    pub loads: Vec<RecentLoad>,
+    pub session: Option<Session>,
+}
+
+impl LoaderRecent {
+    /// Inserts in `full_time` order and keeps the latest `window`, so the
+    /// window does not depend on the order trucks' messages arrive in.
+    pub fn push(&mut self, load: RecentLoad, window: usize) {
+        let at = self.loads.partition_point(|l| l.t <= load.t);
+        self.loads.insert(at, load);
+        if self.loads.len() > window {
+            let extra = self.loads.len() - window;
+            self.loads.drain(..extra);
+        }
+    }
+}
