@@ -2,18 +2,50 @@
 //! assets that could reach it within the horizon, not with the whole site.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 pub type Cell = (i32, i32);
+
+/// A multiplicative hash for small integer keys (grid cells, slot pairs).
+/// The keys are not attacker-chosen (slots are ours, cells are bounded by
+/// the site radius), so SipHash's flooding resistance buys nothing and
+/// costs most of a pair check.
+#[derive(Default)]
+pub struct IntHasher(u64);
+
+impl Hasher for IntHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+    fn write_i32(&mut self, v: i32) {
+        self.write_u64(u64::from(v as u32));
+    }
+    fn write_u64(&mut self, v: u64) {
+        // Fibonacci hashing, folded so the high bits reach the bucket index.
+        let h = (self.0.rotate_left(5) ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = h ^ (h >> 32);
+    }
+}
+
+pub type IntMap<K, V> = HashMap<K, V, BuildHasherDefault<IntHasher>>;
 
 #[derive(Debug)]
 pub struct Grid {
     cell_m: f64,
-    cells: HashMap<Cell, Vec<u32>>,
+    cells: IntMap<Cell, Vec<u32>>,
 }
 
 impl Grid {
     pub fn new(cell_m: f64) -> Grid {
-        Grid { cell_m, cells: HashMap::new() }
+        Grid { cell_m, cells: IntMap::default() }
     }
 
     pub fn cell_m(&self) -> f64 {

@@ -30,12 +30,12 @@ use zones::zone_msg;
 
 use crate::config::{Config, ZoneKind};
 use crate::geo::{Frame, Polygon};
-use crate::grid::{Cell, Grid};
+use crate::grid::{Cell, Grid, IntMap};
 use crate::kinematics::{geometry, reaches_within, velocity, Geometry};
 use crate::output::*;
 use crate::tpv::{iso_ms, Fix, Reject};
 pub use report::{Kpis, Saved, SavedEncounter, SavedViolation};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 /// Most start times kept per hourly rate (bounds memory under an alert storm).
 const RATE_WINDOW_CAP: usize = 100_000;
@@ -53,6 +53,8 @@ struct Asset {
     y: f64,
     vx: f64,
     vy: f64,
+    /// |v|, m/s (kept: it is read for every neighbour of every fix).
+    speed: f64,
     cell: Cell,
     /// Slots of the assets this one has an active encounter with.
     partners: Vec<u32>,
@@ -61,7 +63,7 @@ struct Asset {
 
 impl Asset {
     fn speed(&self) -> f64 {
-        self.vx.hypot(self.vy)
+        self.speed
     }
     fn track(&self) -> f64 {
         self.vx.atan2(self.vy).to_degrees().rem_euclid(360.0)
@@ -158,7 +160,7 @@ pub struct Engine {
     free: Vec<u32>,
     index: BTreeMap<String, u32>,
     grid: Grid,
-    encounters: HashMap<(u32, u32), Encounter>,
+    encounters: IntMap<(u32, u32), Encounter>,
     clock_ms: Option<i64>,
     clock_received_ms: u64,
     /// Upper bound of every live asset's speed, m/s.
@@ -219,7 +221,7 @@ impl Engine {
             free: Vec::new(),
             index: BTreeMap::new(),
             grid: Grid::new(reach.max(10.0)),
-            encounters: HashMap::new(),
+            encounters: IntMap::default(),
             clock_ms: None,
             clock_received_ms: 0,
             v_max: 0.0,
@@ -370,6 +372,7 @@ impl Engine {
                 (0.0, 0.0)
             }
         };
+        let speed = (vx * vx + vy * vy).sqrt();
         let slot = match existing {
             Some(s) => s,
             None => {
@@ -389,6 +392,7 @@ impl Engine {
                     y,
                     vx,
                     vy,
+                    speed,
                     cell: self.grid.cell_of(x, y),
                     partners: Vec::new(),
                     violations: Vec::new(),
@@ -414,8 +418,8 @@ impl Engine {
         let new_cell = self.grid.cell_of(x, y);
         let Some(a) = self.asset_mut(slot) else { return Ok(()) };
         let old_cell = a.cell;
-        (a.t_ms, a.received_ms, a.lat, a.lon, a.x, a.y, a.vx, a.vy, a.cell) =
-            (t, received_ms, fix.lat, fix.lon, x, y, vx, vy, new_cell);
+        (a.t_ms, a.received_ms, a.lat, a.lon, a.x, a.y, a.vx, a.vy, a.speed, a.cell) =
+            (t, received_ms, fix.lat, fix.lon, x, y, vx, vy, speed, new_cell);
         if old_cell != new_cell {
             self.grid.remove(old_cell, slot);
             self.grid.insert(new_cell, slot);
@@ -424,7 +428,7 @@ impl Engine {
             self.clock_ms = Some(t);
             self.clock_received_ms = received_ms;
         }
-        self.v_max = self.v_max.max(vx.hypot(vy));
+        self.v_max = self.v_max.max(speed);
         self.stats.fixes += 1;
         self.check_zones(slot);
         // Pairs are scanned once per batch with every asset's newest fix,
@@ -499,7 +503,8 @@ impl Engine {
     fn evaluate(&mut self, sa: u32, sb: u32) {
         let (key, t, dp, dv, radius) = {
             let (Some(a), Some(b)) = (self.asset(sa), self.asset(sb)) else { return };
-            let (key, al, ah) = if a.id <= b.id { ((sa, sb), a, b) } else { ((sb, sa), b, a) };
+            // Keyed by slot order (cheap); names are ordered only when shown.
+            let (key, al, ah) = if sa < sb { ((sa, sb), a, b) } else { ((sb, sa), b, a) };
             let t = al.t_ms.max(ah.t_ms);
             let ext = self.cfg.max_extrapolation_s;
             let at = |s: &Asset| {
@@ -511,8 +516,13 @@ impl Engine {
         };
         self.stats.pair_checks += 1;
         let sev = severity_of(&self.cfg, dp, dv, radius);
+        let open = self.encounters.contains_key(&key);
+        if !open && sev == Severity::None && self.restored_enc.is_empty() {
+            // The common case on a busy site: a neighbour, but no conflict.
+            return;
+        }
         let snap = Snapshot { t_ms: t, geo: geometry(dp, dv, radius), radius, dp };
-        if !self.encounters.contains_key(&key) {
+        if !open {
             let restored = if self.restored_enc.is_empty() {
                 None
             } else {
@@ -520,7 +530,7 @@ impl Engine {
             };
             match restored {
                 Some(r) => {
-                    let (lo, hi) = key;
+                    let (lo, hi) = self.by_name(key);
                     let (id, start_ms, peak) = (r.id, r.start_ms, r.peak);
                     let e = Encounter {
                         id,
@@ -541,7 +551,7 @@ impl Engine {
                         return;
                     }
                     let Some((a, b)) = self.ids(key) else { return };
-                    let (lo, hi) = key;
+                    let (lo, hi) = self.by_name(key);
                     let e = Encounter {
                         id: format!("{a}|{b}|{t}"),
                         lo,
@@ -596,8 +606,18 @@ impl Engine {
         }
     }
 
+    /// The pair's ids, lesser first.
     fn ids(&self, key: (u32, u32)) -> Option<(String, String)> {
-        Some((self.asset(key.0)?.id.clone(), self.asset(key.1)?.id.clone()))
+        let (lo, hi) = self.by_name(key);
+        Some((self.asset(lo)?.id.clone(), self.asset(hi)?.id.clone()))
+    }
+
+    /// The pair's slots, the lesser id first.
+    fn by_name(&self, key: (u32, u32)) -> (u32, u32) {
+        match (self.asset(key.0), self.asset(key.1)) {
+            (Some(a), Some(b)) if a.id > b.id => (key.1, key.0),
+            _ => key,
+        }
     }
 
     fn link(&mut self, lo: u32, hi: u32) {
@@ -627,7 +647,9 @@ impl Engine {
         let (Some(lo), Some(hi)) = (self.asset(e.lo), self.asset(e.hi)) else { return };
         let time = iso_ms(e.last.map_or(self.clock_ms.unwrap_or(0), |s| s.t_ms));
         let mut msgs = Vec::with_capacity(2);
-        for (me, other, sign) in [(lo, hi, 1.0), (hi, lo, -1.0)] {
+        // The snapshot's dp points from key.0 to key.1.
+        let flip = if e.lo == key.0 { 1.0 } else { -1.0 };
+        for (me, other, sign) in [(lo, hi, flip), (hi, lo, -flip)] {
             let s = e.last;
             let g = s.map(|s| s.geo);
             msgs.push(Output::Warning(WarningMsg {
@@ -773,10 +795,7 @@ impl Engine {
         let Some(a) = self.asset(slot) else { return };
         let partners = a.partners.clone();
         for p in partners {
-            let key = match (self.asset(slot), self.asset(p)) {
-                (Some(a), Some(b)) if a.id <= b.id => (slot, p),
-                _ => (p, slot),
-            };
+            let key = (slot.min(p), slot.max(p));
             self.emit_encounter(key, Lifecycle::Clear, Some(ClearReason::Stale));
             self.close(key);
         }

@@ -14,7 +14,7 @@ impl Engine {
             return;
         }
         let Some(a) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else { return };
-        let (p, speed, t) = ((a.x, a.y), a.vx.hypot(a.vy), a.t_ms);
+        let (p, speed, t) = ((a.x, a.y), a.speed, a.t_ms);
         let margin = self.cfg.zone_clear_margin_m;
         for (zi, z) in self.zones.iter().enumerate() {
             let mut at = a.violations.iter().position(|v| v.zone == zi);
