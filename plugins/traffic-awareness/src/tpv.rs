@@ -32,8 +32,6 @@ pub enum Reject {
     BadTime,
     /// Older than the asset's previous fix.
     TimeBackwards,
-    /// No `time`, and no fix with a time seen yet to stamp it with.
-    NoTime,
     /// Further than `max_site_radius_m` from the frame's origin.
     OutsideSite,
     /// A new asset while `max_assets` are tracked.
@@ -53,7 +51,6 @@ impl Reject {
             Reject::BadTrack => "bad_track",
             Reject::BadTime => "bad_time",
             Reject::TimeBackwards => "time_backwards",
-            Reject::NoTime => "no_time",
             Reject::OutsideSite => "outside_site",
             Reject::AssetLimit => "asset_limit",
         }

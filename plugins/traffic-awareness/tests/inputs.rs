@@ -76,6 +76,10 @@ fn every_bad_message_is_counted_by_reason_and_the_rest_is_handled() {
 #[test]
 fn positioning_reports_without_speed_track_or_time_are_used() {
     let mut h = harness(json!({}));
+    // No time before any timed fix: nothing to stamp it with; dropped, not an error.
+    let (lat, lon) = to_lat_lon(0.0, 0.0);
+    h.send(&topic("early"), format!(r#"{{"class":"TPV","mode":3,"lat":{lat},"lon":{lon}}}"#)).expect("not an error");
+    assert_eq!(h.host().counters.get("untimed_dropped"), Some(&1));
     // Speed and track missing: velocity from successive positions (1 m per
     // 0.1 s = 10 m/s east towards a parked asset 100 m away).
     let bare = |x: f64, k: i64| {
@@ -186,4 +190,38 @@ fn kpis_and_the_picture_describe_the_site() {
     // No second picture before the interval.
     h.tick(50_500).expect("tick");
     assert!(take(&mut h).is_empty());
+}
+
+#[test]
+fn the_readme_example_calibration_is_valid() {
+    let readme = include_str!("../README.md");
+    let start = readme.find("```toml\n[services.traffic-awareness.config]").expect("example in README") + 8;
+    let end = start + readme[start..].find("```").expect("end of block");
+    let site: toml::Table = toml::from_str(&readme[start..end]).expect("README example is TOML");
+    let cfg = &site["services"]["traffic-awareness"]["config"];
+    let c = traffic_awareness::config::Config::parse(&serde_json::to_string(cfg).expect("json")).expect("valid");
+    assert_eq!((c.classes.len(), c.zones.len()), (3, 2));
+    // It runs: a haul truck and a person 8.9 m apart (radii 6 + 0.5, gap 2.4 m) is critical.
+    let mut h = outpost_sdk::testing::Harness::<traffic_awareness::TrafficAwareness>::with_acl(
+        &serde_json::to_string(cfg).expect("json"),
+        ACL,
+    )
+    .expect("init");
+    let (lat, lon) = (-23.3620, 119.7320);
+    let body = |id: &str, dlat: f64| {
+        format!(
+            r#"{{"class":"TPV","mode":3,"time":"{}","lat":{},"lon":{lon},"speed":0,"track":0}}"#,
+            iso(T0),
+            lat + dlat
+        )
+    };
+    h.send_batch(vec![
+        Message::new(topic("haul-1"), body("haul-1", 0.0)),
+        Message::new(topic("p-7"), body("p-7", 8e-5)),
+    ])
+    .expect("ok");
+    let out = take(&mut h);
+    let w = warnings(&out, "p-7");
+    assert_eq!((w.len(), w[0]["severity"].as_str()), (1, Some("critical")));
+    close("collision radius", f(w[0], "collision_radius_m"), 6.5, 1e-9);
 }

@@ -116,6 +116,7 @@ pub struct Stats {
     pub duplicate_fixes: u64,
     pub late_fixes: u64,
     pub untimed_fixes: u64,
+    pub untimed_dropped: u64,
     pub velocity_from_positions: u64,
     pub velocity_unknown: u64,
     pub pair_checks: u64,
@@ -129,13 +130,14 @@ pub struct Stats {
 }
 
 impl Stats {
-    pub fn named(&self) -> [(&'static str, u64); 15] {
+    pub fn named(&self) -> [(&'static str, u64); 16] {
         [
             ("fixes", self.fixes),
             ("no_fix", self.no_fix),
             ("duplicate_fixes", self.duplicate_fixes),
             ("late_fixes", self.late_fixes),
             ("untimed_fixes", self.untimed_fixes),
+            ("untimed_dropped", self.untimed_dropped),
             ("velocity_from_positions", self.velocity_from_positions),
             ("velocity_unknown", self.velocity_unknown),
             ("pair_checks", self.pair_checks),
@@ -319,7 +321,12 @@ impl Engine {
                 self.stats.untimed_fixes += 1;
                 c + (received_ms.saturating_sub(self.clock_received_ms) as i64).min(self.stale_ms)
             }
-            (None, None) => return Err((Reject::NoTime, "no time and no fix with a time seen yet".into())),
+            // Nothing to stamp it with yet (positioning sends no time until
+            // the receiver gave a date): not an error, just not usable.
+            (None, None) => {
+                self.stats.untimed_dropped += 1;
+                return Ok(());
+            }
         };
         let prev = existing.and_then(|s| self.asset(s)).map(|a| (a.t_ms, a.x, a.y));
         if let Some((pt, _, _)) = prev {
