@@ -158,7 +158,8 @@ pub const CYCLE: usize = 7;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cycle {
     pub truck: String,
-    pub loader: String,
+    /// Absent: the load still counts for the truck, no loader is credited.
+    pub loader: Option<String>,
     pub shift: String,
     pub model: Option<String>,
     pub load_location: Option<String>,
@@ -170,7 +171,8 @@ pub struct Cycle {
     pub arrive: Option<i64>,
     pub full: i64,
     pub dump_arrive: Option<i64>,
-    pub empty: i64,
+    /// Absent: no order check, no `cycle_s`.
+    pub empty: Option<i64>,
     /// As sent, in [`DURATIONS`] order; judged later.
     pub durations: [Option<f64>; 7],
     pub empty_dist_m: Option<f64>,
@@ -188,7 +190,7 @@ impl Cycle {
         }
         Ok(Cycle {
             truck: truck.to_owned(),
-            loader: f.str("loader")?.to_owned(),
+            loader: s("loader")?,
             shift: f.str("shift")?.to_owned(),
             model: s("model")?,
             load_location: s("load_location")?,
@@ -200,7 +202,7 @@ impl Cycle {
             arrive: f.opt_time("arrive_time")?,
             full: f.time("full_time")?,
             dump_arrive: f.opt_time("dump_arrive_time")?,
-            empty: f.time("empty_time")?,
+            empty: f.opt_time("empty_time")?,
             durations,
             empty_dist_m: f.opt_num("empty_dist_m")?,
             full_dist_m: f.opt_num("full_dist_m")?,
@@ -215,12 +217,12 @@ impl Cycle {
 
     /// End of the cycle: the latest of full, dump arrive and empty times.
     pub fn end(&self) -> i64 {
-        [self.dump_arrive, Some(self.empty)].into_iter().flatten().fold(self.full, i64::max)
+        [self.dump_arrive, self.empty].into_iter().flatten().fold(self.full, i64::max)
     }
 
-    /// `cycle_s`: assign to empty, seconds, when the assign time is known.
+    /// `cycle_s`: assign to empty, seconds, when both times are known.
     pub fn cycle_s(&self) -> Option<f64> {
-        self.assign.map(|a| (self.empty - a) as f64)
+        Some((self.empty? - self.assign?) as f64)
     }
 }
 

@@ -321,13 +321,13 @@ impl WeightLoading {
         }
         let last_empty =
             self.trucks.get(truck).and_then(|m| m.values().filter_map(|r| r.last_empty).max()).unwrap_or(i64::MIN);
-        if c.empty < last_empty {
+        if let Some(e) = c.empty.filter(|e| *e < last_empty) {
             return Err((
                 Reason::OutOfOrder,
-                format!("empty_time {} before the last accepted {}", time::format(c.empty), time::format(last_empty)),
+                format!("empty_time {} before the last accepted {}", time::format(e), time::format(last_empty)),
             ));
         }
-        self.judge_fleet(truck, Some(&c.loader))?;
+        self.judge_fleet(truck, c.loader.as_deref())?;
         Ok(c)
     }
 
@@ -364,8 +364,6 @@ impl WeightLoading {
         }
         valid[CYCLE] = c.cycle_s().filter(|x| (0.0..=cfg.max_cycle_s).contains(x));
         let known = cfg.is_known(&c.truck);
-        let window = cfg.advice_window;
-        let band = cfg.target_band_pct;
         if unrated {
             self.count("unknown_model", 1);
         }
@@ -397,10 +395,25 @@ impl WeightLoading {
             }
             r.first_start = Some(r.first_start.map_or(start, |x| x.min(start)));
             r.last_end = Some(r.last_end.map_or(end, |x| x.max(end)));
-            r.last_empty = Some(r.last_empty.map_or(c.empty, |x| x.max(c.empty)));
+            if let Some(e) = c.empty {
+                r.last_empty = Some(r.last_empty.map_or(e, |x| x.max(e)));
+            }
             r.touch_time(end);
         }
-        let ls = self.loaders.entry(c.loader.clone()).or_default();
+        let summary = CycleSummary::new(&c, &model, &l, valid);
+        self.emit(format!("svc/weight-loading/{}/cycle", c.truck), &summary);
+        match c.loader.as_deref() {
+            Some(loader) => self.credit_loader(loader, &c, &l, class, &valid),
+            // Still a weighed load of the truck; nothing to tell a loader.
+            None => self.count("cycles_without_loader", 1),
+        }
+    }
+
+    /// The loader's share of an accepted cycle: shift record, recent
+    /// window, bucket session closed, advice published.
+    fn credit_loader(&mut self, loader: &str, c: &Cycle, l: &config::Limits, class: Class, valid: &[Option<f64>; 8]) {
+        let (band, window) = (self.config.target_band_pct, self.config.advice_window);
+        let ls = self.loaders.entry(loader.to_owned()).or_default();
         if !ls.contains_key(&c.shift) {
             self.dirty.index = true;
         }
@@ -416,11 +429,11 @@ impl WeightLoading {
         if let Some(q) = valid[2] {
             ls.loading_s.add(q);
         }
-        self.dirty.loader_shifts.insert((c.loader.clone(), c.shift.clone()));
-        if !self.recent.contains_key(&c.loader) {
+        self.dirty.loader_shifts.insert((loader.to_owned(), c.shift.clone()));
+        if !self.recent.contains_key(loader) {
             self.dirty.index = true;
         }
-        let recent = self.recent.entry(c.loader.clone()).or_default();
+        let recent = self.recent.entry(loader.to_owned()).or_default();
         recent.push(
             RecentLoad {
                 t: c.full,
@@ -439,11 +452,9 @@ impl WeightLoading {
         if buckets.is_some() {
             recent.session = None;
         }
-        let advice = LoadAdvice::new(&c, &l, band, recent, buckets);
-        self.dirty.recent.insert(c.loader.clone());
-        let summary = CycleSummary::new(&c, &model, &l, valid);
-        self.emit(format!("svc/weight-loading/{}/cycle", c.truck), &summary);
-        self.emit(format!("svc/weight-loading/{}/advice", c.loader), &advice);
+        let advice = LoadAdvice::new(loader, c, l, band, recent, buckets);
+        self.dirty.recent.insert(loader.to_owned());
+        self.emit(format!("svc/weight-loading/{loader}/advice"), &advice);
     }
 
     fn accept_fuel(&mut self, f: Refuel) {
@@ -778,7 +789,11 @@ impl WeightLoading {
 
     /// End of a call: eviction, reports, KPIs, state, counters, publishes.
     fn finish(&mut self) -> Result<(), ServiceError> {
-        self.evict();
+        // The shift count only grows when a record is created (index dirty);
+        // all_kpis is set after init, when keep_shifts may have shrunk.
+        if self.dirty.index || self.dirty.all_kpis {
+            self.evict();
+        }
         self.reports();
         self.kpis();
         self.save();

@@ -56,11 +56,11 @@ impl DurationMeans {
 #[derive(Debug, Serialize)]
 pub struct CycleSummary<'a> {
     pub truck: &'a str,
-    pub loader: &'a str,
+    pub loader: Option<&'a str>,
     pub shift: &'a str,
     pub model: &'a str,
     pub full_time: String,
-    pub empty_time: String,
+    pub empty_time: Option<String>,
     pub payload_t: f64,
     pub dump_payload_t: Option<f64>,
     pub rated_t: f64,
@@ -91,11 +91,11 @@ impl<'a> CycleSummary<'a> {
         let dropped = names.into_iter().zip(raw).zip(durations).filter(|((_, r), v)| r.is_some() && v.is_none());
         CycleSummary {
             truck: &c.truck,
-            loader: &c.loader,
+            loader: c.loader.as_deref(),
             shift: &c.shift,
             model,
             full_time: time::format(c.full),
-            empty_time: time::format(c.empty),
+            empty_time: c.empty.map(time::format),
             payload_t: c.payload_t,
             dump_payload_t: c.dump_payload_t,
             rated_t: l.rated_t,
@@ -168,7 +168,14 @@ pub struct LoadAdvice<'a> {
 }
 
 impl<'a> LoadAdvice<'a> {
-    pub fn new(c: &'a Cycle, l: &Limits, band_pct: f64, recent: &LoaderRecent, buckets: Option<f64>) -> Self {
+    pub fn new(
+        loader: &'a str,
+        c: &'a Cycle,
+        l: &Limits,
+        band_pct: f64,
+        recent: &LoaderRecent,
+        buckets: Option<f64>,
+    ) -> Self {
         let r = Recent::of(recent);
         let dev = r.mean_deviation_t.unwrap_or(0.0);
         let dev_pct = r.mean_deviation_pct.unwrap_or(0.0);
@@ -183,7 +190,7 @@ impl<'a> LoadAdvice<'a> {
             ("on_target", format!("last {} loads average {dev:+.1} t ({dev_pct:+.1}%) from target", r.loads))
         };
         LoadAdvice {
-            loader: &c.loader,
+            loader,
             kind: "load",
             truck: &c.truck,
             full_time: time::format(c.full),

@@ -204,12 +204,13 @@ fn every_kind_of_bad_input_is_counted_with_its_reason() {
         d[field] = v;
         d
     };
-    let mut no_loader = cycle("CDH90", shift, "2022-11-07 11:00:00", 305.0);
-    no_loader.as_object_mut().expect("object").remove("loader");
+    let mut no_full_time = cycle("CDH90", shift, "2022-11-07 11:00:00", 305.0);
+    no_full_time.as_object_mut().expect("object").remove("full_time");
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         (topic, b"{\"truck\": \"CDH90\", \"payload_t\": 3".to_vec(), "malformed_json"),
         (topic, b"[1, 2]".to_vec(), "malformed_json"),
-        (topic, serde_json::to_vec(&no_loader).expect("json"), "missing_field"),
+        (topic, serde_json::to_vec(&no_full_time).expect("json"), "missing_field"),
+        (topic, serde_json::to_vec(&variant("payload_t", Value::Null)).expect("json"), "missing_field"),
         (topic, serde_json::to_vec(&variant("payload_t", json!("305"))).expect("json"), "wrong_type"),
         (topic, serde_json::to_vec(&variant("payload_t", json!("NaN"))).expect("json"), "wrong_type"),
         (topic, serde_json::to_vec(&variant("queue_s", json!("2 min"))).expect("json"), "wrong_type"),
@@ -407,4 +408,32 @@ fn old_shifts_leave_the_window_and_their_state() {
     h.restart(&config).expect("restart");
     send(&mut h, "site/north/CDH92/payload", &cycle("CDH92", "221107001", "2022-11-07 10:00:00", 300.0));
     assert_eq!(h.host().counters.get("rejected_expired_shift"), Some(&2), "the expired list survives restarts");
+}
+
+#[test]
+fn a_cycle_without_loader_or_empty_time_still_counts_for_the_truck() {
+    let mut h = harness(&manifest_config());
+    let mut no_loader = cycle("CDH90", "221107001", "2022-11-07 09:00:00", 300.0);
+    no_loader.as_object_mut().expect("object").remove("loader");
+    let mut no_empty = cycle("CDH90", "221107001", "2022-11-07 10:00:00", 280.0);
+    no_empty.as_object_mut().expect("object").remove("empty_time");
+    send(&mut h, "site/north/CDH90/payload", &no_loader);
+    send(&mut h, "site/north/CDH90/payload", &no_empty);
+    let out = h.take_published();
+    let summaries: Vec<Value> = out
+        .iter()
+        .filter(|(t, _)| t.ends_with("/cycle"))
+        .map(|(_, b)| serde_json::from_slice(b).expect("json"))
+        .collect();
+    assert_eq!(summaries.len(), 2);
+    assert_eq!(summaries[0]["loader"], Value::Null);
+    assert_eq!(summaries[1]["empty_time"], Value::Null);
+    assert_eq!(summaries[1]["durations"]["cycle_s"], Value::Null);
+    // Only the second cycle names a loader, so only it gets load advice.
+    assert_eq!(out.iter().filter(|(t, _)| t == "svc/weight-loading/PAB10/advice").count(), 1);
+    let c = h.host().counters;
+    assert_eq!(c.get("cycles_accepted"), Some(&2));
+    assert_eq!(c.get("cycles_without_loader"), Some(&1));
+    let r = h.service().truck_shift("CDH90", "221107001").expect("record");
+    assert_eq!((r.cycles, r.tonnes, r.dur[7].n), (2, 580.0, 1));
 }
