@@ -210,7 +210,7 @@ fn the_readme_example_calibration_is_valid() {
     let (lat, lon) = (-23.3620, 119.7320);
     let body = |id: &str, dlat: f64| {
         format!(
-            r#"{{"class":"TPV","mode":3,"time":"{}","lat":{},"lon":{lon},"speed":0,"track":0}}"#,
+            r#"{{"class":"TPV","device":"{id}","mode":3,"time":"{}","lat":{},"lon":{lon},"speed":0,"track":0}}"#,
             iso(T0),
             lat + dlat
         )
