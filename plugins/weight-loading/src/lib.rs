@@ -30,6 +30,7 @@
 //! - `sentinel_min_t` (65000, t): scale sentinels from here up;
 //! - `max_duration_s` (14400, s): longest valid queue/spot/loading/travel/dump time;
 //! - `max_cycle_s` (43200, s): longest valid cycle (assign to empty);
+//! - `min_span_s` (1800, s): shortest span that yields a tonnes-per-hour;
 //! - `max_refuel_l` (10000, l), `max_fuel_queue_min` (600, min);
 //! - `max_bucket_t` (150, t): heaviest plausible bucket;
 //! - `advice_window` (10 loads): loads in the loader's recent bias;
@@ -155,7 +156,9 @@ impl WeightLoading {
             truck.unwrap_or("?"),
             shift.unwrap_or("?")
         ));
+        // Trucks outside the fleet get no record of their own.
         let charged = match (kind, truck, shift) {
+            _ if reason == Reason::UnknownTruck => false,
             (Kind::Cycle | Kind::Fuel, Some(t), Some(s)) => {
                 self.truck_shift_mut(t, s).map(|r| r.reject(&name)).is_some()
             }

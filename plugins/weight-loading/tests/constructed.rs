@@ -309,7 +309,9 @@ fn bad_refuels_and_unknown_trucks() {
     }
     let r = h.service().truck_shift("CDH90", "221107001").expect("record").clone();
     assert_eq!((r.refuels, r.litres), (1, 3434.0));
-    assert!(h.service().truck_shift("CDH99", "221107001").is_some_and(|r| r.cycles == 0 && r.refuels == 0));
+    assert!(h.service().truck_shift("CDH99", "221107001").is_none(), "no record for a truck outside the fleet");
+    assert_eq!(h.service().unattributed().get("unknown_truck"), Some(&1));
+    assert_eq!(h.service().unattributed().get("fuel_unknown_truck"), Some(&1));
 
     // Accepting unknown trucks: processed, flagged and counted.
     let lenient = strict.replace("\"reject\"", "\"accept\"");
