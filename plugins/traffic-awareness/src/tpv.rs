@@ -194,8 +194,12 @@ pub fn parse_iso_ms(t: &str) -> Option<i64> {
     let frac_ms = if frac.is_empty() {
         0.0
     } else {
-        digits(&frac[..frac.len().min(9)])?;
-        format!("0.{frac}").parse::<f64>().ok()? * 1000.0
+        // Check every byte before slicing: a multi-byte character must not
+        // reach a byte-index slice.
+        if !frac.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        format!("0.{}", &frac[..frac.len().min(9)]).parse::<f64>().ok()? * 1000.0
     };
     Some((days_from_civil(y, mo, da) * 86_400 + h * 3600 + mi * 60 + s) * 1000 + frac_ms.round() as i64)
 }
@@ -220,8 +224,15 @@ mod tests {
         }
         assert_eq!(parse_iso_ms("1970-01-01T00:00:01Z"), Some(1000));
         assert_eq!(parse_iso_ms("1970-01-01T00:00:01.0005Z"), Some(1001));
-        for bad in ["2026-02-30T00:00:00Z", "2026-01-01 00:00:00Z", "2026-01-01T00:00:00", "2026-01-01T24:00:00Z", "x"]
-        {
+        for bad in [
+            "2026-02-30T00:00:00Z",
+            "2026-01-01 00:00:00Z",
+            "2026-01-01T00:00:00",
+            "2026-01-01T24:00:00Z",
+            "x",
+            "2026-01-01T00:00:00.12345678\u{e9}Z",
+            "2026-01-01T00:00:00.1a3Z",
+        ] {
             assert_eq!(parse_iso_ms(bad), None, "{bad}");
         }
     }
