@@ -9,7 +9,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabel {
@@ -21,6 +22,19 @@ struct NamedLabel {
     service: String,
     name: String,
 }
+
+/// A KPI is site-wide (empty subject) or about one subject: a truck, a
+/// loader, a zone. Services pass `name/subject` (see the SDK's `kpi_for`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KpiLabel {
+    service: String,
+    name: String,
+    subject: String,
+}
+
+/// Most distinct KPI and counter series one service may create: a guest
+/// that invents names without end must not grow the agent's memory.
+pub const MAX_SERIES_PER_SERVICE: usize = 4096;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DropLabel {
@@ -49,7 +63,7 @@ pub struct Metrics {
     dropped: Family<DropLabel, Counter>,
     dead_letters: Family<ServiceLabel, Counter>,
     service_errors: Family<ServiceLabel, Counter>,
-    kpi: Family<NamedLabel, Gauge<f64, AtomicU64>>,
+    kpi: Family<KpiLabel, Gauge<f64, AtomicU64>>,
     counters: Family<NamedLabel, Counter>,
     /// 1 while the agent's MQTT connection is up.
     pub mqtt_connected: Gauge,
@@ -86,7 +100,7 @@ impl Metrics {
         r.register("outpost_queue_depth", "Messages waiting for a service", m.queue_depth.clone());
         r.register("outpost_instances", "Running instances of a service", m.instances.clone());
         r.register("outpost_acl_denied", "Publishes refused by the manifest ACL", m.acl_denied.clone());
-        r.register("outpost_dropped", "Messages not delivered, by reason", m.dropped.clone());
+        r.register("outpost_dropped", "Messages (or metric updates) not delivered, by reason", m.dropped.clone());
         r.register("outpost_dead_letters", "Messages that faulted an instance on their own", m.dead_letters.clone());
         r.register("outpost_service_errors", "Calls that returned a service error", m.service_errors.clone());
         r.register("outpost_service_kpi", "Service KPIs, as last reported", m.kpi.clone());
@@ -111,6 +125,7 @@ impl Metrics {
             acl_denied: self.acl_denied.get_or_create(&l).clone(),
             dead_letters: self.dead_letters.get_or_create(&l).clone(),
             service_errors: self.service_errors.get_or_create(&l).clone(),
+            series: Arc::default(),
             all: self.clone(),
         }
     }
@@ -168,6 +183,8 @@ pub struct ServiceMetrics {
     pub acl_denied: Counter,
     pub dead_letters: Counter,
     pub service_errors: Counter,
+    /// KPI and counter series this service has created (bounded).
+    series: Arc<Mutex<HashSet<String>>>,
     all: Arc<Metrics>,
 }
 
@@ -176,15 +193,46 @@ impl ServiceMetrics {
         self.all.dropped.get_or_create(&DropLabel { service: self.name.to_string(), reason: reason.into() }).inc();
     }
 
+    /// Sets a KPI; `name` may carry a subject as `name/subject`.
     pub fn set_kpi(&self, name: &str, value: f64) {
-        self.all.kpi.get_or_create(&NamedLabel { service: self.name.to_string(), name: name.into() }).set(value);
+        if !self.admit_series("kpi", name) {
+            return;
+        }
+        let (name, subject) = name.split_once('/').unwrap_or((name, ""));
+        let label = KpiLabel { service: self.name.to_string(), name: name.into(), subject: subject.into() };
+        self.all.kpi.get_or_create(&label).set(value);
     }
 
     pub fn add_counter(&self, name: &str, delta: u64) {
+        if !self.admit_series("counter", name) {
+            return;
+        }
         self.all
             .counters
             .get_or_create(&NamedLabel { service: self.name.to_string(), name: name.into() })
             .inc_by(delta);
+    }
+}
+
+impl ServiceMetrics {
+    /// True if the series exists or there is room for it; otherwise the
+    /// update is dropped and counted.
+    fn admit_series(&self, kind: &str, name: &str) -> bool {
+        let key = format!("{kind}:{name}");
+        let mut seen = match self.series.lock() {
+            Ok(seen) => seen,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if seen.contains(&key) {
+            return true;
+        }
+        if seen.len() >= MAX_SERIES_PER_SERVICE {
+            drop(seen);
+            self.dropped("series_limit");
+            return false;
+        }
+        seen.insert(key);
+        true
     }
 }
 
@@ -201,4 +249,39 @@ pub fn init_tracing_with(default_filter: &str) {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let json = std::env::var("OUTPOST_LOG_FORMAT").is_ok_and(|v| v == "json");
     let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kpis_carry_their_subject_as_a_label() {
+        let metrics = Metrics::new();
+        let svc = metrics.service("weight-loading");
+        svc.set_kpi("tonnes_per_hour", 1200.5);
+        svc.set_kpi("tonnes_per_hour/CDH90", 310.25);
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"outpost_service_kpi{service="weight-loading",name="tonnes_per_hour",subject=""} 1200.5"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"outpost_service_kpi{service="weight-loading",name="tonnes_per_hour",subject="CDH90"} 310.25"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_service_cannot_create_series_without_end() {
+        let metrics = Metrics::new();
+        let svc = metrics.service("noisy");
+        for i in 0..MAX_SERIES_PER_SERVICE + 10 {
+            svc.set_kpi(&format!("k/{i}"), 1.0);
+        }
+        let text = metrics.encode();
+        let series = text.lines().filter(|l| l.starts_with("outpost_service_kpi{")).count();
+        assert_eq!(series, MAX_SERIES_PER_SERVICE);
+        assert!(text.contains(r#"reason="series_limit"} 10"#), "drops are counted");
+    }
 }

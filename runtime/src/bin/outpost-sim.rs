@@ -1,9 +1,11 @@
-//! `outpost-sim`: replays real captures onto the site bus, one asset each.
+//! `outpost-sim`: replays recorded field data (GNSS captures, haul cycles,
+//! refuelling, scene tracks) onto the site bus.
 
 use anyhow::{bail, Context};
 use clap::Parser;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use outpost::config::parse_mqtt_url;
+use outpost::sim::scene::{SceneOptions, SceneOutput};
 use outpost::sim::{self, Kind, Pace, Track};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +27,33 @@ struct Args {
     /// u-blox UBX binary capture for an asset: ASSET=FILE (repeatable).
     #[arg(long, value_name = "ASSET=FILE")]
     ubx: Vec<String>,
+    /// Haul-cycle export (one row per cycle, dispatch-system columns):
+    /// each row goes to site/{site}/{truck}/payload when the cycle ends.
+    #[arg(long, value_name = "CSV")]
+    haul: Vec<std::path::PathBuf>,
+    /// Refuelling export: each event goes to site/{site}/{truck}/fuel.
+    #[arg(long, value_name = "CSV")]
+    fuel: Vec<std::path::PathBuf>,
+    /// Track file of a scene in local metres (track_id, timestep|time_s,
+    /// position_x/y, velocity_x/y): every asset's receiver output.
+    #[arg(long, value_name = "CSV")]
+    tracks: Vec<std::path::PathBuf>,
+    /// Latitude,longitude of the track file's local origin.
+    #[arg(long, value_name = "LAT,LON", default_value = "-23.4400,-70.2500")]
+    origin: String,
+    /// Local x,y (m) that sits at --origin.
+    #[arg(long, value_name = "X,Y", default_value = "0,0")]
+    origin_xy: String,
+    /// Seconds per `timestep` in a track file.
+    #[arg(long, default_value_t = 0.1)]
+    period: f64,
+    /// Track files as NMEA through positioning (`nmea`) or as ready fixes
+    /// on svc/positioning/{asset}/fix (`fix`).
+    #[arg(long, value_name = "nmea|fix", default_value = "nmea")]
+    tracks_as: String,
+    /// object_type values in a track file that carry no receiver.
+    #[arg(long, value_delimiter = ',', default_value = "static,background")]
+    skip_types: Vec<String>,
     /// Replay speed factor (1 = original timing).
     #[arg(long, default_value_t = 1.0, conflicts_with = "fast")]
     speed: f64,
@@ -54,15 +83,41 @@ async fn main() -> anyhow::Result<()> {
         1 => QoS::AtLeastOnce,
         q => bail!("--qos {q}: use 0 or 1"),
     };
+    if !sim::valid_level(&args.site) {
+        bail!("--site '{}' must be one topic level (no '/', '+' or '#')", args.site);
+    }
     let mut tracks: Vec<Track> = Vec::new();
     for (specs, kind) in [(&args.nmea, Kind::Nmea), (&args.ubx, Kind::Ubx)] {
         for spec in specs {
             let (asset, path) = sim::parse_spec(spec)?;
-            tracks.push(sim::load(&asset, kind, &path, args.chunk, args.bytes_per_sec)?);
+            tracks.push(sim::load(&args.site, &asset, kind, &path, args.chunk, args.bytes_per_sec)?);
+        }
+    }
+    for path in &args.haul {
+        tracks.push(sim::haul::load_cycles(&args.site, path)?);
+    }
+    for path in &args.fuel {
+        tracks.push(sim::haul::load_fuel(&args.site, path)?);
+    }
+    if !args.tracks.is_empty() {
+        let opts = scene_options(&args)?;
+        for path in &args.tracks {
+            tracks.push(sim::scene::load(&args.site, path, &opts)?);
         }
     }
     if tracks.is_empty() {
-        bail!("nothing to replay: give at least one --nmea ASSET=FILE or --ubx ASSET=FILE");
+        bail!("nothing to replay: give --nmea ASSET=FILE, --ubx ASSET=FILE, --haul CSV, --fuel CSV or --tracks CSV");
+    }
+    sim::align(&mut tracks);
+    for t in &tracks {
+        if t.skipped_count > 0 {
+            eprintln!(
+                "outpost-sim: {}: {} rows skipped, e.g. {}",
+                t.path.display(),
+                t.skipped_count,
+                t.skipped.join("; ")
+            );
+        }
     }
     let pace = if args.fast { Pace::AsFastAsPossible } else { Pace::Speed(args.speed) };
     let (host, port) = parse_mqtt_url(&args.broker).map_err(anyhow::Error::msg)?;
@@ -109,26 +164,30 @@ async fn main() -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     let mut sent_total = 0u64;
     for track in tracks {
-        let topic = format!("site/{}/{}/{}", args.site, track.asset, track.kind.signal());
         let bar = bars.add(ProgressBar::new(track.messages.len() as u64));
         bar.set_style(style.clone());
-        bar.set_prefix(track.asset.clone());
+        bar.set_prefix(track.name.clone());
         sent_total += track.messages.len() as u64;
         let client = client.clone();
+        let t0 = tokio::time::Instant::now();
         tasks.push(tokio::spawn(async move {
-            let t0 = tokio::time::Instant::now();
+            let topics = track.messages.iter().map(|m| m.topic.as_str()).collect::<std::collections::BTreeSet<_>>();
+            let topic = match topics.len() {
+                1 => topics.first().map(|t| t.to_string()).unwrap_or_default(),
+                n => format!("{n} topics"),
+            };
             for m in &track.messages {
                 if let Some(d) = pace.delay(m.at) {
                     tokio::time::sleep_until(t0 + d).await;
                 }
-                if let Err(e) = client.publish(&topic, qos, false, m.payload.clone()).await {
+                if let Err(e) = client.publish(&m.topic, qos, false, m.payload.clone()).await {
                     bar.abandon_with_message(format!("publish failed: {e}"));
-                    return (track.asset, topic, 0usize);
+                    return (track.name, topic, 0usize);
                 }
                 bar.inc(1);
             }
             bar.finish();
-            (track.asset, topic, track.messages.len())
+            (track.name, topic, track.messages.len())
         }));
     }
     let mut summary = Vec::new();
@@ -157,4 +216,35 @@ async fn main() -> anyhow::Result<()> {
         }
     );
     Ok(())
+}
+
+fn scene_options(args: &Args) -> anyhow::Result<SceneOptions> {
+    let pair = |text: &str, what: &str| -> anyhow::Result<(f64, f64)> {
+        let parsed = text.split_once(',').and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)));
+        match parsed {
+            Some((a, b)) if f64::is_finite(a) && f64::is_finite(b) => Ok((a, b)),
+            _ => bail!("{what} '{text}': expected two numbers separated by a comma"),
+        }
+    };
+    let origin = pair(&args.origin, "--origin")?;
+    if origin.0.abs() > 89.0 || origin.1.abs() > 180.0 {
+        bail!("--origin {},{}: latitude must be within ±89°, longitude within ±180°", origin.0, origin.1);
+    }
+    if !(args.period > 0.0 && args.period.is_finite()) {
+        bail!("--period must be a positive number of seconds");
+    }
+    let output = match args.tracks_as.as_str() {
+        "nmea" => SceneOutput::Nmea,
+        "fix" => SceneOutput::Fix,
+        other => bail!("--tracks-as {other}: use nmea or fix"),
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    Ok(SceneOptions {
+        origin,
+        origin_xy: pair(&args.origin_xy, "--origin-xy")?,
+        period_s: args.period,
+        start_utc: now as f64,
+        skip_types: args.skip_types.clone(),
+        output,
+    })
 }

@@ -64,9 +64,10 @@ enum Command {
         /// Exit after this many seconds.
         #[arg(long)]
         timeout: Option<f64>,
-        /// One readable line per GNSS fix instead of JSON.
-        #[arg(long)]
-        fixes: bool,
+        /// One readable line per known output (GNSS fixes, traffic warnings
+        /// and zone violations, haul-cycle summaries, loader advice) instead of JSON.
+        #[arg(long, visible_alias = "fixes")]
+        pretty: bool,
     },
 }
 
@@ -77,9 +78,9 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(status(agent, json))
         }
-        Command::Watch { topics, broker, count, timeout, fixes } => {
+        Command::Watch { topics, broker, count, timeout, pretty } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(watch(topics, broker, count, timeout, fixes))
+            rt.block_on(watch(topics, broker, count, timeout, pretty))
         }
         Command::Run { package, replay, topic, chunk, config, state, batch } => {
             let config = match config {
@@ -157,7 +158,7 @@ async fn watch(
     broker: String,
     count: Option<u64>,
     timeout: Option<f64>,
-    fixes: bool,
+    pretty: bool,
 ) -> anyhow::Result<()> {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
     use std::io::Write;
@@ -186,8 +187,8 @@ async fn watch(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                let line = if fixes {
-                    fix_line(&p.topic, &p.payload)
+                let line = if pretty {
+                    pretty_line(&p.topic, &p.payload)
                 } else {
                     outpost::replay::render_line(&p.topic, &p.payload)
                 };
@@ -207,14 +208,53 @@ async fn watch(
     Ok(())
 }
 
-/// `asset  time  lat lon  alt  speed track  mode` for a gpsd-style TPV.
-fn fix_line(topic: &str, payload: &[u8]) -> String {
-    let asset = outpost::topic::segment(topic, 2).unwrap_or("?");
+/// One line for the outputs of the shipped services, by topic; anything
+/// else as `topic payload`.
+fn pretty_line(topic: &str, payload: &[u8]) -> String {
+    let subject = outpost::topic::segment(topic, 2).unwrap_or("?");
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else {
-        return format!("{asset:>10}  (not JSON: {} bytes)", payload.len());
+        return format!("{subject:>10}  (not JSON: {} bytes)", payload.len());
     };
     let num =
         |k: &str, prec: usize| v.get(k).and_then(|x| x.as_f64()).map_or("-".to_string(), |x| format!("{x:.prec$}"));
+    let text = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("-").to_owned();
+    match topic.rsplit('/').next() {
+        Some("fix") => fix_line(subject, &v, &num),
+        Some("warning") => format!(
+            "{subject:>10}  {:<8} {:<8} {:<9} with {:<10} distance {:>7} m  closing {:>6} m/s  TTC {:>6} s  ({})",
+            text("state"),
+            text("severity"),
+            text("kind"),
+            text("other"),
+            num("distance_m", 1),
+            num("closing_speed_mps", 1),
+            num("ttc_s", 1),
+            text("time"),
+        ),
+        Some("zone") => format!(
+            "{subject:>10}  {:<8} zone {} ({})  speed {} m/s  ({})",
+            text("state"),
+            text("zone"),
+            text("zone_kind"),
+            num("speed_mps", 1),
+            text("time")
+        ),
+        Some("cycle") => format!(
+            "{subject:>10}  cycle {}  loader {:<6} payload {:>6} t  target {:>6} t  {:<8} queue {:>5} s",
+            text("full_time"),
+            text("loader"),
+            num("payload_t", 1),
+            num("target_t", 1),
+            text("class"),
+            v.pointer("/durations/queue_s").and_then(|x| x.as_f64()).map_or("-".into(), |x| format!("{x:.0}")),
+        ),
+        Some("advice") => format!("{subject:>10}  advice: {}", text("message")),
+        _ => outpost::replay::render_line(topic, payload),
+    }
+}
+
+/// `asset  time  lat lon  alt  speed track  mode` for a gpsd-style TPV.
+fn fix_line(asset: &str, v: &serde_json::Value, num: &dyn Fn(&str, usize) -> String) -> String {
     format!(
         "{asset:>10}  {:<24}  mode {}  lat {:>13} lon {:>14}  alt {:>8} m  speed {:>6} m/s  track {:>6}",
         v.get("time").and_then(|t| t.as_str()).unwrap_or("(no time)"),

@@ -1,5 +1,12 @@
 //! `outpost-sim`: replays recorded field data onto the bus, per asset, with
 //! the recording's own timing, accelerated, or as fast as possible.
+//!
+//! Sources: GNSS captures (NMEA, UBX) of one asset each ([`load`]), haul
+//! cycle and refuelling exports of a whole fleet ([`haul`]), and track files
+//! of a whole scene in local metres ([`scene`]).
+
+pub mod haul;
+pub mod scene;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,19 +29,66 @@ impl Kind {
     }
 }
 
-/// One message to publish, `at` seconds after the start of the recording.
+/// One message to publish, `at` seconds after the start of its track.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scheduled {
     pub at: f64,
+    pub topic: String,
     pub payload: Vec<u8>,
 }
 
+/// Where a track's times come from, which decides how tracks line up.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Clock {
+    /// The recording's own clock: every such track starts at once.
+    Recording,
+    /// The site's wall clock; `at = 0` is this many seconds since the epoch
+    /// (site-local). Tracks on the site clock keep their offsets to each other.
+    Site(f64),
+}
+
+/// Everything one input file turns into, in publishing order.
 #[derive(Debug, Clone)]
 pub struct Track {
-    pub asset: String,
-    pub kind: Kind,
+    /// Shown on the progress bar: the asset, or what the file holds.
+    pub name: String,
     pub path: PathBuf,
+    pub clock: Clock,
     pub messages: Vec<Scheduled>,
+    /// Rows of the file that could not be used, with the reason (first few).
+    pub skipped: Vec<String>,
+    pub skipped_count: usize,
+}
+
+impl Track {
+    pub(crate) fn skip(&mut self, reason: String) {
+        self.skipped_count += 1;
+        if self.skipped.len() < 5 {
+            self.skipped.push(reason);
+        }
+    }
+}
+
+/// Shifts site-clock tracks so the earliest of them starts at 0 and the
+/// others keep their real offsets (a refuel an hour after a haul cycle is
+/// replayed an hour, divided by the speed, after it).
+pub fn align(tracks: &mut [Track]) {
+    let origin = tracks
+        .iter()
+        .filter_map(|t| match t.clock {
+            Clock::Site(o) => Some(o),
+            Clock::Recording => None,
+        })
+        .fold(f64::INFINITY, f64::min);
+    for t in tracks.iter_mut() {
+        if let Clock::Site(o) = t.clock {
+            let shift = o - origin;
+            for m in &mut t.messages {
+                m.at += shift;
+            }
+            t.clock = Clock::Site(origin);
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,30 +99,60 @@ pub enum SimError {
     Spec(String),
     #[error("asset name '{0}' must be non-empty without '/', '+' or '#'")]
     Asset(String),
+    #[error("{path}: {message}")]
+    Csv { path: PathBuf, message: String },
+    #[error("{0}")]
+    Option(String),
+}
+
+/// True for a name usable as one MQTT topic level.
+pub fn valid_level(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['/', '+', '#']) && !name.chars().any(char::is_control)
 }
 
 /// Parses `ASSET=FILE`.
 pub fn parse_spec(spec: &str) -> Result<(String, PathBuf), SimError> {
     let (asset, file) = spec.split_once('=').ok_or_else(|| SimError::Spec(spec.into()))?;
-    if asset.is_empty() || asset.contains(['/', '+', '#']) {
+    if !valid_level(asset) {
         return Err(SimError::Asset(asset.into()));
     }
     Ok((asset.to_owned(), PathBuf::from(file)))
 }
 
-pub fn load(asset: &str, kind: Kind, path: &Path, chunk: usize, bytes_per_sec: f64) -> Result<Track, SimError> {
-    let data = std::fs::read(path).map_err(|source| SimError::Read { path: path.to_owned(), source })?;
-    let messages = match kind {
+/// A GNSS capture of one asset, published on `site/{site}/{asset}/gnss/...`.
+pub fn load(
+    site: &str,
+    asset: &str,
+    kind: Kind,
+    path: &Path,
+    chunk: usize,
+    bytes_per_sec: f64,
+) -> Result<Track, SimError> {
+    let data = read(path)?;
+    let topic = format!("site/{site}/{asset}/{}", kind.signal());
+    let timed = match kind {
         Kind::Nmea => schedule_nmea(&data),
         Kind::Ubx => schedule_binary(&data, chunk.max(1), bytes_per_sec),
     };
-    Ok(Track { asset: asset.to_owned(), kind, path: path.to_owned(), messages })
+    let messages = timed.into_iter().map(|(at, payload)| Scheduled { at, topic: topic.clone(), payload }).collect();
+    Ok(Track {
+        name: asset.to_owned(),
+        path: path.to_owned(),
+        clock: Clock::Recording,
+        messages,
+        skipped: Vec::new(),
+        skipped_count: 0,
+    })
+}
+
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, SimError> {
+    std::fs::read(path).map_err(|source| SimError::Read { path: path.to_owned(), source })
 }
 
 /// Lines keep the time of the last sentence that carried a UTC time of
 /// day, so a reporting cycle goes out together, one cycle per recorded
 /// second. gpsd-style `#` comment lines are file annotations and skipped.
-pub fn schedule_nmea(data: &[u8]) -> Vec<Scheduled> {
+pub fn schedule_nmea(data: &[u8]) -> Vec<(f64, Vec<u8>)> {
     let mut out = Vec::new();
     let mut first: Option<f64> = None;
     let mut last = 0.0f64;
@@ -92,7 +176,7 @@ pub fn schedule_nmea(data: &[u8]) -> Vec<Scheduled> {
             }
         }
         let at = first.map_or(0.0, |f| last - f);
-        out.push(Scheduled { at, payload: line.to_vec() });
+        out.push((at, line.to_vec()));
     }
     out
 }
@@ -120,11 +204,8 @@ fn time_of_day(line: &str) -> Option<f64> {
 }
 
 /// Binary streams have no timing of their own: pace them like a serial link.
-pub fn schedule_binary(data: &[u8], chunk: usize, bytes_per_sec: f64) -> Vec<Scheduled> {
-    data.chunks(chunk)
-        .enumerate()
-        .map(|(i, c)| Scheduled { at: (i * chunk) as f64 / bytes_per_sec.max(1.0), payload: c.to_vec() })
-        .collect()
+pub fn schedule_binary(data: &[u8], chunk: usize, bytes_per_sec: f64) -> Vec<(f64, Vec<u8>)> {
+    data.chunks(chunk).enumerate().map(|(i, c)| ((i * chunk) as f64 / bytes_per_sec.max(1.0), c.to_vec())).collect()
 }
 
 /// How to pace a replay.
@@ -154,17 +235,17 @@ mod tests {
         let text = b"# header\n$GPGGA,235959.00,1,N,2,E,1,5,1,1,M,1,M,,*00\r\n$GPGSA,A,3*00\n$GPRMC,000001.00,A*00\n";
         let s = schedule_nmea(text);
         assert_eq!(s.len(), 3);
-        assert_eq!(s[0].at, 0.0);
-        assert_eq!(s[1].at, 0.0);
-        assert!((s[2].at - 2.0).abs() < 1e-9, "{:?}", s[2]);
-        assert!(!s[0].payload.ends_with(b"\r"));
+        assert_eq!(s[0].0, 0.0);
+        assert_eq!(s[1].0, 0.0);
+        assert!((s[2].0 - 2.0).abs() < 1e-9, "{:?}", s[2]);
+        assert!(!s[0].1.ends_with(b"\r"));
     }
 
     #[test]
     fn binary_is_paced_by_bytes() {
         let s = schedule_binary(&[0u8; 2500], 1000, 1000.0);
-        assert_eq!(s.iter().map(|m| m.payload.len()).collect::<Vec<_>>(), vec![1000, 1000, 500]);
-        assert_eq!(s[2].at, 2.0);
+        assert_eq!(s.iter().map(|m| m.1.len()).collect::<Vec<_>>(), vec![1000, 1000, 500]);
+        assert_eq!(s[2].0, 2.0);
     }
 
     #[test]
