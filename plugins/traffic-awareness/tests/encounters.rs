@@ -340,3 +340,16 @@ fn a_restart_keeps_open_encounters_without_a_second_start() {
     assert_eq!(states(&w), ["clear"]);
     assert_eq!(w[0]["reason"], "stale");
 }
+
+#[test]
+fn bearings_point_from_asset_to_other_whichever_reported_first() {
+    // "zz" reports first, so the lesser id is the later-seen asset.
+    let mut h = harness(json!({}));
+    let out = step(&mut h, 0, &[("zz-1", 0.0, 10.0, 0.0, 0.0), ("aa-1", 0.0, 0.0, 0.0, 0.0)]);
+    let (a, z) = (warnings(&out, "aa-1"), warnings(&out, "zz-1"));
+    close("aa -> zz (north)", f(a[0], "bearing_deg"), 0.0, 1e-3);
+    close("zz -> aa (south)", f(z[0], "bearing_deg"), 180.0, 1e-3);
+    assert_eq!(a[0]["encounter"], format!("aa-1|zz-1|{T0}"));
+    close("aa's own position", f(a[0], "lat"), to_lat_lon(0.0, 0.0).0, 1e-8);
+    close("other's position", f(a[0], "other_lat"), to_lat_lon(0.0, 10.0).0, 1e-8);
+}
