@@ -87,50 +87,163 @@ fn nmea_workload() -> Vec<Vec<u8>> {
     lines
 }
 
+/// One service's per-message cost, WASM in the real host vs the same code
+/// native through the SDK's harness, on the same messages in the same
+/// batches. Each round starts from a fresh instance (services that
+/// recognise redeliveries would otherwise take a cheaper path).
+struct Workload<'a> {
+    service: &'a str,
+    what: String,
+    messages: Vec<(String, Vec<u8>)>,
+    batch: usize,
+    rounds: usize,
+    target: &'a str,
+}
+
+fn wasm_vs_native<S: outpost_sdk::Service>(rows: &mut Vec<Row>, host: &HostEngine, w: Workload) -> (f64, f64) {
+    let (manifest, loaded) = load(host, &env_dir("OUTPOST_PACKAGES", "target/outpost/packages").join(w.service));
+    let config = outpost::package::effective_config(&manifest.config, None);
+    let metrics = Metrics::new();
+    let wit_batches: Vec<Vec<outpost::host::WitMessage>> = w
+        .messages
+        .chunks(w.batch)
+        .map(|c| {
+            c.iter().map(|(t, p)| outpost::host::WitMessage { topic: t, payload: p, received_ms: 0 }).collect()
+        })
+        .collect();
+    let native_batches: Vec<Vec<Message>> =
+        w.messages.chunks(w.batch).map(|c| c.iter().map(|(t, p)| Message::new(t.clone(), p.clone())).collect()).collect();
+    let (mut wasm, mut native) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..w.rounds {
+        let mut instance = host
+            .instantiate(&loaded, &manifest, context(w.service, &manifest, &metrics), &config)
+            .expect("instantiate");
+        let t = Instant::now();
+        for b in &wit_batches {
+            instance.handle(b).expect("wasm handle");
+        }
+        wasm += t.elapsed();
+        let mut h = Harness::<S>::new(&config).expect("native init");
+        let t = Instant::now();
+        for b in &native_batches {
+            let _ = h.send_batch(b.clone());
+            h.take_published();
+        }
+        native += t.elapsed();
+    }
+    let n = (w.rounds * w.messages.len()) as f64;
+    let (wasm_ns, native_ns) = (wasm.as_nanos() as f64 / n, native.as_nanos() as f64 / n);
+    row(
+        rows,
+        &w.what,
+        format!("{wasm_ns:.0} ns (WASM)"),
+        format!("{native_ns:.0} ns (native)"),
+        format!("{:.2}x native", wasm_ns / native_ns),
+        w.target,
+    );
+    (wasm_ns, native_ns)
+}
+
 /// (a) positioning per message, WASM in the real host vs the same code native.
 fn bench_handler(rows: &mut Vec<Row>) {
     println!("\n(a) positioning handler, per message: WASM (real host) vs native");
     let lines = nmea_workload();
-    let topic = "site/bench/truck-1/gnss/nmea";
     let host = HostEngine::new(&EngineOptions::default()).expect("engine");
-    let (manifest, loaded) = load(&host, &env_dir("OUTPOST_PACKAGES", "target/outpost/packages").join("positioning"));
-    let metrics = Metrics::new();
+    let messages: Vec<(String, Vec<u8>)> =
+        lines.iter().map(|l| ("site/bench/truck-1/gnss/nmea".to_owned(), l.clone())).collect();
     for batch in [1usize, 16, 256] {
-        let rounds = (200_000 / lines.len()).max(2);
-        // WASM
-        let mut instance = host
-            .instantiate(&loaded, &manifest, context("positioning", &manifest, &metrics), "{}")
-            .expect("instantiate");
-        let wit_batches: Vec<Vec<outpost::host::WitMessage>> = lines
-            .chunks(batch)
-            .map(|c| c.iter().map(|l| outpost::host::WitMessage { topic, payload: l, received_ms: 0 }).collect())
-            .collect();
-        let t = Instant::now();
-        for _ in 0..rounds {
-            for b in &wit_batches {
-                instance.handle(b).expect("wasm handle");
-            }
-        }
-        let wasm_ns = t.elapsed().as_nanos() as f64 / (rounds * lines.len()) as f64;
-        // Native, same service code through the SDK's harness.
-        let mut h = Harness::<Positioning>::new("{}").expect("native init");
-        let native_batches: Vec<Vec<Message>> =
-            lines.chunks(batch).map(|c| c.iter().map(|l| Message::new(topic, l.clone())).collect()).collect();
-        let t = Instant::now();
-        for _ in 0..rounds {
-            for b in &native_batches {
-                h.send_batch(b.clone()).expect("native handle");
-                h.take_published();
-            }
-        }
-        let native_ns = t.elapsed().as_nanos() as f64 / (rounds * lines.len()) as f64;
-        row(
+        wasm_vs_native::<Positioning>(
             rows,
-            &format!("positioning per message, batch {batch}"),
-            format!("{wasm_ns:.0} ns (WASM)"),
-            format!("{native_ns:.0} ns (native)"),
-            format!("{:.2}x native", wasm_ns / native_ns),
-            if batch == 256 { "<= 1.5x at batch 256" } else { "-" },
+            &host,
+            Workload {
+                service: "positioning",
+                what: format!("positioning per message, batch {batch}"),
+                rounds: (200_000 / messages.len()).max(2),
+                messages: messages.clone(),
+                batch,
+                target: if batch == 256 { "<= 1.5x at batch 256" } else { "-" },
+            },
+        );
+    }
+}
+
+/// Weight loading per haul-cycle record: the mine's real week of cycles.
+fn bench_weight_loading(rows: &mut Vec<Row>) {
+    println!("\n(a) weight-loading, per haul-cycle record: WASM (real host) vs native");
+    let csv = workspace().join("tests/data/mine-haul-dispatch/StdShiftLoadsDumpsFuel.train.csv");
+    let track = outpost::sim::haul::load_cycles("bench", &csv).expect("haul cycles");
+    let messages: Vec<(String, Vec<u8>)> = track.messages.into_iter().map(|m| (m.topic, m.payload)).collect();
+    let host = HostEngine::new(&EngineOptions::default()).expect("engine");
+    for batch in [1usize, 64] {
+        wasm_vs_native::<weight_loading::WeightLoading>(
+            rows,
+            &host,
+            Workload {
+                service: "weight-loading",
+                what: format!("weight-loading per record, batch {batch} ({} records)", messages.len()),
+                messages: messages.clone(),
+                batch,
+                rounds: 3,
+                target: "-",
+            },
+        );
+    }
+}
+
+/// `n` assets moving at 2-15 m/s over a 2 km square, one fix each per
+/// second for `seconds` (TPV as positioning publishes it). Deterministic.
+fn traffic_workload(n: usize, seconds: usize) -> Vec<(String, Vec<u8>)> {
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let assets: Vec<(f64, f64, f64, f64)> =
+        (0..n).map(|_| (rnd() * 2000.0 - 1000.0, rnd() * 2000.0 - 1000.0, 2.0 + rnd() * 13.0, rnd() * 360.0)).collect();
+    let (lat0, lon0) = (-23.44f64, -70.25f64);
+    let mut out = Vec::with_capacity(n * seconds);
+    for s in 0..seconds {
+        for (i, &(x0, y0, speed, track)) in assets.iter().enumerate() {
+            let (vx, vy) = (speed * track.to_radians().sin(), speed * track.to_radians().cos());
+            let (x, y) = (x0 + vx * s as f64, y0 + vy * s as f64);
+            let lat = lat0 + y / 110_757.0;
+            let lon = lon0 + x / (111_320.0 * lat0.to_radians().cos());
+            let payload = format!(
+                r#"{{"class":"TPV","device":"a{i}","mode":3,"time":"2026-11-23T08:{:02}:{:02}.000Z","lat":{lat:.8},"lon":{lon:.8},"alt":2400.0,"speed":{speed:.3},"track":{track:.2}}}"#,
+                s / 60,
+                s % 60
+            );
+            out.push((format!("svc/positioning/a{i}/fix"), payload.into_bytes()));
+        }
+    }
+    out
+}
+
+/// Traffic awareness per fix at 10, 100 and 500 assets, one batch per
+/// second of site time (every asset's fix), the way the agent delivers a
+/// busy site.
+fn bench_traffic(rows: &mut Vec<Row>) {
+    println!("\n(a) traffic-awareness, per fix by site size: WASM (real host) vs native");
+    let host = HostEngine::new(&EngineOptions::default()).expect("engine");
+    for assets in [10usize, 100, 500] {
+        let messages = traffic_workload(assets, 60);
+        let (wasm_ns, _) = wasm_vs_native::<traffic_awareness::TrafficAwareness>(
+            rows,
+            &host,
+            Workload {
+                service: "traffic-awareness",
+                what: format!("traffic-awareness per fix, {assets} assets"),
+                messages,
+                batch: assets,
+                rounds: (3000 / assets).max(2),
+                target: "-",
+            },
+        );
+        println!(
+            "    one second of the site ({assets} fixes in one call): {:.2} ms in WASM (call deadline 250 ms)",
+            wasm_ns * assets as f64 / 1e6
         );
     }
 }
@@ -601,6 +714,12 @@ fn main() {
     );
     if on("handler") {
         bench_handler(&mut rows);
+    }
+    if on("weight-loading") {
+        bench_weight_loading(&mut rows);
+    }
+    if on("traffic") {
+        bench_traffic(&mut rows);
     }
     if on("in-agent") {
         bench_in_agent(&mut rows, mosquitto_port, &rt);

@@ -1,5 +1,7 @@
-//! `cargo xtask demo`: the agent with its embedded broker, the positioning
-//! service deployed, and real GNSS captures replayed through it.
+//! `cargo xtask demo`: the agent with its embedded broker and every shipped
+//! service deployed; real GNSS captures, the mine's real haul cycles and
+//! refuels, and a scene of vehicles and a person around a pit replayed
+//! through it, with traffic warnings printed live and KPIs at the end.
 
 use crate::{build_packages, cargo, done, packages_dir, run as run_cmd, step, toolchain};
 use anyhow::{bail, Context, Result};
@@ -9,7 +11,66 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Services deployed by the demo (built from plugins/).
+const SERVICES: [&str; 3] = ["positioning", "weight-loading", "traffic-awareness"];
+
+/// The demo site's calibration: asset classes and zones around the pit
+/// (origin -23.44, -70.25; the scene below is in metres from it).
+const SITE_CONFIG: &str = r#"
+[services.traffic-awareness.config]
+site = "demo"
+origin = { lat = -23.44, lon = -70.25 }
+classes = [
+  { name = "haul truck", prefix = "haul-", radius_m = 6.0 },
+  { name = "light vehicle", prefix = "lv-", radius_m = 2.5 },
+  { name = "person", prefix = "p-", radius_m = 0.5 },
+]
+zones = [
+  { name = "crusher-road", kind = "speed_limit", max_speed_mps = 8.3, polygon = [[-23.44027, -70.25147], [-23.44027, -70.24853], [-23.43973, -70.24853], [-23.43973, -70.25147]] },
+  { name = "blast-area", kind = "no_go", polygon = [[-23.44117, -70.25020], [-23.44117, -70.24980], [-23.44081, -70.24980], [-23.44081, -70.25020]] },
+]
+"#;
+
+/// A minute around the pit at 10 Hz, in local metres: four haul trucks
+/// clockwise on a 250 m ring road, one counter-clockwise in the other lane
+/// (8 m over), a light vehicle crossing the crusher road too fast, and a
+/// surveyor walking into the blast area.
+fn mine_scene() -> String {
+    let mut csv = String::from("track_id,object_type,timestep,position_x,position_y,velocity_x,velocity_y\n");
+    let ring = |r: f64, phase: f64, omega: f64, t: f64| {
+        let a = phase + omega * t;
+        (r * a.cos(), r * a.sin(), -r * omega * a.sin(), r * omega * a.cos())
+    };
+    for step in 0..600 {
+        let t = f64::from(step) * 0.1;
+        let mut rows = Vec::new();
+        for k in 0..4 {
+            rows.push((format!("haul-{}", k + 1), ring(250.0, f64::from(k) * std::f64::consts::FRAC_PI_2, -0.04, t)));
+        }
+        rows.push(("haul-5".to_owned(), ring(258.0, 0.3, 8.0 / 258.0, t)));
+        rows.push(("lv-1".to_owned(), (-160.0 + 12.0 * t, 0.0, 12.0, 0.0)));
+        rows.push(("p-1".to_owned(), (0.0, -60.0 - 1.2 * t.min(50.0), 0.0, if t < 50.0 { -1.2 } else { 0.0 })));
+        for (id, (x, y, vx, vy)) in rows {
+            csv += &format!("{id},vehicle,{step},{x:.3},{y:.3},{vx:.4},{vy:.4}\n");
+        }
+    }
+    csv
+}
+
+/// The last site shift report, as a site manager reads it.
+fn print_site_report(line: &str) {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+        println!("    {line}");
+        return;
+    };
+    let report = &v["payload"];
+    println!("    {}", serde_json::to_string_pretty(report).unwrap_or_else(|_| report.to_string()).replace('\n', "\n    "));
+}
+
 /// Real captures shipped in tests/data: (asset, kind, file).
+/// A week of haul cycles in about half a minute.
+const HAUL_SPEED: f64 = 20_000.0;
+
 const CAPTURES: [(&str, &str, &str); 3] = [
     ("haul-truck-7", "nmea", "tests/data/gpsd-nmea-logs/ublox-lea-5h.log"),
     ("dozer-2", "nmea", "tests/data/gpsd-nmea-logs/bu353s4.log"),
@@ -68,17 +129,19 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let t = step("starting the agent with its embedded broker");
     let work = root.join("target/outpost/demo");
     let _ = std::fs::remove_dir_all(&work);
-    let services = work.join("services/positioning");
-    std::fs::create_dir_all(&services)?;
-    for f in ["service.toml", "service.wasm"] {
-        std::fs::copy(packages_dir(root).join("positioning").join(f), services.join(f))?;
+    for name in SERVICES {
+        let services = work.join("services").join(name);
+        std::fs::create_dir_all(&services)?;
+        for f in ["service.toml", "service.wasm"] {
+            std::fs::copy(packages_dir(root).join(name).join(f), services.join(f))?;
+        }
     }
     let (mqtt, http, api) = (free_port()?, free_port()?, free_port()?);
     let config = work.join("outpost.toml");
     std::fs::write(
         &config,
         format!(
-            "gateway = \"demo-gw\"\nsite = \"demo\"\nservices_dir = \"{}\"\nstate_dir = \"{}\"\n\n[broker]\nmode = \"embedded\"\nlisten = \"127.0.0.1:{mqtt}\"\n\n[metrics]\nlisten = \"127.0.0.1:{http}\"\n\n[api]\nlisten = \"127.0.0.1:{api}\"\n",
+            "gateway = \"demo-gw\"\nsite = \"demo\"\nservices_dir = \"{}\"\nstate_dir = \"{}\"\n\n[broker]\nmode = \"embedded\"\nlisten = \"127.0.0.1:{mqtt}\"\n\n[metrics]\nlisten = \"127.0.0.1:{http}\"\n\n[api]\nlisten = \"127.0.0.1:{api}\"\n{SITE_CONFIG}",
             work.join("services").display(),
             work.join("state").display()
         ),
@@ -112,23 +175,66 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     run_cmd(Command::new(bin.join("outpostctl")).args(["status", "--agent", &format!("http://127.0.0.1:{api}")]))?;
     done(t);
 
-    let t = step(&format!("replaying {} real GNSS captures at {speed}x; fixes as they arrive:", CAPTURES.len()));
+    let broker = format!("mqtt://127.0.0.1:{mqtt}");
+    let t = step(&format!(
+        "replaying side by side: {} GNSS captures at {speed}x, a minute of pit traffic in real time, \
+         and a week of real haul cycles and refuels at {HAUL_SPEED}x; traffic warnings as they arrive:",
+        CAPTURES.len()
+    ));
     let watch = KillOnDrop(
         Command::new(bin.join("outpostctl"))
-            .args(["watch", "--fixes", "--broker", &format!("mqtt://127.0.0.1:{mqtt}"), "svc/positioning/+/fix"])
+            .args(["watch", "--pretty", "--broker", &broker])
+            .args(["svc/traffic-awareness/+/warning", "svc/traffic-awareness/+/zone"])
             .stdout(Stdio::inherit())
             .spawn()
             .context("cannot start outpostctl watch")?,
     );
+    let shift_log = work.join("site-shift-reports.log");
+    let shifts = KillOnDrop(
+        Command::new(bin.join("outpostctl"))
+            .args(["watch", "--broker", &broker, "svc/weight-loading/site/+/shift"])
+            .stdout(std::fs::File::create(&shift_log)?)
+            .spawn()
+            .context("cannot start outpostctl watch")?,
+    );
     std::thread::sleep(Duration::from_millis(500));
-    let mut sim = Command::new(bin.join("outpost-sim"));
-    sim.args(["--broker", &format!("mqtt://127.0.0.1:{mqtt}"), "--site", "demo", "--speed", &speed.to_string()]);
+    let scene = work.join("pit-scene.csv");
+    std::fs::write(&scene, mine_scene())?;
+    let quiet = |cmd: &mut Command| -> Result<Child> {
+        Ok(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?)
+    };
+    let mut gnss = Command::new(bin.join("outpost-sim"));
+    gnss.args(["--broker", &broker, "--site", "demo", "--speed", &speed.to_string()]);
     for (asset, kind, file) in CAPTURES {
-        sim.arg(format!("--{kind}")).arg(format!("{asset}={}", root.join(file).display()));
+        gnss.arg(format!("--{kind}")).arg(format!("{asset}={}", root.join(file).display()));
     }
-    run_cmd(&mut sim)?;
-    std::thread::sleep(Duration::from_secs(1));
+    let mut haul = Command::new(bin.join("outpost-sim"));
+    haul.args(["--broker", &broker, "--site", "demo", "--speed", &HAUL_SPEED.to_string()])
+        .arg("--haul")
+        .arg(root.join("tests/data/mine-haul-dispatch/StdShiftLoadsDumpsFuel.train.csv"))
+        .arg("--fuel")
+        .arg(root.join("tests/data/mine-haul-dispatch/SfdShiftFueltrucksAllUpdatedFin.csv"));
+    let sims = [KillOnDrop(quiet(&mut gnss)?), KillOnDrop(quiet(&mut haul)?)];
+    let mut pit = Command::new(bin.join("outpost-sim"));
+    pit.args(["--broker", &broker, "--site", "demo", "--origin", "-23.44,-70.25", "--tracks"]).arg(&scene);
+    run_cmd(pit.stdout(Stdio::null()).stderr(Stdio::null()))?;
+    for mut sim in sims {
+        let finished = sim.0.wait()?;
+        if !finished.success() {
+            bail!("outpost-sim failed ({finished}); see its output by running it alone");
+        }
+    }
+    std::thread::sleep(Duration::from_secs(2));
     drop(watch);
+    drop(shifts);
+    done(t);
+
+    let t = step("the site manager's view: weight loading's last site shift report");
+    let reports = std::fs::read_to_string(&shift_log).unwrap_or_default();
+    match reports.lines().rev().find(|l| !l.trim().is_empty()) {
+        Some(line) => print_site_report(line),
+        None => println!("    (no shift report arrived; see {})", work.join("agent.log").display()),
+    }
     done(t);
 
     let t = step("agent metrics after the replay");
@@ -137,7 +243,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             !l.starts_with('#')
                 && (l.starts_with("outpost_messages_")
                     || l.starts_with("outpost_traps")
-                    || l.starts_with("outpost_service_events")
+                    || (l.starts_with("outpost_service_kpi") && l.contains("subject=\"\""))
                     || l.starts_with("outpost_handle_seconds_count"))
         }) {
             println!("    {line}");

@@ -16,8 +16,8 @@ commands:
   setup   install what is missing (WASM guest toolchain, Mosquitto, promtool)
   build   build every service component and assemble packages in target/outpost/
   test    setup + build + run every test (what CI runs)
-  demo    start the agent with its embedded broker, deploy positioning and
-          replay real GNSS captures through it, printing fixes as they arrive
+  demo    start the agent with its embedded broker, deploy every service and
+          replay GNSS captures, pit traffic and haul cycles through every service
   bench   measured figures beside their baselines (release build)";
 
 fn main() -> Result<()> {

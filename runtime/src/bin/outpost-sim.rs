@@ -39,10 +39,10 @@ struct Args {
     #[arg(long, value_name = "CSV")]
     tracks: Vec<std::path::PathBuf>,
     /// Latitude,longitude of the track file's local origin.
-    #[arg(long, value_name = "LAT,LON", default_value = "-23.4400,-70.2500")]
+    #[arg(long, value_name = "LAT,LON", default_value = "-23.4400,-70.2500", allow_hyphen_values = true)]
     origin: String,
     /// Local x,y (m) that sits at --origin.
-    #[arg(long, value_name = "X,Y", default_value = "0,0")]
+    #[arg(long, value_name = "X,Y", default_value = "0,0", allow_hyphen_values = true)]
     origin_xy: String,
     /// Seconds per `timestep` in a track file.
     #[arg(long, default_value_t = 0.1)]
