@@ -198,27 +198,27 @@ fn detections_before_2019_are_ignored_and_order_is_by_time() {
 }
 
 /// A detection on a neighbouring pipe scores the water saved minus the distance penalty;
-/// beyond 300 m it is a false positive. Expected values computed here from the flow
-/// series and the networkx distance p632–p653 (246.11705 m).
+/// beyond the radius it is a false positive. Expected values computed here from the flow
+/// series (MATLAB's `timeSeries(td:end)`, i.e. from 0-based step td − 1) and the networkx
+/// distance p523–p504 (286.9623 m). p523 is abrupt, so every step's flow counts.
 #[test]
 fn distance_penalty_and_radius() {
     let b = battledim();
-    let p653 = b.leaks.iter().position(|l| l.info.pipe == "p653").unwrap();
-    let td = b.leaks[p653].info.start_step + 10;
-    let water: f64 = b.leaks[p653].flow_m3h[(td - 1) as usize..].iter().sum::<f64>() / 12.0;
-    let at = |pipe: &str| {
-        let d = parse_submission(&format!("{pipe}, {}\n", outpost_eval::battledim::step_to_time(td)), "s").unwrap();
-        score(&b.network, &b.leaks, &d, &ScoringParams::default()).unwrap()
+    let p523 = b.leaks.iter().position(|l| l.info.pipe == "p523").unwrap();
+    let td = b.leaks[p523].info.start_step + 10;
+    let water: f64 = b.leaks[p523].flow_m3h[(td - 1) as usize..].iter().sum::<f64>() / 12.0;
+    let detection = |pipe: &str| {
+        parse_submission(&format!("{pipe}, {}\n", outpost_eval::battledim::step_to_time(td)), "s").unwrap()
     };
-    let near = at("p632");
-    let want = water * 0.8 - 246.11705 / 300.0 * 500.0;
+    let at = |pipe: &str| score(&b.network, &b.leaks, &detection(pipe), &ScoringParams::default()).unwrap();
+    let near = at("p504");
+    let want = water * 0.8 - 286.9623 / 300.0 * 500.0;
     assert!((near.entries[0].score_eur - want).abs() < 1e-6, "{} vs {want}", near.entries[0].score_eur);
-    let exact = at("p653");
+    let exact = at("p523");
     assert!((exact.entries[0].score_eur - water * 0.8).abs() < 1e-6);
-    // Halve the radius: 246 m is now too far.
-    let d = parse_submission(&format!("p632, {}\n", outpost_eval::battledim::step_to_time(td)), "s").unwrap();
-    let strict = ScoringParams { max_distance_m: 200.0, ..ScoringParams::default() };
-    let s = score(&b.network, &b.leaks, &d, &strict).unwrap();
+    // A 250 m radius: 287 m is now too far.
+    let strict = ScoringParams { max_distance_m: 250.0, ..ScoringParams::default() };
+    let s = score(&b.network, &b.leaks, &detection("p504"), &strict).unwrap();
     assert_eq!((s.false_positives, s.total_eur), (1, -500.0));
 }
 
