@@ -34,6 +34,14 @@ struct Args {
     /// Refuelling export: each event goes to site/{site}/{truck}/fuel.
     #[arg(long, value_name = "CSV")]
     fuel: Vec<std::path::PathBuf>,
+    /// SCADA history of a water network: a directory with pressures.csv,
+    /// flows.csv, demands.csv, levels.csv; one message per time step on
+    /// site/{site}/{network}/scada.
+    #[arg(long, value_name = "DIR")]
+    scada: Vec<std::path::PathBuf>,
+    /// Network id used in SCADA topics.
+    #[arg(long, default_value = "ltown")]
+    network: String,
     /// Track file of a scene in local metres (track_id, timestep|time_s,
     /// position_x/y, velocity_x/y): every asset's receiver output.
     #[arg(long, value_name = "CSV")]
@@ -99,6 +107,9 @@ async fn main() -> anyhow::Result<()> {
     for path in &args.fuel {
         tracks.push(sim::haul::load_fuel(&args.site, path)?);
     }
+    for dir in &args.scada {
+        tracks.push(sim::scada::load(&args.site, &args.network, dir)?);
+    }
     if !args.tracks.is_empty() {
         let opts = scene_options(&args)?;
         for path in &args.tracks {
@@ -106,7 +117,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     if tracks.is_empty() {
-        bail!("nothing to replay: give --nmea ASSET=FILE, --ubx ASSET=FILE, --haul CSV, --fuel CSV or --tracks CSV");
+        bail!("nothing to replay: give --nmea ASSET=FILE, --ubx ASSET=FILE, --haul CSV, --fuel CSV, --tracks CSV or --scada DIR");
     }
     sim::align(&mut tracks);
     for t in &tracks {

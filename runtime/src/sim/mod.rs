@@ -2,10 +2,12 @@
 //! the recording's own timing, accelerated, or as fast as possible.
 //!
 //! Sources: GNSS captures (NMEA, UBX) of one asset each ([`load`]), haul
-//! cycle and refuelling exports of a whole fleet ([`haul`]), and track files
-//! of a whole scene in local metres ([`scene`]).
+//! cycle and refuelling exports of a whole fleet ([`haul`]), track files
+//! of a whole scene in local metres ([`scene`]), and a water network's
+//! SCADA history ([`scada`]).
 
 pub mod haul;
+pub mod scada;
 pub mod scene;
 
 use std::path::{Path, PathBuf};
