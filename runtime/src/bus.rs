@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 /// Largest MQTT packet accepted or sent.
-pub const MAX_PACKET: usize = 1 << 20;
+pub const MAX_PACKET: usize = 4 << 20;
 /// Requests (publishes, acks) queued towards the event loop.
 const REQUEST_CAPACITY: usize = 100_000;
 

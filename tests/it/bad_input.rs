@@ -108,3 +108,30 @@ fn agent_runs_good_services_beside_broken_packages() {
     assert_eq!(agent.metric("outpost_dropped_total", &["testbed", "oversized"]), 1.0);
     agent.stop().expect("stop");
 }
+
+/// `outpost --check` starts each service with the site's calibration, so a
+/// mistyped key is reported before the agent is restarted with it.
+#[test]
+fn check_reports_a_site_config_the_service_refuses() {
+    let dir = AgentDir::new();
+    dir.install(&package("traffic-awareness"), "traffic-awareness");
+    let check = |extra: &str| {
+        let (text, ..) = dir.config(None, extra);
+        let path = dir.path().join("outpost.toml");
+        std::fs::write(&path, text).expect("write config");
+        let o = std::process::Command::new(binary("outpost"))
+            .arg("--check")
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .expect("outpost --check");
+        let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+        (o.status.success(), out)
+    };
+    let (ok, out) = check("[services.traffic-awareness.config]\nwarn_gap_m = 12.0\n");
+    assert!(ok, "a valid calibration passes: {out}");
+    let (ok, out) = check("[services.traffic-awareness.config]\nwarn_gap = 12.0\n");
+    assert!(!ok, "a mistyped key fails the check: {out}");
+    assert!(out.contains("traffic-awareness") && out.contains("warn_gap"), "names the service and the key: {out}");
+}

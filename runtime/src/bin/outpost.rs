@@ -59,10 +59,12 @@ async fn shutdown_signal() {
     }
 }
 
-/// Loads and contract-checks every package in `services_dir`, reporting each.
+/// Loads and contract-checks every package in `services_dir`, then starts
+/// one instance of each with the site's effective config, so a typo in a
+/// service's site calibration shows here and not at the next start.
 fn check_packages(config: &AgentConfig) -> anyhow::Result<()> {
-    use outpost::host::{EngineOptions, HostEngine};
-    use outpost::package::Package;
+    use outpost::host::{EngineOptions, HostEngine, ServiceContext};
+    use outpost::package::{effective_config, Package};
     let dirs = match Package::discover(&config.services_dir) {
         Ok(d) => d,
         Err(e) => {
@@ -71,10 +73,21 @@ fn check_packages(config: &AgentConfig) -> anyhow::Result<()> {
         }
     };
     let host = HostEngine::new(&EngineOptions { pooling: false, max_instances: 1 })?;
+    let metrics = outpost::telemetry::Metrics::new();
     let mut bad = 0;
     for dir in &dirs {
         match Package::load(dir).map_err(anyhow::Error::from).and_then(|p| {
-            host.load(&p.wasm_path, &p.wasm, None).map_err(anyhow::Error::from)?;
+            let loaded = host.load(&p.wasm_path, &p.wasm, None)?;
+            let site = config.services.get(&p.manifest.service.name);
+            let context = ServiceContext {
+                service: p.manifest.service.name.as_str().into(),
+                publish_acl: p.manifest.bus.publish.clone().into(),
+                state: None,
+                metrics: metrics.service(&p.manifest.service.name),
+            };
+            let json = effective_config(&p.manifest.config, site.map(|s| &s.config));
+            host.instantiate(&loaded, &p.manifest, context, &json)
+                .with_context(|| format!("{} refused the site's effective config", p.manifest.service.name))?;
             Ok(p.manifest.id())
         }) {
             Ok(id) => println!("{}: {id} ok", dir.display()),
