@@ -68,6 +68,68 @@ impl LinkState {
 /// Publishes waiting for room in the client's request queue.
 type Outbox = Arc<Mutex<VecDeque<(String, Vec<u8>, bool)>>>;
 
+/// QoS 1 acknowledgements go out in the order the publishes arrived,
+/// whatever order the services finish them in: MQTT 3.1.1 (4.6) requires
+/// it and rumqttd disconnects a client that acks out of order. A message is
+/// acknowledged once it and every message before it are handled.
+#[derive(Default)]
+struct AckQueue {
+    inner: Mutex<AckQueueInner>,
+}
+
+#[derive(Default)]
+struct AckQueueInner {
+    /// Sequence number of `pending[0]`.
+    head: u64,
+    /// Bumped on every new connection: acks of an earlier connection are void
+    /// (the broker redelivers those messages).
+    generation: u64,
+    /// (publish, handled) in arrival order.
+    pending: VecDeque<(rumqttc::Publish, bool)>,
+}
+
+impl AckQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, AckQueueInner> {
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Registers an arrival; returns its (generation, sequence number).
+    fn arrived(&self, p: rumqttc::Publish) -> (u64, u64) {
+        let mut q = self.lock();
+        let seq = q.head + q.pending.len() as u64;
+        q.pending.push_back((p, false));
+        (q.generation, seq)
+    }
+
+    /// Marks a message handled and sends every ack now due, in order.
+    fn handled(&self, generation: u64, seq: u64, mut send: impl FnMut(&rumqttc::Publish)) {
+        let mut q = self.lock();
+        if generation != q.generation || seq < q.head {
+            return;
+        }
+        let index = (seq - q.head) as usize;
+        if let Some(entry) = q.pending.get_mut(index) {
+            entry.1 = true;
+        }
+        while q.pending.front().is_some_and(|e| e.1) {
+            if let Some((p, _)) = q.pending.pop_front() {
+                q.head += 1;
+                send(&p);
+            }
+        }
+    }
+
+    fn new_connection(&self) {
+        let mut q = self.lock();
+        q.generation += 1;
+        q.head += q.pending.len() as u64;
+        q.pending.clear();
+    }
+}
+
 pub struct Link {
     pub client: AsyncClient,
     eventloop: EventLoop,
@@ -75,6 +137,7 @@ pub struct Link {
     opts: LinkOptions,
     metrics: Arc<Metrics>,
     outbox: Outbox,
+    acks: Arc<AckQueue>,
     failures: u32,
 }
 
@@ -103,7 +166,7 @@ impl Link {
             ready: Notify::new(),
             stop_input: AtomicBool::new(false),
         });
-        Link { client, eventloop, state, opts, metrics, outbox: Arc::default(), failures: 0 }
+        Link { client, eventloop, state, opts, metrics, outbox: Arc::default(), acks: Arc::default(), failures: 0 }
     }
 
     /// An egress for the dispatcher running on this link's thread.
@@ -150,6 +213,7 @@ impl Link {
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 self.failures = 0;
+                self.acks.new_connection();
                 self.metrics.mqtt_connected.set(1);
                 tracing::info!(broker = %format!("{}:{}", self.opts.host, self.opts.port), session_present = ack.session_present, "connected to MQTT broker");
                 if self.opts.subscriptions.is_empty() {
@@ -176,20 +240,24 @@ impl Link {
                     return None;
                 }
                 self.metrics.ingress.inc();
-                if ignore(&p.topic) {
-                    let _ = self.client.try_ack(&p);
+                let reliable = p.qos != QoS::AtMostOnce;
+                let (topic, payload) = (p.topic.clone(), p.payload.to_vec());
+                let ack = reliable.then(|| {
+                    let (generation, seq) = self.acks.arrived(p);
+                    let (acks, client) = (self.acks.clone(), self.client.clone());
+                    AckToken::new(move || {
+                        acks.handled(generation, seq, |p| {
+                            if let Err(e) = client.try_ack(p) {
+                                tracing::warn!(error = %e, "cannot queue MQTT acknowledgement");
+                            }
+                        })
+                    })
+                });
+                if ignore(&topic) {
+                    drop(ack); // acknowledged in its turn
                     return None;
                 }
-                let c = self.client.clone();
-                let reliable = p.qos != QoS::AtMostOnce;
-                let topic = p.topic.clone();
-                let payload = p.payload.to_vec();
-                let ack = AckToken::new(move || {
-                    if let Err(e) = c.try_ack(&p) {
-                        tracing::warn!(error = %e, "cannot queue MQTT acknowledgement");
-                    }
-                });
-                Some(Inbound { topic, payload, received_ms: now_ms(), reliable, ack: Some(ack) })
+                Some(Inbound { topic, payload, received_ms: now_ms(), reliable, ack })
             }
             Ok(_) => None,
             Err(e) => {
@@ -256,5 +324,38 @@ impl Egress for LinkEgress {
         if let Ok(mut outbox) = self.outbox.lock() {
             outbox.push_back((topic.to_owned(), payload.to_vec(), false));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(pkid: u16) -> rumqttc::Publish {
+        let mut p = rumqttc::Publish::new("t", QoS::AtLeastOnce, vec![]);
+        p.pkid = pkid;
+        p
+    }
+
+    /// Acks leave in arrival order, however the services finish, and acks
+    /// from before a reconnect are dropped.
+    #[test]
+    fn acks_are_sent_in_arrival_order() {
+        let q = AckQueue::default();
+        let ids: Vec<(u64, u64)> = (1..=4).map(|pkid| q.arrived(publish(pkid))).collect();
+        let mut sent = Vec::new();
+        let mut handled = |i: (u64, u64)| {
+            let mut out = Vec::new();
+            q.handled(i.0, i.1, |p| out.push(p.pkid));
+            out
+        };
+        sent.extend(handled(ids[2]));
+        sent.extend(handled(ids[1]));
+        assert_eq!(sent, Vec::<u16>::new(), "nothing before the first is handled");
+        assert_eq!(handled(ids[0]), vec![1, 2, 3]);
+        q.new_connection();
+        assert_eq!(handled(ids[3]), Vec::<u16>::new(), "acks of an old connection are void");
+        let next = q.arrived(publish(9));
+        assert_eq!(handled(next), vec![9]);
     }
 }

@@ -136,3 +136,64 @@ fn management_api_and_outpostctl_status_report_services() {
     assert!(!gone.status.success());
     assert!(String::from_utf8_lossy(&gone.stderr).contains("cannot reach the agent"));
 }
+
+/// A slow and a fast service finish messages out of arrival order; the
+/// agent still acknowledges in arrival order (MQTT 3.1.1, 4.6), so the
+/// embedded rumqttd, which drops a client that acks out of order, keeps the
+/// connection and nothing is redelivered twice.
+#[test]
+fn acks_stay_in_order_when_services_finish_out_of_order() {
+    let dir = AgentDir::new();
+    for name in ["slow", "fast"] {
+        let manifest = dir.install(&test_package("testbed"), name).join("service.toml");
+        let text = std::fs::read_to_string(&manifest).expect("manifest");
+        let text = text
+            .replace("name = \"testbed\"", &format!("name = \"{name}\""))
+            .replace("subscribe = [\"test/in/#\"]", &format!("subscribe = [\"test/in/{name}/#\"]"));
+        std::fs::write(&manifest, text).expect("write manifest");
+    }
+    let agent = TestAgent::start(&dir, None, "");
+    let sub = Subscriber::start(agent.mqtt_port, &["test/out/#"]);
+    // Interleaved on one connection: each slow message is followed by five
+    // fast ones that finish before it.
+    let mut messages = Vec::new();
+    for i in 0..30 {
+        messages.push(("test/in/slow/x", format!("spin:15:s{i}")));
+        for j in 0..5 {
+            messages.push(("test/in/fast/x", format!("f{i}-{j}")));
+        }
+    }
+    publish_interleaved(agent.mqtt_port, &messages);
+    let got = sub.wait_until(Duration::from_secs(30), |g| g.len() >= 180);
+    std::thread::sleep(Duration::from_millis(500));
+    let got = if sub.received().len() > got.len() { sub.received() } else { got };
+    let mut payloads: Vec<String> = got.into_iter().map(|(_, p)| p).collect();
+    payloads.sort();
+    let before = payloads.len();
+    payloads.dedup();
+    assert_eq!(before, payloads.len(), "no message handled twice (a redelivery after a dropped connection)");
+    assert_eq!(payloads.len(), 180);
+    assert_eq!(agent.metric("outpost_messages_in_total", &["\"slow\""]), 30.0);
+    assert_eq!(agent.metric("outpost_messages_in_total", &["\"fast\""]), 150.0);
+    agent.stop().expect("clean stop");
+}
+
+/// Publishes (topic, payload) pairs in this order, QoS 1, from one client.
+fn publish_interleaved(port: u16, messages: &[(&str, String)]) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let (client, mut eventloop) = AsyncClient::new(MqttOptions::new("interleaver", "127.0.0.1", port), 1000);
+        for (topic, payload) in messages {
+            client.publish(*topic, QoS::AtLeastOnce, false, payload.clone().into_bytes()).await.expect("publish");
+        }
+        let mut acked = 0;
+        while acked < messages.len() {
+            match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+                Ok(Ok(_)) => {}
+                other => panic!("publisher: {other:?}"),
+            }
+        }
+    });
+}

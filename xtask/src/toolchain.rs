@@ -205,6 +205,32 @@ pub fn setup(servers: bool) -> Result<Guest> {
             apt_install(&missing)?;
         }
         done(t);
+        python_hydraulics()?;
     }
     Ok(guest)
+}
+
+/// WNTR (EPANET hydraulics, from PyPI) simulates the water networks the
+/// leak-detection tests run on.
+fn python_hydraulics() -> Result<()> {
+    let t = step("checking Python hydraulics (wntr)");
+    let has = |m: &str| {
+        Command::new("python3").args(["-c", &format!("import {m}")]).stderr(std::process::Stdio::null()).status()
+    };
+    match has("wntr") {
+        Ok(s) if s.success() => println!("    present"),
+        Ok(_) => {
+            println!("    installing wntr and six from PyPI");
+            let status = Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "wntr", "six"])
+                .status()
+                .context("cannot run python3 -m pip")?;
+            if !status.success() {
+                bail!("pip install wntr six failed ({status}); install them by hand and rerun");
+            }
+        }
+        Err(e) => bail!("python3 not found ({e}); install Python 3 (Debian: apt-get install python3 python3-pip)"),
+    }
+    done(t);
+    Ok(())
 }
