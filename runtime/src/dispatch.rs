@@ -266,7 +266,9 @@ impl Dispatcher {
             Err(CallError::Service(reason)) => {
                 let slot = &mut self.services[s];
                 slot.metrics.service_errors.inc();
-                tracing::warn!(service = %slot.spec.manifest.service.name, instance = i, %reason, "handle returned an error; batch counted as handled");
+                if slot.metrics.admit_log() != crate::telemetry::LogAdmission::Suppressed {
+                    tracing::warn!(service = %slot.spec.manifest.service.name, instance = i, %reason, "handle returned an error; batch counted as handled");
+                }
                 let output = match &mut slot.instances[i].health {
                     Health::Running(inst) => inst.take_output(),
                     Health::Backoff { .. } => CallOutput::default(),

@@ -126,6 +126,7 @@ impl Metrics {
             dead_letters: self.dead_letters.get_or_create(&l).clone(),
             service_errors: self.service_errors.get_or_create(&l).clone(),
             series: Arc::default(),
+            log_budget: Arc::default(),
             all: self.clone(),
         }
     }
@@ -169,6 +170,14 @@ fn to_prometheus_text(openmetrics: &str) -> String {
     out
 }
 
+/// The answer of [`ServiceMetrics::admit_log`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogAdmission {
+    /// Write the line; `held_back` lines were suppressed in the last busy second.
+    Write { held_back: u64 },
+    Suppressed,
+}
+
 /// One service's metric handles (cheap clones of atomics).
 #[derive(Clone)]
 pub struct ServiceMetrics {
@@ -185,6 +194,8 @@ pub struct ServiceMetrics {
     pub service_errors: Counter,
     /// KPI and counter series this service has created (bounded).
     series: Arc<Mutex<HashSet<String>>>,
+    /// Log lines this service may still write this second.
+    log_budget: Arc<Mutex<LogBudget>>,
     all: Arc<Metrics>,
 }
 
@@ -214,7 +225,46 @@ impl ServiceMetrics {
     }
 }
 
+/// Most log lines one service writes per second (its own and the agent's
+/// about it); more are counted and summarised, so a stream of bad input
+/// cannot flood the gateway's disk or journal.
+pub const LOG_LINES_PER_SECOND: u32 = 20;
+
+#[derive(Default)]
+struct LogBudget {
+    second: u64,
+    used: u32,
+    suppressed: u64,
+}
+
 impl ServiceMetrics {
+    /// Whether a log line about this service may be written now. When a new
+    /// second starts after lines were held back, returns how many, so the
+    /// caller can say so once.
+    pub fn admit_log(&self) -> LogAdmission {
+        let second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut b = match self.log_budget.lock() {
+            Ok(b) => b,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut held_back = 0;
+        if b.second != second {
+            b.second = second;
+            b.used = 0;
+            held_back = std::mem::take(&mut b.suppressed);
+        }
+        if b.used >= LOG_LINES_PER_SECOND {
+            b.suppressed += 1;
+            drop(b);
+            self.dropped("log_rate_limit");
+            return LogAdmission::Suppressed;
+        }
+        b.used += 1;
+        LogAdmission::Write { held_back }
+    }
+
     /// True if the series exists or there is room for it; otherwise the
     /// update is dropped and counted.
     fn admit_series(&self, kind: &str, name: &str) -> bool {
@@ -270,6 +320,20 @@ mod tests {
             text.contains(r#"outpost_service_kpi{service="weight-loading",name="tonnes_per_hour",subject="CDH90"} 310.25"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn log_lines_are_rate_limited_per_service() {
+        let metrics = Metrics::new();
+        let (noisy, quiet) = (metrics.service("noisy"), metrics.service("quiet"));
+        // Stay within one wall-clock second.
+        while std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_millis() > 500 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let admitted = (0..LOG_LINES_PER_SECOND + 5).filter(|_| noisy.admit_log() != LogAdmission::Suppressed).count();
+        assert_eq!(admitted, LOG_LINES_PER_SECOND as usize);
+        assert_eq!(quiet.admit_log(), LogAdmission::Write { held_back: 0 }, "budgets are per service");
+        assert!(metrics.encode().contains(r#"outpost_dropped_total{service="noisy",reason="log_rate_limit"} 5"#));
     }
 
     #[test]
