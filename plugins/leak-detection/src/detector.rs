@@ -1,0 +1,491 @@
+//! Hourly leak detection (flow-balance CUSUM), localisation (pressure residual change matched
+//! to the model's pipe signatures) and the leak lifecycle (start, growth, repair).
+
+use crate::model::{pressure_features, Calibration, Hour, NetModel};
+use std::collections::VecDeque;
+
+/// Detector parameters (from the service config).
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub cusum_drift_m3h: f64,
+    pub cusum_threshold_m3h: f64,
+    pub locate_after_h: i64,
+    pub baseline_h: i64,
+    pub refine_after_h: Vec<i64>,
+    pub merge_ratio: f64,
+    pub min_leak_m3h: f64,
+    pub max_startup_leaks: usize,
+    pub max_open_leaks: usize,
+    pub residual_floor: f64,
+}
+
+/// One hour as the detector keeps it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct HourRec {
+    pub hour: i64,
+    /// Flow-balance residual: leakage estimate (m³/h).
+    pub e: Option<f64>,
+    /// Pressure residuals (m) in calibration sensor order.
+    pub r: Vec<Option<f64>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Dir {
+    Rise,
+    Drop,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Pending {
+    pub dir: Dir,
+    pub onset: i64,
+    pub crossed: i64,
+}
+
+/// An open leak.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct OpenLeak {
+    pub id: u32,
+    pub pipe: Option<usize>,
+    pub onset: i64,
+    pub detected: i64,
+    pub size_m3h: f64,
+    pub confidence: f64,
+    pub base_e: f64,
+    pub base_r: Vec<Option<f64>>,
+    /// Located alone (not split from a start-up baseline shift): refined with more data.
+    pub refine: bool,
+    pub refined: usize,
+}
+
+/// What the detector decided this hour.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Start { id: u32, reason: String },
+    Update { id: u32, reason: String },
+    End { id: u32, reason: String },
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Default)]
+pub struct Detector {
+    pub ring: VecDeque<HourRec>,
+    pub level0: f64,
+    pub base_r: Vec<Option<f64>>,
+    pub up: f64,
+    pub down: f64,
+    pub up_onset: Option<i64>,
+    pub down_onset: Option<i64>,
+    pub pending: Option<Pending>,
+    pub open: Vec<OpenLeak>,
+    pub next_id: u32,
+    pub first_hour: Option<i64>,
+    pub events: u32,
+    pub prev_level: Option<(i64, f64)>,
+    #[serde(skip)]
+    pub amr_fill: Vec<f64>,
+    pub ring_cap: usize,
+    /// Calibration pressure sensor ids and their hourly residual sigma (m).
+    pub sensor_ids: Vec<String>,
+    pub sensor_sigma: Vec<f64>,
+    /// Leaks ended this hour (for the caller's `end` payloads).
+    #[serde(skip)]
+    pub closed: Vec<OpenLeak>,
+}
+
+/// A ranked candidate pipe.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub pipe: usize,
+    pub q: f64,
+    pub err: f64,
+}
+
+impl Detector {
+    pub fn new(ring_cap: usize) -> Detector {
+        Detector { ring_cap, next_id: 1, ..Default::default() }
+    }
+
+    /// Leakage estimate of the last `n` hours (m³/h), for KPIs.
+    pub fn recent_level(&self, n: usize) -> Option<f64> {
+        let v: Vec<f64> = self.ring.iter().rev().take(n).filter_map(|h| h.e).collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    }
+
+    /// Feeds one closed hour; returns the lifecycle events.
+    pub fn on_hour(
+        &mut self,
+        h: &Hour,
+        cal: &Calibration,
+        model: Option<&NetModel>,
+        p: &Params,
+        missing_amr: &mut usize,
+    ) -> Vec<Event> {
+        let (amr, miss) = cal.amr_vector(h, &mut self.amr_fill);
+        *missing_amr += miss;
+        let c = cal.consumption(&amr);
+        let mut e = None;
+        if let (Some(q), Some(le), Some((ph, pl))) = (h.inflow, h.level_end, self.prev_level) {
+            if ph == h.hour - 1 {
+                let mut x = amr.clone();
+                x.push(le - pl);
+                e = Some(q - cal.inflow.predict(&x));
+            }
+        }
+        self.prev_level = h.level_end.map(|l| (h.hour, l));
+        let r = cal
+            .pressure_ids
+            .iter()
+            .zip(&cal.pressure)
+            .map(|(id, m)| match (m, h.pressure.get(id), h.level_mean, h.pump) {
+                (Some(m), Some(v), Some(l), Some(pu)) => Some(v - m.predict(&pressure_features(c, l, pu))),
+                _ => None,
+            })
+            .collect();
+        if self.sensor_ids != cal.pressure_ids {
+            self.sensor_ids = cal.pressure_ids.clone();
+            self.sensor_sigma = cal.pressure.iter().map(|m| m.as_ref().map(|m| m.sigma).unwrap_or(1.0)).collect();
+        }
+        if self.base_r.len() != cal.pressure_ids.len() {
+            self.base_r = vec![Some(0.0); cal.pressure_ids.len()];
+        }
+        self.first_hour.get_or_insert(h.hour);
+        self.ring.push_back(HourRec { hour: h.hour, e, r });
+        while self.ring.len() > self.ring_cap.max(1) {
+            self.ring.pop_front();
+        }
+        let mut events = Vec::new();
+        if let Some(pend) = self.pending.clone() {
+            if h.hour >= pend.onset + p.locate_after_h {
+                self.pending = None;
+                self.resolve(&pend, model, p, &mut events);
+            }
+        } else if let Some(e) = e {
+            self.cusum(h.hour, e, p);
+        }
+        self.refine(h.hour, model, p, &mut events);
+        events
+    }
+
+    fn cusum(&mut self, hour: i64, e: f64, p: &Params) {
+        let up = self.up + e - self.level0 - p.cusum_drift_m3h;
+        let down = self.down + self.level0 - e - p.cusum_drift_m3h;
+        if up > 0.0 {
+            self.up_onset.get_or_insert(hour);
+            self.up = up;
+        } else {
+            self.up = 0.0;
+            self.up_onset = None;
+        }
+        if down > 0.0 {
+            self.down_onset.get_or_insert(hour);
+            self.down = down;
+        } else {
+            self.down = 0.0;
+            self.down_onset = None;
+        }
+        let crossed = if self.up > p.cusum_threshold_m3h {
+            Some((Dir::Rise, self.up_onset.unwrap_or(hour)))
+        } else if self.down > p.cusum_threshold_m3h {
+            Some((Dir::Drop, self.down_onset.unwrap_or(hour)))
+        } else {
+            None
+        };
+        if let Some((dir, onset)) = crossed {
+            self.pending = Some(Pending { dir, onset, crossed: hour });
+            self.up = 0.0;
+            self.down = 0.0;
+            self.up_onset = None;
+            self.down_onset = None;
+        }
+    }
+
+    /// Mean e and r over ring hours in [from, to] (inclusive); None if no e there.
+    fn window(&self, from: i64, to: i64) -> Option<(f64, Vec<Option<f64>>, usize)> {
+        let n_s = self.base_r.len();
+        let (mut se, mut ne) = (0.0, 0usize);
+        let mut sr = vec![(0.0, 0usize); n_s];
+        for rec in self.ring.iter().filter(|r| r.hour >= from && r.hour <= to) {
+            if let Some(e) = rec.e {
+                se += e;
+                ne += 1;
+            }
+            for (k, v) in rec.r.iter().enumerate().take(n_s) {
+                if let Some(v) = v {
+                    sr[k].0 += v;
+                    sr[k].1 += 1;
+                }
+            }
+        }
+        (ne > 0).then(|| (se / ne as f64, sr.iter().map(|(s, n)| (*n > 0).then(|| s / *n as f64)).collect(), ne))
+    }
+
+    /// Baseline before `onset`: the ring's `baseline_h` hours, else the accepted state.
+    fn baseline(&self, onset: i64, p: &Params) -> (f64, Vec<Option<f64>>) {
+        match self.window(onset - p.baseline_h, onset - 1) {
+            Some((e, r, n)) if n as i64 >= p.baseline_h / 4 => (e, r),
+            _ => (self.level0, self.base_r.clone()),
+        }
+    }
+
+    fn resolve(&mut self, pend: &Pending, model: Option<&NetModel>, p: &Params, events: &mut Vec<Event>) {
+        let now = self.ring.back().map(|r| r.hour).unwrap_or(pend.crossed);
+        let Some((post_e, post_r, _)) = self.window(pend.onset + 1, now).or_else(|| self.window(pend.onset, now))
+        else {
+            return;
+        };
+        let (base_e, base_r) = self.baseline(pend.onset, p);
+        let de = post_e - base_e;
+        let dr = diff(&post_r, &base_r);
+        let startup = self.events == 0 && Some(pend.onset) == self.first_hour;
+        self.events += 1;
+        self.level0 = post_e;
+        self.base_r = post_r;
+        match pend.dir {
+            Dir::Rise if de < p.min_leak_m3h => {}
+            Dir::Rise => self.rise(pend, de, &dr, base_e, &base_r, startup, model, p, events),
+            Dir::Drop => self.drop(now, -de, &dr, model, p, events),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rise(
+        &mut self,
+        pend: &Pending,
+        de: f64,
+        dr: &[Option<f64>],
+        base_e: f64,
+        base_r: &[Option<f64>],
+        startup: bool,
+        model: Option<&NetModel>,
+        p: &Params,
+        events: &mut Vec<Event>,
+    ) {
+        let now = self.ring.back().map(|r| r.hour).unwrap_or(pend.crossed);
+        let sigma = self.sigmas(dr.len(), p);
+        let ranked = model.map(|m| rank(m, &self.map_sensors(m), dr, de, &sigma, None)).unwrap_or_default();
+        // Growth of an open leak (incipient leaks grow for weeks) or a new one?
+        if !self.open.is_empty() {
+            let best_err = ranked.first().map(|c| c.err).unwrap_or(f64::INFINITY);
+            let own: Vec<usize> = self.open.iter().filter_map(|l| l.pipe).collect();
+            let by_open = model.map(|m| rank(m, &self.map_sensors(m), dr, de, &sigma, Some(&own))).unwrap_or_default();
+            let merge = match by_open.first() {
+                Some(c) => c.err <= p.merge_ratio * best_err,
+                None => model.is_none() || self.open.iter().all(|l| l.pipe.is_none()),
+            };
+            if merge || self.open.len() >= p.max_open_leaks {
+                let target = by_open.first().map(|c| c.pipe);
+                let idx = self.open.iter().position(|l| l.pipe == target && target.is_some()).unwrap_or(self.open.len() - 1);
+                let l = &mut self.open[idx];
+                l.size_m3h += de;
+                events.push(Event::Update {
+                    id: l.id,
+                    reason: format!("leakage rose by {de:.1} m3/h, attributed to this leak (growth)"),
+                });
+                return;
+            }
+        }
+        let mut picks: Vec<(Option<usize>, f64, f64)> = Vec::new();
+        match model {
+            None => picks.push((None, de, 0.0)),
+            Some(m) if startup && p.max_startup_leaks > 1 => {
+                // A baseline shift present from the first hour: leaks that began before the
+                // service. Greedy decomposition: best pipe, subtract its effect, repeat.
+                let map = self.map_sensors(m);
+                let mut rem_r = dr.to_vec();
+                let mut rem_e = de;
+                let mut null = null_err(&rem_r, rem_e, &sigma);
+                while picks.len() < p.max_startup_leaks && rem_e >= p.min_leak_m3h {
+                    let Some(c) = rank(m, &map, &rem_r, rem_e, &sigma, None).into_iter().next() else { break };
+                    if c.q < p.min_leak_m3h || c.err > 0.9 * null {
+                        break;
+                    }
+                    picks.push((Some(c.pipe), c.q, (1.0 - c.err / null).clamp(0.0, 1.0)));
+                    for (k, v) in rem_r.iter_mut().enumerate() {
+                        if let (Some(v), Some(si)) = (v.as_mut(), map[k]) {
+                            *v -= c.q * m.pipe_sig[c.pipe][si];
+                        }
+                    }
+                    rem_e -= c.q;
+                    null = c.err;
+                }
+                if picks.is_empty() {
+                    picks.push((ranked.first().map(|c| c.pipe), de, 0.0));
+                }
+            }
+            Some(_) => {
+                let null = null_err(dr, de, &sigma);
+                let c = ranked.first();
+                picks.push((c.map(|c| c.pipe), de, c.map(|c| (1.0 - c.err / null).clamp(0.0, 1.0)).unwrap_or(0.0)));
+            }
+        }
+        let single = picks.len() == 1;
+        for (pipe, q, conf) in picks {
+            if self.open.len() >= p.max_open_leaks {
+                break;
+            }
+            let id = self.next_id;
+            self.next_id += 1;
+            self.open.push(OpenLeak {
+                id,
+                pipe,
+                onset: pend.onset,
+                detected: now,
+                size_m3h: q,
+                confidence: conf,
+                base_e,
+                base_r: base_r.to_vec(),
+                refine: single && !startup,
+                refined: 0,
+            });
+            events.push(Event::Start {
+                id,
+                reason: if startup {
+                    format!("leakage {de:.1} m3/h above the calibration from the first hour (leaks older than the service)")
+                } else {
+                    format!("leakage rose by {de:.1} m3/h (flow balance CUSUM)")
+                },
+            });
+        }
+    }
+
+    fn drop(
+        &mut self,
+        _now: i64,
+        size: f64,
+        dr: &[Option<f64>],
+        model: Option<&NetModel>,
+        p: &Params,
+        events: &mut Vec<Event>,
+    ) {
+        if size < p.min_leak_m3h || self.open.is_empty() {
+            return;
+        }
+        let sigma = self.sigmas(dr.len(), p);
+        let neg: Vec<Option<f64>> = dr.iter().map(|v| v.map(|v| -v)).collect();
+        // The repaired leak: its signature explains the pressure rise and its size the drop.
+        let mut best: Option<(usize, f64)> = None;
+        for (k, l) in self.open.iter().enumerate() {
+            let mut err = (l.size_m3h - size).powi(2) / (0.3 * size.max(l.size_m3h)).max(1.0).powi(2);
+            if let (Some(m), Some(pipe)) = (model, l.pipe) {
+                let map = self.map_sensors(m);
+                err += fit_err(&m.pipe_sig[pipe], &map, &neg, size, &sigma);
+            }
+            if best.is_none_or(|(_, b)| err < b) {
+                best = Some((k, err));
+            }
+        }
+        if let Some((k, _)) = best {
+            let l = self.open.remove(k);
+            events.push(Event::End { id: l.id, reason: format!("leakage fell by {size:.1} m3/h (repaired)") });
+            self.closed.push(l);
+        }
+    }
+
+    fn refine(&mut self, now: i64, model: Option<&NetModel>, p: &Params, events: &mut Vec<Event>) {
+        let Some(m) = model else { return };
+        let sigma = self.sigmas(self.base_r.len(), p);
+        let map = self.map_sensors(m);
+        let last_onset = self.open.iter().map(|l| l.onset).max();
+        let mut updates = Vec::new();
+        for (k, l) in self.open.iter().enumerate() {
+            // Only the newest leak, before anything else happened, with more data.
+            if !l.refine || Some(l.onset) != last_onset || self.pending.is_some() {
+                continue;
+            }
+            let Some(&at) = p.refine_after_h.get(l.refined) else { continue };
+            if now < l.onset + at {
+                continue;
+            }
+            if let Some((e, r, _)) = self.window(l.onset + 1, now) {
+                let de = e - l.base_e;
+                let dr = diff(&r, &l.base_r);
+                let ranked = rank(m, &map, &dr, de, &sigma, None);
+                if let Some(c) = ranked.first() {
+                    let conf = (1.0 - c.err / null_err(&dr, de, &sigma)).clamp(0.0, 1.0);
+                    updates.push((k, c.pipe, de, conf));
+                }
+            }
+        }
+        for (k, pipe, de, conf) in updates {
+            let l = &mut self.open[k];
+            l.refined += 1;
+            let moved = l.pipe != Some(pipe);
+            l.pipe = Some(pipe);
+            l.size_m3h = de;
+            l.confidence = conf;
+            events.push(Event::Update {
+                id: l.id,
+                reason: if moved { "relocated with more data".into() } else { "size refined with more data".into() },
+            });
+        }
+    }
+
+    /// Calibration sensor k → model sensor index.
+    pub fn map_sensors(&self, m: &NetModel) -> Vec<Option<usize>> {
+        self.sensor_ids.iter().map(|id| m.sensor_index.get(id).copied()).collect()
+    }
+
+    fn sigmas(&self, n: usize, p: &Params) -> Vec<f64> {
+        (0..n).map(|k| self.sensor_sigma.get(k).copied().unwrap_or(0.1).max(p.residual_floor)).collect()
+    }
+}
+
+fn diff(a: &[Option<f64>], b: &[Option<f64>]) -> Vec<Option<f64>> {
+    a.iter().zip(b).map(|(x, y)| Some((*x)? - (*y)?)).collect()
+}
+
+fn null_err(dr: &[Option<f64>], de: f64, sigma: &[f64]) -> f64 {
+    let tau = (0.5 * de.abs()).max(1.0);
+    dr.iter().zip(sigma).filter_map(|(v, s)| v.map(|v| (v / s).powi(2))).sum::<f64>() + (de / tau).powi(2)
+}
+
+/// Whitened misfit of a leak of size fitted near `de` at a pipe with signature `sig`.
+fn fit_err(sig: &[f64], map: &[Option<usize>], dr: &[Option<f64>], de: f64, sigma: &[f64]) -> f64 {
+    let tau = (0.5 * de.abs()).max(1.0);
+    let (mut ds, mut ss) = (de / (tau * tau), 1.0 / (tau * tau));
+    for (k, v) in dr.iter().enumerate() {
+        if let (Some(v), Some(si)) = (v, map[k]) {
+            let s = sig[si] / sigma[k];
+            ds += v / sigma[k] * s;
+            ss += s * s;
+        }
+    }
+    let q = (ds / ss).max(0.0);
+    let mut err = ((q - de) / tau).powi(2);
+    for (k, v) in dr.iter().enumerate() {
+        if let (Some(v), Some(si)) = (v, map[k]) {
+            err += ((v - q * sig[si]) / sigma[k]).powi(2);
+        }
+    }
+    err
+}
+
+/// Pipes ranked by misfit (best first); `only` restricts to some pipes.
+pub fn rank(
+    m: &NetModel,
+    map: &[Option<usize>],
+    dr: &[Option<f64>],
+    de: f64,
+    sigma: &[f64],
+    only: Option<&[usize]>,
+) -> Vec<Candidate> {
+    let tau = (0.5 * de.abs()).max(1.0);
+    let mut out: Vec<Candidate> = (0..m.pipe_ids.len())
+        .filter(|j| only.is_none_or(|o| o.contains(j)))
+        .map(|j| {
+            let sig = &m.pipe_sig[j];
+            let (mut ds, mut ss) = (de / (tau * tau), 1.0 / (tau * tau));
+            for (k, v) in dr.iter().enumerate() {
+                if let (Some(v), Some(si)) = (v, map[k]) {
+                    let s = sig[si] / sigma[k];
+                    ds += v / sigma[k] * s;
+                    ss += s * s;
+                }
+            }
+            let q = (ds / ss).max(0.0);
+            Candidate { pipe: j, q, err: fit_err(sig, map, dr, de, sigma) }
+        })
+        .collect();
+    out.sort_by(|a, b| a.err.total_cmp(&b.err));
+    out
+}
