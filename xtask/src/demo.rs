@@ -57,14 +57,43 @@ fn mine_scene() -> String {
     csv
 }
 
-/// The last site shift report, as a site manager reads it.
-fn print_site_report(line: &str) {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-        println!("    {line}");
+/// One row per shift from the site shift reports `outpostctl watch`
+/// collected (the last report of a shift is its final state).
+fn print_shift_table(log: &str) {
+    let mut last: std::collections::BTreeMap<String, serde_json::Value> = Default::default();
+    for line in log.lines() {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+            let report = v["payload"].clone();
+            if let Some(shift) = report["shift"].as_str() {
+                last.insert(shift.to_owned(), report);
+            }
+        }
+    }
+    if last.is_empty() {
+        println!("    (no site shift report arrived)");
         return;
+    }
+    let num = |v: &serde_json::Value, k: &str, prec: usize| {
+        v[k].as_f64().map_or_else(|| "-".to_owned(), |x| format!("{x:.prec$}"))
     };
-    let report = &v["payload"];
-    println!("    {}", serde_json::to_string_pretty(report).unwrap_or_else(|_| report.to_string()).replace('\n', "\n    "));
+    println!(
+        "    {:<10} {:>6} {:>6} {:>9} {:>8} {:>8} {:>9} {:>7} {:>7} {:>8}",
+        "shift", "trucks", "cycles", "tonnes", "t/h", "mean t", "overload", "queue s", "refuels", "rejected"
+    );
+    for (shift, r) in &last {
+        println!(
+            "    {shift:<10} {:>6} {:>6} {:>9} {:>8} {:>8} {:>8}% {:>7} {:>7} {:>8}",
+            num(r, "trucks", 0),
+            num(r, "cycles", 0),
+            num(r, "tonnes", 0),
+            num(r, "tonnes_per_hour", 0),
+            num(r, "mean_payload_t", 1),
+            r["overload_share"].as_f64().map_or_else(|| "-".to_owned(), |x| format!("{:.1}", x * 100.0)),
+            num(r, "queue_s_mean", 0),
+            num(r, "refuels", 0),
+            num(r, "rejected_total", 0),
+        );
+    }
 }
 
 /// Real captures shipped in tests/data: (asset, kind, file).
@@ -229,12 +258,8 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     drop(shifts);
     done(t);
 
-    let t = step("the site manager's view: weight loading's last site shift report");
-    let reports = std::fs::read_to_string(&shift_log).unwrap_or_default();
-    match reports.lines().rev().find(|l| !l.trim().is_empty()) {
-        Some(line) => print_site_report(line),
-        None => println!("    (no shift report arrived; see {})", work.join("agent.log").display()),
-    }
+    let t = step("the site manager's view: weight loading's site report, last state of each shift");
+    print_shift_table(&std::fs::read_to_string(&shift_log).unwrap_or_default());
     done(t);
 
     let t = step("agent metrics after the replay");
