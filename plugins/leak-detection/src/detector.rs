@@ -274,7 +274,8 @@ impl Detector {
             };
             if merge || self.open.len() >= p.max_open_leaks {
                 let target = by_open.first().map(|c| c.pipe);
-                let idx = self.open.iter().position(|l| l.pipe == target && target.is_some()).unwrap_or(self.open.len() - 1);
+                let idx =
+                    self.open.iter().position(|l| l.pipe == target && target.is_some()).unwrap_or(self.open.len() - 1);
                 let l = &mut self.open[idx];
                 l.size_m3h += de;
                 events.push(Event::Update {
@@ -340,7 +341,9 @@ impl Detector {
             events.push(Event::Start {
                 id,
                 reason: if startup {
-                    format!("leakage {de:.1} m3/h above the calibration from the first hour (leaks older than the service)")
+                    format!(
+                        "leakage {de:.1} m3/h above the calibration from the first hour (leaks older than the service)"
+                    )
                 } else {
                     format!("leakage rose by {de:.1} m3/h (flow balance CUSUM)")
                 },

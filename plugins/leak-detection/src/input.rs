@@ -135,9 +135,12 @@ pub fn parse_scada(payload: &[u8]) -> Result<Scada, String> {
     let obj = v.as_object().ok_or("not a JSON object")?;
     let time = obj.get("time").and_then(Value::as_str).ok_or("no \"time\" string")?.to_owned();
     let mut groups = Vec::new();
-    for (key, kind) in
-        [("pressure_m", Kind::Pressure), ("flow_m3h", Kind::Flow), ("demand_lph", Kind::Demand), ("level_m", Kind::Level)]
-    {
+    for (key, kind) in [
+        ("pressure_m", Kind::Pressure),
+        ("flow_m3h", Kind::Flow),
+        ("demand_lph", Kind::Demand),
+        ("level_m", Kind::Level),
+    ] {
         match obj.get(key) {
             None | Some(Value::Null) => groups.push((kind, serde_json::Map::new())),
             Some(Value::Object(m)) => groups.push((kind, m.clone())),

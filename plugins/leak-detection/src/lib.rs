@@ -24,6 +24,8 @@ pub mod detector;
 pub mod input;
 pub mod linalg;
 pub mod model;
+#[cfg(not(target_family = "wasm"))]
+pub mod replay;
 pub mod time;
 
 use detector::{Detector, Event, Params};
@@ -215,7 +217,12 @@ impl HourAcc {
 enum Calib {
     /// Nothing to learn from yet (no window configured or commanded).
     None,
-    Collecting { window: Window, start: i64, end: i64, hours: Vec<Hour> },
+    Collecting {
+        window: Window,
+        start: i64,
+        end: i64,
+        hours: Vec<Hour>,
+    },
     Done(Box<Calibration>),
 }
 
@@ -339,7 +346,9 @@ impl LeakDetection {
         }
         let Some(net) = self.network(site, name) else { return Ok(()) };
         match &net.calib {
-            Calib::None => return Err(("flag_not_calibrated".into(), "no calibration window yet: step skipped".into())),
+            Calib::None => {
+                return Err(("flag_not_calibrated".into(), "no calibration window yet: step skipped".into()))
+            }
             Calib::Collecting { start, .. } if minute < *start => {
                 return Err(("flag_before_calibration".into(), format!("{} is before the calibration", msg.time)));
             }
@@ -376,10 +385,9 @@ impl LeakDetection {
                         Kind::Demand => amrs.push((id.clone(), x / 1000.0)),
                         _ => {}
                     },
-                    Err(r) => flag(
-                        r.counter(),
-                        &format!("{site}/{name} {} {} {id}: {:?} ({v})", msg.time, kind.name(), r),
-                    ),
+                    Err(r) => {
+                        flag(r.counter(), &format!("{site}/{name} {} {} {id}: {:?} ({v})", msg.time, kind.name(), r))
+                    }
                 }
             }
         }
@@ -439,7 +447,14 @@ impl LeakDetection {
             net.last_closed = Some(acc.hour);
             let h = acc.close();
             if h.flow_steps < cfg.min_steps_per_hour {
-                flag("flag_incomplete_hour", &format!("{site}/{name}: hour {} has {} valid inflow steps", time::format_minutes(h.hour * 60), h.flow_steps));
+                flag(
+                    "flag_incomplete_hour",
+                    &format!(
+                        "{site}/{name}: hour {} has {} valid inflow steps",
+                        time::format_minutes(h.hour * 60),
+                        h.flow_steps
+                    ),
+                );
             }
             let h = if h.flow_steps < cfg.min_steps_per_hour { Hour { inflow: None, ..h } } else { h };
             net.on_hour(h, &params, latest, cfg.max_calibration_days);
@@ -522,9 +537,10 @@ impl Network {
         let leak = self.det.open.iter().chain(self.det.closed.iter()).find(|l| l.id == id).cloned();
         let Some(l) = leak else { return };
         let (pipe, pos) = match (&self.model, l.pipe) {
-            (Some(m), Some(p)) => {
-                (Some(m.pipe_ids[p].clone()), serde_json::json!({"x": m.pipe_xy[p].0, "y": m.pipe_xy[p].1, "frame": "network"}))
-            }
+            (Some(m), Some(p)) => (
+                Some(m.pipe_ids[p].clone()),
+                serde_json::json!({"x": m.pipe_xy[p].0, "y": m.pipe_xy[p].1, "frame": "network"}),
+            ),
             _ => (None, serde_json::Value::Null),
         };
         let delay_h = (now - l.onset * 60) as f64 / 60.0;
@@ -588,9 +604,7 @@ impl Service for LeakDetection {
             let result = match kind {
                 "scada" => self.on_scada(&site, &net, &msg.payload),
                 "leak-model" => self.on_model(&site, &net, &msg.payload).map_err(|e| ("flag_bad_model".into(), e)),
-                "calibrate" => {
-                    self.on_calibrate(&site, &net, &msg.payload).map_err(|e| ("flag_bad_command".into(), e))
-                }
+                "calibrate" => self.on_calibrate(&site, &net, &msg.payload).map_err(|e| ("flag_bad_command".into(), e)),
                 _ => Err(("flag_bad_topic".into(), format!("unexpected topic {}", msg.topic))),
             };
             if let Err((counter, why)) = result {
