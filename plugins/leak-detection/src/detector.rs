@@ -17,6 +17,8 @@ pub struct Params {
     pub max_startup_leaks: usize,
     pub max_open_leaks: usize,
     pub residual_floor: f64,
+    pub size_hours: i64,
+    pub min_confidence: f64,
 }
 
 /// One hour as the detector keeps it.
@@ -79,6 +81,9 @@ pub struct Detector {
     pub open: Vec<OpenLeak>,
     pub next_id: u32,
     pub first_hour: Option<i64>,
+    /// First hour with a flow-balance residual (needs the previous hour's tank level).
+    #[serde(default)]
+    pub first_e_hour: Option<i64>,
     pub events: u32,
     pub prev_level: Option<(i64, f64)>,
     #[serde(skip)]
@@ -149,6 +154,9 @@ impl Detector {
             self.base_r = vec![Some(0.0); cal.pressure_ids.len()];
         }
         self.first_hour.get_or_insert(h.hour);
+        if e.is_some() {
+            self.first_e_hour.get_or_insert(h.hour);
+        }
         self.ring.push_back(HourRec { hour: h.hour, e, r });
         while self.ring.len() > self.ring_cap.max(1) {
             self.ring.pop_front();
@@ -234,11 +242,15 @@ impl Detector {
             return;
         };
         let (base_e, base_r) = self.baseline(pend.onset, p);
-        let de = post_e - base_e;
         let dr = diff(&post_r, &base_r);
-        let startup = self.events == 0 && Some(pend.onset) == self.first_hour;
+        // Leakage already above the calibration when monitoring begins: no "before" exists.
+        let startup = self.events == 0 && self.first_e_hour.is_some_and(|f| pend.onset <= f + 1);
+        // The size from the last hours only: the CUSUM onset is early by an hour or two and
+        // the first hours may be a ramp.
+        let recent = self.window(now - p.size_hours + 1, now).map(|w| w.0).unwrap_or(post_e);
+        let de = recent - base_e;
         self.events += 1;
-        self.level0 = post_e;
+        self.level0 = recent;
         self.base_r = post_r;
         match pend.dir {
             Dir::Rise if de < p.min_leak_m3h => {}
@@ -316,7 +328,9 @@ impl Detector {
             Some(_) => {
                 let null = null_err(dr, de, &sigma);
                 let c = ranked.first();
-                picks.push((c.map(|c| c.pipe), de, c.map(|c| (1.0 - c.err / null).clamp(0.0, 1.0)).unwrap_or(0.0)));
+                let conf = c.map(|c| (1.0 - c.err / null).clamp(0.0, 1.0)).unwrap_or(0.0);
+                // A poor fit names no pipe (the alarm says "leak, location unknown").
+                picks.push((c.filter(|_| conf >= p.min_confidence).map(|c| c.pipe), de, conf));
             }
         }
         let single = picks.len() == 1;
@@ -405,15 +419,15 @@ impl Detector {
                 let ranked = rank(m, &map, &dr, de, &sigma, None);
                 if let Some(c) = ranked.first() {
                     let conf = (1.0 - c.err / null_err(&dr, de, &sigma)).clamp(0.0, 1.0);
-                    updates.push((k, c.pipe, de, conf));
+                    updates.push((k, (conf >= p.min_confidence).then_some(c.pipe), de, conf));
                 }
             }
         }
         for (k, pipe, de, conf) in updates {
             let l = &mut self.open[k];
             l.refined += 1;
-            let moved = l.pipe != Some(pipe);
-            l.pipe = Some(pipe);
+            let moved = l.pipe != pipe;
+            l.pipe = pipe;
             l.size_m3h = de;
             l.confidence = conf;
             events.push(Event::Update {

@@ -70,6 +70,10 @@ pub struct Config {
     pub max_open_leaks: usize,
     /// Floor of a sensor's residual sigma in the matching (m).
     pub residual_floor_m: f64,
+    /// Hours at the end of the localisation window that size a new leak.
+    pub size_hours: i64,
+    /// Least fit quality (0..1) for an alarm to name a pipe.
+    pub min_confidence: f64,
     pub ridge: f64,
     pub pressure_range_m: (f64, f64),
     pub flow_range_m3h: (f64, f64),
@@ -103,6 +107,8 @@ impl Default for Config {
             max_startup_leaks: 6,
             max_open_leaks: 32,
             residual_floor_m: 0.05,
+            size_hours: 3,
+            min_confidence: 0.5,
             ridge: 1e-6,
             pressure_range_m: (0.0, 200.0),
             flow_range_m3h: (-50.0, 5000.0),
@@ -159,6 +165,8 @@ impl Config {
             max_startup_leaks: self.max_startup_leaks,
             max_open_leaks: self.max_open_leaks,
             residual_floor: self.residual_floor_m,
+            size_hours: self.size_hours.max(1),
+            min_confidence: self.min_confidence,
         }
     }
 
