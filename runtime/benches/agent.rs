@@ -107,12 +107,13 @@ fn wasm_vs_native<S: outpost_sdk::Service>(rows: &mut Vec<Row>, host: &HostEngin
     let wit_batches: Vec<Vec<outpost::host::WitMessage>> = w
         .messages
         .chunks(w.batch)
-        .map(|c| {
-            c.iter().map(|(t, p)| outpost::host::WitMessage { topic: t, payload: p, received_ms: 0 }).collect()
-        })
+        .map(|c| c.iter().map(|(t, p)| outpost::host::WitMessage { topic: t, payload: p, received_ms: 0 }).collect())
         .collect();
-    let native_batches: Vec<Vec<Message>> =
-        w.messages.chunks(w.batch).map(|c| c.iter().map(|(t, p)| Message::new(t.clone(), p.clone())).collect()).collect();
+    let native_batches: Vec<Vec<Message>> = w
+        .messages
+        .chunks(w.batch)
+        .map(|c| c.iter().map(|(t, p)| Message::new(t.clone(), p.clone())).collect())
+        .collect();
     let (mut wasm, mut native) = (Duration::ZERO, Duration::ZERO);
     for _ in 0..w.rounds {
         let mut instance = host

@@ -8,8 +8,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::sync::atomic::AtomicU64;
 use std::collections::HashSet;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -174,7 +174,9 @@ fn to_prometheus_text(openmetrics: &str) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogAdmission {
     /// Write the line; `held_back` lines were suppressed in the last busy second.
-    Write { held_back: u64 },
+    Write {
+        held_back: u64,
+    },
     Suppressed,
 }
 
@@ -242,9 +244,7 @@ impl ServiceMetrics {
     /// second starts after lines were held back, returns how many, so the
     /// caller can say so once.
     pub fn admit_log(&self) -> LogAdmission {
-        let second = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let second = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let mut b = match self.log_budget.lock() {
             Ok(b) => b,
             Err(poisoned) => poisoned.into_inner(),
@@ -317,7 +317,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(r#"outpost_service_kpi{service="weight-loading",name="tonnes_per_hour",subject="CDH90"} 310.25"#),
+            text.contains(
+                r#"outpost_service_kpi{service="weight-loading",name="tonnes_per_hour",subject="CDH90"} 310.25"#
+            ),
             "{text}"
         );
     }

@@ -7,6 +7,7 @@
 //! - compiled natively, [`testing::Harness`] drives it in plain `cargo test`,
 //!   and [`host`] records into an in-memory fake of the agent.
 
+pub mod civil;
 pub mod host;
 #[cfg(not(target_family = "wasm"))]
 pub mod testing;

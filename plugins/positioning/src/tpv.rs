@@ -67,13 +67,7 @@ pub struct Tpv {
 
 /// Days since 1970-01-01 of a proleptic Gregorian date.
 pub fn days_from_civil(y: i32, m: u32, d: u32) -> i64 {
-    let y = i64::from(y) - i64::from(m <= 2);
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    outpost_sdk::civil::days_from_civil(y.into(), m.into(), d.into())
 }
 
 /// ISO 8601 UTC with milliseconds, as gpsd prints it.
@@ -87,15 +81,8 @@ pub fn iso_time(y: i32, m: u32, d: u32, seconds_of_day: f64) -> String {
 }
 
 pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+    let (y, m, d) = outpost_sdk::civil::civil_from_days(z);
+    (y, m as u32, d as u32)
 }
 
 /// Great-circle distance on the WGS84 mean sphere, m.

@@ -6,6 +6,8 @@
 //! checked. A report with `mode` 0 or 1 (gpsd: unknown / no fix) carries no
 //! position and is ignored without being an error.
 
+use outpost_sdk::civil::{civil_from_days, days_from_civil};
+
 use serde::Deserialize;
 use std::borrow::Cow;
 
@@ -130,28 +132,6 @@ pub fn parse(payload: &[u8], max_speed_mps: f64) -> Result<Parsed, (Reject, Stri
         None => None,
     };
     Ok(Parsed::Fix(Fix { time_ms, lat, lon, speed: raw.speed, track: raw.track }))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = y - i64::from(m <= 2);
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 fn digits(s: &str) -> Option<i64> {

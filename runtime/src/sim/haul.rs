@@ -203,13 +203,7 @@ fn civil_seconds(y: i32, m: u32, d: u32, h: u32, mi: u32, s: f64) -> Option<f64>
     if !(1..=12).contains(&m) || !(1..=31).contains(&d) || h > 23 || mi > 59 || !(0.0..61.0).contains(&s) {
         return None;
     }
-    // Days since 1970-01-01 (proleptic Gregorian; Howard Hinnant's algorithm).
-    let y = i64::from(y) - i64::from(m <= 2);
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = i64::from(if m > 2 { m - 3 } else { m + 9 });
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let days = outpost_sdk::civil::days_from_civil(y.into(), m.into(), d.into());
     Some(days as f64 * 86_400.0 + f64::from(h * 3600 + mi * 60) + s)
 }
 
@@ -217,15 +211,7 @@ fn civil_seconds(y: i32, m: u32, d: u32, h: u32, mi: u32, s: f64) -> Option<f64>
 pub fn format_local(t: f64) -> String {
     let secs = t.floor() as i64;
     let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = outpost_sdk::civil::civil_from_days(days);
     format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", sod / 3600, sod / 60 % 60, sod % 60)
 }
 
