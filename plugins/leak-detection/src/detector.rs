@@ -247,7 +247,7 @@ impl Detector {
         let startup = self.events == 0 && self.first_e_hour.is_some_and(|f| pend.onset <= f + 1);
         // The size from the last hours only: the CUSUM onset is early by an hour or two and
         // the first hours may be a ramp.
-        let recent = self.window(now - p.size_hours + 1, now).map(|w| w.0).unwrap_or(post_e);
+        let recent = self.window(now - p.size_hours + 1, now).filter(|w| w.2 >= 2).map(|w| w.0).unwrap_or(post_e);
         let de = recent - base_e;
         self.events += 1;
         self.level0 = recent;
@@ -280,8 +280,10 @@ impl Detector {
             let best_err = ranked.first().map(|c| c.err).unwrap_or(f64::INFINITY);
             let own: Vec<usize> = self.open.iter().filter_map(|l| l.pipe).collect();
             let by_open = model.map(|m| rank(m, &self.map_sensors(m), dr, de, &sigma, Some(&own))).unwrap_or_default();
+            let best_conf = ranked.first().map(|c| 1.0 - c.err / null_err(dr, de, &sigma)).unwrap_or(0.0);
             let merge = match by_open.first() {
-                Some(c) => c.err <= p.merge_ratio * best_err,
+                // A new leak needs a confident location of its own, better than any open leak's.
+                Some(c) => best_conf < p.min_confidence || c.err <= p.merge_ratio * best_err,
                 None => model.is_none() || self.open.iter().all(|l| l.pipe.is_none()),
             };
             if merge || self.open.len() >= p.max_open_leaks {

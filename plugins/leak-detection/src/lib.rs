@@ -97,7 +97,7 @@ impl Default for Config {
             max_calibration_days: 62,
             min_steps_per_hour: 6,
             grace_min: 10,
-            cusum_drift_m3h: 1.0,
+            cusum_drift_m3h: 0.5,
             cusum_threshold_m3h: 12.0,
             locate_after_h: 6,
             baseline_h: 24,
