@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod eval;
 mod toolchain;
 
 use anyhow::{bail, Context, Result};
@@ -18,7 +19,10 @@ commands:
   test    setup + build + run every test (what CI runs)
   demo    start the agent with its embedded broker, deploy every service and
           replay GNSS captures, pit traffic and haul cycles through every service
-  bench   measured figures beside their baselines (release build)";
+  bench   measured figures beside their baselines (release build)
+  eval leak [--seed N]
+          the leak-detection service on a simulated year of L-Town, scored
+          with the official BattLeDIM rules (simulates and caches what is missing)";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -35,6 +39,7 @@ fn main() -> Result<()> {
         Some("test") => test(&root, &args[1..])?,
         Some("demo") => demo::run(&root, &args[1..])?,
         Some("bench") => bench::run_bench(&root, &args[1..])?,
+        Some("eval") => eval::run_eval(&root, &args[1..])?,
         _ => {
             println!("{USAGE}");
             if !args.is_empty() {
