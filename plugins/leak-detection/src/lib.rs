@@ -61,6 +61,12 @@ pub struct Config {
     pub grace_min: i64,
     pub cusum_drift_m3h: f64,
     pub cusum_threshold_m3h: f64,
+    /// Hours after an event over which the CUSUM reference level is re-estimated.
+    pub relearn_h: i64,
+    /// Least size (m³/h) at which a leak alarmed without a location is given a pipe.
+    pub locate_min_m3h: f64,
+    /// Least slow rise (m³/h, last day's mean over the last reported level) that is reported.
+    pub min_growth_m3h: f64,
     pub locate_after_h: i64,
     pub baseline_h: i64,
     pub refine_after_h: Vec<i64>,
@@ -99,6 +105,9 @@ impl Default for Config {
             grace_min: 10,
             cusum_drift_m3h: 0.5,
             cusum_threshold_m3h: 12.0,
+            relearn_h: 24,
+            locate_min_m3h: 8.0,
+            min_growth_m3h: 1.5,
             locate_after_h: 6,
             baseline_h: 24,
             refine_after_h: vec![24, 72],
@@ -167,6 +176,9 @@ impl Config {
             residual_floor: self.residual_floor_m,
             size_hours: self.size_hours.max(1),
             min_confidence: self.min_confidence,
+            relearn_h: self.relearn_h.max(1),
+            locate_min_m3h: self.locate_min_m3h,
+            min_growth_m3h: self.min_growth_m3h,
         }
     }
 

@@ -13,11 +13,8 @@ pub struct LinModel {
 
 impl LinModel {
     pub fn predict(&self, x: &[f64]) -> f64 {
-        let mut y = self.b0;
-        for k in 0..self.beta.len() {
-            y += self.beta[k] * (x[k] - self.mu[k]) / self.sd[k];
-        }
-        y
+        let terms = self.beta.iter().zip(&self.mu).zip(&self.sd).zip(x);
+        self.b0 + terms.map(|(((b, mu), sd), x)| b * (x - mu) / sd).sum::<f64>()
     }
 
     /// Coefficient of raw feature `k` (per unit of x_k).

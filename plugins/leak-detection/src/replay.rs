@@ -9,7 +9,10 @@ pub struct Step {
     pub payload: String,
 }
 
-fn read_csv(path: &Path) -> Result<(Vec<String>, Vec<(String, Vec<String>)>), String> {
+/// Header columns and rows (timestamp, values) of a CSV file.
+type Table = (Vec<String>, Vec<(String, Vec<String>)>);
+
+fn read_csv(path: &Path) -> Result<Table, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut lines = text.lines();
     let header: Vec<String> = lines.next().ok_or("empty csv")?.split(',').skip(1).map(str::to_owned).collect();

@@ -144,8 +144,8 @@ fn reordered_duplicated_and_late_messages() {
             out.push(Step { time: st.time.clone(), payload: st.payload.clone() });
         }
         if i == 150 {
-            for k in 100..105 {
-                out.push(Step { time: s[k].time.clone(), payload: s[k].payload.clone() });
+            for old in &s[100..105] {
+                out.push(Step { time: old.time.clone(), payload: old.payload.clone() });
             }
         }
     }

@@ -63,7 +63,6 @@ fn abrupt_leak_p523_detected_located_sized() {
 }
 
 #[test]
-#[ignore = "known weakness (measured): in this window the start-up level is set from a 3-hour mean and p653 is not reported before 2019-03-23 (2.8 m3/h); in the full-year replay it is first reported on 03-15 at ~1 m3/h"]
 fn incipient_leak_p653_detected_in_its_growth() {
     let mut h = calibrated();
     // p653 (incipient) starts 2019-03-03 13:10 and grows to 2.8 m3/h by 03-23 (leaks.csv).
@@ -79,8 +78,8 @@ fn incipient_leak_p653_detected_in_its_growth() {
     assert!(!later.is_empty(), "p653's growth never reported: {a:#?}");
     let t = later[0]["time"].as_str().unwrap();
     let true_then = true_flow(&dir, "p653", &t[..15]);
-    // The CUSUM (drift 0.5, threshold 12 m3/h.h) cannot see much less than ~0.7 m3/h and must
-    // not wait until 3 m3/h (in the full-year replay p653's growth was first reported at
-    // 2019-03-15 03:10, leak ~1.0 m3/h).
+    // A slow rise is reported once the last day's mean flow balance is `min_growth_m3h` = 1.5
+    // m3/h above the last reported level (daily-mean error ~0.3 m3/h on the leak-free year),
+    // so not much below ~1 m3/h of leak and, with the noise, well before 3 m3/h.
     assert!((0.5..=3.0).contains(&true_then), "first report at {t}, leak then {true_then} m3/h");
 }
