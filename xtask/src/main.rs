@@ -50,9 +50,21 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// The checkout `cargo xtask` was run in: the nearest folder up from the
+/// current one holding this workspace (`xtask/` beside a `[workspace]`
+/// manifest). Found at run time, not compiled in, because a target directory
+/// shared by two checkouts (CI keeps one) may run an xtask built in the other.
 fn workspace_root() -> Result<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    Ok(dir.parent().context("xtask has no parent folder")?.to_owned())
+    let start = std::env::current_dir().context("cannot read the current directory")?;
+    for dir in start.ancestors() {
+        let manifest = dir.join("Cargo.toml");
+        if dir.join("xtask/Cargo.toml").is_file()
+            && std::fs::read_to_string(&manifest).is_ok_and(|t| t.contains("[workspace]"))
+        {
+            return Ok(dir.to_owned());
+        }
+    }
+    bail!("run cargo xtask inside the Outpost checkout ({} is not)", start.display())
 }
 
 /// Prints a step header; returns the start time for `done`.
