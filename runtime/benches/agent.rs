@@ -249,6 +249,102 @@ fn bench_traffic(rows: &mut Vec<Row>) {
     }
 }
 
+fn wit_batch(b: &[(String, Vec<u8>)]) -> Vec<outpost::host::WitMessage<'_>> {
+    b.iter().map(|(t, p)| outpost::host::WitMessage { topic: t, payload: p, received_ms: 0 }).collect()
+}
+
+/// Leak detection at L-Town scale: a simulated year of 5-minute SCADA steps
+/// (33 pressures, 3 flows, 82 AMR meters, 1 tank level per message), one
+/// hour per call, after calibration on two leak-free weeks. Needs the cached
+/// runs of `cargo xtask eval leak`.
+fn bench_leak(rows: &mut Vec<Row>) {
+    println!("\n(a) leak-detection, per 5-minute SCADA step over a year of L-Town: WASM (real host) vs native");
+    let cache = std::env::var_os("OUTPOST_LTOWN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/outpost-data/battledim"));
+    let model = cache.join("leak-model.json");
+    if !cache.join("evaluation/pressures.csv").is_file() || !model.is_file() {
+        println!("  skipped: no simulated year in {}; run `cargo xtask eval leak` once", cache.display());
+        return;
+    }
+    let load = |dir: &str, from: Option<&str>, to: Option<&str>| {
+        leak_detection::replay::load_dir(&cache.join(dir), from, to).expect("simulated SCADA")
+    };
+    let (cal_start, cal_end) = ("2019-01-01 00:00", "2019-01-14 23:55");
+    let calibration = load("leakfree", Some(cal_start), Some(cal_end));
+    let year = load("evaluation", None, None);
+    let model = std::fs::read(model).expect("leak model");
+    let topic = "site/bench/ltown";
+    let as_batches = |steps: &[leak_detection::replay::Step]| -> Vec<Vec<(String, Vec<u8>)>> {
+        steps
+            .chunks(12)
+            .map(|c| c.iter().map(|s| (format!("{topic}/scada"), s.payload.clone().into_bytes())).collect())
+            .collect()
+    };
+    let (cal_batches, year_batches) = (as_batches(&calibration), as_batches(&year));
+    let mut setup = vec![vec![
+        (format!("{topic}/leak-model"), model),
+        (format!("{topic}/calibrate"), format!(r#"{{"start":"{cal_start}","end":"{cal_end}"}}"#).into_bytes()),
+    ]];
+    setup.extend(cal_batches);
+
+    let host = HostEngine::new(&EngineOptions::default()).expect("engine");
+    let (manifest, loaded) =
+        self::load(&host, &env_dir("OUTPOST_PACKAGES", "target/outpost/packages").join("leak-detection"));
+    let config = outpost::package::effective_config(&manifest.config, None);
+    let metrics = Metrics::new();
+    let mut instance = host
+        .instantiate(&loaded, &manifest, context("leak-detection", &manifest, &metrics), &config)
+        .expect("instantiate");
+    for b in &setup {
+        instance.handle(&wit_batch(b)).expect("calibration");
+    }
+    let t = Instant::now();
+    for b in &year_batches {
+        let _ = instance.handle(&wit_batch(b));
+    }
+    let wasm = t.elapsed();
+    let memory = instance.memory_bytes();
+
+    let mut h = Harness::<leak_detection::LeakDetection>::new(&config).expect("native init");
+    for b in &setup {
+        let _ = h.send_batch(b.iter().map(|(t, p)| Message::new(t.clone(), p.clone())).collect());
+    }
+    let native_batches: Vec<Vec<Message>> = year_batches
+        .iter()
+        .map(|b| b.iter().map(|(t, p)| Message::new(t.clone(), p.clone())).collect())
+        .collect();
+    let t = Instant::now();
+    for b in native_batches {
+        let _ = h.send_batch(b);
+    }
+    let native = t.elapsed();
+    let n = year.len() as f64;
+    let (wasm_us, native_us) = (wasm.as_secs_f64() * 1e6 / n, native.as_secs_f64() * 1e6 / n);
+    row(
+        rows,
+        &format!("leak-detection per SCADA step ({} steps, 119 sensors each)", year.len()),
+        format!("{wasm_us:.1} us (WASM)"),
+        format!("{native_us:.1} us (native)"),
+        format!("{:.2}x native", wasm_us / native_us),
+        "-",
+    );
+    println!(
+        "    the year through WASM in {:.1} s ({:.0}x real time); guest memory after it {:.1} MiB (limit {} MiB)",
+        wasm.as_secs_f64(),
+        365.0 * 86_400.0 / wasm.as_secs_f64(),
+        memory as f64 / (1u64 << 20) as f64,
+        manifest.limits.memory_mib
+    );
+    rows.push(Row {
+        what: "leak-detection guest memory after a year of L-Town".into(),
+        ours: format!("{:.1} MiB", memory as f64 / (1u64 << 20) as f64),
+        baseline: format!("limit {} MiB", manifest.limits.memory_mib),
+        ratio: "-".into(),
+        target: "bounded".into(),
+    });
+}
+
 /// (b) service -> service inside the agent vs raw publish -> subscribe through Mosquitto.
 fn bench_in_agent(rows: &mut Vec<Row>, mosquitto_port: u16, rt: &tokio::runtime::Runtime) {
     println!("\n(b) service-to-service delivery: in-agent routing vs Mosquitto publish -> subscribe");
@@ -721,6 +817,9 @@ fn main() {
     }
     if on("traffic") {
         bench_traffic(&mut rows);
+    }
+    if on("leak") {
+        bench_leak(&mut rows);
     }
     if on("in-agent") {
         bench_in_agent(&mut rows, mosquitto_port, &rt);

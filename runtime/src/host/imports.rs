@@ -33,11 +33,52 @@ pub struct CallOutput {
     pub acl_denied: u64,
 }
 
+/// The store's limits, remembering how much linear memory the guest holds
+/// (reported by `ServiceInstance::memory_bytes`).
+pub(crate) struct TrackedLimits {
+    inner: StoreLimits,
+    pub(crate) memory_bytes: usize,
+}
+
+impl wasmtime::ResourceLimiter for TrackedLimits {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let allowed = self.inner.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.memory_bytes = self.memory_bytes - current.min(self.memory_bytes) + desired;
+        }
+        Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.memory_grow_failed(error)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
+}
+
 /// The `T` of each instance's `Store<T>`.
 pub struct InstanceState {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: TrackedLimits,
     ctx: ServiceContext,
     pub(crate) output: CallOutput,
     pub(crate) txn: StateTxn,
@@ -45,6 +86,7 @@ pub struct InstanceState {
 
 impl InstanceState {
     pub(crate) fn new(ctx: ServiceContext, limits: StoreLimits) -> Self {
+        let limits = TrackedLimits { inner: limits, memory_bytes: 0 };
         let wasi = wasmtime_wasi::WasiCtxBuilder::new().inherit_stderr().build();
         InstanceState {
             wasi,

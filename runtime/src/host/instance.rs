@@ -125,6 +125,11 @@ impl ServiceInstance {
         std::mem::take(&mut self.store.data_mut().output)
     }
 
+    /// Linear memory the guest holds now, bytes (all its memories).
+    pub fn memory_bytes(&self) -> usize {
+        self.store.data().limits.memory_bytes
+    }
+
     /// The per-call deadline (rounded to the epoch tick).
     pub fn deadline(&self) -> Duration {
         EPOCH_TICK * self.deadline_ticks as u32
