@@ -310,10 +310,8 @@ fn bench_leak(rows: &mut Vec<Row>) {
     for b in &setup {
         let _ = h.send_batch(b.iter().map(|(t, p)| Message::new(t.clone(), p.clone())).collect());
     }
-    let native_batches: Vec<Vec<Message>> = year_batches
-        .iter()
-        .map(|b| b.iter().map(|(t, p)| Message::new(t.clone(), p.clone())).collect())
-        .collect();
+    let native_batches: Vec<Vec<Message>> =
+        year_batches.iter().map(|b| b.iter().map(|(t, p)| Message::new(t.clone(), p.clone())).collect()).collect();
     let t = Instant::now();
     for b in native_batches {
         let _ = h.send_batch(b);

@@ -229,9 +229,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     std::thread::sleep(Duration::from_millis(500));
     let scene = work.join("pit-scene.csv");
     std::fs::write(&scene, mine_scene())?;
-    let quiet = |cmd: &mut Command| -> Result<Child> {
-        Ok(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?)
-    };
+    let quiet = |cmd: &mut Command| -> Result<Child> { Ok(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?) };
     let mut gnss = Command::new(bin.join("outpost-sim"));
     gnss.args(["--broker", &broker, "--site", "demo", "--speed", &speed.to_string()]);
     for (asset, kind, file) in CAPTURES {

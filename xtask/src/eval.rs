@@ -39,7 +39,8 @@ fn leak(root: &Path, args: &[String]) -> Result<()> {
     for config in ["leakfree", "evaluation"] {
         let out = cache.join(format!("{config}{suffix}"));
         if !out.join("pressures.csv").is_file() || !out.join("meta.json").is_file() {
-            let t = step(&format!("simulating L-Town 2019 ({config}) with EPANET into {} (about 5 min)", out.display()));
+            let t =
+                step(&format!("simulating L-Town 2019 ({config}) with EPANET into {} (about 5 min)", out.display()));
             let mut cmd = Command::new("python3");
             cmd.current_dir(&tools).args(["simulate_ltown.py", "--config", config, "--out"]).arg(&out);
             if let Some(s) = &seed {

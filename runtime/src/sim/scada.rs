@@ -24,6 +24,9 @@ const KINDS: [(&str, &str); 4] = [
     ("levels.csv", "level_m"),
 ];
 
+/// One time step: seconds since the epoch, and kind → sensor → reading.
+type Step = (f64, Map<String, Value>);
+
 pub fn load(site: &str, network: &str, dir: &Path) -> Result<Track, SimError> {
     if !valid_level(network) {
         return Err(SimError::Option(format!("--network '{network}' must be one topic level")));
@@ -36,8 +39,7 @@ pub fn load(site: &str, network: &str, dir: &Path) -> Result<Track, SimError> {
         skipped: Vec::new(),
         skipped_count: 0,
     };
-    // timestamp text -> (seconds, kind -> sensor readings)
-    let mut steps: BTreeMap<String, (f64, Map<String, Value>)> = BTreeMap::new();
+    let mut steps: BTreeMap<String, Step> = BTreeMap::new();
     let mut found = 0;
     for (file, field) in KINDS {
         let path = dir.join(file);
@@ -80,7 +82,7 @@ pub fn load(site: &str, network: &str, dir: &Path) -> Result<Track, SimError> {
             dir.display()
         )));
     }
-    let mut ordered: Vec<(String, (f64, Map<String, Value>))> = steps.into_iter().collect();
+    let mut ordered: Vec<(String, Step)> = steps.into_iter().collect();
     ordered.sort_by(|a, b| a.1 .0.total_cmp(&b.1 .0));
     let origin = ordered.first().map_or(0.0, |s| s.1 .0);
     track.clock = Clock::Site(origin);
