@@ -1,7 +1,7 @@
 //! Hourly leak detection (flow-balance CUSUM), localisation (pressure residual change matched
 //! to the model's pipe signatures) and the leak lifecycle (start, growth, repair).
 
-use crate::model::{pressure_features, Calibration, Hour, NetModel};
+use crate::model::{hour_of_week, pressure_features, Calibration, Hour, NetModel};
 use std::collections::VecDeque;
 
 /// Detector parameters (from the service config).
@@ -26,6 +26,8 @@ pub struct Params {
     /// Least rise (m³/h) of the last day's mean over the level of the last reported event
     /// for a slow (incipient) change to be reported.
     pub min_growth_m3h: f64,
+    /// Hours over which the time-of-week profile's scale follows the inflow (no AMR meters).
+    pub profile_adapt_h: f64,
 }
 
 /// One hour as the detector keeps it.
@@ -105,6 +107,10 @@ pub struct Detector {
     /// Calibration pressure sensor ids and their hourly residual sigma (m).
     pub sensor_ids: Vec<String>,
     pub sensor_sigma: Vec<f64>,
+    /// Scale of the time-of-week consumption profile (no AMR meters), tracked while no leak
+    /// is open or pending.
+    #[serde(default)]
+    pub profile_scale: Option<f64>,
     /// Leaks ended this hour (for the caller's `end` payloads).
     #[serde(skip)]
     pub closed: Vec<OpenLeak>,
@@ -142,7 +148,18 @@ impl Detector {
         *missing_amr += miss;
         let c = cal.consumption(&amr);
         let mut e = None;
-        if let (Some(q), Some(le), Some((ph, pl))) = (h.inflow, h.level_end, self.prev_level) {
+        if !cal.profile.is_empty() {
+            if let Some(q) = h.inflow {
+                let base = cal.profile[hour_of_week(h.hour)];
+                let s = *self.profile_scale.get_or_insert(1.0);
+                e = Some(q - s * base);
+                // Seasonal demand drifts far more than a small leak: the scale follows the
+                // inflow slowly, and not while a leak is open or being decided.
+                if base > 0.0 && self.open.is_empty() && self.pending.is_none() && self.relearn_from.is_none() {
+                    self.profile_scale = Some(s + (q / base - s) / p.profile_adapt_h);
+                }
+            }
+        } else if let (Some(q), Some(le), Some((ph, pl))) = (h.inflow, h.level_end, self.prev_level) {
             if ph == h.hour - 1 {
                 let mut x = amr.clone();
                 x.push(le - pl);

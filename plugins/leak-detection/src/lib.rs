@@ -55,8 +55,13 @@ pub struct Config {
     pub tank_level: String,
     pub max_networks: usize,
     pub max_calibration_days: i64,
-    /// Steps (of 12) an hour needs with both inlets valid to count.
+    /// Sampling step of the SCADA (min, divides 60): 5 for L-Town, 30 for LeakDB.
+    pub step_minutes: i64,
+    /// Steps (of `60 / step_minutes`) an hour needs with all inlets valid to count.
     pub min_steps_per_hour: u32,
+    /// Without AMR meters: hours over which the time-of-week consumption profile's scale
+    /// follows the inlet flow (exponential smoothing; frozen while a leak is open).
+    pub profile_adapt_h: f64,
     /// Minutes after an hour's end before it is closed (late and reordered steps).
     pub grace_min: i64,
     pub cusum_drift_m3h: f64,
@@ -101,7 +106,9 @@ impl Default for Config {
             tank_level: "T1".into(),
             max_networks: 8,
             max_calibration_days: 62,
+            step_minutes: 5,
             min_steps_per_hour: 6,
+            profile_adapt_h: 72.0,
             grace_min: 10,
             cusum_drift_m3h: 0.5,
             cusum_threshold_m3h: 12.0,
@@ -147,8 +154,15 @@ impl Config {
                 _ => return bad(format!("calibration {w:?}: start and end must be YYYY-MM-DD HH:MM, end after start")),
             }
         }
-        if c.max_networks == 0 || c.max_calibration_days < 1 || !(1..=12).contains(&c.min_steps_per_hour) {
-            return bad("max_networks ≥ 1, max_calibration_days ≥ 1, min_steps_per_hour 1..12".into());
+        if !(1..=30).contains(&c.step_minutes) || 60 % c.step_minutes != 0 {
+            return bad("step_minutes must divide 60 (1..30)".into());
+        }
+        let per_hour = (60 / c.step_minutes) as u32;
+        if c.max_networks == 0 || c.max_calibration_days < 1 || !(1..=per_hour).contains(&c.min_steps_per_hour) {
+            return bad(format!("max_networks ≥ 1, max_calibration_days ≥ 1, min_steps_per_hour 1..{per_hour}"));
+        }
+        if !(c.profile_adapt_h >= 1.0 && c.profile_adapt_h.is_finite()) {
+            return bad("profile_adapt_h ≥ 1".into());
         }
         if c.cusum_threshold_m3h <= 0.0 || c.cusum_drift_m3h < 0.0 || c.min_leak_m3h <= 0.0 || c.merge_ratio < 1.0 {
             return bad("cusum_threshold_m3h > 0, cusum_drift_m3h ≥ 0, min_leak_m3h > 0, merge_ratio ≥ 1".into());
@@ -179,6 +193,7 @@ impl Config {
             relearn_h: self.relearn_h.max(1),
             locate_min_m3h: self.locate_min_m3h,
             min_growth_m3h: self.min_growth_m3h,
+            profile_adapt_h: self.profile_adapt_h,
         }
     }
 
@@ -206,7 +221,7 @@ impl Config {
 #[derive(Debug, Default)]
 struct HourAcc {
     hour: i64,
-    seen: u16,
+    seen: u64,
     inflow: (f64, u32),
     pump: (f64, u32),
     level: (f64, u32),
@@ -270,6 +285,23 @@ fn key(kind: &str, site: &str, net: &str) -> String {
     format!("{kind}/{site}/{net}")
 }
 
+/// State key of the calibration hours collected on day `day` (days since 1970).
+fn day_key(site: &str, net: &str, day: i64) -> String {
+    format!("calhours/{site}/{net}/{day}")
+}
+
+/// Days (since 1970) a window from `start` to `end` (minutes) spans, at most `max_days + 1`.
+fn window_days(start: i64, end: i64, max_days: i64) -> std::ops::RangeInclusive<i64> {
+    let first = start.div_euclid(1440);
+    first..=end.div_euclid(1440).min(first + max_days)
+}
+
+fn forget_hours(site: &str, net: &str, start: i64, end: i64, max_days: i64) {
+    for d in window_days(start, end, max_days) {
+        host::state_delete(&day_key(site, net, d));
+    }
+}
+
 fn flag(counter: &str, why: &str) {
     host::counter(counter, 1);
     host::debug(why);
@@ -302,6 +334,25 @@ impl LeakDetection {
             (_, Some(w)) => collecting(w),
             (None, None) => Calib::None,
         };
+        // Hours collected before a restart continue the window.
+        let mut calib = calib;
+        let mut last_closed = None;
+        if let Calib::Collecting { start, end, hours, .. } = &mut calib {
+            for d in window_days(*start, *end, self.cfg.max_calibration_days) {
+                if let Some(day) =
+                    host::state_get(&day_key(site, name, d)).and_then(|b| serde_json::from_slice::<Vec<Hour>>(&b).ok())
+                {
+                    hours.extend(day);
+                }
+            }
+            hours.sort_by_key(|h| h.hour);
+            hours.dedup_by_key(|h| h.hour);
+            hours.truncate((self.cfg.max_calibration_days * 24) as usize);
+            last_closed = hours.last().map(|h| h.hour);
+            if !hours.is_empty() {
+                host::info(&format!("{site}/{name}: {} calibration hours reloaded", hours.len()));
+            }
+        }
         let mut det: Detector = match &calib {
             Calib::Done(_) => host::state_get(&key("detector", site, name))
                 .and_then(|b| serde_json::from_slice(&b).ok())
@@ -316,7 +367,7 @@ impl LeakDetection {
             calib,
             validator: Validator::default(),
             open: Vec::new(),
-            last_closed: None,
+            last_closed,
             latest: None,
             det,
         }
@@ -343,7 +394,14 @@ impl LeakDetection {
         host::state_set(&key("window", site, name), &bytes);
         host::state_delete(&key("calib", site, name));
         host::state_delete(&key("detector", site, name));
+        let max_days = self.cfg.max_calibration_days;
+        if let (Some(a), Some(b)) = (time::parse_minutes(&w.start), time::parse_minutes(&w.end)) {
+            forget_hours(site, name, a, b, max_days);
+        }
         if let Some(net) = self.network(site, name) {
+            if let Calib::Collecting { start, end, .. } = &net.calib {
+                forget_hours(site, name, *start, *end, max_days);
+            }
             host::info(&format!("{site}/{name}: calibration from {} to {}", w.start, w.end));
             net.calib = collecting(w);
             net.det = Detector::new(ring);
@@ -361,8 +419,9 @@ impl LeakDetection {
         let msg = parse_scada(payload).map_err(|e| ("flag_bad_message".to_string(), e))?;
         let minute = time::parse_minutes(&msg.time)
             .ok_or_else(|| ("flag_bad_time".to_string(), format!("time {:?} is not YYYY-MM-DD HH:MM", msg.time)))?;
-        if minute % 5 != 0 {
-            return Err(("flag_bad_time".into(), format!("time {} is not on a 5-min step", msg.time)));
+        if minute % cfg.step_minutes != 0 {
+            let why = format!("time {} is not on a {}-min step", msg.time, cfg.step_minutes);
+            return Err(("flag_bad_time".into(), why));
         }
         let Some(net) = self.network(site, name) else { return Ok(()) };
         match &net.calib {
@@ -378,7 +437,8 @@ impl LeakDetection {
         if net.last_closed.is_some_and(|c| hour <= c) || net.open.first().is_some_and(|a| hour < a.hour) {
             return Err(("flag_late".into(), format!("{} arrived after its hour was closed", msg.time)));
         }
-        let slot = ((minute.rem_euclid(60)) / 5) as u16;
+        let per_hour = 60 / cfg.step_minutes;
+        let slot = minute.rem_euclid(60) / cfg.step_minutes;
         if let Some(acc) = net.open.iter().find(|a| a.hour == hour) {
             if acc.seen & (1 << slot) != 0 {
                 return Err(("flag_duplicate".into(), format!("{} already received", msg.time)));
@@ -437,8 +497,8 @@ impl LeakDetection {
         if let Some(l) = level {
             acc.level.0 += l;
             acc.level.1 += 1;
-            // Only the last two steps of the hour end it (55 and 50 min).
-            if slot >= 10 {
+            // Only the last two steps of the hour end it (55 and 50 min at 5-min steps).
+            if slot >= per_hour - 2 {
                 acc.level_tail.push((minute, l));
             }
         }
@@ -480,7 +540,7 @@ impl LeakDetection {
             net.on_hour(h, &params, latest, cfg.max_calibration_days);
         }
         if done_collecting {
-            net.finish_calibration(cfg.ridge);
+            net.finish_calibration(cfg.ridge, cfg.max_calibration_days);
         }
         Ok(())
     }
@@ -498,7 +558,13 @@ impl Network {
             Calib::None => {}
             Calib::Collecting { hours, .. } => {
                 if (hours.len() as i64) < max_days * 24 {
+                    let day = h.hour.div_euclid(24);
                     hours.push(h);
+                    // Persisted per day so that a restart continues the window.
+                    let today: Vec<&Hour> = hours.iter().filter(|x| x.hour.div_euclid(24) == day).collect();
+                    if let Ok(b) = serde_json::to_vec(&today) {
+                        host::state_set(&day_key(&self.site, &self.name, day), &b);
+                    }
                 }
             }
             Calib::Done(cal) => {
@@ -518,8 +584,11 @@ impl Network {
         }
     }
 
-    fn finish_calibration(&mut self, ridge: f64) {
-        let Calib::Collecting { window, hours, .. } = std::mem::replace(&mut self.calib, Calib::None) else { return };
+    fn finish_calibration(&mut self, ridge: f64, max_days: i64) {
+        let Calib::Collecting { window, hours, start, end } = std::mem::replace(&mut self.calib, Calib::None) else {
+            return;
+        };
+        forget_hours(&self.site, &self.name, start, end, max_days);
         match Calibration::fit(&window.start, &window.end, &hours, ridge) {
             Ok(c) => {
                 host::info(&format!(

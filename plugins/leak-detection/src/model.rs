@@ -94,10 +94,19 @@ pub struct Calibration {
     /// Per pressure sensor, hourly mean pressure from `[c, c², level, pump, pump²]` where `c` is
     /// the consumption part of `inflow` (Δlevel = 0).
     pub pressure: Vec<Option<LinModel>>,
+    /// Without AMR meters: mean inlet flow (m³/h) per hour of the week (168, Monday 00 first),
+    /// the consumption model; empty when the AMR model `inflow` is used.
+    #[serde(default)]
+    pub profile: Vec<f64>,
 }
 
-/// One closed hour's means.
-#[derive(Debug, Clone, Default)]
+/// Hour of the week (0 = Monday 00:00..01:00) of an hour index since 1970-01-01 (a Thursday).
+pub fn hour_of_week(hour: i64) -> usize {
+    ((hour.div_euclid(24) + 3).rem_euclid(7) * 24 + hour.rem_euclid(24)) as usize
+}
+
+/// One closed hour's means (stored in state while the calibration window is collected).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Hour {
     pub hour: i64,
     pub flow_steps: u32,
@@ -161,7 +170,11 @@ impl Calibration {
             pressure_ids,
             inflow: LinModel { mu: vec![], sd: vec![], beta: vec![], b0: 0.0, sigma: 0.0 },
             pressure: vec![],
+            profile: vec![],
         };
+        if partial.amr_ids.is_empty() {
+            return Self::fit_profile(partial, hours);
+        }
         let mut fill = Vec::new();
         let mut rows = Vec::new();
         let mut y = Vec::new();
@@ -197,5 +210,31 @@ impl Calibration {
         }
         partial.pressure = pressure;
         Ok(partial)
+    }
+
+    /// No AMR meters: the consumption model is the time-of-week profile of the inlet flow
+    /// (every hour of the week needs a value: at least 7 days); no pressure model.
+    fn fit_profile(mut c: Calibration, hours: &[Hour]) -> Result<Calibration, String> {
+        let mut sum = [(0.0, 0u32); 168];
+        for h in hours {
+            if let Some(q) = h.inflow {
+                let k = hour_of_week(h.hour);
+                sum[k].0 += q;
+                sum[k].1 += 1;
+            }
+        }
+        let empty = sum.iter().filter(|s| s.1 == 0).count();
+        if empty > 0 {
+            return Err(format!("calibration: no AMR meters and {empty} hours of the week without inlet flow"));
+        }
+        c.profile = sum.iter().map(|(s, n)| s / *n as f64).collect();
+        let res: Vec<f64> = hours.iter().filter_map(|h| Some(h.inflow? - c.profile[hour_of_week(h.hour)])).collect();
+        let n = res.len() as f64;
+        let sigma = (res.iter().map(|r| r * r).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
+        let mean = c.profile.iter().sum::<f64>() / 168.0;
+        c.hours_used = res.len();
+        c.inflow = LinModel { mu: vec![], sd: vec![], beta: vec![], b0: mean, sigma };
+        c.pressure = vec![None; c.pressure_ids.len()];
+        Ok(c)
     }
 }
