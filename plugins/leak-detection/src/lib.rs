@@ -1,7 +1,8 @@
 //! Leak detection: detects, locates and sizes leaks in a district water network from its
 //! SCADA (pressures, inlet flows, AMR demands, tank level), in real time with bounded memory.
 //!
-//! Input: `site/{site}/{network}/scada` (one JSON message per 5-min step), the network model
+//! Input: `site/{site}/{network}/scada` (one JSON message per step of `step_minutes`, 5 by
+//! default), the network model
 //! `site/{site}/{network}/leak-model` (built by `tools/leak_model.py`, stored in state) and the
 //! command `site/{site}/{network}/calibrate` (`{"start": "...", "end": "..."}`).
 //! Output: `svc/leak-detection/{site}/alarm` (`start`, `update`, `end`). See README.md.
@@ -16,7 +17,10 @@
 //!   least squares with the flow-balance size as prior); refined at `refine_after_h`;
 //! - leaks present from the first monitored hour (older than the service) show as a baseline
 //!   shift against the leak-free calibration: alarmed at once, decomposed greedily into up to
-//!   `max_startup_leaks` pipes.
+//!   `max_startup_leaks` pipes;
+//! - without AMR meters (e.g. LeakDB Hanoi) the consumption model is the calibration's
+//!   time-of-week profile of the inlet flow, its scale smoothed over `profile_adapt_h` hours;
+//! - calibration hours are stored per day while collected, so a restart continues the window.
 //!
 //! Config keys (units, defaults) are listed on [`Config`] and in README.md.
 
