@@ -14,7 +14,7 @@
 //! from then on; those 4 weeks are predicted 0.
 //!
 //! ```sh
-//! cargo run --release -p outpost-eval --bin leakdb-eval -- [--config JSON] [N ...]
+//! cargo run --release -p outpost-eval --bin leakdb-eval -- [--config JSON] [--verbose] [N ...]
 //! ```
 //! Default scenarios: 1 2 3 4 5 7 8 9 10 11 (1, 5 and 10 have no leak).
 
@@ -35,7 +35,7 @@ const CAL_STEPS: usize = 28 * 48;
 const HANOI: &str = r#"{"step_minutes":30,"min_steps_per_hour":2,"inlet_flows":["1"],"pump_flow":"","tank_level":"",
  "calibration":{"start":"2017-01-01 00:00","end":"2017-01-28 23:30"},
  "flow_range_m3h":[-50000,50000],"pressure_range_m":[-100,300],"spike_flow_m3h":1e6,"spike_pressure_m":1e6,
- "cusum_drift_m3h":150,"cusum_threshold_m3h":3000,"min_leak_m3h":100,"min_growth_m3h":150,"locate_min_m3h":1e9,
+ "cusum_drift_m3h":150,"cusum_threshold_m3h":2000,"min_leak_m3h":100,"min_growth_m3h":150,"locate_min_m3h":1e9,
  "relearn_h":24,"profile_adapt_h":72}"#;
 
 fn main() -> ExitCode {
@@ -61,9 +61,13 @@ fn run() -> Result<(), String> {
     let cache = PathBuf::from("/var/tmp/outpost-data/leakdb/hanoi");
     let mut config: Value = serde_json::from_str(HANOI).map_err(|e| e.to_string())?;
     let mut scenarios = Vec::new();
+    let mut verbose = false;
+    let mut always_own = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
+            "--verbose" => verbose = true,
+            "--own-calibration" => always_own = true,
             "--config" => {
                 let v = args.next().ok_or("--config needs a JSON object")?;
                 merge(&mut config, &serde_json::from_str(&v).map_err(|e| format!("--config: {e}"))?);
@@ -88,7 +92,7 @@ fn run() -> Result<(), String> {
         let windows: Vec<(u64, u64)> = leaks.iter().map(|l| (l.leak_start_time, l.leak_end_time)).collect();
         let y = leakdb::labels_from_windows(STEPS, &windows);
         let dir = ensure(&repo, &cache, n)?;
-        let own_cal = leaks.iter().all(|l| l.leak_start_time as usize >= CAL_STEPS);
+        let own_cal = always_own || leaks.iter().all(|l| l.leak_start_time as usize >= CAL_STEPS);
         let t = Instant::now();
         let steps = load(&dir)?;
         let mut h =
@@ -101,6 +105,14 @@ fn run() -> Result<(), String> {
         }
         let alarms: Vec<Value> =
             h.take_published().iter().filter_map(|(_, p)| serde_json::from_slice(p).ok()).collect();
+        if verbose {
+            for a in &alarms {
+                eprintln!(
+                    "  {n} {} {} {} onset {} {} m3/h: {}",
+                    a["leak_id"], a["event"], a["time"], a["onset"], a["flow_m3h"], a["reason"]
+                );
+            }
+        }
         let p = predictions(&alarms);
         let sc = leakdb::score(&[&y], &[&p]).map_err(|e| e.to_string())?;
         let delays = delays_h(&y, &p);

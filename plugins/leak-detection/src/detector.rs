@@ -154,9 +154,10 @@ impl Detector {
                 let s = *self.profile_scale.get_or_insert(1.0);
                 e = Some(q - s * base);
                 // Seasonal demand drifts far more than a small leak: the scale follows the
-                // inflow slowly, and not while a leak is open or being decided.
-                if base > 0.0 && self.open.is_empty() && self.pending.is_none() && self.relearn_from.is_none() {
-                    self.profile_scale = Some(s + (q / base - s) / p.profile_adapt_h);
+                // inflow less the accepted leakage level, slowly, and not while an event is
+                // being decided or its level re-learnt.
+                if base > 0.0 && self.pending.is_none() && self.relearn_from.is_none() {
+                    self.profile_scale = Some(s + ((q - self.level0) / base - s) / p.profile_adapt_h);
                 }
             }
         } else if let (Some(q), Some(le), Some((ph, pl))) = (h.inflow, h.level_end, self.prev_level) {
