@@ -14,8 +14,23 @@ const CACHE: &str = "/var/tmp/outpost-data/battledim";
 pub fn run_eval(root: &Path, args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("leak") => leak(root, &args[1..]),
-        _ => bail!("usage: cargo xtask eval leak [--seed N] [leak-eval options]"),
+        Some("leakdb") => leakdb(&args[1..]),
+        _ => bail!(
+            "usage: cargo xtask eval leak [--seed N] [leak-eval options] | cargo xtask eval leakdb [SCENARIO ...]"
+        ),
     }
+}
+
+/// LeakDB Hanoi scenarios (simulated and cached by the runner itself),
+/// scored with LeakDB's official formulas.
+fn leakdb(args: &[String]) -> Result<()> {
+    toolchain::setup(true)?;
+    let t = step("replaying LeakDB Hanoi scenarios through leak-detection and scoring them (F1, MCC, TPR, TNR, SED)");
+    let mut cmd = cargo();
+    cmd.args(["run", "--release", "-q", "-p", "outpost-eval", "--bin", "leakdb-eval", "--"]).args(args);
+    run(&mut cmd)?;
+    done(t);
+    Ok(())
 }
 
 fn leak(root: &Path, args: &[String]) -> Result<()> {

@@ -22,7 +22,9 @@ commands:
   bench   measured figures beside their baselines (release build)
   eval leak [--seed N]
           the leak-detection service on a simulated year of L-Town, scored
-          with the official BattLeDIM rules (simulates and caches what is missing)";
+          with the official BattLeDIM rules (simulates and caches what is missing)
+  eval leakdb [SCENARIO ...]
+          the same service on LeakDB Hanoi scenarios, LeakDB's official scores";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
