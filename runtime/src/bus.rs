@@ -344,7 +344,7 @@ mod tests {
         let q = AckQueue::default();
         let ids: Vec<(u64, u64)> = (1..=4).map(|pkid| q.arrived(publish(pkid))).collect();
         let mut sent = Vec::new();
-        let mut handled = |i: (u64, u64)| {
+        let handled = |i: (u64, u64)| {
             let mut out = Vec::new();
             q.handled(i.0, i.1, |p| out.push(p.pkid));
             out

@@ -14,7 +14,6 @@ use outpost_sdk::testing::Harness;
 use outpost_tests::*;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use traffic_awareness::TrafficAwareness;
 use weight_loading::WeightLoading;
 
 const HAUL: &str = "mine-haul-dispatch/StdShiftLoadsDumpsFuel.train.csv";
