@@ -21,32 +21,44 @@ fn cache() -> PathBuf {
     PathBuf::from(std::env::var("OUTPOST_DATA").unwrap_or_else(|_| "/var/tmp/outpost-data".into())).join("battledim")
 }
 
+/// Tests of one binary run in parallel: one generates, the others wait.
+static GENERATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `script` writing to a scratch path, then renames it into place, so a
+/// reader (or another test binary generating the same thing) never sees a
+/// half-written result.
+fn generate(target: &Path, script: &str, args: &[&str]) {
+    let _one_at_a_time = GENERATING.lock().unwrap_or_else(|e| e.into_inner());
+    if target.exists() {
+        return;
+    }
+    let scratch = target.with_extension(format!("partial-{}", std::process::id()));
+    let st = Command::new("python3")
+        .current_dir(tools())
+        .arg(script)
+        .args(args)
+        .arg("--out")
+        .arg(&scratch)
+        .status()
+        .expect("python3 runs (pip install wntr six)");
+    assert!(st.success(), "{script} failed for {}", target.display());
+    if std::fs::rename(&scratch, target).is_err() {
+        // Another process finished first: keep its result.
+        let _ = std::fs::remove_dir_all(&scratch);
+        let _ = std::fs::remove_file(&scratch);
+    }
+}
+
 /// A simulated window `ci-{name}`, generated once (seed 2020, 1 day of spin-up).
 pub fn window(name: &str, config: &str, start: &str, end: &str) -> PathBuf {
     let dir = cache().join(format!("ci-{name}"));
-    if !dir.join("levels.csv").exists() {
-        let st = Command::new("python3")
-            .current_dir(tools())
-            .args(["simulate_ltown.py", "--config", config, "--start", start, "--end", end, "--out"])
-            .arg(&dir)
-            .status()
-            .expect("python3 runs (pip install wntr six)");
-        assert!(st.success(), "simulate_ltown.py failed for {name}");
-    }
+    generate(&dir, "simulate_ltown.py", &["--config", config, "--start", start, "--end", end]);
     dir
 }
 
 pub fn model() -> Vec<u8> {
     let f = cache().join("ci-leak-model.json");
-    if !f.exists() {
-        let st = Command::new("python3")
-            .current_dir(tools())
-            .args(["leak_model.py", "--out"])
-            .arg(&f)
-            .status()
-            .expect("python3 runs (pip install wntr six)");
-        assert!(st.success(), "leak_model.py failed");
-    }
+    generate(&f, "leak_model.py", &[]);
     std::fs::read(f).expect("leak model")
 }
 
