@@ -18,7 +18,8 @@ commands:
   build   build every service component and assemble packages in target/outpost/
   test    setup + build + run every test (what CI runs)
   demo    start the agent with its embedded broker, deploy every service and
-          replay GNSS captures, pit traffic and haul cycles through every service
+          replay GNSS captures, pit traffic, haul cycles and a water network's
+          SCADA through every service
   bench   measured figures beside their baselines (release build)
   eval leak [--seed N]
           the leak-detection service on a simulated year of L-Town, scored

@@ -212,7 +212,7 @@ pub fn setup(servers: bool) -> Result<Guest> {
 
 /// WNTR (EPANET hydraulics, from PyPI) simulates the water networks the
 /// leak-detection tests run on.
-fn python_hydraulics() -> Result<()> {
+pub fn python_hydraulics() -> Result<()> {
     let t = step("checking Python hydraulics (wntr)");
     let has = |m: &str| {
         Command::new("python3").args(["-c", &format!("import {m}")]).stderr(std::process::Stdio::null()).status()

@@ -52,6 +52,22 @@ enum Command {
         json: bool,
     },
     /// Print messages from the bus as JSON lines (e.g. a service's outputs).
+    /// Publishes one message (a command, a calibration, a network model) and
+    /// waits for the broker to acknowledge it.
+    Publish {
+        topic: String,
+        /// The payload, as text.
+        #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+        message: Option<String>,
+        /// The payload, read from this file.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
+        broker: String,
+        /// Ask the broker to keep it for later subscribers.
+        #[arg(long)]
+        retain: bool,
+    },
     Watch {
         /// Topic filters (MQTT wildcards allowed).
         #[arg(required = true)]
@@ -77,6 +93,15 @@ fn main() -> anyhow::Result<()> {
         Command::Status { agent, json } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(status(agent, json))
+        }
+        Command::Publish { topic, message, file, broker, retain } => {
+            let payload = match (message, file) {
+                (Some(m), _) => m.into_bytes(),
+                (None, Some(f)) => std::fs::read(&f).with_context(|| format!("cannot read {}", f.display()))?,
+                (None, None) => anyhow::bail!("give --message TEXT or --file PATH"),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(publish(topic, payload, broker, retain))
         }
         Command::Watch { topics, broker, count, timeout, pretty } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -150,6 +175,29 @@ async fn status(agent: String, json: bool) -> anyhow::Result<()> {
     for r in &s.rejected {
         println!("{:<20} NOT LOADED: {}", r.name, r.reason);
     }
+    Ok(())
+}
+
+async fn publish(topic: String, payload: Vec<u8>, broker: String, retain: bool) -> anyhow::Result<()> {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    outpost::topic::validate_topic(&topic).map_err(anyhow::Error::msg)?;
+    let (host, port) = outpost::config::parse_mqtt_url(&broker).map_err(anyhow::Error::msg)?;
+    let mut opts = MqttOptions::new(format!("outpostctl-publish-{}", std::process::id()), host, port);
+    opts.set_max_packet_size(outpost::bus::MAX_PACKET, outpost::bus::MAX_PACKET);
+    let (client, mut eventloop) = AsyncClient::new(opts, 10);
+    let size = payload.len();
+    client.publish(topic.clone(), QoS::AtLeastOnce, retain, payload).await?;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => break,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => anyhow::bail!("connection to {broker} failed: {e} (is the agent or broker running?)"),
+            Err(_) => anyhow::bail!("{broker} did not acknowledge within 10 s"),
+        }
+    }
+    let _ = client.disconnect().await;
+    eprintln!("published {size} bytes on {topic}");
     Ok(())
 }
 
@@ -249,6 +297,15 @@ fn pretty_line(topic: &str, payload: &[u8]) -> String {
             v.pointer("/durations/queue_s").and_then(|x| x.as_f64()).map_or("-".into(), |x| format!("{x:.0}")),
         ),
         Some("advice") => format!("{subject:>10}  advice: {}", text("message")),
+        Some("alarm") => format!(
+            "{subject:>10}  leak {:<7} {:<10} pipe {:<6} {:>7} m3/h  confidence {:>4}  ({})",
+            text("event"),
+            text("leak_id"),
+            text("pipe"),
+            num("flow_m3h", 1),
+            num("confidence", 2),
+            text("time"),
+        ),
         _ => outpost::replay::render_line(topic, payload),
     }
 }
