@@ -197,3 +197,37 @@ fn publish_interleaved(port: u16, messages: &[(&str, String)]) {
         }
     });
 }
+
+/// `outpostctl publish` delivers a text or a file (a calibration command, a
+/// network model) and says what is wrong when it cannot.
+#[test]
+fn outpostctl_publish_delivers_text_and_files() {
+    let mosquitto = Mosquitto::start();
+    let sub = Subscriber::start(mosquitto.port, &["site/s1/ltown/#"]);
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), "{\"version\":1}").expect("write");
+    let ctl = |args: &[&str]| {
+        std::process::Command::new(binary("outpostctl"))
+            .arg("publish")
+            .args(args)
+            .args(["--broker", &mosquitto.url()])
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .expect("outpostctl")
+    };
+    assert!(ctl(&["site/s1/ltown/calibrate", "--message", "{\"start\":\"a\"}"]).status.success());
+    assert!(ctl(&["site/s1/ltown/leak-model", "--file", &file.path().display().to_string()]).status.success());
+    let got = sub.wait_until(Duration::from_secs(10), |g| g.len() >= 2);
+    assert_eq!(
+        got,
+        vec![
+            ("site/s1/ltown/calibrate".to_string(), "{\"start\":\"a\"}".to_string()),
+            ("site/s1/ltown/leak-model".to_string(), "{\"version\":1}".to_string()),
+        ]
+    );
+    let missing = ctl(&["site/s1/ltown/leak-model", "--file", "/nonexistent/model.json"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/model.json"));
+    let wildcard = ctl(&["site/+/x", "--message", "m"]);
+    assert!(!wildcard.status.success(), "a topic with a wildcard is refused");
+}
