@@ -21,7 +21,7 @@
 
 use crate::network::{Network, NetworkError};
 use flate2::read::GzDecoder;
-use outpost_sdk::civil::{civil_from_days, days_from_civil};
+use outpost_sdk::civil::{civil_from_days, days_from_civil, days_in_month};
 use std::fmt::Write as _;
 use std::io::Read;
 use std::path::Path;
@@ -465,15 +465,6 @@ fn num(s: &str, width: usize) -> Option<i64> {
         return None;
     }
     s.parse().ok()
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
 }
 
 /// MATLAB's `num2str` for a real scalar: integers as such, otherwise

@@ -2,7 +2,7 @@
 //! civil-time axis. Only differences and order matter to the service, so
 //! the axis is the proleptic Gregorian calendar treated as UTC.
 
-use outpost_sdk::civil::{civil_from_days, days_from_civil};
+use outpost_sdk::civil::{civil_from_days, days_from_civil, days_in_month};
 
 /// Parses `YYYY-MM-DD HH:MM:SS` (a `T` separator is also accepted).
 pub fn parse(s: &str) -> Option<i64> {
@@ -37,19 +37,6 @@ pub fn format(t: i64) -> String {
     let secs = t.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
     format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", secs / 3600, secs % 3600 / 60, secs % 60)
-}
-
-fn is_leap(y: i64) -> bool {
-    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        2 if is_leap(y) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
 }
 
 #[cfg(test)]
