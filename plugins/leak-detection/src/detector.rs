@@ -572,6 +572,12 @@ fn null_err(dr: &[Option<f64>], de: f64, sigma: &[f64]) -> f64 {
 
 /// Whitened misfit of a leak of size fitted near `de` at a pipe with signature `sig`.
 fn fit_err(sig: &[f64], map: &[Option<usize>], dr: &[Option<f64>], de: f64, sigma: &[f64]) -> f64 {
+    fit(sig, map, dr, de, sigma).1
+}
+
+/// The leak size `q` (least squares, prior `de`) at a pipe with signature
+/// `sig`, and its whitened misfit.
+fn fit(sig: &[f64], map: &[Option<usize>], dr: &[Option<f64>], de: f64, sigma: &[f64]) -> (f64, f64) {
     let tau = (0.5 * de.abs()).max(1.0);
     let (mut ds, mut ss) = (de / (tau * tau), 1.0 / (tau * tau));
     for (k, v) in dr.iter().enumerate() {
@@ -588,7 +594,7 @@ fn fit_err(sig: &[f64], map: &[Option<usize>], dr: &[Option<f64>], de: f64, sigm
             err += ((v - q * sig[si]) / sigma[k]).powi(2);
         }
     }
-    err
+    (q, err)
 }
 
 /// Pipes ranked by misfit (best first); `only` restricts to some pipes.
@@ -600,21 +606,11 @@ pub fn rank(
     sigma: &[f64],
     only: Option<&[usize]>,
 ) -> Vec<Candidate> {
-    let tau = (0.5 * de.abs()).max(1.0);
     let mut out: Vec<Candidate> = (0..m.pipe_ids.len())
         .filter(|j| only.is_none_or(|o| o.contains(j)))
         .map(|j| {
-            let sig = &m.pipe_sig[j];
-            let (mut ds, mut ss) = (de / (tau * tau), 1.0 / (tau * tau));
-            for (k, v) in dr.iter().enumerate() {
-                if let (Some(v), Some(si)) = (v, map[k]) {
-                    let s = sig[si] / sigma[k];
-                    ds += v / sigma[k] * s;
-                    ss += s * s;
-                }
-            }
-            let q = (ds / ss).max(0.0);
-            Candidate { pipe: j, q, err: fit_err(sig, map, dr, de, sigma) }
+            let (q, err) = fit(&m.pipe_sig[j], map, dr, de, sigma);
+            Candidate { pipe: j, q, err }
         })
         .collect();
     out.sort_by(|a, b| a.err.total_cmp(&b.err));
