@@ -170,6 +170,19 @@ fn to_prometheus_text(openmetrics: &str) -> String {
     out
 }
 
+/// KPI and counter names a service has used (their series exist).
+#[derive(Default)]
+struct SeriesSeen {
+    kpis: HashSet<String>,
+    counters: HashSet<String>,
+}
+
+#[derive(Clone, Copy)]
+enum SeriesKind {
+    Kpi,
+    Counter,
+}
+
 /// The answer of [`ServiceMetrics::admit_log`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogAdmission {
@@ -195,7 +208,7 @@ pub struct ServiceMetrics {
     pub dead_letters: Counter,
     pub service_errors: Counter,
     /// KPI and counter series this service has created (bounded).
-    series: Arc<Mutex<HashSet<String>>>,
+    series: Arc<Mutex<SeriesSeen>>,
     /// Log lines this service may still write this second.
     log_budget: Arc<Mutex<LogBudget>>,
     all: Arc<Metrics>,
@@ -208,7 +221,7 @@ impl ServiceMetrics {
 
     /// Sets a KPI; `name` may carry a subject as `name/subject`.
     pub fn set_kpi(&self, name: &str, value: f64) {
-        if !self.admit_series("kpi", name) {
+        if !self.admit_series(SeriesKind::Kpi, name) {
             return;
         }
         let (name, subject) = name.split_once('/').unwrap_or((name, ""));
@@ -217,7 +230,7 @@ impl ServiceMetrics {
     }
 
     pub fn add_counter(&self, name: &str, delta: u64) {
-        if !self.admit_series("counter", name) {
+        if !self.admit_series(SeriesKind::Counter, name) {
             return;
         }
         self.all
@@ -267,21 +280,27 @@ impl ServiceMetrics {
 
     /// True if the series exists or there is room for it; otherwise the
     /// update is dropped and counted.
-    fn admit_series(&self, kind: &str, name: &str) -> bool {
-        let key = format!("{kind}:{name}");
+    fn admit_series(&self, kind: SeriesKind, name: &str) -> bool {
         let mut seen = match self.series.lock() {
             Ok(seen) => seen,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if seen.contains(&key) {
+        let SeriesSeen { kpis, counters } = &mut *seen;
+        let total = kpis.len() + counters.len();
+        let set = match kind {
+            SeriesKind::Kpi => kpis,
+            SeriesKind::Counter => counters,
+        };
+        // Known series (every call after the first) are found without allocating.
+        if set.contains(name) {
             return true;
         }
-        if seen.len() >= MAX_SERIES_PER_SERVICE {
+        if total >= MAX_SERIES_PER_SERVICE {
             drop(seen);
             self.dropped("series_limit");
             return false;
         }
-        seen.insert(key);
+        set.insert(name.to_owned());
         true
     }
 }
