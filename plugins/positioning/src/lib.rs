@@ -13,7 +13,9 @@
 //!   last input is published by `tick`.
 
 pub mod geoid;
+pub mod gpsd;
 pub mod nmea;
+pub mod score;
 pub mod tpv;
 pub mod ubx;
 
@@ -61,6 +63,7 @@ impl Config {
 
 struct Device {
     fix: FixState,
+    nmea: gpsd::GpsdNmea,
     stream: StreamDecoder,
     last_input_ms: u64,
 }
@@ -104,7 +107,12 @@ impl Positioning {
             }
             self.devices.insert(
                 asset.to_owned(),
-                Device { fix: FixState::new(asset), stream: StreamDecoder::new(), last_input_ms: now_ms },
+                Device {
+                    fix: FixState::new(asset),
+                    nmea: gpsd::GpsdNmea::new(asset),
+                    stream: StreamDecoder::new(),
+                    last_input_ms: now_ms,
+                },
             );
         }
         let d = self.devices.get_mut(asset)?;
@@ -112,16 +120,22 @@ impl Positioning {
         Some(d)
     }
 
-    fn nmea_line(counts: &mut Counts, fix: &mut FixState, line: &[u8], out: &mut Vec<Tpv>) {
+    fn nmea_line(counts: &mut Counts, dev: &mut Device, line: &[u8], out: &mut Vec<Tpv>) {
         if line.is_empty() {
             return;
         }
-        match nmea::parse(line) {
+        let parsed = nmea::parse(line);
+        match &parsed {
             Ok((_, nmea::Sentence::Other)) => counts.other_sentences += 1,
-            Ok((head, s)) => {
-                counts.sentences += 1;
-                let kind = &head[head.len().saturating_sub(3)..];
-                out.extend(fix.on_sentence(kind, &s));
+            Ok(_) => counts.sentences += 1,
+            _ => {}
+        }
+        match parsed {
+            Ok(_) => {
+                // A receiver sending UBX navigation solutions: those are its fixes.
+                if !dev.fix.ubx_nav_seen() {
+                    out.extend(dev.nmea.sentence(&String::from_utf8_lossy(line)));
+                }
             }
             Err(NmeaError::NotNmea) => counts.skipped_lines += 1,
             Err(NmeaError::Checksum) => counts.checksum_errors += 1,
@@ -153,14 +167,14 @@ impl Positioning {
                                 out.extend(dev.fix.on_ubx_nav(id, itow, &payload));
                             }
                         }
-                        Frame::Nmea(line) => Self::nmea_line(&mut counts, &mut dev.fix, &line, &mut out),
+                        Frame::Nmea(line) => Self::nmea_line(&mut counts, dev, &line, &mut out),
                         Frame::Rtcm3 { .. } => {}
                     }
                 }
             } else {
                 for line in m.payload.split(|&b| b == b'\n') {
                     let line = line.strip_suffix(b"\r").unwrap_or(line);
-                    Self::nmea_line(&mut counts, &mut dev.fix, line, &mut out);
+                    Self::nmea_line(&mut counts, dev, line, &mut out);
                 }
             }
         }
@@ -207,6 +221,7 @@ impl Positioning {
         let before = self.counts.clone();
         for d in self.devices.values_mut() {
             self.out.extend(d.fix.flush());
+            self.out.extend(d.nmea.flush());
             d.stream.finish();
         }
         self.publish(before)
@@ -237,6 +252,7 @@ impl Service for Positioning {
         for d in self.devices.values_mut() {
             if now_ms.saturating_sub(d.last_input_ms) >= idle {
                 self.out.extend(d.fix.flush());
+                self.out.extend(d.nmea.flush());
             }
         }
         host::kpi("devices", self.devices.len() as f64);
@@ -270,12 +286,16 @@ mod tests {
         ] {
             h.send("site/s1/truck-9/gnss/nmea", l).expect("handle");
         }
+        // Until the cycle's end is learned (at the second epoch), gpsd
+        // reports on every position change: GGA (no date yet, so no time),
+        // then RMC. The second epoch's GGA teaches that RMC ends a cycle.
         let out = h.take_published();
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].0, "svc/positioning/truck-9/fix");
-        let v: serde_json::Value = serde_json::from_slice(&out[0].1).expect("json");
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].0, "svc/positioning/truck-9/fix");
+        let v: serde_json::Value = serde_json::from_slice(&out[1].1).expect("json");
         assert_eq!(v["class"], "TPV");
         assert_eq!(v["time"], "2034-08-16T03:07:19.000Z");
+        assert_eq!(v["mode"], 3);
         let counters = h.host().counters;
         assert_eq!(counters.get("skipped_lines"), Some(&1));
         assert_eq!(counters.get("checksum_errors"), Some(&1));

@@ -121,6 +121,8 @@ pub struct FixState {
     last_fix: Option<((f64, f64), f64)>,
     /// Once UBX NAV-PVT is seen, it is the source of fixes for this device.
     pub ubx_pvt_seen: bool,
+    /// UBX NAV-SOL seen: likewise.
+    ubx_sol_seen: bool,
     /// Apply gpsd's week-rollover correction to NMEA dates.
     pub rollover_fix: bool,
     /// UBX epoch state (receivers without NAV-PVT): see [`FixState::on_ubx_nav`].
@@ -306,6 +308,11 @@ impl FixState {
         })
     }
 
+    /// Whether UBX navigation solutions are this device's fixes (its NMEA is then not used).
+    pub fn ubx_nav_seen(&self) -> bool {
+        self.ubx_pvt_seen || self.ubx_sol_seen
+    }
+
     /// End of input: publish a cycle still waiting for its ender.
     pub fn flush(&mut self) -> Option<Tpv> {
         if let Some(t) = self.sol_report() {
@@ -339,6 +346,7 @@ impl FixState {
         match id {
             0x06 => {
                 if let Some(sol) = NavSol::parse(payload) {
+                    self.ubx_sol_seen = true;
                     self.ubx.gps_time = sol.gps_time.or(self.ubx.gps_time);
                     self.ubx.sol = Some(sol);
                 }
