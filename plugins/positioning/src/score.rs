@@ -68,16 +68,21 @@ pub struct Score {
     pub epochs_ok: usize,
     /// Epochs missed, by the first field that differs ("no fix": none sent).
     pub misses: BTreeMap<&'static str, usize>,
+    /// Epochs where gpsd's own position is stale (see [`gpsd_stale`]): shown,
+    /// and left out of the share the bar is set on.
+    pub stale: usize,
     /// The missed epochs: (time, field, expected, ours).
     pub missed: Vec<(String, &'static str, Value, Option<Value>)>,
 }
 
 impl Score {
+    /// Share of epochs matched, gpsd-stale epochs left out.
     pub fn epoch_share(&self) -> f64 {
-        if self.epochs == 0 {
+        let n = self.epochs - self.stale;
+        if n == 0 {
             1.0
         } else {
-            self.epochs_ok as f64 / self.epochs as f64
+            self.epochs_ok as f64 / n as f64
         }
     }
 }
@@ -126,6 +131,7 @@ pub fn score(chk: &str, ours: &[Value]) -> Score {
     let ours_by_epoch: BTreeMap<(i64, usize), &Value> =
         epochs(ours).into_iter().filter_map(|(k, list)| Some((k, *list.last()?))).collect();
     let mut s = Score::default();
+    let (mut prev_exp, mut prev_ours): (Option<&Value>, Option<&Value>) = (None, None);
     for (key, list) in epochs(&expected) {
         let positioned: Vec<&Value> = list.into_iter().filter(|v| v.get("lat").is_some()).collect();
         let Some(last) = positioned.last() else { continue };
@@ -133,8 +139,13 @@ pub fn score(chk: &str, ours: &[Value]) -> Score {
         s.tpvs += positioned.len();
         s.tpvs_ok += positioned.iter().filter(|e| ours.is_some_and(|o| disagreement(e, o).is_none())).count();
         s.epochs += 1;
-        match ours.map(|o| disagreement(last, o)) {
+        let verdict = ours.map(|o| disagreement(last, o));
+        let stale = matches!((verdict, ours), (Some(Some(f)), Some(o)) if gpsd_stale(last, prev_exp, o, prev_ours, f));
+        prev_exp = Some(last);
+        prev_ours = ours.copied();
+        match verdict {
             Some(None) => s.epochs_ok += 1,
+            _ if stale => s.stale += 1,
             other => {
                 let field = other.flatten().unwrap_or("no fix");
                 *s.misses.entry(field).or_default() += 1;
@@ -144,6 +155,30 @@ pub fn score(chk: &str, ours: &[Value]) -> Score {
         }
     }
     s
+}
+
+const MOTION: [&str; 6] = ["lat", "lon", "alt", "altHAE", "speed", "track"];
+
+/// gpsd 3.20 (and 3.22, checked with its `gpsdecode`) derives latitude,
+/// longitude, altitude, speed and track from a u-blox NAV-SOL's ECEF
+/// solution only while its merged fix has no latitude, and its UBX driver
+/// never clears that fix: from the second epoch on, every TPV of a
+/// NAV-SOL receiver repeats the first epoch's position, whatever the
+/// receiver says. The service reports each epoch's own solution instead.
+/// Such an epoch is recognised from the data alone: gpsd's motion fields
+/// are bit-identical to its previous epoch's, the service's position moved
+/// (the receiver's solution changed), and everything else agrees.
+fn gpsd_stale(exp: &Value, prev_exp: Option<&Value>, ours: &Value, prev_ours: Option<&Value>, field: &str) -> bool {
+    let (Some(pe), Some(po)) = (prev_exp, prev_ours) else { return false };
+    let frozen = MOTION.iter().all(|k| exp.get(*k) == pe.get(*k)) && exp.get("lat").is_some();
+    let moved = ["lat", "lon"].iter().any(|k| ours.get(*k) != po.get(*k));
+    let mut rest = exp.clone();
+    if let Some(o) = rest.as_object_mut() {
+        for k in MOTION {
+            o.remove(k);
+        }
+    }
+    MOTION.contains(&field) && frozen && moved && disagreement(&rest, ours).is_none()
 }
 
 /// Whether a capture is a binary u-blox stream (fed on the `ubx` topic in
@@ -185,29 +220,30 @@ impl Table {
         self.rows.push((kind.to_owned(), name.to_owned(), s));
     }
 
-    /// (epochs matched, epochs, TPVs matched, TPVs) over the rows of `kind` (all when None).
+    /// (epochs matched, epochs scored (gpsd-stale ones left out), TPVs
+    /// matched, TPVs) over the rows of `kind` (all when None).
     pub fn totals(&self, kind: Option<&str>) -> (usize, usize, usize, usize) {
-        self.rows
-            .iter()
-            .filter(|r| kind.is_none_or(|k| r.0 == k))
-            .fold((0, 0, 0, 0), |a, (_, _, s)| (a.0 + s.epochs_ok, a.1 + s.epochs, a.2 + s.tpvs_ok, a.3 + s.tpvs))
+        self.rows.iter().filter(|r| kind.is_none_or(|k| r.0 == k)).fold((0, 0, 0, 0), |a, (_, _, s)| {
+            (a.0 + s.epochs_ok, a.1 + s.epochs - s.stale, a.2 + s.tpvs_ok, a.3 + s.tpvs)
+        })
     }
 
     pub fn render(&self) -> String {
         let pct = |a: usize, b: usize| if b == 0 { 100.0 } else { 100.0 * a as f64 / b as f64 };
         let mut t = format!(
-            "{:<5} {:<36} {:>15} {:>7} {:>13} {:>7}  epochs missed by first differing field\n",
-            "kind", "capture", "epochs", "", "TPVs", ""
+            "{:<5} {:<36} {:>15} {:>7} {:>13} {:>7} {:>6}  epochs missed by first differing field\n",
+            "kind", "capture", "epochs", "", "TPVs", "", "stale"
         );
         for (kind, name, s) in &self.rows {
             t += &format!(
-                "{kind:<5} {name:<36} {:>7}/{:<7} {:>6.1}% {:>6}/{:<6} {:>6.1}%  {:?}\n",
+                "{kind:<5} {name:<36} {:>7}/{:<7} {:>6.1}% {:>6}/{:<6} {:>6.1}% {:>6}  {:?}\n",
                 s.epochs_ok,
-                s.epochs,
-                pct(s.epochs_ok, s.epochs),
+                s.epochs - s.stale,
+                pct(s.epochs_ok, s.epochs - s.stale),
                 s.tpvs_ok,
                 s.tpvs,
                 pct(s.tpvs_ok, s.tpvs),
+                s.stale,
                 s.misses
             );
         }
@@ -223,6 +259,8 @@ impl Table {
             }
         }
         let (eo, e, to, tt) = self.totals(None);
+        let stale: usize = self.rows.iter().map(|r| r.2.stale).sum();
+        t += &format!("epochs: matched / scored; stale: epochs where gpsd repeats a NAV-SOL receiver's first position ({stale}), not scored\n");
         t += &format!(
             "{:<5} {:<36} {eo:>7}/{e:<7} {:>6.1}% {to:>6}/{tt:<6} {:>6.1}%\n",
             "ALL",
@@ -249,7 +287,7 @@ impl Table {
                 out.push(format!(
                     "{kind} {name}: {}/{} epochs, below {:.0}% (first misses: {})",
                     s.epochs_ok,
-                    s.epochs,
+                    s.epochs - s.stale,
                     BAR_PER_FILE * 100.0,
                     first.join(", ")
                 ));

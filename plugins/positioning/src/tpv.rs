@@ -134,10 +134,6 @@ pub struct FixState {
 struct UbxEpoch {
     /// GPS-UTC leap seconds from NAV-TIMEGPS; gpsd's build-time 18 until known.
     leap_s: Option<i32>,
-    itow: Option<u32>,
-    last_id: Option<u8>,
-    /// The NAV message id that ends an epoch, learned like gpsd does.
-    ender: Option<u8>,
     sol: Option<NavSol>,
     gps_time: Option<(u16, f64)>,
 }
@@ -327,45 +323,30 @@ impl FixState {
     }
 
     /// A UBX NAV message of a receiver without NAV-PVT (u-blox 4..8 sending
-    /// NAV-SOL): messages sharing an iTOW form one epoch. As in gpsd, the
-    /// last message id of the first complete epoch becomes the cycle ender
-    /// and the fix is published when it arrives; an epoch still open when
-    /// the next iTOW starts is published then.
-    pub fn on_ubx_nav(&mut self, id: u8, itow: u32, payload: &[u8]) -> Option<Tpv> {
+    /// NAV-SOL). As gpsd 3.20 does, NAV-SOL reports the fix at once, with
+    /// the leap seconds known at that moment (gpsd's built-in 18 until a
+    /// NAV-TIMEGPS with a valid count arrives); NAV-TIMEGPS only updates
+    /// the leap seconds.
+    pub fn on_ubx_nav(&mut self, id: u8, _itow: u32, payload: &[u8]) -> Option<Tpv> {
         if self.ubx_pvt_seen {
             return None;
         }
-        let mut out = None;
-        if self.ubx.itow != Some(itow) {
-            if self.ubx.itow.is_some() && self.ubx.ender.is_none() {
-                self.ubx.ender = self.ubx.last_id;
-            }
-            out = self.sol_report();
-            self.ubx.itow = Some(itow);
-        }
         match id {
             0x06 => {
-                if let Some(sol) = NavSol::parse(payload) {
-                    self.ubx_sol_seen = true;
-                    self.ubx.gps_time = sol.gps_time.or(self.ubx.gps_time);
-                    self.ubx.sol = Some(sol);
-                }
+                let sol = NavSol::parse(payload)?;
+                self.ubx_sol_seen = true;
+                self.ubx.gps_time = sol.gps_time;
+                self.ubx.sol = Some(sol);
+                self.sol_report()
             }
             0x20 => {
-                if let Some(t) = NavTimeGps::parse(payload) {
-                    if let Some(l) = t.leap_s {
-                        self.ubx.leap_s = Some(i32::from(l));
-                    }
-                    self.ubx.gps_time = t.gps_time.or(self.ubx.gps_time);
+                if let Some(l) = NavTimeGps::parse(payload).and_then(|t| t.leap_s) {
+                    self.ubx.leap_s = Some(i32::from(l));
                 }
+                None
             }
-            _ => {}
+            _ => None,
         }
-        self.ubx.last_id = Some(id);
-        if self.ubx.ender == Some(id) {
-            out = out.or(self.sol_report());
-        }
-        out
     }
 
     /// The epoch's fix from NAV-SOL (ECEF converted as gpsd does), if any.
