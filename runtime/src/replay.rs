@@ -12,6 +12,9 @@ use std::io::{BufRead, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// How far after the last input the closing tick is (see `run`).
+pub const QUIET_AFTER_END_MS: u64 = 3_600_000;
+
 #[derive(Debug, Clone)]
 pub struct ReplayOptions {
     pub package: PathBuf,
@@ -161,8 +164,10 @@ pub fn run(opts: &ReplayOptions, egress: Box<dyn Egress>) -> Result<ReplaySummar
         }
     }
     d.run_until_idle();
-    // Services see the end of the recording as one last tick.
-    d.tick_all(crate::dispatch::now_ms());
+    // The end of the recording is a live feed going quiet: services see one
+    // last tick an hour after it, so whatever waits for more input or for
+    // an idle timeout (positioning's open epoch) comes out now.
+    d.tick_all(crate::dispatch::now_ms().saturating_add(QUIET_AFTER_END_MS));
     d.run_until_idle();
     // Instances in backoff get their turn before we give up.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);

@@ -25,7 +25,11 @@ commands:
           the leak-detection service on a simulated year of L-Town, scored
           with the official BattLeDIM rules (simulates and caches what is missing)
   eval leakdb [SCENARIO ...]
-          the same service on LeakDB Hanoi scenarios, LeakDB's official scores";
+          the same service on LeakDB Hanoi scenarios, LeakDB's official scores
+  eval positioning DIR
+          the positioning component through `outpostctl run` on every capture
+          in DIR with a gpsd .chk beside it (e.g. ../shared/data/gpsd-nmea-logs),
+          scored per epoch against gpsd; fails below 99% overall / 95% per file";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
