@@ -5,7 +5,7 @@
 //! The data (CC BY-NC-SA 4.0, Wilson et al., "Argoverse 2", NeurIPS 2021)
 //! must not be copied into this repository: the test reads `tracks.csv`
 //! from `$OUTPOST_ARGOVERSE_DIR`, else `<workspace>/../shared/data/argoverse2-scenario`,
-//! and passes with a "skipped" line when it is absent.
+//! and fails when it is absent (CI has `../shared` beside the repository).
 //!
 //! Who is an asset: `vehicle` and `pedestrian` actors. `static`,
 //! `background` and `riderless_bicycle` actors are skipped: they are
@@ -380,10 +380,11 @@ fn report(name: &str, s: &Score) {
 fn argoverse_intersection_warnings_match_the_recorded_motion() {
     let dir = data_dir();
     let csv = dir.join("tracks.csv");
-    if !csv.is_file() {
-        println!("skipped: Argoverse 2 scene not found at {} (set OUTPOST_ARGOVERSE_DIR)", csv.display());
-        return;
-    }
+    assert!(
+        csv.is_file(),
+        "Argoverse 2 scene not found at {}: put ../shared/data beside the repository or set OUTPOST_ARGOVERSE_DIR",
+        csv.display()
+    );
     let steps = load(&csv);
     assert_eq!(steps.len(), 110);
     let s = replay(&steps, &calibration(0.0, 0.0));
