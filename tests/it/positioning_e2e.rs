@@ -69,3 +69,59 @@ fn simulated_site_through_agent_equals_native_decode() {
     assert!(agent.metric("outpost_service_events_total", &["positioning", "name=\"fixes\""]) >= total as f64);
     agent.stop().expect("stop");
 }
+
+/// The real component through `outpostctl run` (the gateway's host, no
+/// broker) on every capture in the repository, scored per epoch against
+/// gpsd exactly as the native test scores the same service code: the quality
+/// bar holds end to end, and each capture's last epoch comes out when its
+/// input ends (outpostctl ends the input as a live feed going quiet).
+#[test]
+fn outpostctl_run_meets_the_gpsd_bar_on_every_capture() {
+    use positioning::score::{self, Table};
+    let dir = data("gpsd-nmea-logs");
+    let files = score::captures(&dir).expect("captures");
+    assert!(files.len() >= 67, "only {} captures with .chk in {}", files.len(), dir.display());
+    let (ctl, pkg) = (binary("outpostctl"), package("positioning"));
+    let mut table = Table::default();
+    let mut last_epoch_out = 0;
+    for f in &files {
+        let binary = score::is_binary(&std::fs::read(f).expect("capture"));
+        let mut cmd = std::process::Command::new(&ctl);
+        cmd.arg("run").arg(&pkg).arg("--replay").arg(f);
+        if binary {
+            cmd.args(["--topic", "site/e2e/rx/gnss/ubx", "--chunk", "64"]);
+        } else {
+            cmd.args(["--topic", "site/e2e/rx/gnss/nmea"]);
+        }
+        let out = cmd.output().expect("outpostctl run");
+        assert!(out.status.success(), "{}: {}", f.display(), String::from_utf8_lossy(&out.stderr));
+        let fixes: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["topic"].as_str().is_some_and(|t| t.starts_with("svc/positioning/")))
+            .map(|v| v["payload"].clone())
+            .collect();
+        let chk = std::fs::read_to_string(score::chk_of(f)).expect("chk");
+        // gpsd's last positioned epoch of the capture must be among ours.
+        let last_time = chk
+            .lines()
+            .rev()
+            .filter(|l| l.starts_with("{\"class\":\"TPV\"") && l.contains("\"lat\""))
+            .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["time"].as_str().map(str::to_owned));
+        if let Some(t) = last_time {
+            let t = score::epoch_ms(&t);
+            assert!(
+                fixes.iter().any(|v| v["time"].as_str().and_then(score::epoch_ms) == t),
+                "{}: the capture's last epoch did not come out",
+                f.display()
+            );
+            last_epoch_out += 1;
+        }
+        let name = f.strip_prefix(&dir).unwrap_or(f).display().to_string();
+        table.add(if binary { "UBX" } else { "NMEA" }, &name, score::score(&chk, &fixes));
+    }
+    println!("{}", table.render());
+    assert!(last_epoch_out >= 60, "last epochs checked: {last_epoch_out}");
+    let below = table.below_bar();
+    assert!(below.is_empty(), "below the bar through outpostctl run:\n{}", below.join("\n"));
+}

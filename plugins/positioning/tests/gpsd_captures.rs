@@ -40,6 +40,16 @@ fn table(dir: &Path) -> Table {
     for f in &files {
         let chk = std::fs::read_to_string(score::chk_of(f)).expect("chk");
         let (fixes, binary) = run(f);
+        // The capture's last positioned epoch (gpsd's) comes out when the input ends.
+        let last = chk
+            .lines()
+            .rev()
+            .filter(|l| l.starts_with("{\"class\":\"TPV\"") && l.contains("\"lat\""))
+            .find_map(|l| serde_json::from_str::<Value>(l).ok()?["time"].as_str().and_then(score::epoch_ms));
+        if let Some(t) = last {
+            let out = fixes.iter().any(|v| v["time"].as_str().and_then(score::epoch_ms) == Some(t));
+            assert!(out, "{}: the capture's last epoch did not come out at the end of input", f.display());
+        }
         let s = score::score(&chk, &fixes);
         let name = f.strip_prefix(dir).unwrap_or(f).display().to_string();
         if show {
