@@ -1,8 +1,10 @@
-//! `cargo xtask eval leak`: the leak-detection service on a simulated year
-//! of L-Town, scored with the official BattLeDIM rules. Generates what is
+//! `cargo xtask eval leak`: the leak-detection service under the BattLeDIM
+//! protocol (calibrated on a simulated 2018, scored on 2019 with the official
+//! rules, on report seeds never used to choose settings). Generates what is
 //! missing first (WNTR/EPANET simulations and the network model, cached
 //! outside git in /var/tmp/outpost-data/battledim: about 5 minutes per
-//! simulated year on 2 cores), then replays and scores (seconds).
+//! simulated year on 2 cores, two years per seed), then replays and scores.
+//! `cargo xtask eval leakdb`: LeakDB Hanoi scenarios, LeakDB's scores.
 
 use crate::{cargo, done, run, step, toolchain};
 use anyhow::{bail, Context, Result};
@@ -17,7 +19,7 @@ pub fn run_eval(root: &Path, args: &[String]) -> Result<()> {
         Some("leakdb") => leakdb(&args[1..]),
         Some("positioning") => positioning(root, &args[1..]),
         _ => bail!(
-            "usage: cargo xtask eval leak [--seed N] [leak-eval options] | cargo xtask eval leakdb [SCENARIO ...] \
+            "usage: cargo xtask eval leak [--set report|tuning|all] [leak-eval options] | cargo xtask eval leakdb [leakdb-eval options] \
              | cargo xtask eval positioning DIR"
         ),
     }
@@ -98,38 +100,52 @@ fn leakdb(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Seeds `leak-eval` reports (never used while choosing settings) and the seeds the settings
+/// were chosen on; keep equal to `eval/src/bin/leak-eval.rs`.
+const LEAK_REPORT_SEEDS: [&str; 3] = ["7301", "7302", "7303"];
+const LEAK_TUNING_SEEDS: [&str; 2] = ["2020", "2021"];
+
+/// The BattLeDIM protocol: per seed a 2018 historical run (calibration, labels) and a 2019
+/// evaluation run (scored), simulated when missing (cached per seed, resumable: a run is kept
+/// only once complete), then `leak-eval` prints the table. `--set tuning|all` runs the tuning
+/// seeds too; other options go to `leak-eval`.
 fn leak(root: &Path, args: &[String]) -> Result<()> {
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        let mut cmd = cargo();
+        cmd.args(["run", "--release", "-q", "-p", "outpost-eval", "--bin", "leak-eval", "--", "--help"]);
+        return run(&mut cmd);
+    }
     toolchain::setup(true)?;
-    let (seed, rest) = match args.iter().position(|a| a == "--seed") {
-        Some(i) => {
-            let seed = args.get(i + 1).cloned().unwrap_or_default();
-            if seed.parse::<u64>().is_err() {
-                bail!("--seed needs a whole number");
-            }
-            let rest: Vec<String> =
-                args.iter().enumerate().filter(|(j, _)| *j != i && *j != i + 1).map(|(_, a)| a.clone()).collect();
-            (Some(seed), rest)
-        }
-        None => (None, args.to_vec()),
+    let set = match args.iter().position(|a| a == "--set") {
+        Some(i) => args.get(i + 1).cloned().unwrap_or_default(),
+        None => "report".into(),
+    };
+    let seeds: Vec<&str> = match set.as_str() {
+        "report" => LEAK_REPORT_SEEDS.to_vec(),
+        "tuning" => LEAK_TUNING_SEEDS.to_vec(),
+        "all" => LEAK_TUNING_SEEDS.iter().chain(&LEAK_REPORT_SEEDS).copied().collect(),
+        _ => bail!("--set is report, tuning or all"),
     };
     let tools = root.join("plugins/leak-detection/tools");
     let cache = PathBuf::from(CACHE);
-    let suffix = seed.as_ref().map(|s| format!("-seed{s}")).unwrap_or_default();
-    let mut runs = Vec::new();
-    for config in ["leakfree", "evaluation"] {
-        let out = cache.join(format!("{config}{suffix}"));
-        if !out.join("pressures.csv").is_file() || !out.join("meta.json").is_file() {
-            let t =
-                step(&format!("simulating L-Town 2019 ({config}) with EPANET into {} (about 5 min)", out.display()));
-            let mut cmd = Command::new("python3");
-            cmd.current_dir(&tools).args(["simulate_ltown.py", "--config", config, "--out"]).arg(&out);
-            if let Some(s) = &seed {
-                cmd.args(["--seed", s]);
+    for seed in &seeds {
+        for (config, year) in [("historical", 2018), ("evaluation", 2019)] {
+            let out = cache.join(format!("{config}-seed{seed}"));
+            if out.join("meta.json").is_file() {
+                continue;
             }
+            let tmp = cache.join(format!("{config}-seed{seed}.tmp"));
+            let t = step(&format!(
+                "simulating L-Town {year} ({config}, seed {seed}) with EPANET into {} (about 5 min)",
+                out.display()
+            ));
+            let mut cmd = Command::new("python3");
+            cmd.current_dir(&tools).args(["simulate_ltown.py", "--config", config, "--seed", seed, "--out"]).arg(&tmp);
             run(&mut cmd)?;
+            let _ = std::fs::remove_dir_all(&out);
+            std::fs::rename(&tmp, &out)?;
             done(t);
         }
-        runs.push(out);
     }
     let model = cache.join("leak-model.json");
     if !model.is_file() {
@@ -137,16 +153,14 @@ fn leak(root: &Path, args: &[String]) -> Result<()> {
         run(Command::new("python3").current_dir(&tools).args(["leak_model.py", "--out"]).arg(&model))?;
         done(t);
     }
-    let t = step("replaying the year through leak-detection and scoring it (BattLeDIM rules)");
+    let t = step("calibrating on 2018, replaying 2019 through leak-detection per seed, scoring (BattLeDIM rules)");
     let mut cmd = cargo();
     cmd.args(["run", "--release", "-q", "-p", "outpost-eval", "--bin", "leak-eval", "--"])
-        .arg("--leakfree")
-        .arg(&runs[0])
-        .arg("--evaluation")
-        .arg(&runs[1])
+        .arg("--cache")
+        .arg(&cache)
         .arg("--model")
         .arg(&model)
-        .args(&rest);
+        .args(args);
     run(&mut cmd)?;
     done(t);
     Ok(())
