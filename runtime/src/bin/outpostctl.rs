@@ -85,6 +85,49 @@ enum Command {
         #[arg(long, visible_alias = "fixes")]
         pretty: bool,
     },
+    /// Generate a provider's ed25519 key pair: DIR/NAME.key (private, mode
+    /// 0600) and DIR/NAME.pub (copy it to each gateway's trust folder).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+        /// The provider the key signs for (the manifests' `service.provider`).
+        #[arg(long)]
+        name: String,
+    },
+    /// Build a signed package (.opkg) from a package folder (service.toml +
+    /// service.wasm, e.g. target/outpost/packages/positioning) or a service
+    /// crate folder with --wasm. The manifest is validated first.
+    Package {
+        source: PathBuf,
+        /// Private key (from keygen); without it the package is unsigned
+        /// and must be signed with `outpostctl sign` before agents take it.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// The component, when it is not SOURCE/service.wasm.
+        #[arg(long)]
+        wasm: Option<PathBuf>,
+        /// Output file (default NAME-VERSION.opkg).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Sign (or re-sign) a package with a provider key; manifest and
+    /// component are kept byte for byte.
+    Sign {
+        package: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        /// Output file (default: in place).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Verify a package as an agent would: signature, digests, a trusted key
+    /// of the manifest's provider, and the manifest itself.
+    Verify {
+        package: PathBuf,
+        /// Folder of trusted provider keys (*.pub).
+        #[arg(long, default_value = "/etc/outpost/trust")]
+        trust: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -128,6 +171,44 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Keygen { out, name } => {
+            let g = outpost_package::keygen(&out, &name)?;
+            println!("private key {} (keep it secret)", g.private_path.display());
+            println!("public key  {} (key id {})", g.public_path.display(), g.public.key_id);
+            println!("to trust it, copy the public key into each gateway's trust folder (/etc/outpost/trust/)");
+            Ok(())
+        }
+        Command::Package { source, key, wasm, out } => {
+            let key = key.map(|k| outpost_package::ProviderSigningKey::load(&k)).transpose()?;
+            let w = outpost_package::tool::package(
+                &source,
+                wasm.as_deref(),
+                key.as_ref(),
+                out.as_deref(),
+                &validate_manifest,
+            )?;
+            print_written("packaged", &w);
+            if w.signed_by.is_none() {
+                eprintln!(
+                    "warning: {} is unsigned; agents refuse it until `outpostctl sign` signs it",
+                    w.path.display()
+                );
+            }
+            Ok(())
+        }
+        Command::Sign { package, key, out } => {
+            let key = outpost_package::ProviderSigningKey::load(&key)?;
+            print_written("signed", &outpost_package::tool::sign_file(&package, &key, out.as_deref())?);
+            Ok(())
+        }
+        Command::Verify { package, trust } => {
+            let p = outpost_package::tool::verify_file(&package, &trust, &validate_manifest)?;
+            println!(
+                "{} ok: signed by {} (key {}), package sha256 {}, component sha256 {}",
+                p.label, p.signer, p.key_id, p.digest, p.component_digest
+            );
+            Ok(())
+        }
         Command::Check { package } => {
             let pkg = Package::load(&package)?;
             let host = HostEngine::new(&EngineOptions { pooling: false, max_instances: 1 })?;
@@ -143,6 +224,23 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The agent's own manifest check, for `package` and `verify`.
+fn validate_manifest(text: &str, path: &std::path::Path) -> Result<(), String> {
+    outpost::manifest::Manifest::parse(text, path).map(|_| ()).map_err(|e| e.to_string())
+}
+
+fn print_written(what: &str, w: &outpost_package::tool::Written) {
+    let by = w.signed_by.as_deref().unwrap_or("nobody (unsigned)");
+    println!(
+        "{what} {} {} into {} ({} bytes), signed by {by}, package sha256 {}",
+        w.service,
+        w.version,
+        w.path.display(),
+        w.bytes,
+        w.digest
+    );
 }
 
 async fn status(agent: String, json: bool) -> anyhow::Result<()> {

@@ -2,6 +2,7 @@
 //! a checked and pre-linked component per service, and instances that run
 //! under a memory limit and a per-call deadline.
 
+mod cache;
 mod contract;
 mod imports;
 mod instance;
@@ -160,31 +161,40 @@ impl HostEngine {
             .map_err(|e| LoadError::Compile { path: path.to_owned(), message: format!("{e:#}") })
     }
 
+    /// Compiles `bytes`, or loads the agent's own earlier compilation of them
+    /// from `dir` when its record matches (see [`cache`]); anything else is
+    /// compiled again from the component and the entry rewritten.
     fn compile_cached(&self, path: &Path, bytes: &[u8], digest: &str, dir: &Path) -> Result<Component, LoadError> {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut h);
-        let file = dir.join(format!("{digest}-{:016x}.cwasm", h.finish()));
-        if file.exists() {
-            // SAFETY: the file was written by `Component::serialize` of this
-            // agent into its own cache directory (named by the source digest
-            // and the engine's compatibility hash); wasmtime re-checks the
-            // header and refuses artifacts from another version or config.
-            match unsafe { Component::deserialize_file(&self.engine, &file) } {
-                Ok(c) => return Ok(c),
-                Err(e) => {
-                    tracing::warn!(cache = %file.display(), error = %e, "precompiled cache entry unusable; recompiling")
+        if let Err(e) = outpost_package::store::private_dir(dir) {
+            tracing::warn!(cache = %dir.display(), error = %e, "precompiled cache unusable; compiling without it");
+            return self.compile(path, bytes);
+        }
+        let engine = cache::engine_hash(&self.engine);
+        let file = cache::entry_path(dir, digest, &engine);
+        match cache::read_verified(&file, digest, &engine) {
+            Ok(Some(code)) => {
+                // SAFETY: wasmtime runs these bytes as native code. They are
+                // the very bytes whose sha256 the agent recorded when it
+                // compiled `digest` with this engine configuration, read from
+                // a folder only the agent's user can write (checked above).
+                match unsafe { Component::deserialize(&self.engine, &code) } {
+                    Ok(c) => return Ok(c),
+                    Err(e) => {
+                        tracing::warn!(cache = %file.display(), error = %e, "precompiled cache entry unusable; recompiling")
+                    }
                 }
             }
+            Ok(None) => {}
+            Err(reason) => tracing::warn!(
+                cache = %file.display(),
+                reason = %reason,
+                "precompiled cache entry not loaded; recompiling from the component"
+            ),
         }
         let component = self.compile(path, bytes)?;
         match component.serialize() {
             Ok(data) => {
-                let tmp = file.with_extension("tmp");
-                let written = std::fs::create_dir_all(dir)
-                    .and_then(|_| std::fs::write(&tmp, &data))
-                    .and_then(|_| std::fs::rename(&tmp, &file));
-                if let Err(e) = written {
+                if let Err(e) = cache::write(&file, &data, digest, &engine) {
                     tracing::warn!(cache = %file.display(), error = %e, "cannot write precompiled cache");
                 }
             }
