@@ -6,8 +6,7 @@ use crate::error::{KeyError, PackageError};
 use crate::format::{self, Opkg, COMPONENT_FILE, MANIFEST_FILE};
 use crate::keys::{ProviderSigningKey, TrustStore};
 use crate::sign::{self, VerifiedPackage};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use crate::store::write_atomic;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -69,16 +68,8 @@ pub fn package(
     let bytes = sign::pack(&manifest, &component, key.map(|k| &k.key))?;
     let out =
         out.map(Path::to_owned).unwrap_or_else(|| PathBuf::from(format!("{}-{}.opkg", header.name, header.version)));
-    write_atomic(&out, &bytes)?;
-    let opkg = Opkg::parse(&out.display().to_string(), &bytes)?;
-    Ok(Written {
-        path: out,
-        bytes: bytes.len(),
-        service: header.name,
-        version: header.version,
-        digest: opkg.digest(),
-        signed_by: key.map(|k| format!("{} ({})", k.provider, k.public().key_id)),
-    })
+    let digest = Opkg::parse(&out.display().to_string(), &bytes)?.digest();
+    write_out(out, &bytes, header, digest, key)
 }
 
 /// Signs (or re-signs) an existing `.opkg` with `key`, writing `out`
@@ -88,15 +79,24 @@ pub fn sign_file(path: &Path, key: &ProviderSigningKey, out: Option<&Path>) -> R
     let header = header(&opkg.label, &opkg.manifest)?;
     check_provider(&opkg.label, key, &header.provider)?;
     let bytes = sign::sign(&opkg, &key.key);
-    let out = out.unwrap_or(path).to_owned();
-    write_atomic(&out, &bytes)?;
+    write_out(out.unwrap_or(path).to_owned(), &bytes, header, opkg.digest(), Some(key))
+}
+
+fn write_out(
+    path: PathBuf,
+    bytes: &[u8],
+    header: format::ServiceHeader,
+    digest: String,
+    key: Option<&ProviderSigningKey>,
+) -> Result<Written, ToolError> {
+    write_atomic(&path, bytes, 0o644).map_err(|source| ToolError::Write { path: path.clone(), source })?;
     Ok(Written {
-        path: out,
+        path,
         bytes: bytes.len(),
         service: header.name,
         version: header.version,
-        digest: opkg.digest(),
-        signed_by: Some(format!("{} ({})", key.provider, key.public().key_id)),
+        digest,
+        signed_by: key.map(|k| format!("{} ({})", k.provider, k.public().key_id)),
     })
 }
 
@@ -130,25 +130,4 @@ fn check_provider(label: &str, key: &ProviderSigningKey, provider: &str) -> Resu
         key_provider: key.provider.clone(),
         manifest_provider: provider.to_owned(),
     })
-}
-
-/// Writes through a temporary file beside `path`, so a reader never sees half
-/// a package.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ToolError> {
-    let err = |source| ToolError::Write { path: path.to_owned(), source };
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".{}.tmp", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    let _ = std::fs::remove_file(&tmp);
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
-        .and_then(|_| std::fs::rename(&tmp, path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written.map_err(err)
 }

@@ -1,25 +1,8 @@
 //! `outpostctl` as a user runs it: real binary, real component, recorded input.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod support;
 
-fn test_package(name: &str) -> PathBuf {
-    let root = std::env::var_os("OUTPOST_TEST_PACKAGES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/outpost/test-packages"));
-    let dir = root.join(name);
-    assert!(dir.join("service.wasm").is_file(), "{} not built; run `cargo xtask test`", dir.display());
-    dir
-}
-
-fn outpostctl(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_outpostctl")).args(args).output().expect("run outpostctl");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use support::{outpostctl, test_package};
 
 #[test]
 fn run_replays_lines_and_prints_json_lines() {

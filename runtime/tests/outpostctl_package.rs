@@ -1,25 +1,13 @@
 //! `outpostctl keygen / package / sign / verify` as a provider and a
 //! technician run them: real binary, real component.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod support;
 
-fn test_package(name: &str) -> PathBuf {
-    let root = std::env::var_os("OUTPOST_TEST_PACKAGES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/outpost/test-packages"));
-    let dir = root.join(name);
-    assert!(dir.join("service.wasm").is_file(), "{} not built; run `cargo xtask test`", dir.display());
-    dir
-}
+use std::path::{Path, PathBuf};
+use support::test_package;
 
 fn outpostctl(args: &[&Path]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_outpostctl")).args(args).output().expect("run outpostctl");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    support::outpostctl(args)
 }
 
 fn p(s: &str) -> &Path {

@@ -9,11 +9,10 @@
 //! second read of the file). Anything else is compiled again from the
 //! component and the entry rewritten.
 
+use outpost_package::store::write_atomic;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// What the agent recorded when it compiled an entry.
@@ -119,27 +118,9 @@ pub(crate) fn write(entry: &Path, code: &[u8], component_sha256: &str, engine: &
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    write_private(entry, code)?;
+    write_atomic(entry, code, 0o600)?;
     let json = serde_json::to_vec(&meta).map_err(std::io::Error::other)?;
-    write_private(&meta_file, &json)
-}
-
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".{}.tmp", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    let _ = std::fs::remove_file(&tmp);
-    let result = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(data).and_then(|_| f.sync_all()))
-        .and_then(|_| std::fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    write_atomic(&meta_file, &json, 0o600)
 }
 
 #[cfg(test)]
