@@ -201,6 +201,9 @@ toml_section_value() {
 }
 
 install -d -m 0755 "$etc_dest"
+# Provider keys whose signed packages (.opkg) the agent accepts: root's to
+# change (outpostctl keygen writes NAME.pub; copy it here).
+install -d -m 0755 "$etc_dest/trust"
 if [[ -e $cfg ]]; then
     say "keeping the existing config $cfg (never overwritten)"
     for id_opt in "gateway:$gateway" "site:$site"; do
@@ -253,7 +256,9 @@ fi
 # --- services and state -----------------------------------------------------
 
 install -d -m 0755 "$lib_dest" "$svc_dest"
-install -d -m 0750 "$state_dest"
+# Private to the agent's user: the precompiled-code cache under it is loaded
+# as native code (the agent also refuses entries it did not record).
+install -d -m 0700 "$state_dest"
 
 if [[ -z $packages && -d $REPO_ROOT/target/outpost/packages ]]; then
     packages=$REPO_ROOT/target/outpost/packages
