@@ -15,8 +15,9 @@ pub enum ToolError {
     Package(#[from] PackageError),
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// The agent's own check refused the manifest or the component.
     #[error("{0}")]
-    Manifest(String),
+    Invalid(String),
     #[error(
         "key {key_id} belongs to provider '{key_provider}', but {package} says provider '{manifest_provider}'; \
          agents would refuse it (sign with a key of '{manifest_provider}')"
@@ -27,6 +28,20 @@ pub enum ToolError {
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
 }
+
+/// What a package holds, for the agent's own checks (`validate`): the
+/// manifest parser and the component's format and contract live in the
+/// agent, not here.
+#[derive(Debug, Clone, Copy)]
+pub struct Contents<'a> {
+    pub manifest: &'a str,
+    pub manifest_path: &'a Path,
+    pub component: &'a [u8],
+    pub component_path: &'a Path,
+}
+
+/// The agent's checks on a package's contents; the error is shown as is.
+pub type Validate<'v> = &'v dyn Fn(&Contents<'_>) -> Result<(), String>;
 
 /// What was written.
 #[derive(Debug, Clone)]
@@ -44,23 +59,30 @@ pub struct Written {
 
 /// Builds `<out>` (default `<name>-<version>.opkg` in the current folder)
 /// from `source`, a folder with `service.toml` and (unless `wasm` names it)
-/// `service.wasm`. `validate(manifest_text, manifest_path)` is the agent's
-/// own manifest check; signing is skipped when `key` is `None`.
+/// `service.wasm`. `validate` is the agent's own check of manifest and
+/// component, run before anything is signed; signing is skipped when `key`
+/// is `None`.
 pub fn package(
     source: &Path,
     wasm: Option<&Path>,
     key: Option<&ProviderSigningKey>,
     out: Option<&Path>,
-    validate: &dyn Fn(&str, &Path) -> Result<(), String>,
+    validate: Validate<'_>,
 ) -> Result<Written, ToolError> {
     let manifest_path = source.join(MANIFEST_FILE);
     let manifest = format::read_capped(&manifest_path)?;
     let label = manifest_path.display().to_string();
     let text = std::str::from_utf8(&manifest)
         .map_err(|_| PackageError::malformed(&label, format!("{MANIFEST_FILE} is not UTF-8")))?;
-    validate(text, &manifest_path).map_err(ToolError::Manifest)?;
     let wasm_path = wasm.map(Path::to_owned).unwrap_or_else(|| source.join(COMPONENT_FILE));
     let component = format::read_capped(&wasm_path)?;
+    validate(&Contents {
+        manifest: text,
+        manifest_path: &manifest_path,
+        component: &component,
+        component_path: &wasm_path,
+    })
+    .map_err(ToolError::Invalid)?;
     let header = header(&label, &manifest)?;
     if let Some(k) = key {
         check_provider(&label, k, &header.provider)?;
@@ -101,15 +123,17 @@ fn write_out(
 }
 
 /// Verifies an `.opkg` file against the keys in `trust_dir`, then runs the
-/// agent's manifest check on it.
-pub fn verify_file(
-    path: &Path,
-    trust_dir: &Path,
-    validate: &dyn Fn(&str, &Path) -> Result<(), String>,
-) -> Result<VerifiedPackage, ToolError> {
+/// agent's checks on what it holds.
+pub fn verify_file(path: &Path, trust_dir: &Path, validate: Validate<'_>) -> Result<VerifiedPackage, ToolError> {
     let trust = TrustStore::load(trust_dir)?;
     let pkg = sign::verify_file(path, &trust)?;
-    validate(&pkg.manifest_toml, &path.join(MANIFEST_FILE)).map_err(ToolError::Manifest)?;
+    validate(&Contents {
+        manifest: &pkg.manifest_toml,
+        manifest_path: &path.join(MANIFEST_FILE),
+        component: &pkg.component,
+        component_path: &path.join(COMPONENT_FILE),
+    })
+    .map_err(ToolError::Invalid)?;
     Ok(pkg)
 }
 

@@ -118,3 +118,13 @@ fn a_key_of_another_provider_is_refused_before_packaging() {
     assert!(!ok && stderr.contains("'acme'") && stderr.contains("'outpost-tests'"), "{stderr}");
     assert!(!pv.file("x.opkg").exists());
 }
+
+#[test]
+fn a_core_module_is_refused_before_packaging() {
+    let pv = Provider::new();
+    let wasm = pv.file("core.wasm");
+    std::fs::write(&wasm, wat::parse_str("(module)").expect("wat")).expect("write");
+    let (ok, _, stderr) =
+        outpostctl(&[p("package"), &test_package("testbed"), p("--wasm"), &wasm, p("--key"), &pv.key()]);
+    assert!(!ok && stderr.contains("core.wasm") && stderr.contains("not a component"), "{stderr}");
+}

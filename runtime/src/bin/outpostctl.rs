@@ -185,7 +185,7 @@ fn main() -> anyhow::Result<()> {
                 wasm.as_deref(),
                 key.as_ref(),
                 out.as_deref(),
-                &validate_manifest,
+                &validate_contents,
             )?;
             print_written("packaged", &w);
             if w.signed_by.is_none() {
@@ -202,7 +202,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Verify { package, trust } => {
-            let p = outpost_package::tool::verify_file(&package, &trust, &validate_manifest)?;
+            let p = outpost_package::tool::verify_file(&package, &trust, &validate_contents)?;
             println!(
                 "{} ok: signed by {} (key {}), package sha256 {}, component sha256 {}",
                 p.label, p.signer, p.key_id, p.digest, p.component_digest
@@ -226,9 +226,11 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// The agent's own manifest check, for `package` and `verify`.
-fn validate_manifest(text: &str, path: &std::path::Path) -> Result<(), String> {
-    outpost::manifest::Manifest::parse(text, path).map(|_| ()).map_err(|e| e.to_string())
+/// The agent's own checks, for `package` and `verify`: the manifest parser
+/// and the component's format.
+fn validate_contents(c: &outpost_package::tool::Contents<'_>) -> Result<(), String> {
+    outpost::manifest::Manifest::parse(c.manifest, c.manifest_path).map_err(|e| e.to_string())?;
+    outpost::host::check_component_bytes(c.component).map_err(|e| format!("{} {e}", c.component_path.display()))
 }
 
 fn print_written(what: &str, w: &outpost_package::tool::Written) {
