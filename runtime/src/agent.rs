@@ -1,17 +1,21 @@
 //! The agent: reads its config, starts the broker (embedded) or connects to
-//! one, loads every installed service, and runs the dispatcher until told
-//! to stop; then it drains what it accepted before exiting.
+//! one, starts every service of the desired state, and runs the dispatcher
+//! until told to stop; then it drains what it accepted before exiting.
+//! Lifecycle changes (deploy, upgrade, scale, ...) arrive at run time
+//! through [`crate::control`] and are applied between two batches.
 
 use crate::bus::{Link, LinkOptions};
 use crate::config::{AgentConfig, BrokerMode};
-use crate::dispatch::{Dispatcher, ServiceSpec, ServiceStatus};
-use crate::host::{EngineOptions, HostEngine, ServiceContext};
-use crate::package::{effective_config, Package};
+use crate::control::{self, CommandEnvelope, DesiredOverrides, Lifecycle};
+use crate::dispatch::{Dispatcher, Notice, NullEgress};
+use crate::host::{EngineOptions, HostEngine};
 use crate::state::StateStore;
+use crate::status::{AgentStatus, StatusBoard};
 use crate::telemetry::Metrics;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -21,8 +25,8 @@ pub enum AgentError {
     Engine(#[from] crate::host::LoadError),
     #[error(transparent)]
     State(#[from] crate::state::StateError),
-    #[error("services_dir {path}: {message}")]
-    ServicesDir { path: String, message: String },
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
     #[error("{0}")]
     Config(String),
     #[error("cannot serve metrics on {addr}: {message} (set [metrics] listen to a free address, or remove it)")]
@@ -31,30 +35,8 @@ pub enum AgentError {
     Api { addr: String, message: String },
     #[error("cannot start the dispatcher thread: {0}")]
     Thread(String),
-}
-
-/// What the status page and `/status` show.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct AgentStatus {
-    pub gateway: String,
-    pub site: String,
-    pub state: &'static str,
-    pub broker: String,
-    pub mqtt_connected: bool,
-    pub services: Vec<ServiceStatus>,
-    /// Services that could not be loaded, with the reason.
-    pub rejected: Vec<(String, String)>,
-    pub uptime_s: u64,
-    /// Milliseconds from start to ready (services loaded, subscribed).
-    pub ready_ms: Option<f64>,
-}
-
-impl AgentStatus {
-    /// A copy for readers (status page, gRPC), with the link state as the
-    /// metrics see it now rather than at the last refresh.
-    pub fn snapshot(status: &Mutex<AgentStatus>, metrics: &Metrics) -> Option<AgentStatus> {
-        status.lock().ok().map(|st| AgentStatus { mqtt_connected: metrics.mqtt_connected.get() == 1, ..st.clone() })
-    }
+    #[error("the dispatcher thread failed: {0}; the agent stops so that its supervisor restarts it")]
+    IoThread(String),
 }
 
 pub struct Agent {
@@ -69,191 +51,248 @@ impl Agent {
     /// Runs until `shutdown` completes, then drains and returns.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
         let started = Instant::now();
-        let cfg = self.config;
+        let cfg = Arc::new(self.config);
         let metrics = Metrics::new();
-        if cfg.broker.mode == BrokerMode::Embedded {
-            crate::broker::start_embedded(cfg.broker.listen)?;
-        }
-        let host = Arc::new(HostEngine::new(&EngineOptions::default())?);
+        private_dir(&cfg.state_dir);
         let state = Arc::new(StateStore::open(&cfg.state_dir.join("state.redb"))?);
-        let cache_dir = cfg.state_dir.join("cache");
+        let embedded_secret = if cfg.broker.mode == BrokerMode::Embedded {
+            Some(crate::broker::start_embedded(&cfg.broker, &cfg.state_dir, &cfg.gateway)?)
+        } else {
+            None
+        };
+        let host = Arc::new(HostEngine::new(&EngineOptions::default())?);
 
         let (host_name, port) = cfg.broker.client_target().map_err(AgentError::Config)?;
         let status_topic = format!("outpost/{}/status", cfg.gateway);
 
-        // Load services before connecting, so subscriptions are known.
-        // The link needs the services' subscriptions, so it comes second;
-        // nothing is published before it exists (init outputs are discarded).
-        let unconnected: Box<dyn crate::dispatch::Egress> = Box::new(NullEgress);
-        let mut dispatcher = Dispatcher::new(host.clone(), cfg.dispatch.clone(), &cfg.gateway, unconnected);
-        let rejected = load_services(&cfg, &host, &state, &metrics, &cache_dir, &mut dispatcher)?;
+        // Services start before the link connects, so the subscriptions
+        // are known; init outputs before then are discarded.
+        let mut dispatcher = Dispatcher::new(host.clone(), cfg.dispatch.clone(), &cfg.gateway, Box::new(NullEgress));
+        let (desired, mut rejected) = control::boot_desired(&cfg, &state)?;
+        start_desired(&cfg, &host, &state, &metrics, &desired, &mut dispatcher, &mut rejected);
         for name in cfg.services.keys() {
-            if !dispatcher.status().iter().any(|s| &s.name == name) && !rejected.iter().any(|(n, _)| n == name) {
+            if !desired.services.contains_key(name) {
                 tracing::warn!(service = %name, "config has [services.{name}] but no such service is installed");
             }
         }
-        let subscriptions: Vec<String> =
-            dispatcher.subscriptions().into_iter().filter(|f| !dispatcher.is_internal(f)).collect();
-        let echo_filter = {
-            let local = dispatcher.output_filters();
-            Arc::new(move |t: &str| local.iter().any(|f| crate::topic::matches(f, t)))
-                as Arc<dyn Fn(&str) -> bool + Send + Sync>
+        let credentials = match &embedded_secret {
+            Some(secret) => Some(secret.clone()),
+            None => crate::broker::read_credentials(cfg.broker.client_credentials_file.as_deref())
+                .map_err(AgentError::Config)?,
+        };
+        let client_id = match &embedded_secret {
+            Some((_, secret)) => crate::broker::agent_client_id(&cfg.gateway, secret),
+            None => format!("outpost-{}", cfg.gateway),
         };
         let link = Link::new(
             LinkOptions {
                 host: host_name.clone(),
                 port,
-                client_id: format!("outpost-{}", cfg.gateway),
+                client_id,
                 keep_alive: Duration::from_secs(cfg.broker.keep_alive_s),
-                subscriptions: subscriptions.clone(),
+                subscriptions: dispatcher.broker_subscriptions(),
                 last_will: Some((status_topic.clone(), br#"{"state":"offline"}"#.to_vec())),
+                credentials,
             },
             metrics.clone(),
         );
         dispatcher.set_egress(Box::new(link.egress()));
         let link_state = link.state.clone();
 
-        let status = Arc::new(Mutex::new(AgentStatus {
-            gateway: cfg.gateway.clone(),
-            site: cfg.site.clone(),
-            state: "starting",
-            broker: format!("{}:{port} ({})", host_name, cfg.broker.mode),
-            mqtt_connected: false,
-            services: dispatcher.status(),
-            rejected,
-            uptime_s: 0,
-            ready_ms: None,
-        }));
+        let board = StatusBoard::new(
+            AgentStatus {
+                gateway: cfg.gateway.clone(),
+                site: cfg.site.clone(),
+                state: "starting",
+                broker: format!("{}:{port} ({})", host_name, cfg.broker.mode),
+                mqtt_connected: false,
+                refused_subscriptions: Vec::new(),
+                services: dispatcher.status(),
+                rejected,
+                uptime_s: 0,
+                ready_ms: None,
+            },
+            metrics.clone(),
+        );
+        let (commands_tx, commands_rx) = mpsc::unbounded_channel::<CommandEnvelope>();
+        let (notices_tx, mut notices_rx) = mpsc::unbounded_channel::<Notice>();
+        let lifecycle =
+            Arc::new(Lifecycle::new(cfg.clone(), host.clone(), state.clone(), metrics.clone(), commands_tx, desired));
+        {
+            let lifecycle = lifecycle.clone();
+            tokio::spawn(async move {
+                while let Some(n) = notices_rx.recv().await {
+                    lifecycle.observe(n).await;
+                }
+            });
+        }
         if let Some(addr) = cfg.metrics.listen {
-            crate::http::serve(addr, metrics.clone(), status.clone())
+            crate::http::serve(addr, board.clone())
                 .await
                 .map_err(|e| AgentError::Metrics { addr: addr.to_string(), message: e.to_string() })?;
         }
         if let Some(addr) = cfg.api.listen {
-            crate::api::serve(addr, status.clone(), metrics.clone())
+            let token = crate::api::load_or_create_token(&cfg.token_file())
+                .map_err(|e| AgentError::Api { addr: addr.to_string(), message: e })?;
+            crate::api::serve(addr, board.clone(), lifecycle.clone(), token)
                 .await
                 .map_err(|e| AgentError::Api { addr: addr.to_string(), message: e.to_string() })?;
         }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
         let io = {
             let io = IoLoop {
                 link,
                 dispatcher,
-                ignore: echo_filter,
                 stop: stop_rx,
-                status: status.clone(),
+                commands: commands_rx,
+                notices: notices_tx,
+                board: board.clone(),
                 drain: Duration::from_millis(cfg.dispatch.drain_timeout_ms),
+                turn_budget: turn_budget(&cfg),
                 started,
                 status_topic,
             };
             std::thread::Builder::new()
                 .name("outpost-io".into())
-                .spawn(move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(rt) => io.run(&rt),
-                    Err(e) => tracing::error!(error = %e, "cannot start the I/O thread's runtime"),
+                .spawn(move || {
+                    // Dropped when this thread ends, normally or by a panic.
+                    let _ended = ended_tx;
+                    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                        Ok(rt) => io.run(&rt),
+                        Err(e) => tracing::error!(error = %e, "cannot start the I/O thread's runtime"),
+                    }
                 })
                 .map_err(|e| AgentError::Thread(e.to_string()))?
         };
-        tokio::select! {
-            _ = link_state.wait_ready() => {}
-            _ = tokio::time::sleep(Duration::from_secs(10)) => {
-                tracing::warn!(broker = %format!("{host_name}:{port}"), "broker not reachable yet; services run and input is taken as soon as it connects");
-            }
+        let mut ended_rx = ended_rx;
+        let ended_early = tokio::select! {
+            _ = shutdown => false,
+            _ = &mut ended_rx => true,
+        };
+        if !ended_early {
+            tracing::info!("shutdown requested; draining accepted messages");
+            board.update(|s| s.state = "draining");
+            let _ = stop_tx.send(true);
         }
-        shutdown.await;
-        tracing::info!("shutdown requested; draining accepted messages");
-        set_state(&status, "draining");
-        let _ = stop_tx.send(true);
-        let _ = tokio::task::spawn_blocking(move || io.join()).await;
-        tracing::info!("agent stopped");
-        Ok(())
+        let _ = link_state; // the I/O thread owns the link's lifetime
+        let joined = tokio::task::spawn_blocking(move || io.join()).await;
+        match joined {
+            Ok(Ok(())) if !ended_early => {
+                tracing::info!("agent stopped");
+                Ok(())
+            }
+            Ok(Ok(())) => {
+                board.update(|s| s.state = "failed");
+                Err(AgentError::IoThread("it ended without being asked to".into()))
+            }
+            Ok(Err(panic)) => {
+                board.update(|s| s.state = "failed");
+                let why = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "panic".into());
+                Err(AgentError::IoThread(why))
+            }
+            Err(e) => Err(AgentError::IoThread(e.to_string())),
+        }
     }
 }
 
-fn set_state(status: &Mutex<AgentStatus>, state: &'static str) {
-    if let Ok(mut s) = status.lock() {
-        s.state = state;
+/// The state directory holds the precompiled code cache and the API token:
+/// only the agent's user may read or write it.
+fn private_dir(dir: &std::path::Path) {
+    if std::fs::create_dir_all(dir).is_err() {
+        return; // StateStore::open reports it with the path
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot make the state directory private");
+        }
     }
 }
 
-struct NullEgress;
-impl crate::dispatch::Egress for NullEgress {
-    fn publish(&mut self, _topic: &str, _payload: &[u8]) {}
+/// The longest the dispatcher runs before serving the network again: well
+/// under the keep-alive, and never shorter than one call deadline.
+fn turn_budget(cfg: &AgentConfig) -> Duration {
+    Duration::from_millis((cfg.broker.keep_alive_s * 1000 / 10).clamp(20, 500))
 }
 
-/// Loads every package under `services_dir`. A bad package is reported and
-/// skipped; the others still run.
-fn load_services(
-    cfg: &AgentConfig,
+/// Starts every service the desired state names. One that cannot start
+/// falls back to its previous version if it has one; otherwise it is
+/// reported and the others still run.
+fn start_desired(
+    cfg: &Arc<AgentConfig>,
     host: &Arc<HostEngine>,
     state: &Arc<StateStore>,
     metrics: &Arc<Metrics>,
-    cache_dir: &std::path::Path,
+    desired: &control::DesiredState,
     dispatcher: &mut Dispatcher,
-) -> Result<Vec<(String, String)>, AgentError> {
-    let dirs = Package::discover(&cfg.services_dir).map_err(|e| AgentError::ServicesDir {
-        path: cfg.services_dir.display().to_string(),
-        message: e.to_string(),
-    })?;
-    let mut rejected = Vec::new();
-    for dir in dirs {
-        let label = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let pkg = match Package::load(&dir) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(package = %dir.display(), error = %e, "service not loaded");
-                rejected.push((label, e.to_string()));
-                continue;
-            }
-        };
-        let name = pkg.manifest.service.name.clone();
-        let site = cfg.services.get(&name);
-        if site.is_some_and(|s| !s.enabled) {
+    rejected: &mut Vec<(String, String)>,
+) {
+    for (name, want) in &desired.services {
+        if want.removed {
+            continue;
+        }
+        if cfg.services.get(name).is_some_and(|s| !s.enabled) {
             tracing::info!(service = %name, "disabled by site config");
             continue;
         }
         let t0 = Instant::now();
-        let loaded = match host.load(&pkg.wasm_path, &pkg.wasm, Some(cache_dir)) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(service = %name, error = %e, "service not loaded");
-                rejected.push((name, e.to_string()));
-                continue;
+        let overrides = DesiredOverrides::of(want);
+        let mut candidates = vec![(want.version.clone(), want.package.clone())];
+        if let Some(p) = &want.previous {
+            candidates.push((p.version.clone(), p.package.clone()));
+        }
+        let mut errors = Vec::new();
+        for (version, package) in candidates {
+            let def = match control::build_def(cfg, host, state, metrics, &package, &overrides) {
+                Ok(def) => def,
+                Err(e) => {
+                    tracing::error!(service = %name, %version, error = %e, "service not loaded");
+                    errors.push(e.to_string());
+                    continue;
+                }
+            };
+            match dispatcher.install(def) {
+                Ok(()) => {
+                    tracing::info!(service = %name, %version, load_ms = t0.elapsed().as_millis() as u64, "service started");
+                    errors.clear();
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(service = %name, %version, error = %e, "service failed to start");
+                    errors.push(e.to_string());
+                }
             }
-        };
-        let context = ServiceContext {
-            service: name.as_str().into(),
-            publish_acl: pkg.manifest.bus.publish.clone().into(),
-            state: Some(state.clone()),
-            metrics: metrics.service(&name),
-        };
-        let spec = ServiceSpec {
-            config_json: effective_config(&pkg.manifest.config, site.map(|s| &s.config)),
-            instances: site.and_then(|s| s.instances).unwrap_or(pkg.manifest.scale.instances),
-            manifest: pkg.manifest,
-            loaded,
-            context,
-        };
-        let id = spec.manifest.id();
-        match dispatcher.add_service(spec) {
-            Ok(()) => tracing::info!(service = %id, load_ms = t0.elapsed().as_millis() as u64, "service started"),
-            Err(e) => tracing::error!(service = %id, error = %e, "service init failed; retrying with backoff"),
+        }
+        if !errors.is_empty() {
+            rejected.push((name.clone(), errors.join("; ")));
         }
     }
-    Ok(rejected)
 }
 
-/// The I/O thread: the MQTT link and the dispatcher, run to completion
-/// together (see `bus`).
+/// The I/O thread: the MQTT link, the dispatcher and lifecycle commands,
+/// run to completion together (see `bus`).
 struct IoLoop {
     link: Link,
     dispatcher: Dispatcher,
-    ignore: Arc<dyn Fn(&str) -> bool + Send + Sync>,
     stop: tokio::sync::watch::Receiver<bool>,
-    status: Arc<Mutex<AgentStatus>>,
+    commands: mpsc::UnboundedReceiver<CommandEnvelope>,
+    notices: mpsc::UnboundedSender<Notice>,
+    board: StatusBoard,
     drain: Duration,
+    turn_budget: Duration,
     started: Instant,
     status_topic: String,
+}
+
+enum Wake {
+    Message(Option<crate::dispatch::Inbound>),
+    Command(Option<CommandEnvelope>),
 }
 
 impl IoLoop {
@@ -261,52 +300,74 @@ impl IoLoop {
     /// WASI's synchronous bindings start their own runtime for host I/O
     /// (a guest writing to stderr) and must not be nested in ours.
     fn run(mut self, rt: &tokio::runtime::Runtime) {
-        let d = &mut self.dispatcher;
-        let link = &mut self.link;
         let mut announced = false;
         let mut last_status = Instant::now();
         let mut draining_since: Option<Instant> = None;
+        let mut local_outputs = self.dispatcher.output_filters();
         loop {
-            link.flush_outbox();
+            self.link.flush_outbox();
             if draining_since.is_none() && *self.stop.borrow() {
                 draining_since = Some(Instant::now());
-                link.state.stop_input.store(true, Ordering::Release);
+                self.link.state.stop_input.store(true, Ordering::Release);
             }
-            let wait = d.next_wakeup().clamp(Duration::from_millis(1), Duration::from_millis(100));
-            if let Some(msg) = rt.block_on(link.next(wait, &*self.ignore)) {
-                d.accept(Arc::new(msg));
+            let wait = self.dispatcher.next_wakeup().clamp(Duration::from_millis(1), Duration::from_millis(100));
+            let ignore = |t: &str| local_outputs.iter().any(|f| crate::topic::matches(f, t));
+            let (link, commands) = (&mut self.link, &mut self.commands);
+            let wake = rt.block_on(async {
+                tokio::select! {
+                    biased;
+                    m = link.next(wait, &ignore) => Wake::Message(m),
+                    c = commands.recv(), if draining_since.is_none() => Wake::Command(c),
+                }
+            });
+            match wake {
+                Wake::Message(Some(msg)) => self.dispatcher.accept(Arc::new(msg)),
+                Wake::Message(None) | Wake::Command(None) => {}
+                Wake::Command(Some((cmd, reply))) => {
+                    let result = control::apply(&mut self.dispatcher, cmd);
+                    // The topology may have changed: subscribe to what the
+                    // services now need, and serve new internal topics here.
+                    self.link.set_subscriptions(self.dispatcher.broker_subscriptions());
+                    local_outputs = self.dispatcher.output_filters();
+                    self.refresh_status();
+                    let _ = reply.send(result);
+                }
             }
             // Hand over whole batches: run the services once the socket's
             // buffered packets are taken.
-            if !link.has_buffered() {
-                d.run_until_idle();
-                d.tick_if_due();
+            if !self.link.has_buffered() {
+                self.dispatcher.run_for(Some(self.turn_budget));
+                self.dispatcher.tick_if_due();
+                for n in self.dispatcher.take_notices() {
+                    if let Notice::RolledBack { .. } = &n {
+                        self.link.set_subscriptions(self.dispatcher.broker_subscriptions());
+                        local_outputs = self.dispatcher.output_filters();
+                    }
+                    let _ = self.notices.send(n);
+                }
             }
-            if !announced && link.state.is_ready.load(Ordering::Acquire) {
+            if !announced && self.link.state.is_ready.load(Ordering::Acquire) {
                 announced = true;
                 let ms = self.started.elapsed().as_secs_f64() * 1e3;
                 tracing::info!(ready_ms = format!("{ms:.1}"), "agent ready");
-                if let Ok(mut s) = self.status.lock() {
+                self.board.update(|s| {
                     s.state = "ready";
                     s.ready_ms = Some(ms);
-                }
-                let body = serde_json::json!({"state": "ready", "ready_ms": ms, "services": d.status()});
-                link.publish_retained(&self.status_topic, body.to_string().into_bytes());
+                });
+                let body = serde_json::json!({"state": "ready", "ready_ms": ms, "services": self.dispatcher.status()});
+                self.link.publish_retained(&self.status_topic, body.to_string().into_bytes());
             }
             if last_status.elapsed() > Duration::from_millis(200) {
                 last_status = Instant::now();
-                if let Ok(mut s) = self.status.lock() {
-                    s.services = d.status();
-                    s.uptime_s = self.started.elapsed().as_secs();
-                }
+                self.refresh_status();
             }
             if let Some(since) = draining_since {
-                if d.queued() == 0 || since.elapsed() > self.drain {
+                if self.dispatcher.queued() == 0 || since.elapsed() > self.drain {
                     break;
                 }
             }
         }
-        let left = d.queued();
+        let left = self.dispatcher.queued();
         if left > 0 {
             tracing::error!(
                 messages = left,
@@ -315,10 +376,19 @@ impl IoLoop {
         } else {
             tracing::info!("all accepted messages handled");
         }
-        if let Ok(mut s) = self.status.lock() {
-            s.services = d.status();
-        }
-        link.publish_retained(&self.status_topic, br#"{"state":"stopped"}"#.to_vec());
+        self.refresh_status();
+        self.link.publish_retained(&self.status_topic, br#"{"state":"stopped"}"#.to_vec());
         rt.block_on(self.link.close(Duration::from_secs(5)));
+    }
+
+    fn refresh_status(&self) {
+        let services = self.dispatcher.status();
+        let refused = self.link.state.refused.lock().map(|r| r.clone()).unwrap_or_default();
+        let uptime = self.started.elapsed().as_secs();
+        self.board.update(|s| {
+            s.services = services;
+            s.refused_subscriptions = refused;
+            s.uptime_s = uptime;
+        });
     }
 }

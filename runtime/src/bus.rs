@@ -9,7 +9,7 @@
 //! persistent (clean_session = false), so what arrives while the agent is
 //! down or draining is redelivered by the broker.
 
-use crate::dispatch::{now_ms, AckToken, Egress, Inbound};
+use crate::dispatch::{now_ms, AckToken, Cause, Egress, Inbound};
 use crate::telemetry::Metrics;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use std::collections::VecDeque;
@@ -18,8 +18,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// Largest MQTT packet accepted or sent.
+/// Largest MQTT packet sent (a service's publish is capped lower).
 pub const MAX_PACKET: usize = 4 << 20;
+/// Largest MQTT packet accepted: the largest payload a manifest may accept
+/// (16 MiB) plus room for the topic. A bigger one makes the client drop the
+/// connection, and the broker would send it again on every reconnect, so
+/// the broker must refuse it first: Mosquitto `message_size_limit` (or
+/// `max_packet_size`) at most this, as the installer's mosquitto.conf sets.
+pub const MAX_INCOMING_PACKET: usize = (16 << 20) + 65_536;
+/// A connection that stayed up this long resets the reconnect backoff.
+const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 /// Requests (publishes, acks) queued towards the event loop.
 const REQUEST_CAPACITY: usize = 100_000;
 
@@ -34,6 +42,8 @@ pub struct LinkOptions {
     pub subscriptions: Vec<String>,
     /// A retained message the broker publishes if the agent vanishes.
     pub last_will: Option<(String, Vec<u8>)>,
+    /// `(username, password)` presented to the broker.
+    pub credentials: Option<(String, String)>,
 }
 
 /// Shared view of the link for the agent's other tasks.
@@ -45,6 +55,8 @@ pub struct LinkState {
     pub ready: Notify,
     /// Stop taking input (drain on shutdown).
     pub stop_input: AtomicBool,
+    /// Filters the broker refused (SUBACK failure); the agent is degraded.
+    pub refused: Mutex<Vec<String>>,
 }
 
 impl LinkState {
@@ -66,7 +78,7 @@ impl LinkState {
 }
 
 /// Publishes waiting for room in the client's request queue.
-type Outbox = Arc<Mutex<VecDeque<(String, Vec<u8>, bool)>>>;
+type Outbox = Arc<Mutex<VecDeque<(String, Vec<u8>, bool, Option<Cause>)>>>;
 
 /// QoS 1 acknowledgements go out in the order the publishes arrived,
 /// whatever order the services finish them in: MQTT 3.1.1 (4.6) requires
@@ -139,7 +151,16 @@ pub struct Link {
     outbox: Outbox,
     acks: Arc<AckQueue>,
     failures: u32,
+    /// Causes of QoS 1 publishes on the wire, in order; a PUBACK lets the
+    /// oldest go (MQTT 3.1.1 4.6: acks come in publish order).
+    in_flight: InFlight,
+    /// Filters subscribed and waiting for their SUBACK, in order.
+    pending_subacks: VecDeque<String>,
+    connected_at: Option<std::time::Instant>,
+    retry_at: Option<tokio::time::Instant>,
 }
+
+type InFlight = Arc<Mutex<VecDeque<Option<Cause>>>>;
 
 impl Link {
     pub fn new(opts: LinkOptions, metrics: Arc<Metrics>) -> Link {
@@ -147,7 +168,10 @@ impl Link {
         mqtt.set_keep_alive(opts.keep_alive);
         mqtt.set_clean_session(false);
         mqtt.set_manual_acks(true);
-        mqtt.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+        mqtt.set_max_packet_size(MAX_INCOMING_PACKET, MAX_PACKET);
+        if let Some((user, pass)) = &opts.credentials {
+            mqtt.set_credentials(user.clone(), pass.clone());
+        }
         // Outgoing QoS 1 window: acks for input share the request queue with
         // publishes, so a small window would stall input behind output.
         mqtt.set_inflight(1000);
@@ -165,13 +189,67 @@ impl Link {
             is_ready: AtomicBool::new(false),
             ready: Notify::new(),
             stop_input: AtomicBool::new(false),
+            refused: Mutex::new(Vec::new()),
         });
-        Link { client, eventloop, state, opts, metrics, outbox: Arc::default(), acks: Arc::default(), failures: 0 }
+        Link {
+            client,
+            eventloop,
+            state,
+            opts,
+            metrics,
+            outbox: Arc::default(),
+            acks: Arc::default(),
+            failures: 0,
+            in_flight: Arc::default(),
+            pending_subacks: VecDeque::new(),
+            connected_at: None,
+            retry_at: None,
+        }
     }
 
     /// An egress for the dispatcher running on this link's thread.
     pub fn egress(&self) -> LinkEgress {
-        LinkEgress { client: self.client.clone(), state: self.state.clone(), outbox: self.outbox.clone() }
+        LinkEgress {
+            client: self.client.clone(),
+            state: self.state.clone(),
+            outbox: self.outbox.clone(),
+            in_flight: self.in_flight.clone(),
+        }
+    }
+
+    /// Subscribes to filters added since the last call and unsubscribes
+    /// from those gone (services added, upgraded or removed at run time).
+    pub fn set_subscriptions(&mut self, filters: Vec<String>) {
+        if filters == self.opts.subscriptions {
+            return;
+        }
+        let connected = self.eventloop.network.is_some();
+        let added: Vec<String> = filters.iter().filter(|f| !self.opts.subscriptions.contains(f)).cloned().collect();
+        for f in added {
+            tracing::info!(filter = %f, "subscribing");
+            if connected {
+                self.subscribe(f);
+            }
+        }
+        for f in self.opts.subscriptions.iter().filter(|f| !filters.contains(f)) {
+            tracing::info!(filter = %f, "unsubscribing");
+            if connected {
+                if let Err(e) = self.client.try_unsubscribe(f.clone()) {
+                    tracing::error!(filter = %f, error = %e, "cannot unsubscribe");
+                }
+            }
+        }
+        if let Ok(mut refused) = self.state.refused.lock() {
+            refused.retain(|f| filters.contains(f));
+        }
+        self.opts.subscriptions = filters;
+    }
+
+    fn subscribe(&mut self, filter: String) {
+        match self.client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+            Ok(()) => self.pending_subacks.push_back(filter),
+            Err(e) => tracing::error!(filter = %filter, error = %e, "cannot subscribe"),
+        }
     }
 
     /// Anything read from the socket and not yet returned by `next`?
@@ -185,12 +263,17 @@ impl Link {
         if outbox.is_empty() {
             return;
         }
-        while let Some((topic, payload, retain)) = outbox.pop_front() {
-            if let Err(rumqttc::ClientError::TryRequest(_)) =
-                self.client.try_publish(topic.as_str(), QoS::AtLeastOnce, retain, payload.clone())
-            {
-                outbox.push_front((topic, payload, retain));
-                break;
+        while let Some((topic, payload, retain, cause)) = outbox.pop_front() {
+            match self.client.try_publish(topic.as_str(), QoS::AtLeastOnce, retain, payload.clone()) {
+                Ok(()) => lock(&self.in_flight).push_back(cause),
+                Err(rumqttc::ClientError::TryRequest(_)) => {
+                    outbox.push_front((topic, payload, retain, cause));
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(%topic, error = %e, "publish refused by the MQTT client");
+                    self.state.unacked_out.fetch_sub(1, Ordering::AcqRel);
+                }
             }
         }
     }
@@ -199,6 +282,15 @@ impl Link {
     /// passes (None). While disconnected it waits for the reconnect instead,
     /// so a slow connect is never cut short.
     pub async fn next(&mut self, wait: Duration, ignore: &(dyn Fn(&str) -> bool + Send + Sync)) -> Option<Inbound> {
+        if let Some(at) = self.retry_at {
+            // Backing off after a failed connection: stay responsive to the
+            // caller (commands, shutdown) without hammering the broker.
+            if tokio::time::Instant::now() < at {
+                tokio::time::sleep_until(at.min(tokio::time::Instant::now() + wait)).await;
+                return None;
+            }
+            self.retry_at = None;
+        }
         let event = if self.has_buffered() {
             // Already read from the socket: returns at once, no timer needed.
             self.eventloop.poll().await
@@ -212,26 +304,41 @@ impl Link {
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                self.failures = 0;
+                self.connected_at = Some(std::time::Instant::now());
                 self.acks.new_connection();
                 self.metrics.mqtt_connected.set(1);
                 tracing::info!(broker = %format!("{}:{}", self.opts.host, self.opts.port), session_present = ack.session_present, "connected to MQTT broker");
+                self.pending_subacks.clear();
+                if let Ok(mut refused) = self.state.refused.lock() {
+                    refused.clear();
+                }
                 if self.opts.subscriptions.is_empty() {
                     self.state.mark_ready();
                 }
-                for f in &self.opts.subscriptions {
-                    if let Err(e) = self.client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
-                        tracing::error!(filter = %f, error = %e, "cannot subscribe");
-                    }
+                for f in self.opts.subscriptions.clone() {
+                    self.subscribe(f);
                 }
                 None
             }
-            Ok(Event::Incoming(Packet::SubAck(_))) => {
-                self.state.mark_ready();
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                let filter = self.pending_subacks.pop_front().unwrap_or_default();
+                let refused = ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure));
+                if refused {
+                    tracing::error!(filter = %filter, "the broker refused the subscription (check its ACL); the agent is degraded");
+                    if let Ok(mut r) = self.state.refused.lock() {
+                        r.push(filter);
+                    }
+                }
+                let all_refused_known = self.state.refused.lock().map(|r| r.is_empty()).unwrap_or(false);
+                if self.pending_subacks.is_empty() && all_refused_known {
+                    self.state.mark_ready();
+                }
                 None
             }
             Ok(Event::Incoming(Packet::PubAck(_))) => {
                 self.state.unacked_out.fetch_sub(1, Ordering::AcqRel);
+                // The oldest publish is safe: what caused it may be acked.
+                drop(lock(&self.in_flight).pop_front());
                 None
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -241,6 +348,7 @@ impl Link {
                 }
                 self.metrics.ingress.inc();
                 let reliable = p.qos != QoS::AtMostOnce;
+                let bad_topic = crate::topic::validate_topic(&p.topic).err();
                 let (topic, payload) = (p.topic.clone(), p.payload.to_vec());
                 let ack = reliable.then(|| {
                     let (generation, seq) = self.acks.arrived(p);
@@ -253,22 +361,48 @@ impl Link {
                         })
                     })
                 });
+                if let Some(why) = bad_topic {
+                    // Refused once (acknowledged, counted), never redelivered forever.
+                    self.metrics.bad_input.inc();
+                    tracing::warn!(topic = %topic.escape_debug(), reason = %why, "message with an invalid topic refused");
+                    drop(ack);
+                    return None;
+                }
                 if ignore(&topic) {
                     drop(ack); // acknowledged in its turn
                     return None;
                 }
-                Some(Inbound { topic, payload, received_ms: now_ms(), reliable, ack })
+                Some(Inbound { topic, payload, received_ms: now_ms(), reliable, ack, cause: None })
             }
             Ok(_) => None,
             Err(e) => {
                 self.metrics.mqtt_connected.set(0);
+                // A broker that accepts and then drops us must not reset the
+                // backoff: only a connection that held counts as recovered.
+                if self.connected_at.take().is_some_and(|t| t.elapsed() >= STABLE_CONNECTION) {
+                    self.failures = 0;
+                }
                 self.failures += 1;
                 let backoff = Duration::from_millis((100u64 << self.failures.min(6)).min(5_000));
-                if self.failures == 1 || self.failures.is_multiple_of(20) {
-                    tracing::warn!(broker = %format!("{}:{}", self.opts.host, self.opts.port), error = %e,
-                        retry_ms = backoff.as_millis() as u64, "MQTT connection lost or refused; retrying");
+                let oversized = matches!(
+                    &e,
+                    rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+                        rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(_)
+                    ))
+                );
+                if oversized {
+                    tracing::error!(
+                        limit = MAX_INCOMING_PACKET,
+                        "the broker sent a message larger than the agent accepts; \
+                        set the broker's message_size_limit to at most this (Mosquitto: message_size_limit)"
+                    );
+                    self.metrics.bad_input.inc();
                 }
-                tokio::time::sleep(backoff.min(wait.max(Duration::from_millis(100)))).await;
+                if self.failures == 1 || self.failures.is_multiple_of(20) || oversized {
+                    tracing::warn!(broker = %format!("{}:{}", self.opts.host, self.opts.port), error = %e,
+                        retry_ms = backoff.as_millis() as u64, attempt = self.failures, "MQTT connection lost or refused; retrying");
+                }
+                self.retry_at = Some(tokio::time::Instant::now() + backoff);
                 None
             }
         }
@@ -278,7 +412,7 @@ impl Link {
     pub fn publish_retained(&self, topic: &str, payload: Vec<u8>) {
         self.state.unacked_out.fetch_add(1, Ordering::AcqRel);
         if let Ok(mut outbox) = self.outbox.lock() {
-            outbox.push_back((topic.to_owned(), payload, true));
+            outbox.push_back((topic.to_owned(), payload, true, None));
         }
         self.flush_outbox();
     }
@@ -312,18 +446,50 @@ pub struct LinkEgress {
     client: AsyncClient,
     state: Arc<LinkState>,
     outbox: Outbox,
+    in_flight: InFlight,
+}
+
+impl LinkEgress {
+    fn send(&mut self, topic: &str, payload: &[u8], cause: Option<Cause>) {
+        self.state.unacked_out.fetch_add(1, Ordering::AcqRel);
+        let queued_before = self.outbox.lock().is_ok_and(|o| !o.is_empty());
+        if !queued_before {
+            // The in-flight entry goes in under the same lock order as the
+            // wire order: PUBACKs pop them oldest first.
+            let mut in_flight = lock(&self.in_flight);
+            match self.client.try_publish(topic, QoS::AtLeastOnce, false, payload.to_vec()) {
+                Ok(()) => {
+                    in_flight.push_back(cause);
+                    return;
+                }
+                Err(rumqttc::ClientError::TryRequest(_)) => {}
+                Err(e) => {
+                    tracing::error!(%topic, error = %e, "publish refused by the MQTT client");
+                    self.state.unacked_out.fetch_sub(1, Ordering::AcqRel);
+                    return;
+                }
+            }
+        }
+        if let Ok(mut outbox) = self.outbox.lock() {
+            outbox.push_back((topic.to_owned(), payload.to_vec(), false, cause));
+        }
+    }
 }
 
 impl Egress for LinkEgress {
     fn publish(&mut self, topic: &str, payload: &[u8]) {
-        self.state.unacked_out.fetch_add(1, Ordering::AcqRel);
-        let queued_before = self.outbox.lock().is_ok_and(|o| !o.is_empty());
-        if !queued_before && self.client.try_publish(topic, QoS::AtLeastOnce, false, payload.to_vec()).is_ok() {
-            return;
-        }
-        if let Ok(mut outbox) = self.outbox.lock() {
-            outbox.push_back((topic.to_owned(), payload.to_vec(), false));
-        }
+        self.send(topic, payload, None)
+    }
+
+    fn publish_caused(&mut self, topic: &str, payload: &[u8], cause: &Cause) {
+        self.send(topic, payload, (!cause.is_empty()).then(|| cause.clone()))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
     }
 }
 

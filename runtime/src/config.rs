@@ -20,6 +20,10 @@ pub struct AgentConfig {
     pub services_dir: PathBuf,
     /// Persistent state (service key-value store) and the precompiled cache.
     pub state_dir: PathBuf,
+    /// Public keys of the providers whose signed packages this gateway
+    /// accepts (`*.pub`); default `/etc/outpost/trust`.
+    #[serde(default)]
+    pub trust_dir: Option<PathBuf>,
     #[serde(default)]
     pub broker: BrokerConfig,
     #[serde(default)]
@@ -28,6 +32,8 @@ pub struct AgentConfig {
     pub dispatch: DispatchConfig,
     #[serde(default)]
     pub api: ApiConfig,
+    #[serde(default)]
+    pub lifecycle: LifecycleConfig,
     /// Per-site overrides, keyed by service name.
     #[serde(default)]
     pub services: BTreeMap<String, SiteServiceConfig>,
@@ -48,6 +54,14 @@ pub struct BrokerConfig {
     /// MQTT keep-alive in seconds.
     #[serde(default = "default_keep_alive")]
     pub keep_alive_s: u64,
+    /// Embedded broker: `user:password` lines clients must present when it
+    /// listens beyond loopback (required then; loopback needs none).
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    /// Username and password file (one line `user:password`) the agent
+    /// presents to the broker.
+    #[serde(default)]
+    pub client_credentials_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -72,6 +86,8 @@ impl Default for BrokerConfig {
             listen: default_listen(),
             url: None,
             keep_alive_s: default_keep_alive(),
+            credentials_file: None,
+            client_credentials_file: None,
         }
     }
 }
@@ -129,11 +145,53 @@ pub struct ApiConfig {
     /// gRPC management API (`outpostctl status`); omit to disable.
     #[serde(default)]
     pub listen: Option<SocketAddr>,
+    /// Bearer token every call must carry. Created (random, mode 0600) if
+    /// missing; default `{state_dir}/api.token`.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: Some(SocketAddr::from(([127, 0, 0, 1], 9465))) }
+        ApiConfig { listen: Some(SocketAddr::from(([127, 0, 0, 1], 9465))), token_file: None }
+    }
+}
+
+impl AgentConfig {
+    pub fn trust_dir(&self) -> PathBuf {
+        self.trust_dir.clone().unwrap_or_else(|| PathBuf::from("/etc/outpost/trust"))
+    }
+
+    /// Where the management API's bearer token lives.
+    pub fn token_file(&self) -> PathBuf {
+        self.api.token_file.clone().unwrap_or_else(|| self.state_dir.join("api.token"))
+    }
+}
+
+/// Upgrades on a running gateway.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleConfig {
+    /// After an upgrade, how long the new version is on probation; 0 turns
+    /// automatic rollback off.
+    #[serde(default = "default_probation")]
+    pub probation_s: u64,
+    /// Faults (traps, deadlines, failed starts) within probation that roll
+    /// the upgrade back.
+    #[serde(default = "default_probation_faults")]
+    pub probation_max_faults: u64,
+}
+
+fn default_probation() -> u64 {
+    120
+}
+fn default_probation_faults() -> u64 {
+    3
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        LifecycleConfig { probation_s: default_probation(), probation_max_faults: default_probation_faults() }
     }
 }
 
@@ -260,6 +318,18 @@ impl AgentConfig {
             p.push(format!(
                 "dispatch.initial_backoff_ms ({}) must be at least 1 and at most dispatch.max_backoff_ms ({})",
                 d.initial_backoff_ms, d.max_backoff_ms
+            ));
+        }
+        if self.lifecycle.probation_max_faults == 0 {
+            p.push("lifecycle.probation_max_faults must be at least 1".into());
+        }
+        if self.broker.mode == BrokerMode::Embedded
+            && !self.broker.listen.ip().is_loopback()
+            && self.broker.credentials_file.is_none()
+        {
+            p.push(format!(
+                "broker.listen {} is beyond loopback: set broker.credentials_file so clients must log in",
+                self.broker.listen
             ));
         }
         for (name, s) in &self.services {

@@ -1,30 +1,24 @@
 //! Local HTTP endpoints: Prometheus `/metrics`, JSON `/status`, a status
 //! page at `/` for technicians (works offline), and `/healthz`.
 
-use crate::agent::AgentStatus;
-use crate::telemetry::Metrics;
+use crate::status::{AgentStatus, StatusBoard};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use axum::Router;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 
-#[derive(Clone)]
-struct AppState {
-    metrics: Arc<Metrics>,
-    status: Arc<Mutex<AgentStatus>>,
-}
+type AppState = StatusBoard;
 
 /// Binds `addr` and serves in the background.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, status: Arc<Mutex<AgentStatus>>) -> std::io::Result<()> {
+pub async fn serve(addr: SocketAddr, board: StatusBoard) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/status", get(status_json))
         .route("/healthz", get(healthz))
         .route("/", get(status_page))
-        .with_state(AppState { metrics, status });
+        .with_state(board);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "metrics and status at http://{addr}/");
     tokio::spawn(async move {
@@ -36,11 +30,11 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, status: Arc<Mutex<Ag
 }
 
 async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.encode())
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics().encode())
 }
 
 fn snapshot(s: &AppState) -> Option<AgentStatus> {
-    AgentStatus::snapshot(&s.status, &s.metrics)
+    s.snapshot()
 }
 
 async fn status_json(State(s): State<AppState>) -> impl IntoResponse {
@@ -48,12 +42,13 @@ async fn status_json(State(s): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
+/// 200 "ok" only when the agent is ready, connected to its broker, every
+/// subscription was granted and every instance runs; else 503 with why.
 async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
-    let ok = snapshot(&s).is_some_and(|st| st.services.iter().all(|svc| svc.running > 0));
-    if ok {
-        (axum::http::StatusCode::OK, "ok")
-    } else {
-        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "degraded")
+    match snapshot(&s) {
+        Some(st) if st.healthy() => (axum::http::StatusCode::OK, "ok\n".to_owned()),
+        Some(st) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, format!("degraded\n{}\n", st.problems().join("\n"))),
+        None => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "degraded\nstatus unavailable\n".to_owned()),
     }
 }
 

@@ -8,6 +8,8 @@
 //! - [`bus`], [`broker`]: the MQTT link and the embedded broker.
 //! - [`state`]: per-service persistent key-value state.
 //! - [`telemetry`], [`http`]: metrics, logs, status page; [`api`]: gRPC management API.
+//! - [`control`]: desired state and lifecycle changes on a running agent;
+//!   [`status`]: the one status model every reader shares.
 //! - [`agent`]: ties it together; [`replay`]: offline runs for developers.
 
 pub mod agent;
@@ -15,6 +17,7 @@ pub mod api;
 pub mod broker;
 pub mod bus;
 pub mod config;
+pub mod control;
 pub mod dispatch;
 pub mod host;
 pub mod http;
@@ -23,5 +26,6 @@ pub mod package;
 pub mod replay;
 pub mod sim;
 pub mod state;
+pub mod status;
 pub mod telemetry;
 pub mod topic;

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 const STATE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("service_state");
+/// The agent's own records (desired state, approvals), apart from services'.
+const AGENT: TableDefinition<&str, &[u8]> = TableDefinition::new("agent_meta");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -36,6 +38,7 @@ impl StateStore {
         let db = Database::create(path).map_err(|e| open_err(&e))?;
         let txn = db.begin_write().map_err(|e| open_err(&e))?;
         txn.open_table(STATE).map_err(|e| open_err(&e))?;
+        txn.open_table(AGENT).map_err(|e| open_err(&e))?;
         txn.commit().map_err(|e| open_err(&e))?;
         Ok(StateStore { db })
     }
@@ -64,6 +67,23 @@ impl StateStore {
                     }
                 }
             }
+        }
+        w.commit().map_err(io)
+    }
+
+    /// One of the agent's own records.
+    pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        let txn = self.db.begin_read().map_err(io)?;
+        let table = txn.open_table(AGENT).map_err(io)?;
+        Ok(table.get(key).map_err(io)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Writes one of the agent's own records durably (committed before it returns).
+    pub fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StateError> {
+        let w = self.db.begin_write().map_err(io)?;
+        {
+            let mut table = w.open_table(AGENT).map_err(io)?;
+            table.insert(key, value).map_err(io)?;
         }
         w.commit().map_err(io)
     }

@@ -69,6 +69,9 @@ pub struct Metrics {
     pub mqtt_connected: Gauge,
     /// Messages received from the broker.
     pub ingress: Counter,
+    /// Messages from the broker refused before any service saw them
+    /// (invalid topic, larger than the agent accepts).
+    pub bad_input: Counter,
 }
 
 impl Metrics {
@@ -90,6 +93,7 @@ impl Metrics {
             counters: Family::default(),
             mqtt_connected: Gauge::default(),
             ingress: Counter::default(),
+            bad_input: Counter::default(),
             registry: Registry::default(),
         };
         r.register("outpost_messages_in", "Messages delivered to a service", m.messages_in.clone());
@@ -107,6 +111,11 @@ impl Metrics {
         r.register("outpost_service_events", "Service-defined counters", m.counters.clone());
         r.register("outpost_mqtt_connected", "1 while connected to the MQTT broker", m.mqtt_connected.clone());
         r.register("outpost_ingress_messages", "Messages received from the MQTT broker", m.ingress.clone());
+        r.register(
+            "outpost_ingress_refused",
+            "Broker messages refused (invalid topic, oversized)",
+            m.bad_input.clone(),
+        );
         Arc::new(Metrics { registry: r, ..m })
     }
 

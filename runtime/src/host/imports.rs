@@ -82,6 +82,9 @@ pub struct InstanceState {
     ctx: ServiceContext,
     pub(crate) output: CallOutput,
     pub(crate) txn: StateTxn,
+    /// A state read that failed during this call: the call fails with it
+    /// (the guest was told "no value", which would be a lie to act on).
+    pub(crate) state_error: Option<String>,
 }
 
 impl InstanceState {
@@ -95,6 +98,7 @@ impl InstanceState {
             ctx,
             output: CallOutput::default(),
             txn: StateTxn::default(),
+            state_error: None,
         }
     }
 
@@ -138,7 +142,8 @@ impl state::Host for InstanceState {
             None => self.ctx.state.as_ref().and_then(|s| match s.get(&self.ctx.service, &key) {
                 Ok(v) => v,
                 Err(e) => {
-                    tracing::error!(service = %self.ctx.service, key, error = %e, "state read failed");
+                    tracing::error!(service = %self.ctx.service, key, error = %e, "state read failed; the call will fail");
+                    self.state_error.get_or_insert_with(|| format!("key '{key}': {e}"));
                     None
                 }
             }),

@@ -12,9 +12,15 @@ use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap};
 /// Why a call did not complete normally.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    /// The service returned an error value; the instance is still healthy.
+    /// The service refused its input or config (`bad-input`, `bad-config`);
+    /// the instance is healthy and its outputs and state writes stand.
     #[error("service returned an error: {0}")]
     Service(String),
+    /// The service returned `internal`: the call failed. Its outputs and
+    /// state writes are discarded and the batch is isolated like a fault,
+    /// but the instance is not restarted.
+    #[error("service failed: {0}")]
+    Internal(String),
     /// The instance trapped, ran past its deadline or out of memory; it must be restarted.
     #[error("instance fault ({kind}): {message}")]
     Fault { kind: FaultKind, message: String },
@@ -25,6 +31,9 @@ pub enum FaultKind {
     Deadline,
     OutOfMemory,
     Trap,
+    /// The agent could not read or commit the service's state: not the
+    /// message's fault, so nothing is dead-lettered; the batch waits.
+    State,
 }
 
 impl std::fmt::Display for FaultKind {
@@ -33,6 +42,7 @@ impl std::fmt::Display for FaultKind {
             FaultKind::Deadline => "deadline exceeded",
             FaultKind::OutOfMemory => "out of memory",
             FaultKind::Trap => "trap",
+            FaultKind::State => "state store failure",
         })
     }
 }
@@ -99,11 +109,23 @@ impl ServiceInstance {
         let data = self.store.data_mut();
         let output = std::mem::take(&mut data.output);
         let txn = std::mem::take(&mut data.txn);
+        let state_error = data.state_error.take();
         match result {
+            Err(e) => Err(fault(e)),
+            Ok(_) if state_error.is_some() => Err(CallError::Fault {
+                kind: FaultKind::State,
+                message: format!("state read failed: {}", state_error.unwrap_or_default()),
+            }),
+            Ok(Err(ServiceError::Internal(m))) => Err(CallError::Internal(m)),
             Ok(service_result) => {
                 if let Some(store) = data.context().state.clone() {
                     if let Err(e) = store.commit(&data.context().service, txn) {
-                        tracing::error!(service = %data.context().service, error = %e, "state commit failed");
+                        // A write that did not land is a failed call: the
+                        // outputs must not go out and the input must not be acked.
+                        return Err(CallError::Fault {
+                            kind: FaultKind::State,
+                            message: format!("state commit failed: {e}"),
+                        });
                     }
                 }
                 match service_result {
@@ -116,7 +138,6 @@ impl ServiceInstance {
                     }
                 }
             }
-            Err(e) => Err(fault(e)),
         }
     }
 
