@@ -4,7 +4,7 @@
 //! (the window comes from the site config, as a deployment would set it) and the six days
 //! around the abrupt p523 leak (28 m³/h from 2019-01-15 23:00). Asserted against the
 //! simulation's ground truth: one `start` alarm for a leak beginning after p523's start
-//! minus a few hours, within 8 h, whose position is within 300 m of p523 and whose size is
+//! minus a few hours, within 14 h, whose position is within 300 m of p523 and whose size is
 //! within 25 % of p523's true outflow; the model and calibration survive in the state folder
 //! between the two runs.
 //!
@@ -152,8 +152,8 @@ fn the_component_finds_the_p523_leak_against_ground_truth() {
         })
         .unwrap_or_else(|| panic!("no start alarm for p523: {alarms:#?}"));
     let delay = jan_minutes(start["time"].as_str().unwrap()) - jan_minutes(LEAK_START);
-    // Natively measured 5.2 h (tests in plugins/leak-detection); the component is the same code.
-    assert!((0..=8 * 60).contains(&delay), "alarmed {delay} min after the leak started: {start}");
+    // locate_after_h is 12 h: ~11 h natively (tests in plugins/leak-detection), same code here.
+    assert!((0..=14 * 60).contains(&delay), "alarmed {delay} min after the leak started: {start}");
 
     // Position: against p523's midpoint from the model's own coordinates.
     let m: Value = serde_json::from_slice(&std::fs::read(&model).unwrap()).unwrap();

@@ -2,10 +2,13 @@
 //! competition's protocol.
 //!
 //! Per seed N (`tools/simulate_ltown.py --seed N`, cached in `--cache`):
-//! - `historical-seedN`: 2018 with its 14 leaks. Participants had this year's leak labels; the
-//!   service is calibrated here only: on the 2018 hours before the first labelled leak starts
-//!   (`leaks.csv`, 2018-01-01 00:00 .. 2018-01-08 12:55 for the official schedule), at most
-//!   `--cal-days` days. Nothing of 2019 is used to calibrate or to choose settings.
+//! - `historical-seedN`: 2018 with its 14 leaks. Participants had this year's leak labels (the
+//!   leak outflows); the service is calibrated here only, on `--cal-days` (28) days from
+//!   `--cal-start` (2018-01-01 00:00), with the labelled leaks taken out of the calibration data
+//!   (their outflow from the inlet flow `p227`; their pressure drop, outflow × the model's pipe
+//!   signature, from each pressure sensor). `--leak-free-only`: no correction, the window ends at
+//!   the last hour before the first labelled leak (2018-01-08). Nothing of 2019 is used to
+//!   calibrate or to choose settings.
 //! - `evaluation-seedN`: 2019, its 23 leaks (4 begun in 2018, at full size), demand and noise
 //!   draws of its own (the simulator seeds them by seed and year). Replayed from its first step
 //!   after the calibration; every `start` alarm, and every `update` that names a different pipe
@@ -20,11 +23,12 @@
 //! ```sh
 //! cargo run --release -p outpost-eval --bin leak-eval -- [--set report|tuning|all] \
 //!     [--report 7301,7302,7303] [--tuning 2020,2021] [--cache DIR] [--data DIR] [--model FILE] \
-//!     [--cal-days D] [--config JSON] [--verbose] [--out DIR]
+//!     [--cal-start T] [--cal-days D] [--leak-free-only] [--config JSON] [--verbose] [--out DIR]
 //! ```
 //! `--out DIR` writes each seed's alarms (`alarms-seedN.jsonl`) and submission
 //! (`submission-seedN.txt`, the official `pipe, YYYY-MM-DD HH:MM` format).
 
+use leak_detection::model::NetModel;
 use leak_detection::{replay, LeakDetection};
 use outpost_eval::battledim::{self, Battledim, Detection, Outcome, ScoringParams};
 use outpost_sdk::testing::Harness;
@@ -36,8 +40,10 @@ use std::time::Instant;
 
 const TOPIC: &str = "site/eval/ltown";
 const USAGE: &str = "leak-eval [--set report|tuning|all] [--report 7301,7302,7303] [--tuning 2020,2021] \
-[--cache DIR] [--data DIR] [--model FILE] [--cal-days D] [--config JSON] [--verbose] [--out DIR]\n\
-Calibrates leak-detection on each seed's simulated 2018 (hours before its first labelled leak), replays \
+[--cache DIR] [--data DIR] [--model FILE] [--cal-start T] [--cal-days D] [--leak-free-only] [--config JSON] \
+[--verbose] [--out DIR]\n\
+Calibrates leak-detection on each seed's simulated 2018 (labelled leaks taken out; --leak-free-only: \
+the days before the first), replays \
 its 2019 and scores it with the BattLeDIM rules; prints per-seed TP/FP/FN/F1/€ and the mean ± sd over \
 the report seeds. Runs: CACHE/historical-seedN and CACHE/evaluation-seedN (tools/simulate_ltown.py).";
 /// Seeds the defaults were chosen on (never reported as results).
@@ -92,6 +98,8 @@ fn run() -> Result<(), String> {
     let mut report = REPORT_SEEDS.to_vec();
     let mut tuning = TUNING_SEEDS.to_vec();
     let mut cal_days = 28i64;
+    let mut cal_start = "2018-01-01 00:00".to_string();
+    let mut correct = true;
     let mut config = "{}".to_string();
     let mut verbose = false;
     let mut out = None;
@@ -106,6 +114,8 @@ fn run() -> Result<(), String> {
             "--report" => report = seeds(&val()?)?,
             "--tuning" => tuning = seeds(&val()?)?,
             "--cal-days" => cal_days = val()?.parse().map_err(|_| "--cal-days needs whole days")?,
+            "--cal-start" => cal_start = val()?,
+            "--leak-free-only" => correct = false,
             "--config" => config = val()?,
             "--verbose" => verbose = true,
             "--out" => out = Some(PathBuf::from(val()?)),
@@ -130,7 +140,8 @@ fn run() -> Result<(), String> {
     let model_bytes = std::fs::read(&model).map_err(|e| format!("{}: {e}", model.display()))?;
     let mut results = Vec::new();
     for (seed, kind) in runs {
-        let r = one_seed(&bd, &cache, &model_bytes, seed, kind, cal_days, &config, verbose, out.as_deref())?;
+        let cal = CalPlan { start: cal_start.clone(), days: cal_days, correct };
+        let r = one_seed(&bd, &cache, &model_bytes, seed, kind, &cal, &config, verbose, out.as_deref())?;
         eprintln!(
             "seed {seed} ({kind}): TP {} FP {} FN {} F1 {:.3} {:.2} € ({:.0} s)",
             r.tp,
@@ -142,7 +153,7 @@ fn run() -> Result<(), String> {
         );
         results.push(r);
     }
-    println!("BattLeDIM protocol: calibrated on 2018 (historical run, hours before its first labelled leak), scored on 2019 (official rules, 23 leaks)");
+    println!("BattLeDIM protocol: calibrated on the simulated 2018 only (its leak labels taken out), scored on 2019 (official rules, 23 leaks)");
     println!("tuning seeds (settings chosen on them, not results): {tuning:?}; report seeds (never used to choose settings): {report:?}");
     println!("config: {config}");
     println!("| seed | kind | calibration | TP | FP | FN | F1 | € | of which 2018 leaks (TP, €) | mean delay h |");
@@ -195,30 +206,79 @@ fn mean_sd(v: &[f64]) -> (f64, f64) {
     (m, sd)
 }
 
-/// The calibration window from the 2018 labels: from the run's first step to the hour before
-/// the first labelled leak outflow, at most `max_days` days.
-fn calibration_window(historical: &Path, max_days: i64) -> Result<(String, String), String> {
+/// How the service is calibrated on 2018.
+struct CalPlan {
+    start: String,
+    days: i64,
+    /// Remove the labelled leaks' effect from the calibration data (else: stop before the first).
+    correct: bool,
+}
+
+/// The 2018 leak labels: per step time, each leaking pipe's outflow (m³/h), as BattLeDIM gave
+/// participants the 2018 leakages (`leaks.csv` of the historical run).
+type Labels = BTreeMap<String, Vec<(String, f64)>>;
+
+fn labels(historical: &Path) -> Result<Labels, String> {
     let path = historical.join("leaks.csv");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut lines = text.lines().skip(1);
-    let first = lines.next().ok_or("empty leaks.csv")?;
-    let start = first.split(',').next().unwrap_or("").to_string();
-    let start_min = leak_detection::time::parse_minutes(&start).ok_or("bad time in leaks.csv")?;
-    let mut end_min = start_min + max_days * 1440 - 5;
-    for line in std::iter::once(first).chain(lines) {
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().ok_or("empty leaks.csv")?.split(',').skip(1).collect();
+    let mut out = Labels::new();
+    for line in lines {
         let mut it = line.split(',');
-        let t = it.next().unwrap_or("");
-        if it.any(|v| v.trim().parse::<f64>().is_ok_and(|x| x > 0.0)) {
+        let t = it.next().unwrap_or("").to_string();
+        let q: Vec<(String, f64)> = header
+            .iter()
+            .zip(it)
+            .filter_map(|(p, v)| v.trim().parse::<f64>().ok().filter(|x| *x > 0.0).map(|x| (p.to_string(), x)))
+            .collect();
+        out.insert(t, q);
+    }
+    Ok(out)
+}
+
+/// The calibration window: `days` from `start`; without label correction it ends at the last
+/// full hour before the first labelled leak.
+fn calibration_window(labels: &Labels, plan: &CalPlan) -> Result<(String, String), String> {
+    let start_min = leak_detection::time::parse_minutes(&plan.start).ok_or("bad --cal-start")?;
+    let mut end_min = start_min + plan.days * 1440 - 5;
+    if !plan.correct {
+        if let Some((t, _)) = labels.iter().find(|(t, q)| t.as_str() >= plan.start.as_str() && !q.is_empty()) {
             let m = leak_detection::time::parse_minutes(t).ok_or("bad time in leaks.csv")?;
-            // The last full hour before the leak.
             end_min = end_min.min(m.div_euclid(60) * 60 - 5);
-            break;
         }
     }
     if end_min - start_min < 7 * 1440 - 5 {
-        return Err(format!("{}: less than 7 leak-free days at the start", historical.display()));
+        return Err("less than 7 usable days of calibration".into());
     }
-    Ok((start, leak_detection::time::format_minutes(end_min)))
+    Ok((plan.start.clone(), leak_detection::time::format_minutes(end_min)))
+}
+
+/// A calibration step with the labelled leaks taken out: their outflow from the first inlet's
+/// flow, their pressure drop (the model's signature of the pipe × outflow) from each sensor.
+fn corrected(payload: &str, leaks: &[(String, f64)], model: &NetModel, inlet: &str) -> Result<String, String> {
+    if leaks.is_empty() {
+        return Ok(payload.to_owned());
+    }
+    let mut v: serde_json::Value = serde_json::from_str(payload).map_err(|e| e.to_string())?;
+    let total: f64 = leaks.iter().map(|l| l.1).sum();
+    if let Some(f) = v["flow_m3h"].get_mut(inlet) {
+        if let Some(x) = f.as_f64() {
+            *f = serde_json::json!(x - total);
+        }
+    }
+    for (pipe, q) in leaks {
+        let k =
+            model.pipe_ids.iter().position(|p| p == pipe).ok_or(format!("labelled pipe {pipe} not in the model"))?;
+        if let Some(ps) = v["pressure_m"].as_object_mut() {
+            for (id, p) in ps.iter_mut() {
+                if let (Some(&si), Some(x)) = (model.sensor_index.get(id), p.as_f64()) {
+                    *p = serde_json::json!(x - q * model.pipe_sig[k][si]);
+                }
+            }
+        }
+    }
+    Ok(v.to_string())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -228,7 +288,7 @@ fn one_seed(
     model_bytes: &[u8],
     seed: u64,
     kind: &'static str,
-    cal_days: i64,
+    plan: &CalPlan,
     config: &str,
     verbose: bool,
     out: Option<&Path>,
@@ -236,8 +296,16 @@ fn one_seed(
     let t0 = Instant::now();
     let historical = cache.join(format!("historical-seed{seed}"));
     let evaluation = cache.join(format!("evaluation-seed{seed}"));
-    let (cal_start, cal_end) = calibration_window(&historical, cal_days)?;
-    let cal = replay::load_dir(&historical, Some(&cal_start), Some(&cal_end))?;
+    let labels = labels(&historical)?;
+    let (cal_start, cal_end) = calibration_window(&labels, plan)?;
+    let mut cal = replay::load_dir(&historical, Some(&cal_start), Some(&cal_end))?;
+    if plan.correct {
+        let m = NetModel::parse(model_bytes)?;
+        for s in &mut cal {
+            let q = labels.get(&s.time).map(Vec::as_slice).unwrap_or(&[]);
+            s.payload = corrected(&s.payload, q, &m, "p227")?;
+        }
+    }
     let ev = replay::load_dir(&evaluation, None, None)?;
     if ev.first().map(|s| s.time.as_str()) != Some("2019-01-01 00:00") {
         return Err(format!("{}: the evaluation run must start 2019-01-01 00:00", evaluation.display()));
@@ -307,7 +375,7 @@ fn one_seed(
         pre2019_tp: pre_tp,
         pre2019_eur: pre_eur,
         mean_delay_h,
-        cal: format!("{cal_start} .. {cal_end}"),
+        cal: format!("{cal_start} .. {cal_end}{}", if plan.correct { ", labelled leaks removed" } else { "" }),
         secs: t0.elapsed().as_secs_f64(),
     })
 }

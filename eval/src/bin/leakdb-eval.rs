@@ -38,7 +38,7 @@ const HANOI: &str = r#"{"step_minutes":30,"min_steps_per_hour":2,"inlet_flows":[
  "calibration":{"start":"2017-01-01 00:00","end":"2017-01-28 23:30"},
  "flow_range_m3h":[-50000,50000],"pressure_range_m":[-100,300],"spike_flow_m3h":1e6,"spike_pressure_m":1e6,
  "cusum_drift_m3h":150,"cusum_threshold_m3h":2000,"min_leak_m3h":100,"min_growth_m3h":150,"locate_min_m3h":1e9,
- "relearn_h":24,"profile_adapt_h":72}"#;
+ "relearn_h":24,"profile_adapt_h":72,"locate_after_h":6}"#;
 
 fn main() -> ExitCode {
     match run() {

@@ -392,10 +392,14 @@ impl Detector {
                 let mut null = null_err(&rem_r, rem_e, &sigma);
                 while picks.len() < p.max_startup_leaks && rem_e >= p.min_leak_m3h {
                     let Some(c) = rank(m, &map, &rem_r, rem_e, &sigma, None).into_iter().next() else { break };
-                    if c.q < p.min_leak_m3h || c.err > 0.9 * null {
+                    let conf = (1.0 - c.err / null).clamp(0.0, 1.0);
+                    // A pipe is named only as confidently as for any other leak: the third
+                    // startup pick (0.2 of the remaining misfit explained) was a false
+                    // positive on both tuning seeds.
+                    if c.q < p.min_leak_m3h || c.err > 0.9 * null || conf < p.min_confidence {
                         break;
                     }
-                    picks.push((Some(c.pipe), c.q, (1.0 - c.err / null).clamp(0.0, 1.0)));
+                    picks.push((Some(c.pipe), c.q, conf));
                     for (k, v) in rem_r.iter_mut().enumerate() {
                         if let (Some(v), Some(si)) = (v.as_mut(), map[k]) {
                             *v -= c.q * m.pipe_sig[c.pipe][si];
@@ -404,8 +408,10 @@ impl Detector {
                     rem_e -= c.q;
                     null = c.err;
                 }
-                if picks.is_empty() {
-                    picks.push((ranked.first().map(|c| c.pipe), de, 0.0));
+                let named: f64 = picks.iter().map(|p| p.1).sum();
+                if picks.is_empty() || de - named >= p.min_leak_m3h {
+                    // The rest of the shift, unlocated (no pipe named without confidence).
+                    picks.push((None, de - named, 0.0));
                 }
             }
             Some(_) => {

@@ -48,9 +48,10 @@ fn abrupt_leak_p523_detected_located_sized() {
     let ev = leak_after(&a, "2019-01-15 12:00");
     let start = &ev[0];
     let delay = minutes_between("2019-01-15 23:00", start["time"].as_str().unwrap());
-    // Measured: 5.2 h (the CUSUM crosses within 1-2 h, then locate_after_h = 6 h of data from
-    // the estimated onset). 8 h leaves room for noise draws.
-    assert!((0..=8 * 60).contains(&delay), "detected {delay} min after the start");
+    // Measured: 5.2 h with locate_after_h 6 (the CUSUM crosses within 1-2 h, then 6 h of data from
+    // the estimated onset). The default is now 12 h (chosen on the tuning seeds: the 6-hour locate named a pipe
+    // > 300 m away for 2 of the 7 abrupt leaks): ~11 h; 14 h leaves room for noise draws.
+    assert!((0..=14 * 60).contains(&delay), "detected {delay} min after the start");
     let net = network();
     let last_pipe = ev.iter().rev().find_map(|x| x["pipe"].as_str()).expect("a pipe named");
     let d = net.link_distance(last_pipe, "p523").unwrap();
