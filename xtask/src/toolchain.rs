@@ -1,112 +1,19 @@
 //! Finds or installs what builds and tests need on a bare machine: a WASM
 //! guest toolchain (rustup's wasm32-wasip2 target where it can be had,
 //! else Debian's rustc-web with build-std), Mosquitto and promtool.
+//! Detecting the toolchain and the build command live in `outpost-toolchain`
+//! (`toolchain/`), which `outpostctl build` uses too; installing lives here.
 
 use crate::{done, run, step};
 use anyhow::{bail, Context, Result};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use outpost_toolchain::{
+    debian_toolchain_ready, has_command, run_with_timeout, rustup_has_wasm_target, DEBIAN_PACKAGES,
+};
+use std::process::Command;
 use std::time::Duration;
 
-/// How guests are compiled.
-pub enum Guest {
-    /// rustup's toolchain with the wasm32-wasip2 target installed.
-    Rustup,
-    /// Debian's rustc-web/cargo-web, std built from rust-web-src.
-    Debian,
-}
-
-const DEBIAN_PACKAGES: [&str; 5] = ["rustc-web", "cargo-web", "rust-web-src", "lld", "wasi-libc"];
-
-impl Guest {
-    pub fn describe(&self) -> &'static str {
-        match self {
-            Guest::Rustup => "rustup's wasm32-wasip2 target",
-            Guest::Debian => "Debian's rustc-web (build-std)",
-        }
-    }
-
-    pub fn cargo_build(&self, target_dir: &Path) -> Command {
-        let mut cmd = match self {
-            Guest::Rustup => {
-                let mut c = crate::cargo();
-                c.args(["build", "--release", "--target", "wasm32-wasip2"]);
-                c
-            }
-            Guest::Debian => {
-                let mut c = Command::new("/usr/bin/cargo");
-                clean_env(&mut c);
-                c.env("RUSTC_BOOTSTRAP", "1")
-                    .env("RUSTC", "/usr/bin/rustc")
-                    .env("RUSTFLAGS", "-L /usr/lib/wasm32-wasi")
-                    .args(["build", "--release", "--target", "wasm32-wasip2", "-Zbuild-std=std,panic_abort"]);
-                c
-            }
-        };
-        // Small, fast guests; names kept for trap backtraces.
-        cmd.env("CARGO_TARGET_DIR", target_dir)
-            .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
-            .env("CARGO_PROFILE_RELEASE_LTO", "true")
-            .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
-            .env("CARGO_PROFILE_RELEASE_PANIC", "abort");
-        cmd
-    }
-}
-
-/// The outer cargo's variables would point Debian's cargo at rustup's rustc.
-fn clean_env(cmd: &mut Command) {
-    for (key, _) in std::env::vars() {
-        let keep = key == "CARGO_HOME" || key == "CARGO_NET_OFFLINE";
-        if !keep
-            && (key.starts_with("CARGO")
-                || key.starts_with("RUSTUP")
-                || key.starts_with("RUSTC")
-                || key == "RUSTFLAGS"
-                || key == "RUSTDOC")
-        {
-            cmd.env_remove(&key);
-        }
-    }
-}
-
-fn has_command(name: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn rustup_has_wasm_target() -> bool {
-    Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == "wasm32-wasip2"))
-}
-
-fn debian_toolchain_ready() -> bool {
-    Path::new("/usr/bin/rustc").exists()
-        && Path::new("/usr/bin/cargo").exists()
-        && Path::new("/usr/lib/rustlib/src/rust/library").exists()
-        && Path::new("/usr/lib/wasm32-wasi").exists()
-}
-
-/// Runs a command with a time limit (rustup may hang without a network).
-fn run_with_timeout(cmd: &mut Command, limit: Duration) -> bool {
-    let Ok(mut child) = cmd.spawn() else { return false };
-    let start = std::time::Instant::now();
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return status.success(),
-            Ok(None) if start.elapsed() < limit => std::thread::sleep(Duration::from_millis(200)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return false;
-            }
-        }
-    }
-}
+/// How guests are compiled (shared with `outpostctl build`).
+pub use outpost_toolchain::Guest;
 
 static APT_UPDATED: std::sync::Once = std::sync::Once::new();
 
@@ -206,7 +113,6 @@ pub fn setup(servers: bool) -> Result<Guest> {
         }
         done(t);
         python_hydraulics()?;
-        python_grpc()?;
     }
     Ok(guest)
 }
@@ -228,31 +134,6 @@ pub fn python_hydraulics() -> Result<()> {
                 .context("cannot run python3 -m pip")?;
             if !status.success() {
                 bail!("pip install wntr six failed ({status}); install them by hand and rerun");
-            }
-        }
-        Err(e) => bail!("python3 not found ({e}); install Python 3 (Debian: apt-get install python3 python3-pip)"),
-    }
-    done(t);
-    Ok(())
-}
-
-/// grpcio and grpcio-tools (from PyPI): the Python interop test generates a
-/// client from `proto/` and drives the agent's management API with it.
-pub fn python_grpc() -> Result<()> {
-    let t = step("checking the Python gRPC client (grpcio, grpcio-tools)");
-    let has = |m: &str| {
-        Command::new("python3").args(["-c", &format!("import {m}")]).stderr(std::process::Stdio::null()).status()
-    };
-    match has("grpc, grpc_tools.protoc") {
-        Ok(s) if s.success() => println!("    present"),
-        Ok(_) => {
-            println!("    installing grpcio and grpcio-tools from PyPI");
-            let status = Command::new("python3")
-                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "grpcio", "grpcio-tools"])
-                .status()
-                .context("cannot run python3 -m pip")?;
-            if !status.success() {
-                bail!("pip install grpcio grpcio-tools failed ({status}); install them by hand and rerun");
             }
         }
         Err(e) => bail!("python3 not found ({e}); install Python 3 (Debian: apt-get install python3 python3-pip)"),
