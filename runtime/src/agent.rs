@@ -93,6 +93,7 @@ impl Agent {
                 subscriptions: dispatcher.broker_subscriptions(),
                 last_will: Some((status_topic.clone(), br#"{"state":"offline"}"#.to_vec())),
                 credentials,
+                hold_acks_for_outputs: cfg.broker.mode == BrokerMode::External,
             },
             metrics.clone(),
         );

@@ -137,6 +137,8 @@ impl AgentApi for Api {
             .services
             .into_iter()
             .map(|(name, s)| pb::InstalledService {
+                manifest_toml: std::fs::read_to_string(s.package.join(crate::package::MANIFEST_FILE))
+                    .unwrap_or_default(),
                 name,
                 version: s.version,
                 previous_version: s.previous.map(|p| p.version),

@@ -44,6 +44,13 @@ pub struct LinkOptions {
     pub last_will: Option<(String, Vec<u8>)>,
     /// `(username, password)` presented to the broker.
     pub credentials: Option<(String, String)>,
+    /// Hold an input's acknowledgement until the broker acknowledged the
+    /// outputs it caused. Right for a broker that outlives the agent
+    /// (Mosquitto with persistence): a crash then loses nothing. Off for the
+    /// embedded broker: it dies with the agent, so there is nothing to gain,
+    /// and rumqttd sends PUBACKs only when it may also send the agent more
+    /// input, which would deadlock against held acknowledgements.
+    pub hold_acks_for_outputs: bool,
 }
 
 /// Shared view of the link for the agent's other tasks.
@@ -214,6 +221,7 @@ impl Link {
             state: self.state.clone(),
             outbox: self.outbox.clone(),
             in_flight: self.in_flight.clone(),
+            hold: self.opts.hold_acks_for_outputs,
         }
     }
 
@@ -447,6 +455,7 @@ pub struct LinkEgress {
     state: Arc<LinkState>,
     outbox: Outbox,
     in_flight: InFlight,
+    hold: bool,
 }
 
 impl LinkEgress {
@@ -482,7 +491,7 @@ impl Egress for LinkEgress {
     }
 
     fn publish_caused(&mut self, topic: &str, payload: &[u8], cause: &Cause) {
-        self.send(topic, payload, (!cause.is_empty()).then(|| cause.clone()))
+        self.send(topic, payload, (self.hold && !cause.is_empty()).then(|| cause.clone()))
     }
 }
 

@@ -46,7 +46,7 @@ async fn status_json(State(s): State<AppState>) -> impl IntoResponse {
 /// subscription was granted and every instance runs; else 503 with why.
 async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
     match snapshot(&s) {
-        Some(st) if st.healthy() => (axum::http::StatusCode::OK, "ok\n".to_owned()),
+        Some(st) if st.healthy() => (axum::http::StatusCode::OK, "ok".to_owned()),
         Some(st) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, format!("degraded\n{}\n", st.problems().join("\n"))),
         None => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "degraded\nstatus unavailable\n".to_owned()),
     }

@@ -16,6 +16,7 @@ pub mod agent;
 pub mod api;
 pub mod broker;
 pub mod bus;
+pub mod client;
 pub mod config;
 pub mod control;
 pub mod dispatch;

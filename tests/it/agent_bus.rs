@@ -113,6 +113,8 @@ fn management_api_and_outpostctl_status_report_services() {
     let agent = TestAgent::start(&dir, None, "");
     let out = std::process::Command::new(binary("outpostctl"))
         .args(["status", "--agent", &format!("http://127.0.0.1:{}", agent.api_port), "--json"])
+        .arg("--token-file")
+        .arg(dir.path().join("state/api.token"))
         .output()
         .expect("outpostctl status");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -124,6 +126,8 @@ fn management_api_and_outpostctl_status_report_services() {
     assert_eq!(status["services"][0]["running"], 1);
     let table = std::process::Command::new(binary("outpostctl"))
         .args(["status", "--agent", &format!("http://127.0.0.1:{}", agent.api_port)])
+        .arg("--token-file")
+        .arg(dir.path().join("state/api.token"))
         .output()
         .expect("outpostctl status");
     let text = String::from_utf8_lossy(&table.stdout);
@@ -131,6 +135,8 @@ fn management_api_and_outpostctl_status_report_services() {
     // An agent that is not there: a clear error, not a hang.
     let gone = std::process::Command::new(binary("outpostctl"))
         .args(["status", "--agent", &format!("http://127.0.0.1:{}", free_port())])
+        .arg("--token-file")
+        .arg(dir.path().join("state/api.token"))
         .output()
         .expect("outpostctl status");
     assert!(!gone.status.success());

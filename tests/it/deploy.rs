@@ -316,6 +316,8 @@ fn install_check_start_and_stop_a_gateway() {
     // The management API answers `outpostctl status`, as the installer says.
     let o = Command::new(prefix.join("usr/local/bin/outpostctl"))
         .args(["status", "--json", "--agent", &format!("http://127.0.0.1:{api}")])
+        .arg("--token-file")
+        .arg(state.join("api.token"))
         .env("RUST_BACKTRACE", "0")
         .output()
         .expect("outpostctl status");

@@ -257,6 +257,11 @@ impl AgentDir {
 
     /// Config text for an agent on the given broker (`None` = embedded on a free port).
     pub fn config(&self, external: Option<&str>, extra: &str) -> (String, u16, u16, u16) {
+        self.config_with(external, "", extra)
+    }
+
+    /// Like `config`, with `top` top-level keys (before any table).
+    pub fn config_with(&self, external: Option<&str>, top: &str, extra: &str) -> (String, u16, u16, u16) {
         let http = free_port();
         let api = free_port();
         let (broker, port) = match external {
@@ -270,7 +275,7 @@ impl AgentDir {
             }
         };
         let text = format!(
-            "gateway = \"test-gw\"\nsite = \"s1\"\nservices_dir = \"{}\"\nstate_dir = \"{}\"\n{broker}\n[metrics]\nlisten = \"127.0.0.1:{http}\"\n\n[api]\nlisten = \"127.0.0.1:{api}\"\n\n[dispatch]\ninitial_backoff_ms = 20\nmax_backoff_ms = 200\ntick_interval_ms = 200\n{extra}\n",
+            "gateway = \"test-gw\"\nsite = \"s1\"\nservices_dir = \"{}\"\nstate_dir = \"{}\"\n{top}{broker}\n[metrics]\nlisten = \"127.0.0.1:{http}\"\n\n[api]\nlisten = \"127.0.0.1:{api}\"\n\n[dispatch]\ninitial_backoff_ms = 20\nmax_backoff_ms = 200\ntick_interval_ms = 200\n{extra}\n",
             self.path().join("services").display(),
             self.path().join("state").display(),
         );
@@ -287,8 +292,13 @@ impl Default for AgentDir {
 impl TestAgent {
     /// Starts an agent and waits until it is ready (subscribed) or 30 s pass.
     pub fn start(dir: &AgentDir, external: Option<&str>, extra: &str) -> TestAgent {
+        Self::start_with(dir, external, "", extra)
+    }
+
+    /// Like `start`, with top-level config keys (e.g. `trust_dir = "..."`).
+    pub fn start_with(dir: &AgentDir, external: Option<&str>, top: &str, extra: &str) -> TestAgent {
         outpost::telemetry::init_tracing_with("warn,rumqttd=off");
-        let (text, mqtt_port, http_port, api_port) = dir.config(external, extra);
+        let (text, mqtt_port, http_port, api_port) = dir.config_with(external, top, extra);
         let config = AgentConfig::parse(&text, Path::new("test.toml")).expect("test config is valid");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {

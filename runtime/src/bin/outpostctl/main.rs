@@ -7,9 +7,15 @@ use outpost::package::Package;
 use outpost::replay::{JsonLines, ReplayOptions};
 use std::path::PathBuf;
 
+mod manage;
+mod record;
+mod scaffold;
+
 #[derive(Parser)]
-#[command(version, about = "Outpost command line: run, check and inspect services")]
+#[command(version, about = "Outpost command line: build, package, deploy, upgrade and inspect services")]
 struct Args {
+    #[command(flatten)]
+    target: manage::Target,
     #[command(subcommand)]
     command: Command,
 }
@@ -21,12 +27,18 @@ enum Command {
     Run {
         /// Package folder (service.toml + service.wasm).
         package: PathBuf,
-        /// Recorded input: one message per line, or binary with --chunk.
+        /// Recorded input: one message per line, or binary with --chunk; or
+        /// a recording from `outpostctl record` (.jsonl), each message on its
+        /// own topic.
         #[arg(long)]
         replay: PathBuf,
-        /// Topic the messages arrive on, e.g. site/demo/truck1/gnss/nmea.
+        /// Topic the messages of a raw capture arrive on, e.g.
+        /// site/demo/truck1/gnss/nmea (not for a recording).
+        #[arg(long, required_unless_present = "recording")]
+        topic: Option<String>,
+        /// The --replay file is a recording even without the .jsonl extension.
         #[arg(long)]
-        topic: String,
+        recording: bool,
         /// Send the file as binary pieces of N bytes instead of lines.
         #[arg(long)]
         chunk: Option<usize>,
@@ -42,15 +54,20 @@ enum Command {
     },
     /// Check a package: manifest, component format and WIT contract.
     Check { package: PathBuf },
+    /// Scaffold a service crate in its own folder: Cargo.toml (on the SDK),
+    /// src/lib.rs with a native test, service.toml, a sample replay file.
+    New(scaffold::NewArgs),
+    /// Compile a service crate to a component (wasm32-wasip2, the toolchain
+    /// `cargo xtask build` uses) into DIR/target/outpost/NAME/.
+    Build(scaffold::BuildArgs),
     /// Show a running agent's state and services (gRPC management API).
-    Status {
-        /// The agent's management API.
-        #[arg(long, default_value = "http://127.0.0.1:9465")]
-        agent: String,
-        /// Print the raw status as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Status,
+    #[command(flatten)]
+    Manage(manage::Manage),
+    /// Record live bus traffic of chosen topics to a file (JSON lines with
+    /// each message's offset, topic and payload) for `run --replay` and
+    /// `outpost-sim --recording`.
+    Record(record::Record),
     /// Print messages from the bus as JSON lines (e.g. a service's outputs).
     /// Publishes one message (a command, a calibration, a network model) and
     /// waits for the broker to acknowledge it.
@@ -132,10 +149,15 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     outpost::telemetry::init_tracing();
-    match Args::parse().command {
-        Command::Status { agent, json } => {
+    let args = Args::parse();
+    match args.command {
+        Command::Status => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(status(agent, json))
+            rt.block_on(status(args.target))
+        }
+        Command::Manage(cmd) => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(manage::run(args.target, cmd))
         }
         Command::Publish { topic, message, file, broker, retain } => {
             let payload = match (message, file) {
@@ -150,7 +172,11 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(watch(topics, broker, count, timeout, pretty))
         }
-        Command::Run { package, replay, topic, chunk, config, state, batch } => {
+        Command::Record(cmd) => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(record::run(cmd))
+        }
+        Command::Run { package, replay, topic, recording, chunk, config, state, batch } => {
             let config = match config {
                 Some(path) => {
                     let text =
@@ -162,15 +188,31 @@ fn main() -> anyhow::Result<()> {
                 }
                 None => None,
             };
-            let opts =
-                ReplayOptions { package, input: replay, topic, chunk, config, state_dir: state, max_batch: batch };
+            let opts = ReplayOptions {
+                package,
+                input: replay,
+                topic,
+                recording,
+                chunk,
+                config,
+                state_dir: state,
+                max_batch: batch,
+            };
             let summary = outpost::replay::run(&opts, Box::new(JsonLines::new(std::io::stdout())))?;
             eprintln!(
                 "outpostctl run: {} messages handled, {} published, {} instance faults, {} dead-lettered",
                 summary.messages_in, summary.messages_out, summary.faults, summary.dead_letters
             );
+            if summary.skipped > 0 {
+                eprintln!(
+                    "outpostctl run: {} recorded messages on topics the service does not subscribe to",
+                    summary.skipped
+                );
+            }
             Ok(())
         }
+        Command::New(a) => scaffold::new_service(&a).map(drop),
+        Command::Build(a) => scaffold::build(&a).map(drop),
         Command::Keygen { out, name } => {
             let g = outpost_package::keygen(&out, &name)?;
             println!("private key {} (keep it secret)", g.private_path.display());
@@ -245,12 +287,17 @@ fn print_written(what: &str, w: &outpost_package::tool::Written) {
     );
 }
 
-async fn status(agent: String, json: bool) -> anyhow::Result<()> {
-    use outpost_proto::agent::v1::{agent_client::AgentClient, GetStatusRequest};
-    let mut client = AgentClient::connect(agent.clone())
+async fn status(target: manage::Target) -> anyhow::Result<()> {
+    use outpost_proto::agent::v1::GetStatusRequest;
+    let json = target.json;
+    let token = outpost::client::read_token(&target.token_file)?;
+    let mut client = outpost::client::connect(&target.agent, &token).await?;
+    let s = client
+        .get_status(GetStatusRequest {})
         .await
-        .with_context(|| format!("cannot reach the agent at {agent} (is it running? is [api] listen set?)"))?;
-    let s = client.get_status(GetStatusRequest {}).await.context("status request failed")?.into_inner();
+        .map_err(outpost::client::ClientError::from)
+        .context("status request failed")?
+        .into_inner();
     if json {
         println!("{}", serde_json::to_string(&s)?);
         return Ok(());
@@ -265,6 +312,9 @@ async fn status(agent: String, json: bool) -> anyhow::Result<()> {
         s.uptime_s
     );
     println!("{:<20} {:<10} {:>9} {:>7} {:>8}  HEALTH", "SERVICE", "VERSION", "INSTANCES", "QUEUED", "RESTARTS");
+    for f in &s.refused_subscriptions {
+        println!("broker REFUSED subscription {f}");
+    }
     for v in &s.services {
         let health = if v.running == v.instances { "ok" } else { "DEGRADED" };
         println!(

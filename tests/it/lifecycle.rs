@@ -1,0 +1,393 @@
+//! Services changed on a running agent through the management API: signed
+//! packages only, deploy / upgrade / rollback / scale / config / remove, and
+//! an upgrade and rollback under load that loses no message and keeps
+//! per-key order, on the embedded broker and on Mosquitto.
+
+use outpost::client::{self, Upload};
+use outpost_proto::agent::v1 as pb;
+use outpost_tests::*;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// A provider key for the testbed's provider, trusted by the agent.
+struct Provider {
+    key: outpost_package::SigningKey,
+    trust: tempfile::TempDir,
+}
+
+impl Provider {
+    fn new() -> Provider {
+        let keys = tempfile::tempdir().expect("tempdir");
+        let trust = tempfile::tempdir().expect("tempdir");
+        let generated = outpost_package::keygen(keys.path(), "outpost-tests").expect("keygen");
+        std::fs::copy(&generated.public_path, trust.path().join("outpost-tests.pub")).expect("trust the key");
+        let key = outpost_package::ProviderSigningKey::load(&generated.private_path).expect("load key").key;
+        Provider { key, trust }
+    }
+
+    /// The testbed package at `version`, with `extra` TOML appended to its
+    /// manifest, signed.
+    fn testbed(&self, version: &str, config_out: Option<&str>) -> Vec<u8> {
+        let dir = test_package("testbed");
+        let mut manifest = std::fs::read_to_string(dir.join("service.toml")).expect("manifest");
+        manifest = manifest.replace("version = \"0.1.0\"", &format!("version = \"{version}\""));
+        if let Some(out) = config_out {
+            manifest = manifest.replace("out = \"test/out\"", &format!("out = \"{out}\""));
+        }
+        let wasm = std::fs::read(dir.join("service.wasm")).expect("component");
+        outpost_package::pack(manifest.as_bytes(), &wasm, Some(&self.key)).expect("pack")
+    }
+
+    fn config_line(&self) -> String {
+        format!("trust_dir = \"{}\"\n", self.trust.path().display())
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+async fn connect(agent: &TestAgent) -> client::Client {
+    let token = client::read_token(&agent.dir.join("state/api.token")).expect("token");
+    client::connect(&format!("http://127.0.0.1:{}", agent.api_port), &token).await.expect("connect")
+}
+
+fn start(dir: &AgentDir, provider: &Provider, external: Option<&str>) -> TestAgent {
+    // Top-level keys go before the tables of the test config.
+    let extra = "[lifecycle]\nprobation_s = 30\nprobation_max_faults = 3\n";
+    TestAgent::start_with(dir, external, &provider.config_line(), extra)
+}
+
+#[test]
+fn packages_must_be_signed_by_a_trusted_provider() {
+    let provider = Provider::new();
+    let dir = AgentDir::new();
+    let agent = start(&dir, &provider, None);
+    rt().block_on(async {
+        let mut c = connect(&agent).await;
+        // Unsigned.
+        let dir_pkg = test_package("testbed");
+        let unsigned = outpost_package::pack(
+            &std::fs::read(dir_pkg.join("service.toml")).unwrap(),
+            &std::fs::read(dir_pkg.join("service.wasm")).unwrap(),
+            None,
+        )
+        .unwrap();
+        let err = client::upload(&mut c, Upload::Deploy, unsigned, "t", |_, _| {}).await.unwrap_err().to_string();
+        assert!(err.contains("not signed") || err.contains("unsigned"), "{err}");
+        // Tampered: one byte of the component flipped after signing.
+        let mut tampered = provider.testbed("0.1.0", None);
+        let at = tampered.len() / 2;
+        tampered[at] ^= 0x40;
+        let err = client::upload(&mut c, Upload::Deploy, tampered, "t", |_, _| {}).await.unwrap_err().to_string();
+        assert!(err.contains("tampered") || err.contains("malformed") || err.contains("Malformed"), "{err}");
+        // Signed by a key the agent does not trust.
+        let stranger = Provider::new();
+        let err = client::upload(&mut c, Upload::Deploy, stranger.testbed("0.1.0", None), "t", |_, _| {})
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not in the trust store"), "{err}");
+        // Garbage and empty uploads.
+        let err = client::upload(&mut c, Upload::Deploy, b"not a package".to_vec(), "t", |_, _| {})
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(!err.is_empty());
+        // Nothing was installed by any of these.
+        let list = c.list_services(pb::ListServicesRequest {}).await.unwrap().into_inner();
+        assert!(list.services.is_empty(), "{list:?}");
+        // A wrong token is refused.
+        let mut wrong =
+            client::connect(&format!("http://127.0.0.1:{}", agent.api_port), "0123456789abcdef0123").await.unwrap();
+        let err = wrong.get_status(pb::GetStatusRequest {}).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        // The signed one goes in.
+        let ok = client::upload(&mut c, Upload::Deploy, provider.testbed("0.1.0", None), "tech", |_, _| {})
+            .await
+            .expect("signed package deploys");
+        assert_eq!((ok.service.as_str(), ok.version.as_str()), ("testbed", "0.1.0"));
+    });
+    assert_eq!(agent.status().expect("status")["services"][0]["name"], "testbed");
+}
+
+#[test]
+fn deploy_scale_config_rollback_and_remove_on_a_running_agent() {
+    let provider = Provider::new();
+    let dir = AgentDir::new();
+    let agent = start(&dir, &provider, None);
+    let sub = MqttCollector::start(agent.mqtt_port, "test/out/#");
+    rt().block_on(async {
+        let mut c = connect(&agent).await;
+        client::upload(&mut c, Upload::Deploy, provider.testbed("0.1.0", None), "tech", |_, _| {})
+            .await
+            .expect("deploy");
+        // A second deploy of the same name is a conflict, not a silent replace.
+        let err = client::upload(&mut c, Upload::Deploy, provider.testbed("0.1.0", None), "tech", |_, _| {})
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("already installed"), "{err}");
+        publish_all(agent.mqtt_port, &[("test/in/a", "one".to_string())]).await;
+        sub.wait_for(1, Duration::from_secs(10));
+
+        let scaled = c.scale(pb::ScaleRequest { name: "testbed".into(), instances: 3 }).await;
+        let err = scaled.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "testbed has no shard_by: {err:?}");
+
+        let applied = c
+            .set_config(pb::SetConfigRequest { name: "testbed".into(), config_toml: "out = \"test/out/cfg\"".into() })
+            .await
+            .expect("config");
+        assert_eq!(applied.into_inner().message, "config applied");
+        let refused = c
+            .set_config(pb::SetConfigRequest { name: "testbed".into(), config_toml: "nonsense_key = 1".into() })
+            .await
+            .unwrap_err();
+        assert!(refused.message().contains("unknown field"), "the service's own init refuses it: {refused:?}");
+        publish_all(agent.mqtt_port, &[("test/in/b", "two".to_string())]).await;
+        sub.wait_for(2, Duration::from_secs(10));
+        assert!(sub.topics().contains(&"test/out/cfg/b".to_string()), "{:?}", sub.topics());
+
+        client::upload(&mut c, Upload::Upgrade, provider.testbed("0.2.0", None), "tech", |_, _| {})
+            .await
+            .expect("upgrade");
+        let list = c.list_services(pb::ListServicesRequest {}).await.unwrap().into_inner();
+        assert_eq!(list.services[0].version, "0.2.0");
+        assert_eq!(list.services[0].previous_version.as_deref(), Some("0.1.0"));
+        let back = c.rollback(pb::ServiceRef { name: "testbed".into() }).await.expect("rollback").into_inner();
+        assert_eq!(back.version, "0.1.0");
+        let err = c.rollback(pb::ServiceRef { name: "nope".into() }).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+
+        let removed = c.remove(pb::ServiceRef { name: "testbed".into() }).await.expect("remove").into_inner();
+        assert!(removed.message.starts_with("removed"), "{removed:?}");
+    });
+    let status = agent.status().expect("status");
+    assert_eq!(status["services"], serde_json::json!([]), "{status:#}");
+    // The removal holds across a restart (desired state is persisted).
+    agent.stop().expect("stop");
+    let again = start(&dir, &provider, None);
+    assert_eq!(again.status().expect("status")["services"], serde_json::json!([]));
+}
+
+/// The central promise: upgrade v1 -> v2 and roll back while numbered QoS 1
+/// messages flow over several keys; an independent subscriber sees every
+/// message, duplicates only as QoS 1 allows, and each key in order.
+fn zero_loss_upgrade(external: Option<&Mosquitto>) {
+    let provider = Provider::new();
+    let dir = AgentDir::new();
+    let url = external.map(|m| m.url());
+    let agent = start(&dir, &provider, url.as_deref());
+    let port = external.map_or(agent.mqtt_port, |m| m.port);
+    let sub = MqttCollector::start(port, "test/out/#");
+    let control = rt();
+    control.block_on(async {
+        let mut c = connect(&agent).await;
+        client::upload(&mut c, Upload::Deploy, provider.testbed("1.0.0", None), "t", |_, _| {}).await.expect("deploy");
+    });
+    const KEYS: usize = 4;
+    const PER_KEY: usize = 1500;
+    let msgs: Vec<(String, String)> =
+        (0..PER_KEY).flat_map(|n| (0..KEYS).map(move |k| (format!("test/in/k{k}"), format!("k{k}:{n}")))).collect();
+    let total = msgs.len();
+    let publisher = std::thread::spawn(move || {
+        // A steady 1,500 messages/s for 4 s, so the upgrade and the
+        // rollback land in the middle of the stream.
+        rt().block_on(async move { publish_paced(port, &msgs, 1500).await });
+    });
+    control.block_on(async {
+        let mut c = connect(&agent).await;
+        sub.wait_for(total / 4, Duration::from_secs(30));
+        // v2 writes under test/out/v2/, so the subscriber sees which version handled what.
+        let up =
+            client::upload(&mut c, Upload::Upgrade, provider.testbed("2.0.0", Some("test/out/v2")), "t", |_, _| {})
+                .await
+                .expect("upgrade under load");
+        assert_eq!(up.version, "2.0.0");
+        sub.wait_for(total * 2 / 3, Duration::from_secs(30));
+        let back = c.rollback(pb::ServiceRef { name: "testbed".into() }).await.expect("rollback").into_inner();
+        assert_eq!(back.version, "1.0.0");
+    });
+    publisher.join().expect("publisher");
+    let got = sub.wait_for(total, Duration::from_secs(60));
+    let by_v2 = got.iter().filter(|(t, _)| t.starts_with("test/out/v2/")).count();
+    assert!(by_v2 > 0 && by_v2 < got.len(), "both versions served part of the stream: {by_v2} of {}", got.len());
+    let last = got.last().map(|(t, _)| t.clone()).unwrap_or_default();
+    assert!(!last.starts_with("test/out/v2/"), "after the rollback v1 serves again: {last}");
+    let mut per_key: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (_, p) in &got {
+        let (k, n) = p.split_once(':').expect("k:n payload");
+        per_key.entry(k.to_owned()).or_default().push(n.parse().expect("number"));
+    }
+    let mut duplicates = 0;
+    for k in 0..KEYS {
+        let seq = per_key.get(&format!("k{k}")).cloned().unwrap_or_default();
+        let mut seen = vec![false; PER_KEY];
+        let mut firsts = Vec::new();
+        for n in seq {
+            if seen[n] {
+                duplicates += 1;
+            } else {
+                seen[n] = true;
+                firsts.push(n);
+            }
+        }
+        let missing: Vec<usize> = (0..PER_KEY).filter(|n| !seen[*n]).collect();
+        assert!(
+            missing.is_empty(),
+            "key k{k} lost {} messages, first {:?}",
+            missing.len(),
+            &missing[..missing.len().min(10)]
+        );
+        assert!(firsts.windows(2).all(|w| w[0] < w[1]), "key k{k} out of order");
+    }
+    eprintln!(
+        "zero-loss upgrade ({}): {total} messages, 0 lost, {duplicates} duplicates, {by_v2} handled by v2",
+        if external.is_some() { "mosquitto" } else { "embedded" }
+    );
+    // QoS 1 allows a redelivery of what was in flight on a reconnect; the
+    // upgrade itself reconnects nothing, so duplicates stay rare.
+    assert!(duplicates <= total / 100, "{duplicates} duplicates");
+    let status = agent.status().expect("status");
+    assert_eq!(status["services"][0]["version"], "1.0.0");
+}
+
+#[test]
+fn zero_loss_upgrade_and_rollback_on_the_embedded_broker() {
+    zero_loss_upgrade(None);
+}
+
+#[test]
+fn zero_loss_upgrade_and_rollback_on_mosquitto() {
+    let m = Mosquitto::start();
+    zero_loss_upgrade(Some(&m));
+}
+
+#[test]
+fn a_crash_looping_upgrade_rolls_back_by_itself() {
+    let provider = Provider::new();
+    let dir = AgentDir::new();
+    let agent = start(&dir, &provider, None);
+    rt().block_on(async {
+        let mut c = connect(&agent).await;
+        client::upload(&mut c, Upload::Deploy, provider.testbed("1.0.0", None), "t", |_, _| {}).await.expect("deploy");
+        client::upload(&mut c, Upload::Upgrade, provider.testbed("2.0.0", None), "t", |_, _| {})
+            .await
+            .expect("upgrade");
+        // Three traps inside probation.
+        for _ in 0..3 {
+            publish_all(agent.mqtt_port, &[("test/in/x", "trap".to_string())]).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let start = Instant::now();
+    while agent.status().is_some_and(|s| s["services"][0]["version"] != "1.0.0")
+        && start.elapsed() < Duration::from_secs(15)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(agent.status().expect("status")["services"][0]["version"], "1.0.0", "rolled back on the gateway");
+    // Recorded in the desired state: a restart starts 1.0.0, not the failed 2.0.0.
+    rt().block_on(async {
+        let mut c = connect(&agent).await;
+        let list = c.list_services(pb::ListServicesRequest {}).await.unwrap().into_inner();
+        assert_eq!(list.services[0].version, "1.0.0");
+        assert_eq!(list.services[0].previous_version.as_deref(), Some("2.0.0"));
+    });
+}
+
+/// Publishes every (topic, payload) with QoS 1 and waits for all PUBACKs.
+async fn publish_all(port: u16, msgs: &[(impl AsRef<str>, String)]) {
+    publish_paced(port, msgs, 0).await
+}
+
+/// Like `publish_all`, at about `per_sec` messages a second (0: flat out).
+async fn publish_paced(port: u16, msgs: &[(impl AsRef<str>, String)], per_sec: u64) {
+    let mut opts = MqttOptions::new(format!("pub-{}-{}", std::process::id(), rand_suffix()), "127.0.0.1", port);
+    opts.set_inflight(100);
+    let (client, mut eventloop) = AsyncClient::new(opts, 1000);
+    let n = msgs.len();
+    let owned: Vec<(String, String)> = msgs.iter().map(|(t, p)| (t.as_ref().to_owned(), p.clone())).collect();
+    let sender = tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        for (i, (t, p)) in owned.into_iter().enumerate() {
+            if per_sec > 0 && i % 50 == 0 {
+                tokio::time::sleep_until(started + Duration::from_micros(i as u64 * 1_000_000 / per_sec)).await;
+            }
+            client.publish(t, QoS::AtLeastOnce, false, p.into_bytes()).await.expect("publish");
+        }
+        client
+    });
+    let mut acked = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while acked < n {
+        assert!(Instant::now() < deadline, "publisher: {acked}/{n} acknowledged");
+        match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("publisher connection: {e}"),
+            Err(_) => panic!("publisher stalled at {acked}/{n}"),
+        }
+    }
+    let client = sender.await.expect("sender");
+    let _ = client.disconnect().await;
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// A QoS 1 subscriber (rumqttc) collecting (topic, payload) in the background.
+struct MqttCollector {
+    got: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+impl MqttCollector {
+    fn start(port: u16, filter: &str) -> MqttCollector {
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = got.clone();
+        let filter = filter.to_owned();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            rt().block_on(async move {
+                let mut opts = MqttOptions::new(format!("sub-{}", rand_suffix()), "127.0.0.1", port);
+                opts.set_max_packet_size(1 << 20, 1 << 20);
+                let (client, mut eventloop) = AsyncClient::new(opts, 100);
+                client.subscribe(filter, QoS::AtLeastOnce).await.expect("subscribe");
+                loop {
+                    match eventloop.poll().await {
+                        Ok(Event::Incoming(Packet::SubAck(_))) => {
+                            let _ = ready_tx.send(());
+                        }
+                        Ok(Event::Incoming(Packet::Publish(p))) => sink
+                            .lock()
+                            .expect("lock")
+                            .push((p.topic.clone(), String::from_utf8_lossy(&p.payload).into_owned())),
+                        Ok(_) => {}
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+            })
+        });
+        ready_rx.recv_timeout(Duration::from_secs(10)).expect("subscriber got no SUBACK");
+        MqttCollector { got, _thread: thread }
+    }
+
+    fn wait_for(&self, n: usize, limit: Duration) -> Vec<(String, String)> {
+        let start = Instant::now();
+        loop {
+            let got = self.got.lock().expect("lock").clone();
+            if got.len() >= n || start.elapsed() > limit {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn topics(&self) -> Vec<String> {
+        self.got.lock().expect("lock").iter().map(|(t, _)| t.clone()).collect()
+    }
+}
