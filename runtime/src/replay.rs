@@ -1,5 +1,11 @@
 //! `outpostctl run`: one service in the real host, fed from a recorded file,
 //! no broker. What it publishes is printed as JSON lines.
+//!
+//! The input is either a raw capture (one message per line, or binary
+//! pieces) all on one `--topic`, or a recording of live bus traffic
+//! (`outpostctl record`, see [`crate::sim::recording`]) where each message
+//! keeps its own topic; messages on topics the service does not subscribe
+//! to are skipped and counted.
 
 use crate::config::DispatchConfig;
 use crate::dispatch::{Dispatcher, Egress, Inbound, ServiceSpec};
@@ -19,7 +25,10 @@ pub const QUIET_AFTER_END_MS: u64 = 3_600_000;
 pub struct ReplayOptions {
     pub package: PathBuf,
     pub input: PathBuf,
-    pub topic: String,
+    /// Topic of every message of a raw capture; `None` for a recording.
+    pub topic: Option<String>,
+    /// The input is a recording (also assumed for a `.jsonl` file).
+    pub recording: bool,
     /// Binary input in pieces of this many bytes; otherwise one message per line.
     pub chunk: Option<usize>,
     /// Site overrides of the manifest's `[config]`, as a TOML table.
@@ -45,6 +54,16 @@ pub enum ReplayError {
     Topic(String, String),
     #[error("--chunk must be at least 1")]
     Chunk,
+    #[error(transparent)]
+    Recording(#[from] crate::sim::recording::RecordingError),
+    #[error("{0} is a recording: each message has its own topic, so --topic and --chunk do not apply")]
+    RecordingOptions(PathBuf),
+    #[error(
+        "give --topic for {0}: a raw capture has no topics (a recording from `outpostctl record` is a .jsonl file)"
+    )]
+    NoTopic(PathBuf),
+    #[error("none of the {count} messages of {path} is on a topic the service subscribes to ({subscribe}); recorded topics: {topics}")]
+    NothingSubscribed { path: PathBuf, count: usize, subscribe: String, topics: String },
 }
 
 /// What a replay did, for the closing summary on stderr.
@@ -54,6 +73,8 @@ pub struct ReplaySummary {
     pub messages_out: u64,
     pub faults: u64,
     pub dead_letters: u64,
+    /// Messages of a recording on topics the service does not subscribe to.
+    pub skipped: u64,
 }
 
 /// Prints each output as `{"topic": ..., "payload": ...}`.
@@ -88,9 +109,35 @@ impl<W: Write + Send> Egress for JsonLines<W> {
 
 pub fn run(opts: &ReplayOptions, egress: Box<dyn Egress>) -> Result<ReplaySummary, ReplayError> {
     let pkg = Package::load(&opts.package)?;
-    if !pkg.manifest.bus.subscribe.iter().any(|f| crate::topic::matches(f, &opts.topic)) {
-        return Err(ReplayError::Topic(opts.topic.clone(), pkg.manifest.bus.subscribe.join(", ")));
-    }
+    let subscribed = |topic: &str| pkg.manifest.bus.subscribe.iter().any(|f| crate::topic::matches(f, topic));
+    let recorded = if opts.recording || crate::sim::recording::is_recording(&opts.input) {
+        if opts.topic.is_some() || opts.chunk.is_some() {
+            return Err(ReplayError::RecordingOptions(opts.input.clone()));
+        }
+        let all = crate::sim::recording::read(&opts.input)?;
+        let count = all.len();
+        let kept: Vec<_> = all.iter().filter(|m| subscribed(&m.topic)).cloned().collect();
+        if kept.is_empty() {
+            let topics: std::collections::BTreeSet<&str> = all.iter().map(|m| m.topic.as_str()).collect();
+            let mut shown: Vec<&str> = topics.iter().take(5).copied().collect();
+            if topics.len() > shown.len() {
+                shown.push("...");
+            }
+            return Err(ReplayError::NothingSubscribed {
+                path: opts.input.clone(),
+                count,
+                subscribe: pkg.manifest.bus.subscribe.join(", "),
+                topics: shown.join(", "),
+            });
+        }
+        Some((kept, count))
+    } else {
+        let topic = opts.topic.as_ref().ok_or_else(|| ReplayError::NoTopic(opts.input.clone()))?;
+        if !subscribed(topic) {
+            return Err(ReplayError::Topic(topic.clone(), pkg.manifest.bus.subscribe.join(", ")));
+        }
+        None
+    };
     if opts.chunk == Some(0) {
         return Err(ReplayError::Chunk);
     }
@@ -125,19 +172,34 @@ pub fn run(opts: &ReplayOptions, egress: Box<dyn Egress>) -> Result<ReplaySummar
         context,
     })?;
 
-    let file =
-        std::fs::File::open(&opts.input).map_err(|source| ReplayError::Input { path: opts.input.clone(), source })?;
-    let mut reader = std::io::BufReader::new(file);
     let batch = opts.max_batch.max(1);
     let mut pending = 0usize;
-    let mut feed = |d: &mut Dispatcher, payload: Vec<u8>| {
-        d.accept(Arc::new(Inbound::new(opts.topic.clone(), payload)));
+    let mut feed = |d: &mut Dispatcher, inbound: Inbound| {
+        d.accept(Arc::new(inbound));
         pending += 1;
         if pending >= batch {
             d.run_until_idle();
             pending = 0;
         }
     };
+    let mut skipped = 0u64;
+    let mut end_ms = crate::dispatch::now_ms();
+    if let Some((messages, count)) = recorded {
+        // Messages keep their recorded offsets as their receive times.
+        let start = end_ms;
+        skipped = (count - messages.len()) as u64;
+        for m in messages {
+            let mut inbound = Inbound::new(m.topic, m.payload);
+            inbound.received_ms = start.saturating_add(m.t_ms);
+            end_ms = end_ms.max(inbound.received_ms);
+            feed(&mut d, inbound);
+        }
+        return Ok(finish(d, end_ms, &svc_metrics, skipped));
+    }
+    let topic = opts.topic.clone().unwrap_or_default();
+    let file =
+        std::fs::File::open(&opts.input).map_err(|source| ReplayError::Input { path: opts.input.clone(), source })?;
+    let mut reader = std::io::BufReader::new(file);
     let read_err = |source| ReplayError::Input { path: opts.input.clone(), source };
     match opts.chunk {
         Some(n) => loop {
@@ -147,7 +209,7 @@ pub fn run(opts: &ReplayOptions, egress: Box<dyn Egress>) -> Result<ReplaySummar
                 break;
             }
             buf.truncate(got);
-            feed(&mut d, buf);
+            feed(&mut d, Inbound::new(topic.clone(), buf));
         },
         None => {
             let mut line = Vec::new();
@@ -159,15 +221,26 @@ pub fn run(opts: &ReplayOptions, egress: Box<dyn Egress>) -> Result<ReplaySummar
                 while matches!(line.last(), Some(b'\n' | b'\r')) {
                     line.pop();
                 }
-                feed(&mut d, line.clone());
+                feed(&mut d, Inbound::new(topic.clone(), line.clone()));
             }
         }
     }
+    end_ms = end_ms.max(crate::dispatch::now_ms());
+    Ok(finish(d, end_ms, &svc_metrics, skipped))
+}
+
+/// Drains the dispatcher after the last input and sums up.
+fn finish(
+    mut d: Dispatcher,
+    end_ms: u64,
+    svc_metrics: &crate::telemetry::ServiceMetrics,
+    skipped: u64,
+) -> ReplaySummary {
     d.run_until_idle();
     // The end of the recording is a live feed going quiet: services see one
     // last tick an hour after it, so whatever waits for more input or for
     // an idle timeout (positioning's open epoch) comes out now.
-    d.tick_all(crate::dispatch::now_ms().saturating_add(QUIET_AFTER_END_MS));
+    d.tick_all(end_ms.saturating_add(QUIET_AFTER_END_MS));
     d.run_until_idle();
     // Instances in backoff get their turn before we give up.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -175,12 +248,13 @@ pub fn run(opts: &ReplayOptions, egress: Box<dyn Egress>) -> Result<ReplaySummar
         std::thread::sleep(d.next_wakeup().min(std::time::Duration::from_millis(50)));
         d.run_until_idle();
     }
-    Ok(ReplaySummary {
+    ReplaySummary {
         messages_in: svc_metrics.messages_in.get(),
         messages_out: svc_metrics.messages_out.get(),
         faults: svc_metrics.traps.get(),
         dead_letters: svc_metrics.dead_letters.get(),
-    })
+        skipped,
+    }
 }
 
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {

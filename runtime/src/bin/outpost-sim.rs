@@ -1,5 +1,5 @@
 //! `outpost-sim`: replays recorded field data (GNSS captures, haul cycles,
-//! refuelling, scene tracks) onto the site bus.
+//! refuelling, scene tracks, recordings of live bus traffic) onto the site bus.
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -39,6 +39,10 @@ struct Args {
     /// site/{site}/{network}/scada.
     #[arg(long, value_name = "DIR")]
     scada: Vec<std::path::PathBuf>,
+    /// A recording of live bus traffic (`outpostctl record`): every message
+    /// on its recorded topic at its recorded offset (repeatable).
+    #[arg(long, value_name = "FILE")]
+    recording: Vec<std::path::PathBuf>,
     /// Network id used in SCADA topics.
     #[arg(long, default_value = "ltown")]
     network: String,
@@ -110,6 +114,9 @@ async fn main() -> anyhow::Result<()> {
     for dir in &args.scada {
         tracks.push(sim::scada::load(&args.site, &args.network, dir)?);
     }
+    for path in &args.recording {
+        tracks.push(sim::recording::load(path)?);
+    }
     if !args.tracks.is_empty() {
         let opts = scene_options(&args)?;
         for path in &args.tracks {
@@ -117,7 +124,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     if tracks.is_empty() {
-        bail!("nothing to replay: give --nmea ASSET=FILE, --ubx ASSET=FILE, --haul CSV, --fuel CSV, --tracks CSV or --scada DIR");
+        bail!("nothing to replay: give --nmea ASSET=FILE, --ubx ASSET=FILE, --haul CSV, --fuel CSV, --tracks CSV, --scada DIR or --recording FILE");
     }
     sim::align(&mut tracks);
     for t in &tracks {
@@ -151,6 +158,8 @@ async fn main() -> anyhow::Result<()> {
                 Ok(Event::Incoming(Packet::PubAck(_))) => {
                     acks.fetch_add(1, Ordering::Relaxed);
                 }
+                // Our own disconnect at the end: nothing more to drive.
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
                 Ok(_) => {}
                 Err(e) => match connected.take() {
                     Some(tx) => {

@@ -3,10 +3,12 @@
 //!
 //! Sources: GNSS captures (NMEA, UBX) of one asset each ([`load`]), haul
 //! cycle and refuelling exports of a whole fleet ([`haul`]), track files
-//! of a whole scene in local metres ([`scene`]), and a water network's
-//! SCADA history ([`scada`]).
+//! of a whole scene in local metres ([`scene`]), a water network's SCADA
+//! history ([`scada`]), and recordings of live bus traffic
+//! ([`recording`], written by `outpostctl record`).
 
 pub mod haul;
+pub mod recording;
 pub mod scada;
 pub mod scene;
 
@@ -105,6 +107,8 @@ pub enum SimError {
     Csv { path: PathBuf, message: String },
     #[error("{0}")]
     Option(String),
+    #[error(transparent)]
+    Recording(#[from] recording::RecordingError),
 }
 
 /// True for a name usable as one MQTT topic level.

@@ -34,7 +34,7 @@ enum Command {
         replay: PathBuf,
         /// Topic the messages of a raw capture arrive on, e.g.
         /// site/demo/truck1/gnss/nmea (not for a recording).
-        #[arg(long, required_unless_present = "recording")]
+        #[arg(long)]
         topic: Option<String>,
         /// The --replay file is a recording even without the .jsonl extension.
         #[arg(long)]
