@@ -189,21 +189,29 @@ fn a_technician_installs_a_signed_package_from_a_local_file() {
     let (out, _) =
         outpostctl(&[s("package"), pkg_dir.as_os_str(), s("--key"), key.as_os_str(), s("--out"), opkg.as_os_str()]);
     assert!(out.contains(&format!("signed by {PROVIDER}")), "{out}");
-    std::fs::copy(keys.path().join(format!("{PROVIDER}.pub")), trust.path().join(format!("{PROVIDER}.pub")))
-        .expect("install the provider key");
-    // The gateway's side: verify offline, then deploy to the local agent.
-    let (out, _) = outpostctl(&[s("verify"), opkg.as_os_str(), s("--trust"), trust.path().as_os_str()]);
-    assert!(out.contains("ok: signed by"), "{out}");
+    // The gateway's side, agent running, provider not trusted yet.
     let dir = AgentDir::new();
     let agent = start(&dir, trust.path());
     let api = OsString::from(format!("http://127.0.0.1:{}", agent.api_port));
     let token = token_file(&agent).into_os_string();
+    let mut target = vec![s("--agent"), api.as_os_str(), s("--token-file"), token.as_os_str()];
+    let deploy = [s("deploy"), opkg.as_os_str(), s("--approved-by"), s("tech")];
+    target.extend_from_slice(&deploy);
+    let o = Command::new(binary("outpostctl")).args(&target).output().expect("outpostctl deploy");
+    let (out, err) = text(&o);
+    assert!(!o.status.success() && err.contains("not in the trust store"), "{out}{err}");
+    // Trust the provider's key (read at each upload: no restart), verify
+    // offline, then deploy to the local agent.
+    std::fs::copy(keys.path().join(format!("{PROVIDER}.pub")), trust.path().join(format!("{PROVIDER}.pub")))
+        .expect("install the provider key");
+    let (out, _) = outpostctl(&[s("verify"), opkg.as_os_str(), s("--trust"), trust.path().as_os_str()]);
+    assert!(out.contains("ok: signed by"), "{out}");
     let on_agent = |cmd: &[&OsStr]| {
         let mut args = vec![s("--agent"), api.as_os_str(), s("--token-file"), token.as_os_str()];
         args.extend_from_slice(cmd);
         outpostctl(&args)
     };
-    let (out, _) = on_agent(&[s("deploy"), opkg.as_os_str(), s("--approved-by"), s("tech")]);
+    let (out, _) = on_agent(&deploy);
     assert!(out.contains("testbed@0.1.0"), "{out}");
     let (out, _) = on_agent(&[s("list"), s("--json")]);
     let list: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
