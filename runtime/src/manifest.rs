@@ -30,6 +30,78 @@ pub struct Manifest {
     pub config: toml::Table,
     #[serde(default)]
     pub kpis: BTreeMap<String, KpiSpec>,
+    /// WASI the component may use beyond what every guest needs to start.
+    #[serde(default)]
+    pub capabilities: CapabilitiesSpec,
+}
+
+/// `[capabilities]`: deny by default. Every guest gets WASI's stdio (stderr
+/// reaches the agent's log, for panics), an empty environment and exit;
+/// clocks and randomness only when declared; files and sockets never.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapabilitiesSpec {
+    /// WASI capabilities by name: `"clocks"`, `"random"`.
+    #[serde(default)]
+    pub wasi: Vec<String>,
+}
+
+/// A WASI capability a manifest may declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum WasiCapability {
+    /// `wasi:clocks/wall-clock` and `wasi:clocks/monotonic-clock`.
+    Clocks,
+    /// `wasi:random/random`, `wasi:random/insecure`, `wasi:random/insecure-seed`.
+    Random,
+}
+
+impl WasiCapability {
+    pub const ALL: [WasiCapability; 2] = [WasiCapability::Clocks, WasiCapability::Random];
+
+    /// Its name in `capabilities.wasi`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WasiCapability::Clocks => "clocks",
+            WasiCapability::Random => "random",
+        }
+    }
+
+    /// The WASI package whose interfaces it grants (`wasi:clocks`).
+    pub fn wasi_package(self) -> &'static str {
+        match self {
+            WasiCapability::Clocks => "wasi:clocks",
+            WasiCapability::Random => "wasi:random",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<WasiCapability> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
+    }
+}
+
+impl CapabilitiesSpec {
+    /// Whether the manifest declares `cap`.
+    pub fn allows(&self, cap: WasiCapability) -> bool {
+        self.wasi.iter().any(|n| n == cap.name())
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let unknown: Vec<&str> =
+            self.wasi.iter().map(String::as_str).filter(|n| WasiCapability::from_name(n).is_none()).collect();
+        if unknown.is_empty() {
+            return Vec::new();
+        }
+        let known: Vec<&str> = WasiCapability::ALL.iter().map(|c| c.name()).collect();
+        let mut p = format!(
+            "capabilities.wasi: unknown {} (this agent grants {})",
+            unknown.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", "),
+            known.join(", ")
+        );
+        if unknown.iter().any(|n| ["filesystem", "files", "sockets", "network"].contains(n)) {
+            p.push_str("; files and sockets are never available to a service: use the bus and its state");
+        }
+        vec![p]
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -234,6 +306,7 @@ impl Manifest {
                 p.push(format!("kpis.{name}.unit is empty"));
             }
         }
+        p.extend(self.capabilities.problems());
         p
     }
 
@@ -292,6 +365,27 @@ publish = ["svc/positioning/+/fix"]
         assert!(err.contains("outpost:service@2.0.0") && err.contains(SUPPORTED_WORLD), "{err}");
         assert!(err.contains("bus.publish"), "{err}");
         assert!(err.contains("x/service.toml"), "{err}");
+    }
+
+    #[test]
+    fn capabilities_default_to_none_and_unknown_names_are_listed() {
+        let m = Manifest::parse(GOOD, Path::new("service.toml")).expect("valid");
+        assert!(WasiCapability::ALL.iter().all(|c| !m.capabilities.allows(*c)));
+
+        let with = format!("{GOOD}\n[capabilities]\nwasi = [\"clocks\"]\n");
+        let m = Manifest::parse(&with, Path::new("service.toml")).expect("valid");
+        assert!(m.capabilities.allows(WasiCapability::Clocks));
+        assert!(!m.capabilities.allows(WasiCapability::Random));
+
+        let bad = format!("{GOOD}\n[capabilities]\nwasi = [\"clocks\", \"sockets\", \"gpu\"]\n");
+        let err = Manifest::parse(&bad, Path::new("service.toml")).unwrap_err().to_string();
+        assert!(err.contains("1 problem(s)"), "{err}");
+        assert!(err.contains("unknown 'sockets', 'gpu' (this agent grants clocks, random)"), "{err}");
+        assert!(err.contains("files and sockets are never available"), "{err}");
+
+        let typo = format!("{GOOD}\n[capabilities]\nwassi = []\n");
+        let err = Manifest::parse(&typo, Path::new("service.toml")).unwrap_err().to_string();
+        assert!(err.contains("wassi"), "{err}");
     }
 
     #[test]

@@ -90,7 +90,7 @@ pub struct InstanceState {
 impl InstanceState {
     pub(crate) fn new(ctx: ServiceContext, limits: StoreLimits) -> Self {
         let limits = TrackedLimits { inner: limits, memory_bytes: 0 };
-        let wasi = wasmtime_wasi::WasiCtxBuilder::new().inherit_stderr().build();
+        let wasi = wasi_context();
         InstanceState {
             wasi,
             table: ResourceTable::new(),
@@ -105,6 +105,21 @@ impl InstanceState {
     pub(crate) fn context(&self) -> &ServiceContext {
         &self.ctx
     }
+}
+
+/// Every instance's WASI context: stderr reaches the agent's stderr (guest
+/// panics), stdin is closed, stdout discarded, no environment or arguments,
+/// no preopened folders and no network. Files and sockets are not even
+/// linked (see `super::link_wasi`); clocks and randomness are real, and only
+/// components whose manifest declares them may import them
+/// (`super::check_capabilities`).
+fn wasi_context() -> WasiCtx {
+    wasmtime_wasi::WasiCtxBuilder::new()
+        .inherit_stderr()
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build()
 }
 
 impl WasiView for InstanceState {

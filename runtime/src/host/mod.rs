@@ -14,7 +14,7 @@ pub use instance::{CallError, FaultKind, ServiceInstance};
 /// The WIT `message` record as the host passes it to `handle`.
 pub use bindings::outpost::service::types::Message as WitMessage;
 
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, WasiCapability};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,8 +49,111 @@ pub enum LoadError {
     Contract { path: PathBuf, world: String, message: String },
     #[error("component {path} failed to compile: {message}")]
     Compile { path: PathBuf, message: String },
+    #[error(
+        "component {path} imports {} but its service.toml does not declare {}: add `[capabilities] wasi = [{}]` \
+         if the service needs it, or remove the code that uses it",
+        imports.join(", "),
+        missing.iter().map(|c| format!("'{}'", c.name())).collect::<Vec<_>>().join(" and "),
+        missing.iter().map(|c| format!("\"{}\"", c.name())).collect::<Vec<_>>().join(", ")
+    )]
+    Capabilities { path: PathBuf, imports: Vec<String>, missing: Vec<WasiCapability> },
+    #[error(
+        "component {path} imports {}: files and sockets are never available to a service; \
+         exchange data over the bus and keep it in the service's state",
+        imports.join(", ")
+    )]
+    Forbidden { path: PathBuf, imports: Vec<String> },
     #[error("wasmtime engine: {0}")]
     Engine(String),
+}
+
+/// Links what every guest may use: `wasi:io`, `wasi:cli` (stdio, an empty
+/// environment, exit) and the capabilities a manifest may declare
+/// (`wasi:clocks`, `wasi:random`, granted per component by
+/// [`check_capabilities`]). `wasi:filesystem` and `wasi:sockets` are not
+/// linked: a component importing them fails to load, naming the import.
+fn link_wasi<T: wasmtime_wasi::WasiView>(l: &mut Linker<T>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::cli::{WasiCli, WasiCliView};
+    use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
+    use wasmtime_wasi::p2::bindings::sync::io;
+    use wasmtime_wasi::p2::bindings::{cli, clocks, random};
+    use wasmtime_wasi::random::WasiRandom;
+
+    /// `wasi:io` is implemented over the instance's resource table.
+    struct HasIo;
+    impl wasmtime::component::HasData for HasIo {
+        type Data<'a> = &'a mut wasmtime::component::ResourceTable;
+    }
+    io::error::add_to_linker::<T, HasIo>(l, |t| t.ctx().table)?;
+    io::poll::add_to_linker::<T, HasIo>(l, |t| t.ctx().table)?;
+    io::streams::add_to_linker::<T, HasIo>(l, |t| t.ctx().table)?;
+    cli::exit::add_to_linker::<T, WasiCli>(l, T::cli)?;
+    cli::environment::add_to_linker::<T, WasiCli>(l, T::cli)?;
+    cli::stdin::add_to_linker::<T, WasiCli>(l, T::cli)?;
+    cli::stdout::add_to_linker::<T, WasiCli>(l, T::cli)?;
+    cli::stderr::add_to_linker::<T, WasiCli>(l, T::cli)?;
+    cli::terminal_input::add_to_linker::<T, WasiCli>(l, T::cli)?;
+    cli::terminal_output::add_to_linker::<T, WasiCli>(l, T::cli)?;
+    cli::terminal_stdin::add_to_linker::<T, WasiCli>(l, T::cli)?;
+    cli::terminal_stdout::add_to_linker::<T, WasiCli>(l, T::cli)?;
+    cli::terminal_stderr::add_to_linker::<T, WasiCli>(l, T::cli)?;
+    clocks::wall_clock::add_to_linker::<T, WasiClocks>(l, T::clocks)?;
+    clocks::monotonic_clock::add_to_linker::<T, WasiClocks>(l, T::clocks)?;
+    random::random::add_to_linker::<T, WasiRandom>(l, |t| t.ctx().ctx.random())?;
+    random::insecure::add_to_linker::<T, WasiRandom>(l, |t| t.ctx().ctx.random())?;
+    random::insecure_seed::add_to_linker::<T, WasiRandom>(l, |t| t.ctx().ctx.random())?;
+    Ok(())
+}
+
+/// WASI packages no manifest can ask for (not linked at all).
+const NEVER_LINKED: [&str; 2] = ["wasi:filesystem", "wasi:sockets"];
+
+/// The component's imports of [`NEVER_LINKED`] packages.
+fn forbidden_imports(engine: &Engine, component: &Component) -> Vec<String> {
+    let mut out: Vec<String> = component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name)
+        .filter(|name| NEVER_LINKED.iter().any(|p| name.strip_prefix(p).is_some_and(|r| r.starts_with('/'))))
+        .map(str::to_owned)
+        .collect();
+    out.sort();
+    out
+}
+
+/// The component's imports that need a WASI capability, with the capability
+/// each needs (`wasi:clocks/wall-clock@0.2.6` needs clocks).
+fn capability_imports(engine: &Engine, component: &Component) -> Vec<(String, WasiCapability)> {
+    let mut out: Vec<(String, WasiCapability)> = component
+        .component_type()
+        .imports(engine)
+        .filter_map(|(name, _)| {
+            WasiCapability::ALL
+                .into_iter()
+                .find(|c| name.strip_prefix(c.wasi_package()).is_some_and(|rest| rest.starts_with('/')))
+                .map(|c| (name.to_owned(), c))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Refuses a component that imports a WASI capability its manifest does not
+/// declare. Clocks and randomness are linked for every component; this is
+/// what grants them to one.
+pub fn check_capabilities(loaded: &LoadedComponent, manifest: &Manifest, path: &Path) -> Result<(), LoadError> {
+    let undeclared: Vec<&(String, WasiCapability)> =
+        loaded.capability_imports.iter().filter(|(_, c)| !manifest.capabilities.allows(*c)).collect();
+    if undeclared.is_empty() {
+        return Ok(());
+    }
+    let mut missing: Vec<WasiCapability> = undeclared.iter().map(|(_, c)| *c).collect();
+    missing.dedup();
+    Err(LoadError::Capabilities {
+        path: path.to_owned(),
+        imports: undeclared.iter().map(|(n, _)| n.clone()).collect(),
+        missing,
+    })
 }
 
 /// Engine settings that differ between the agent and the benchmarks.
@@ -102,7 +205,7 @@ impl HostEngine {
         }
         let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        link_wasi(&mut linker).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         bindings::Service::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
 
@@ -143,6 +246,11 @@ impl HostEngine {
             world: crate::manifest::SUPPORTED_WORLD.into(),
             message,
         })?;
+        let forbidden = forbidden_imports(&self.engine, &component);
+        if !forbidden.is_empty() {
+            return Err(LoadError::Forbidden { path: wasm_path.to_owned(), imports: forbidden });
+        }
+        let capability_imports = capability_imports(&self.engine, &component);
         let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::Contract {
             path: wasm_path.to_owned(),
             world: crate::manifest::SUPPORTED_WORLD.into(),
@@ -153,7 +261,7 @@ impl HostEngine {
             world: crate::manifest::SUPPORTED_WORLD.into(),
             message: format!("{e:#}"),
         })?;
-        Ok(LoadedComponent { pre, digest })
+        Ok(LoadedComponent { pre, digest, capability_imports })
     }
 
     fn compile(&self, path: &Path, bytes: &[u8]) -> Result<Component, LoadError> {
@@ -211,6 +319,9 @@ impl HostEngine {
         context: ServiceContext,
         config_json: &str,
     ) -> Result<ServiceInstance, CallError> {
+        // The component's path is not known here; the manifest's id names it.
+        check_capabilities(loaded, manifest, Path::new(&manifest.id()))
+            .map_err(|e| CallError::Service(format!("refused by the host: {e}")))?;
         ServiceInstance::start(&self.engine, loaded, manifest, context, config_json)
     }
 }
@@ -227,6 +338,8 @@ pub struct LoadedComponent {
     pub(crate) pre: bindings::ServicePre<InstanceState>,
     /// sha256 of the component bytes.
     pub digest: String,
+    /// Imports that need a declared WASI capability (see [`check_capabilities`]).
+    capability_imports: Vec<(String, WasiCapability)>,
 }
 
 impl LoadedComponent {

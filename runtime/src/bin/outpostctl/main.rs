@@ -255,6 +255,7 @@ fn main() -> anyhow::Result<()> {
             let pkg = Package::load(&package)?;
             let host = HostEngine::new(&EngineOptions { pooling: false, max_instances: 1 })?;
             let loaded = host.load(&pkg.wasm_path, &pkg.wasm, None)?;
+            outpost::host::check_capabilities(&loaded, &pkg.manifest, &pkg.wasm_path)?;
             println!(
                 "{} ok: world {}, component sha256 {}, subscribes {:?}, publishes {:?}",
                 pkg.manifest.id(),

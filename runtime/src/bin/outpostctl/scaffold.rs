@@ -297,7 +297,17 @@ mod tests {{
 }}
 "##
     );
-    let samples = "{\"value\": 61.5}\n{\"value\": 74.0}\n{\"value\": 88.5}\n{\"value\": 93.0}\n{\"value\": 79.5}\n";
+    // A recording (the format `outpostctl record` writes): `outpostctl run
+    // --replay` and `outpost-sim --recording` play it back.
+    let samples = [(0, "pump1", "61.5"), (1000, "pump2", "12.0"), (2000, "pump1", "74.0"), (3000, "pump1", "88.5")]
+        .iter()
+        .map(|(t, asset, v)| {
+            let payload = format!("{{\"value\": {v}}}");
+            serde_json::json!({"t_ms": t, "topic": format!("site/demo/{asset}/reading"), "payload": payload})
+                .to_string()
+                + "\n"
+        })
+        .collect::<String>();
     let readme = format!(
         r#"# {name}
 
@@ -315,7 +325,7 @@ An Outpost service: the mean of each asset's last `window` readings.
 ```sh
 cargo test                                   # native tests (outpost_sdk::testing::Harness)
 outpostctl build                             # component + manifest into target/outpost/{name}/
-outpostctl run target/outpost/{name} --replay samples/input.jsonl --topic site/demo/pump1/reading
+outpostctl run target/outpost/{name} --replay samples/input.jsonl   # a recorded bus session
 outpostctl keygen --out keys --name {provider}  # once; give keys/{provider}.pub to each gateway
 outpostctl package target/outpost/{name} --key keys/{provider}.key
 outpostctl deploy {name}-0.1.0.opkg --agent http://GATEWAY:PORT --token-file api.token
@@ -333,7 +343,7 @@ sockets are never available.
         ("Cargo.toml", cargo),
         ("service.toml", manifest),
         ("src/lib.rs", lib_rs),
-        ("samples/input.jsonl", samples.to_owned()),
+        ("samples/input.jsonl", samples),
         ("README.md", readme),
         (".gitignore", gitignore),
     ]
@@ -346,11 +356,8 @@ fn crate_name(dir: &Path) -> Result<String> {
         .with_context(|| format!("cannot read {}: is {} a service crate?", path.display(), dir.display()))?;
     let table: toml::Table = toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
     let package = table.get("package").and_then(|p| p.as_table());
-    let lib_name = package
-        .and_then(|_| table.get("lib"))
-        .and_then(|l| l.get("name"))
-        .and_then(|n| n.as_str())
-        .map(str::to_owned);
+    let lib_name =
+        package.and_then(|_| table.get("lib")).and_then(|l| l.get("name")).and_then(|n| n.as_str()).map(str::to_owned);
     let name = package
         .and_then(|p| p.get("name"))
         .and_then(|n| n.as_str())
@@ -370,8 +377,7 @@ pub fn build(args: &BuildArgs) -> Result<PathBuf> {
     let guest = Guest::detect()?;
     println!("==> building {} {} with {}", name, manifest.service.version, guest.describe());
     // CARGO_TARGET_DIR, when set, is honoured (a shared or cached target folder).
-    let target_dir =
-        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| dir.join("target"));
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| dir.join("target"));
     let mut cmd = guest.cargo_build(&target_dir);
     cmd.arg("--manifest-path").arg(dir.join("Cargo.toml")).current_dir(&dir);
     let status = cmd.status().with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
