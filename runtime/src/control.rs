@@ -641,6 +641,7 @@ pub fn boot_desired(
     let dirs = Package::discover(&cfg.services_dir)
         .map_err(|e| ControlError::Invalid(format!("services_dir {}: {e}", cfg.services_dir.display())))?;
     let mut changed = false;
+    let mut seeded = std::collections::BTreeSet::new();
     for dir in dirs {
         let label = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let pkg = match Package::load(&dir) {
@@ -653,10 +654,21 @@ pub fn boot_desired(
         };
         let name = pkg.manifest.service.name.clone();
         if desired.services.contains_key(&name) {
+            if seeded.contains(&name) {
+                rejected
+                    .push((label, format!("another folder already installs service '{name}'; this one is ignored")));
+            }
+            continue;
+        }
+        // A folder whose component is not one must not claim the name.
+        if let Err(e) = crate::host::check_component_bytes(&pkg.wasm) {
+            tracing::error!(package = %dir.display(), error = %e, "service not loaded");
+            rejected.push((label, format!("{}: {e}", pkg.wasm_path.display())));
             continue;
         }
         match import_package(cfg, &dir) {
             Ok(stored) => {
+                seeded.insert(name.clone());
                 desired.services.insert(
                     name,
                     DesiredService {
