@@ -8,7 +8,8 @@
 //! - [`bus`], [`broker`]: the MQTT link and the embedded broker.
 //! - [`state`]: per-service persistent key-value state.
 //! - [`telemetry`], [`http`]: metrics, logs, status page; [`api`]: gRPC management API.
-//! - [`control`]: desired state and lifecycle changes on a running agent;
+//! - [`control`]: desired state and lifecycle changes on a running agent
+//!   ([`contract`]: payload contracts between services, checked before a deploy);
 //!   [`status`]: the one status model every reader shares.
 //! - [`agent`]: ties it together; [`replay`]: offline runs for developers.
 
@@ -18,8 +19,10 @@ pub mod broker;
 pub mod bus;
 pub mod client;
 pub mod config;
+pub mod contract;
 pub mod control;
 pub mod dispatch;
+pub mod events;
 pub mod host;
 pub mod http;
 pub mod manifest;

@@ -9,9 +9,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// The WIT world this agent hosts. Components built against another major
-/// version are refused with both versions named.
-pub const SUPPORTED_WORLD: &str = "outpost:service@1.0.0";
+/// The newest WIT world this agent hosts (it also hosts 1.0.0, see
+/// `host::HOSTED_VERSIONS`). Components built against another major
+/// version, or a newer minor one, are refused with both versions named.
+pub const SUPPORTED_WORLD: &str = "outpost:service@1.1.0";
 
 /// Most instances of one service on one gateway.
 pub const MAX_INSTANCES: u32 = 256;
@@ -33,6 +34,76 @@ pub struct Manifest {
     /// WASI the component may use beyond what every guest needs to start.
     #[serde(default)]
     pub capabilities: CapabilitiesSpec,
+    /// Payload schemas of what it publishes and what it relies on in what
+    /// it subscribes to (see [`crate::contract`]).
+    #[serde(default)]
+    pub contracts: ContractsSpec,
+}
+
+/// `[contracts]`: by topic filter, the JSON Schema (inline JSON text) of
+/// what the service publishes there and of what it requires of what it
+/// receives there.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContractsSpec {
+    #[serde(default)]
+    pub publish: BTreeMap<String, PublishContract>,
+    #[serde(default)]
+    pub subscribe: BTreeMap<String, SubscribeContract>,
+}
+
+/// `[contracts.publish."TOPIC"]`: what every payload on the topic is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishContract {
+    /// Version of the schema (semver), named in mismatches.
+    pub version: String,
+    /// JSON Schema (JSON text).
+    pub schema: String,
+}
+
+/// `[contracts.subscribe."TOPIC"]`: what the service relies on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscribeContract {
+    /// JSON Schema (JSON text): the properties it reads, their types and values.
+    pub requires: String,
+}
+
+impl ContractsSpec {
+    fn problems(&self, bus: &BusSpec) -> Vec<String> {
+        let mut p = Vec::new();
+        let sections = [
+            ("publish", &bus.publish, self.publish.keys().collect::<Vec<_>>()),
+            ("subscribe", &bus.subscribe, self.subscribe.keys().collect()),
+        ];
+        for (section, filters, topics) in sections {
+            for t in topics {
+                if let Err(e) = topic::validate_filter(t) {
+                    p.push(format!("contracts.{section}.\"{t}\": {e}"));
+                } else if !filters.iter().any(|f| topic::overlap(f, t)) {
+                    p.push(format!(
+                        "contracts.{section}.\"{t}\": the topic is not in bus.{section} ({})",
+                        filters.join(", ")
+                    ));
+                }
+            }
+        }
+        for (t, c) in &self.publish {
+            if let Err(e) = semver::Version::parse(&c.version) {
+                p.push(format!("contracts.publish.\"{t}\".version '{}' is not semver (like 1.0.0): {e}", c.version));
+            }
+            for e in crate::contract::schema_problems(&c.schema) {
+                p.push(format!("contracts.publish.\"{t}\".schema: {e}"));
+            }
+        }
+        for (t, c) in &self.subscribe {
+            for e in crate::contract::schema_problems(&c.requires) {
+                p.push(format!("contracts.subscribe.\"{t}\".requires: {e}"));
+            }
+        }
+        p
+    }
 }
 
 /// `[capabilities]`: deny by default. Every guest gets WASI's stdio (stderr
@@ -307,6 +378,7 @@ impl Manifest {
             }
         }
         p.extend(self.capabilities.problems());
+        p.extend(self.contracts.problems(&self.bus));
         p
     }
 
@@ -316,7 +388,8 @@ impl Manifest {
     }
 }
 
-/// Accepts `outpost:service@1.x.y` (same major as this agent).
+/// Accepts `outpost:service@1.0.0` and `@1.1.0` (the versions this agent
+/// hosts; a 1.1.z patch is the same world).
 pub fn check_world(world: &str) -> Result<(), String> {
     let (pkg, version) =
         world.split_once('@').ok_or_else(|| format!("'{world}' has no version; this agent hosts {SUPPORTED_WORLD}"))?;
@@ -326,6 +399,11 @@ pub fn check_world(world: &str) -> Result<(), String> {
     let v = semver::Version::parse(version).map_err(|e| format!("'{world}': bad version: {e}"))?;
     if v.major != 1 {
         return Err(format!("service targets {world} but this agent hosts {SUPPORTED_WORLD} (major versions differ)"));
+    }
+    if v.minor > 1 {
+        return Err(format!(
+            "service targets {world} but this agent hosts outpost:service@1.0.0 and {SUPPORTED_WORLD} (a newer agent is needed)"
+        ));
     }
     Ok(())
 }
@@ -386,6 +464,53 @@ publish = ["svc/positioning/+/fix"]
         let typo = format!("{GOOD}\n[capabilities]\nwassi = []\n");
         let err = Manifest::parse(&typo, Path::new("service.toml")).unwrap_err().to_string();
         assert!(err.contains("wassi"), "{err}");
+    }
+
+    #[test]
+    fn contracts_parse_and_every_problem_is_listed() {
+        let with = format!(
+            "{GOOD}{}",
+            r#"
+[contracts.publish."svc/positioning/+/fix"]
+version = "1.0.0"
+schema = '''{"type": "object", "required": ["mode"]}'''
+[contracts.subscribe."site/+/+/gnss/nmea"]
+requires = '''{"type": "string"}'''
+"#
+        );
+        let m = Manifest::parse(&with, Path::new("service.toml")).expect("valid");
+        assert_eq!(m.contracts.publish["svc/positioning/+/fix"].version, "1.0.0");
+        assert!(m.contracts.subscribe.contains_key("site/+/+/gnss/nmea"));
+
+        let bad = format!(
+            "{GOOD}{}",
+            r#"
+[contracts.publish."svc/other/+/fix"]
+version = "one"
+schema = '''{"type": "obj"'''
+[contracts.publish."svc/positioning/+/fix"]
+version = "1.0.0"
+schema = '''[1]'''
+[contracts.subscribe."a/#/b"]
+requires = '''{"required": 1}'''
+"#
+        );
+        let err = Manifest::parse(&bad, Path::new("service.toml")).unwrap_err().to_string();
+        assert!(err.contains("6 problem(s)"), "{err}");
+        for want in [
+            "contracts.publish.\"svc/other/+/fix\": the topic is not in bus.publish (svc/positioning/+/fix)",
+            "contracts.subscribe.\"a/#/b\": '#' must be a whole level",
+            "contracts.publish.\"svc/other/+/fix\".version 'one' is not semver",
+            "contracts.publish.\"svc/other/+/fix\".schema: is not JSON",
+            "contracts.publish.\"svc/positioning/+/fix\".schema: the schema is not a JSON object",
+            "contracts.subscribe.\"a/#/b\".requires: the schema: `required` must be a list",
+        ] {
+            assert!(err.contains(want), "{want}\n{err}");
+        }
+
+        let typo = format!("{GOOD}\n[contracts.subscribe.\"x\"]\nrequire = \"{{}}\"\n");
+        let err = Manifest::parse(&typo, Path::new("service.toml")).unwrap_err().to_string();
+        assert!(err.contains("require"), "{err}");
     }
 
     #[test]
