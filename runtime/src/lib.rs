@@ -22,7 +22,6 @@ pub mod config;
 pub mod contract;
 pub mod control;
 pub mod dispatch;
-pub mod events;
 pub mod host;
 pub mod http;
 pub mod manifest;
