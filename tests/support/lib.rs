@@ -84,32 +84,85 @@ pub struct Mosquitto {
     pub port: u16,
     child: Child,
     _dir: tempfile::TempDir,
+    conf: PathBuf,
 }
 
 impl Mosquitto {
     pub fn start() -> Mosquitto {
+        Self::start_with("")
+    }
+
+    /// Like `start`, with `extra` lines appended to mosquitto.conf (e.g.
+    /// `message_size_limit`, a `plugin`); with extra lines, the server logs
+    /// everything to a file read by [`Mosquitto::log`].
+    pub fn start_with(extra: &str) -> Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
+        let log = if extra.is_empty() {
+            String::new()
+        } else {
+            // Started as root, Mosquitto drops to its own user: it must be
+            // able to reach its folder and write its log.
+            let path = dir.path().join("mosquitto.log");
+            std::fs::write(&path, "").expect("create mosquitto.log");
+            make_world_accessible(dir.path(), 0o755);
+            make_world_accessible(&path, 0o666);
+            format!("log_dest file {}\nlog_type all\n", path.display())
+        };
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 100\nmax_queued_messages 100000\nset_tcp_nodelay true\n"),
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 100\nmax_queued_messages 100000\nset_tcp_nodelay true\n{log}{extra}\n"),
         )
         .expect("write mosquitto.conf");
-        let child = Command::new(find_binary("mosquitto"))
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mosquitto");
-        assert!(wait_for_port(port, Duration::from_secs(10)), "mosquitto did not open port {port}");
-        Mosquitto { port, child, _dir: dir }
+        let child = spawn_mosquitto(&conf, port);
+        Mosquitto { port, child, _dir: dir, conf }
+    }
+
+    /// Stops the server (SIGKILL); its port stays reserved for `restart`.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port with the same config.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = spawn_mosquitto(&self.conf, self.port);
+    }
+
+    /// The server's log (only with `start_with` and some extra config).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.conf.with_file_name("mosquitto.log")).unwrap_or_default()
     }
 
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
+}
+
+/// Sets `path`'s mode (Unix), so that Mosquitto, which drops root for its
+/// own user, can read a config file the test wrote (an ACL, a password file).
+pub fn make_world_accessible(path: &Path, mode: u32) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+}
+
+fn spawn_mosquitto(conf: &Path, port: u16) -> Child {
+    let child = Command::new(find_binary("mosquitto"))
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start mosquitto");
+    assert!(wait_for_port(port, Duration::from_secs(10)), "mosquitto did not open port {port}");
+    child
 }
 
 impl Drop for Mosquitto {
@@ -297,9 +350,47 @@ impl TestAgent {
 
     /// Like `start`, with top-level config keys (e.g. `trust_dir = "..."`).
     pub fn start_with(dir: &AgentDir, external: Option<&str>, top: &str, extra: &str) -> TestAgent {
-        outpost::telemetry::init_tracing_with("warn,rumqttd=off");
         let (text, mqtt_port, http_port, api_port) = dir.config_with(external, top, extra);
-        let config = AgentConfig::parse(&text, Path::new("test.toml")).expect("test config is valid");
+        Self::start_text(dir, &text, mqtt_port, http_port, api_port)
+    }
+
+    /// Starts an agent from config text (e.g. `AgentDir::config` edited by
+    /// the test) and waits until it is ready or 30 s pass.
+    pub fn start_text(dir: &AgentDir, text: &str, mqtt_port: u16, http_port: u16, api_port: u16) -> TestAgent {
+        let agent = Self::spawn_text(dir, text, mqtt_port, http_port, api_port);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if agent.status().is_some_and(|s| s["state"] == "ready") {
+                return agent;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("agent not ready within 30 s: {:?}", agent.status());
+    }
+
+    /// Starts an agent and returns once its HTTP status answers, ready or
+    /// not (for agents whose broker link cannot become ready).
+    pub fn spawn(dir: &AgentDir, external: Option<&str>, extra: &str) -> TestAgent {
+        let (text, mqtt_port, http_port, api_port) = dir.config_with(external, "", extra);
+        Self::spawn_text(dir, &text, mqtt_port, http_port, api_port)
+    }
+
+    /// Like `spawn`, from config text.
+    pub fn spawn_text(dir: &AgentDir, text: &str, mqtt_port: u16, http_port: u16, api_port: u16) -> TestAgent {
+        let agent = Self::launch(dir, text, mqtt_port, http_port, api_port);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if agent.status().is_some() {
+                return agent;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("agent's /status did not answer within 30 s");
+    }
+
+    fn launch(dir: &AgentDir, text: &str, mqtt_port: u16, http_port: u16, api_port: u16) -> TestAgent {
+        outpost::telemetry::init_tracing_with("warn,rumqttd=off");
+        let config = AgentConfig::parse(text, Path::new("test.toml")).expect("test config is valid");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -316,22 +407,7 @@ impl TestAgent {
                     .map_err(|e| e.to_string())
             })
         });
-        let agent = TestAgent {
-            mqtt_port,
-            http_port,
-            api_port,
-            dir: dir.path().to_owned(),
-            stop: Some(tx),
-            thread: Some(thread),
-        };
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(30) {
-            if agent.status().is_some_and(|s| s["state"] == "ready") {
-                return agent;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("agent not ready within 30 s: {:?}", agent.status());
+        TestAgent { mqtt_port, http_port, api_port, dir: dir.path().to_owned(), stop: Some(tx), thread: Some(thread) }
     }
 
     pub fn http(&self, path: &str) -> Option<(u16, String)> {
@@ -388,4 +464,153 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     s.read_to_string(&mut raw).ok()?;
     let code = raw.split_whitespace().nth(1)?.parse().ok()?;
     Some((code, raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
+}
+
+/// A bare MQTT 3.1.1 client on a `TcpStream` that sends exactly what the
+/// test asks for, including what no client library would send (a topic
+/// with NUL or wildcard characters).
+pub struct RawMqtt {
+    stream: TcpStream,
+    next_id: u16,
+}
+
+/// One MQTT packet: the first byte of the fixed header and the rest.
+pub type RawPacket = (u8, Vec<u8>);
+
+fn mqtt_string(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s);
+}
+
+fn mqtt_packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    let mut len = body.len();
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        out.push(byte);
+        if len == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+impl RawMqtt {
+    /// CONNECT (clean session, keep-alive 60 s, optional login) and wait
+    /// for the CONNACK. `Err` says why there is no session: the broker's
+    /// return code, or the connection closed without a CONNACK.
+    pub fn connect(port: u16, client_id: &str, login: Option<(&str, &str)>) -> Result<RawMqtt, String> {
+        let stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let mut raw = RawMqtt { stream, next_id: 1 };
+        let mut body = Vec::new();
+        mqtt_string(&mut body, b"MQTT");
+        body.push(4); // protocol level 3.1.1
+        let flags = 0x02 | if login.is_some() { 0xC0 } else { 0 };
+        body.push(flags);
+        body.extend_from_slice(&60u16.to_be_bytes());
+        mqtt_string(&mut body, client_id.as_bytes());
+        if let Some((user, pass)) = login {
+            mqtt_string(&mut body, user.as_bytes());
+            mqtt_string(&mut body, pass.as_bytes());
+        }
+        raw.send(&mqtt_packet(0x10, &body))?;
+        match raw.read_packet()? {
+            (0x20, b) if b.len() == 2 && b[1] == 0 => Ok(raw),
+            (0x20, b) => Err(format!("CONNACK return code {}", b.get(1).copied().unwrap_or(255))),
+            (t, _) => Err(format!("expected CONNACK, got packet type {:#x}", t)),
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.stream.write_all(bytes).map_err(|e| format!("write: {e}"))
+    }
+
+    /// Reads one packet; `Err` on timeout (5 s) or a closed connection.
+    pub fn read_packet(&mut self) -> Result<RawPacket, String> {
+        let mut first = [0u8; 1];
+        match self.stream.read(&mut first) {
+            Ok(0) => return Err("connection closed by the broker".into()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            let mut b = [0u8; 1];
+            self.stream.read_exact(&mut b).map_err(|e| format!("read: {e}"))?;
+            len |= ((b[0] & 0x7f) as usize) << shift;
+            shift += 7;
+            if b[0] & 0x80 == 0 {
+                break;
+            }
+        }
+        let mut body = vec![0u8; len];
+        self.stream.read_exact(&mut body).map_err(|e| format!("read: {e}"))?;
+        Ok((first[0], body))
+    }
+
+    /// Publishes at QoS 1 with `topic` as raw bytes and waits for the PUBACK.
+    pub fn publish(&mut self, topic: &[u8], payload: &[u8]) -> Result<(), String> {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        let mut body = Vec::new();
+        mqtt_string(&mut body, topic);
+        body.extend_from_slice(&id.to_be_bytes());
+        body.extend_from_slice(payload);
+        self.send(&mqtt_packet(0x32, &body))?;
+        loop {
+            let (t, b) = self.read_packet()?;
+            if t & 0xf0 == 0x40 && b.get(..2) == Some(&id.to_be_bytes()[..]) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Subscribes at QoS 1; returns the SUBACK's return code (0x80: refused).
+    pub fn subscribe(&mut self, filter: &[u8]) -> Result<u8, String> {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        let mut body = id.to_be_bytes().to_vec();
+        mqtt_string(&mut body, filter);
+        body.push(1);
+        self.send(&mqtt_packet(0x82, &body))?;
+        loop {
+            let (t, b) = self.read_packet()?;
+            if t & 0xf0 == 0x90 && b.get(..2) == Some(&id.to_be_bytes()[..]) {
+                return b.get(2).copied().ok_or_else(|| "SUBACK without a return code".to_owned());
+            }
+        }
+    }
+
+    /// Waits (5 s) for the next PUBLISH, acknowledges it if QoS 1, and
+    /// returns its topic and payload.
+    pub fn next_publish(&mut self) -> Result<(Vec<u8>, Vec<u8>), String> {
+        loop {
+            let (t, b) = self.read_packet()?;
+            if t & 0xf0 != 0x30 {
+                continue;
+            }
+            let qos = (t >> 1) & 3;
+            let len = u16::from_be_bytes([b[0], b[1]]) as usize;
+            let topic = b[2..2 + len].to_vec();
+            let mut rest = 2 + len;
+            if qos > 0 {
+                let id = [b[rest], b[rest + 1]];
+                rest += 2;
+                self.send(&[0x40, 2, id[0], id[1]])?;
+            }
+            return Ok((topic, b[rest..].to_vec()));
+        }
+    }
+
+    /// Sends DISCONNECT and closes the connection.
+    pub fn disconnect(mut self) {
+        let _ = self.send(&[0xE0, 0]);
+    }
 }
