@@ -256,6 +256,7 @@ impl Lifecycle {
     pub async fn install(&self, source: &Path, approved_by: &str) -> Result<Outcome, ControlError> {
         let mut desired = self.lock().await?;
         let dir = import_package(&self.cfg, source)?;
+        self.check_contracts(&desired, &dir)?;
         let def = self.prepare(&dir, &DesiredOverrides::default()).await?;
         let (name, version) = (def.name().to_owned(), def.version().to_owned());
         if desired.services.get(&name).is_some_and(|s| !s.removed) {
@@ -287,6 +288,7 @@ impl Lifecycle {
     pub async fn upgrade(&self, source: &Path, approved_by: &str) -> Result<Outcome, ControlError> {
         let mut desired = self.lock().await?;
         let dir = import_package(&self.cfg, source)?;
+        self.check_contracts(&desired, &dir)?;
         let name = Package::load(&dir).map_err(|e| ControlError::Invalid(e.to_string()))?.manifest.service.name;
         let current = desired
             .services
@@ -401,6 +403,7 @@ impl Lifecycle {
     pub async fn canary(&self, source: &Path, percent: u8) -> Result<Outcome, ControlError> {
         let desired = self.lock().await?;
         let dir = import_package(&self.cfg, source)?;
+        self.check_contracts(&desired, &dir)?;
         let name = Package::load(&dir).map_err(|e| ControlError::Invalid(e.to_string()))?.manifest.service.name;
         let current = self.installed(&desired, &name)?;
         let def = self.prepare(&dir, &DesiredOverrides::of(&current)).await?;
@@ -452,6 +455,7 @@ impl Lifecycle {
     pub async fn shadow(&self, source: &Path) -> Result<Outcome, ControlError> {
         let desired = self.lock().await?;
         let dir = import_package(&self.cfg, source)?;
+        self.check_contracts(&desired, &dir)?;
         let name = Package::load(&dir).map_err(|e| ControlError::Invalid(e.to_string()))?.manifest.service.name;
         let current = self.installed(&desired, &name)?;
         let def = self.prepare(&dir, &DesiredOverrides::of(&current)).await?;
@@ -474,6 +478,37 @@ impl Lifecycle {
             .filter(|s| !s.removed)
             .cloned()
             .ok_or_else(|| ControlError::NotFound(format!("service '{name}' is not installed")))
+    }
+
+    /// Refuses a package whose contracts break those of the services
+    /// running beside it (its publishes against their `requires`, its
+    /// `requires` against their publishes), naming every mismatch.
+    fn check_contracts(&self, desired: &DesiredState, dir: &Path) -> Result<(), ControlError> {
+        let new = Package::load(dir).map_err(|e| ControlError::Invalid(e.to_string()))?.manifest;
+        let mut running: Vec<PathBuf> =
+            desired.services.values().filter(|s| !s.removed).map(|s| s.package.clone()).collect();
+        if let Ok(c) = self.canaries.lock() {
+            running.extend(c.values().cloned());
+        }
+        let running: Vec<crate::manifest::Manifest> = running
+            .iter()
+            .filter_map(|d| match Package::load(d) {
+                Ok(p) => Some(p.manifest),
+                Err(e) => {
+                    tracing::warn!(package = %d.display(), error = %e, "contracts not checked against this package");
+                    None
+                }
+            })
+            .collect();
+        let broken = crate::contract::check_deploy(&new, &running);
+        if broken.is_empty() {
+            return Ok(());
+        }
+        Err(ControlError::Conflict(format!(
+            "{} would break a contract between services:\n  - {}",
+            new.id(),
+            broken.join("\n  - ")
+        )))
     }
 
     /// Records what the dispatcher changed by itself (automatic rollback).
