@@ -17,9 +17,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The largest payload the test's Mosquitto forwards: the agent's packet
-/// limit less room for the topic, as the README tells operators to set it.
-const BROKER_LIMIT: usize = MAX_INCOMING_PACKET - 65_536;
+/// The largest payload the test's Mosquitto forwards (`message_size_limit`),
+/// as the README and deploy/gateway/outpost.toml tell operators to set it:
+/// 16 MiB, the most a manifest's `limits.max_payload_bytes` may allow. The
+/// agent must read any packet carrying such a payload, whatever its topic.
+const BROKER_LIMIT: usize = 16 << 20;
 
 /// Polls `f` every 20 ms until it returns `Some`, or panics naming `what`.
 fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -134,7 +136,7 @@ fn oversized_messages_are_dropped_or_refused_once_and_the_link_holds() {
     );
     assert_eq!(dropped(&agent), 1.0, "the payload refused by the broker never reached the agent");
     assert_eq!(agent.metric("outpost_ingress_refused_total", &[]), 0.0);
-    assert!(samples >= 10, "only {samples} metric samples taken");
+    assert!(samples >= 5, "only {samples} metric samples taken");
     assert_eq!(down, 0, "outpost_mqtt_connected was 0 in {down} of {samples} samples");
     assert_eq!(agent_connections(&mosquitto), 1, "the agent reconnected; broker log:\n{log}");
     assert!(
