@@ -127,7 +127,7 @@ fn scaffold_test_build_sign_deploy_and_see_the_output_on_the_bus() {
         publish_bytes(agent.mqtt_port, topic, payload.as_bytes());
         sent += 1;
     }
-    assert_eq!(sent, 4, "the sample recording has four readings");
+    assert_eq!(sent, 5, "the sample recording has five readings");
     let got = outputs.wait_until(Duration::from_secs(20), |m| m.len() >= sent);
     let means: Vec<(String, f64, u64, bool)> = got
         .iter()
@@ -144,14 +144,15 @@ fn scaffold_test_build_sign_deploy_and_see_the_output_on_the_bus() {
         .collect();
     let pump1 = format!("svc/{NAME}/pump1/mean");
     let pump2 = format!("svc/{NAME}/pump2/mean");
-    // Readings pump1 61.5, pump2 12.0, pump1 74.0, pump1 88.5; window 5, limit 80.
+    // Readings pump1 61.5, pump2 12.0, pump1 74.0, 88.5, 97.0; window 5, limit 80.
     assert_eq!(
         means,
         vec![
             (pump1.clone(), 61.5, 1, false),
             (pump2, 12.0, 1, false),
             (pump1.clone(), 67.75, 2, false),
-            (pump1, (61.5 + 74.0 + 88.5) / 3.0, 3, false),
+            (pump1.clone(), (61.5 + 74.0 + 88.5) / 3.0, 3, false),
+            (pump1, (61.5 + 74.0 + 88.5 + 97.0) / 4.0, 4, true),
         ],
         "outputs: {got:?}"
     );

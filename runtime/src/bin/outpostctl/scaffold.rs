@@ -299,15 +299,20 @@ mod tests {{
     );
     // A recording (the format `outpostctl record` writes): `outpostctl run
     // --replay` and `outpost-sim --recording` play it back.
-    let samples = [(0, "pump1", "61.5"), (1000, "pump2", "12.0"), (2000, "pump1", "74.0"), (3000, "pump1", "88.5")]
-        .iter()
-        .map(|(t, asset, v)| {
-            let payload = format!("{{\"value\": {v}}}");
-            serde_json::json!({"t_ms": t, "topic": format!("site/demo/{asset}/reading"), "payload": payload})
-                .to_string()
-                + "\n"
-        })
-        .collect::<String>();
+    let samples = [
+        (0, "pump1", "61.5"),
+        (1000, "pump2", "12.0"),
+        (2000, "pump1", "74.0"),
+        (3000, "pump1", "88.5"),
+        (4000, "pump1", "97.0"),
+    ]
+    .iter()
+    .map(|(t, asset, v)| {
+        let payload = format!("{{\"value\": {v}}}");
+        serde_json::json!({"t_ms": t, "topic": format!("site/demo/{asset}/reading"), "payload": payload}).to_string()
+            + "\n"
+    })
+    .collect::<String>();
     let readme = format!(
         r#"# {name}
 
