@@ -218,6 +218,60 @@ impl AgentApi for Api {
         result(self.lifecycle.shadow(&dir).await)
     }
 
+    type StreamEventsStream = Feed<pb::AgentEvent>;
+
+    async fn stream_events(
+        &self,
+        req: Request<pb::StreamEventsRequest>,
+    ) -> Result<Response<Self::StreamEventsStream>, Status> {
+        let service = req.into_inner().service;
+        let needle = format!("\"service\":\"{service}\"");
+        Ok(Response::new(feed(
+            crate::events::subscribe_events(),
+            move |e| {
+                (service.is_empty() || e.json.contains(&needle))
+                    .then_some(pb::AgentEvent { topic: e.topic, json: e.json })
+            },
+            |n| pb::AgentEvent { topic: String::new(), json: format!("{{\"event\":\"missed\",\"count\":{n}}}") },
+        )))
+    }
+
+    type StreamLogsStream = Feed<pb::LogLine>;
+
+    async fn stream_logs(
+        &self,
+        req: Request<pb::StreamLogsRequest>,
+    ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        let service = req.into_inner().service;
+        Ok(Response::new(feed(
+            crate::events::subscribe_logs(),
+            move |l| {
+                (service.is_empty() || l.service == service).then_some(pb::LogLine {
+                    ts_ms: l.ts_ms,
+                    level: l.level,
+                    service: l.service,
+                    message: l.message,
+                })
+            },
+            |n| pb::LogLine {
+                ts_ms: crate::dispatch::now_ms(),
+                level: "WARN".into(),
+                service: String::new(),
+                message: format!("{n} log lines missed (reader too slow)"),
+            },
+        )))
+    }
+
+    async fn get_kpis(&self, req: Request<pb::GetKpisRequest>) -> Result<Response<pb::KpiList>, Status> {
+        let service = req.into_inner().service;
+        let kpis = crate::events::kpis_from_metrics(&self.board.metrics().encode())
+            .into_iter()
+            .filter(|k| service.is_empty() || k.service == service)
+            .map(|k| pb::Kpi { service: k.service, name: k.name, subject: k.subject, value: k.value })
+            .collect();
+        Ok(Response::new(pb::KpiList { kpis }))
+    }
+
     async fn get_shadow_report(
         &self,
         req: Request<pb::ShadowReportRequest>,
@@ -244,6 +298,34 @@ impl AgentApi for Api {
                 .collect(),
         }))
     }
+}
+
+type Feed<T> = std::pin::Pin<Box<dyn tonic::codegen::tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
+/// A broadcast receiver as a gRPC stream; a reader that falls behind is
+/// told how many items it missed instead of being cut off.
+fn feed<T: Clone + Send + 'static, U: Send + 'static>(
+    mut rx: tokio::sync::broadcast::Receiver<T>,
+    map: impl Fn(T) -> Option<U> + Send + 'static,
+    lagged: impl Fn(u64) -> U + Send + 'static,
+) -> Feed<U> {
+    let (tx, out) = tokio::sync::mpsc::channel::<Result<U, Status>>(64);
+    tokio::spawn(async move {
+        loop {
+            let item = match rx.recv().await {
+                Ok(v) => match map(v) {
+                    Some(u) => u,
+                    None => continue,
+                },
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => lagged(n),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            };
+            if tx.send(Ok(item)).await.is_err() {
+                break; // the reader went away
+            }
+        }
+    });
+    Box::pin(tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(out))
 }
 
 /// A random token (32 bytes from the OS, hex).

@@ -22,6 +22,7 @@ pub mod config;
 pub mod contract;
 pub mod control;
 pub mod dispatch;
+pub mod events;
 pub mod host;
 pub mod http;
 pub mod manifest;

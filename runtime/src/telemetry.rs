@@ -324,9 +324,16 @@ pub fn init_tracing() {
 pub fn init_tracing_with(default_filter: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let json = std::env::var("OUTPOST_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    // Service log lines are also tapped for `outpostctl logs` (the API's StreamLogs).
+    let _ = if json {
+        builder.json().finish().with(crate::events::LogTap).try_init()
+    } else {
+        builder.finish().with(crate::events::LogTap).try_init()
+    };
 }
 
 #[cfg(test)]

@@ -391,3 +391,45 @@ impl MqttCollector {
         self.got.lock().expect("lock").iter().map(|(t, _)| t.clone()).collect()
     }
 }
+
+#[test]
+fn events_logs_and_kpis_are_served_live() {
+    let provider = Provider::new();
+    let dir = AgentDir::new();
+    let agent = start(&dir, &provider, None);
+    rt().block_on(async {
+        let mut c = connect(&agent).await;
+        let mut events =
+            c.stream_events(pb::StreamEventsRequest { service: String::new() }).await.expect("events").into_inner();
+        let mut logs =
+            c.stream_logs(pb::StreamLogsRequest { service: "testbed".into() }).await.expect("logs").into_inner();
+        client::upload(&mut c, Upload::Deploy, provider.testbed("1.0.0", None), "alice", |_, _| {})
+            .await
+            .expect("deploy");
+        let e = tokio::time::timeout(Duration::from_secs(10), events.message())
+            .await
+            .expect("an event")
+            .expect("stream")
+            .expect("item");
+        assert!(
+            e.json.contains("\"lifecycle\"") && e.json.contains("\"install\"") && e.json.contains("alice"),
+            "{e:?}"
+        );
+        // A trap: the fault event and a warning line about the service.
+        publish_all(agent.mqtt_port, &[("test/in/x", "trap".to_string())]).await;
+        let e = tokio::time::timeout(Duration::from_secs(10), events.message())
+            .await
+            .expect("an event")
+            .expect("stream")
+            .expect("item");
+        assert!(e.json.contains("instance_fault") && e.json.contains("testbed"), "{e:?}");
+        let l = tokio::time::timeout(Duration::from_secs(10), logs.message())
+            .await
+            .expect("a log line")
+            .expect("stream")
+            .expect("item");
+        assert_eq!(l.service, "testbed", "{l:?}");
+        let kpis = c.get_kpis(pb::GetKpisRequest { service: "testbed".into() }).await.expect("kpis").into_inner();
+        assert!(kpis.kpis.iter().all(|k| k.service == "testbed"), "{kpis:?}");
+    });
+}

@@ -66,6 +66,22 @@ pub enum Manage {
     Abort { service: String },
     /// Run the package's version on a copy of live traffic, outputs held aside.
     Shadow { package: PathBuf },
+    /// Follow the agent's events (faults, dead letters, rollbacks, lifecycle changes).
+    Events {
+        /// Only this service's events.
+        service: Option<String>,
+        /// Stop after this many.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Follow log lines about services.
+    Logs {
+        service: Option<String>,
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Every service's KPIs as last reported.
+    Kpis { service: Option<String> },
     /// How the shadow's outputs differ from the serving version's, per topic.
     ShadowReport {
         service: String,
@@ -115,6 +131,61 @@ pub async fn run(target: Target, cmd: Manage) -> anyhow::Result<()> {
             c.abort_canary(pb::ServiceRef { name: service }).await.map_err(client::ClientError::from)?.into_inner()
         }
         Manage::Shadow { package } => upload(&mut c, Upload::Shadow, &package, &approver(None)).await?,
+        Manage::Events { service, count } => {
+            let mut stream = c
+                .stream_events(pb::StreamEventsRequest { service: service.unwrap_or_default() })
+                .await
+                .map_err(client::ClientError::from)?
+                .into_inner();
+            let mut n = 0;
+            while let Some(e) = stream.message().await.map_err(client::ClientError::from)? {
+                println!(
+                    "{}",
+                    if target.json { serde_json::to_string(&e)? } else { format!("{} {}", e.topic, e.json) }
+                );
+                n += 1;
+                if count.is_some_and(|c| n >= c) {
+                    break;
+                }
+            }
+            return Ok(());
+        }
+        Manage::Logs { service, count } => {
+            let mut stream = c
+                .stream_logs(pb::StreamLogsRequest { service: service.unwrap_or_default() })
+                .await
+                .map_err(client::ClientError::from)?
+                .into_inner();
+            let mut n = 0;
+            while let Some(l) = stream.message().await.map_err(client::ClientError::from)? {
+                if target.json {
+                    println!("{}", serde_json::to_string(&l)?);
+                } else {
+                    println!("{} {:<5} {}: {}", l.ts_ms, l.level, l.service, l.message);
+                }
+                n += 1;
+                if count.is_some_and(|c| n >= c) {
+                    break;
+                }
+            }
+            return Ok(());
+        }
+        Manage::Kpis { service } => {
+            let list = c
+                .get_kpis(pb::GetKpisRequest { service: service.unwrap_or_default() })
+                .await
+                .map_err(client::ClientError::from)?
+                .into_inner();
+            if target.json {
+                println!("{}", serde_json::to_string(&list)?);
+            } else {
+                println!("{:<20} {:<28} {:<12} {:>14}", "SERVICE", "KPI", "SUBJECT", "VALUE");
+                for k in &list.kpis {
+                    println!("{:<20} {:<28} {:<12} {:>14.4}", k.service, k.name, k.subject, k.value);
+                }
+            }
+            return Ok(());
+        }
         Manage::ShadowReport { service, stop } => {
             let r = c
                 .get_shadow_report(pb::ShadowReportRequest { name: service, stop })
