@@ -186,8 +186,13 @@ impl Lifecycle {
             .flatten()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        log.push(serde_json::json!({"ts_ms": crate::dispatch::now_ms(), "action": action, "service": outcome.service,
-            "version": outcome.version, "approved_by": approved_by}));
+        let entry = serde_json::json!({"ts_ms": crate::dispatch::now_ms(), "action": action, "service": outcome.service,
+            "version": outcome.version, "approved_by": approved_by});
+        crate::events::raise(
+            &format!("outpost/{}/events", self.cfg.gateway),
+            &serde_json::json!({"event": "lifecycle", "detail": entry}).to_string(),
+        );
+        log.push(entry);
         let excess = log.len().saturating_sub(1000);
         log.drain(..excess);
         let written = serde_json::to_vec(&log)
