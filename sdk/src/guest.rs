@@ -60,7 +60,11 @@ mod exports {
     pub fn tick<S: Service>(now_ms: u64) -> Result<(), ServiceErrorWit> {
         with_service::<S>(|s| s.tick(now_ms))
     }
+
+    pub fn migrate<S: Service>(from_version: &str) -> Result<(), ServiceErrorWit> {
+        with_service::<S>(|s| s.migrate(from_version))
+    }
 }
 
 #[cfg(target_family = "wasm")]
-pub use exports::{handle, init, tick};
+pub use exports::{handle, init, migrate, tick};

@@ -2,7 +2,7 @@
 //!
 //! The same service code runs two ways:
 //! - compiled to `wasm32-wasip2`, the macro exports it as a component of the
-//!   world `outpost:service@1.0.0` (see `sdk/wit/`), and the free functions in
+//!   world `outpost:service@1.1.0` (see `sdk/wit/`), and the free functions in
 //!   [`host`] call the agent's imports;
 //! - compiled natively, [`testing::Harness`] drives it in plain `cargo test`,
 //!   and [`host`] records into an in-memory fake of the agent.
@@ -16,7 +16,7 @@ pub mod testing;
 pub mod guest;
 
 /// The WIT world version this SDK builds against.
-pub const WORLD: &str = "outpost:service@1.0.0";
+pub const WORLD: &str = "outpost:service@1.1.0";
 
 /// One message from the bus.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,10 +76,21 @@ pub trait Service: Sized + 'static {
     fn tick(&mut self, _now_ms: u64) -> Result<(), ServiceError> {
         Ok(())
     }
+
+    /// Takes over the state of the version this one replaces (since
+    /// `outpost:service@1.1.0`). Called once on an upgrade, on the new
+    /// version's first instance after `init` and before any message, with
+    /// the old version's number (its service.toml `version`). Read the old
+    /// keys with [`host::state_get`] and write the new ones: the writes
+    /// commit only if this returns `Ok`, and an error refuses the upgrade
+    /// (the old version keeps serving). Not called on a first install.
+    fn migrate(&mut self, _from_version: &str) -> Result<(), ServiceError> {
+        Ok(())
+    }
 }
 
-/// Exports a [`Service`] implementation as the component's `init`, `handle`
-/// and `tick`. Compiles to nothing on native targets, so the same crate is
+/// Exports a [`Service`] implementation as the component's `init`, `handle`,
+/// `tick` and `migrate`. Compiles to nothing on native targets, so the same crate is
 /// testable with [`testing::Harness`].
 #[macro_export]
 macro_rules! export_service {
@@ -100,6 +111,11 @@ macro_rules! export_service {
                 }
                 fn tick(now_ms: u64) -> ::std::result::Result<(), $crate::guest::bindings::ServiceErrorWit> {
                     $crate::guest::tick::<$service>(now_ms)
+                }
+                fn migrate(
+                    from_version: ::std::string::String,
+                ) -> ::std::result::Result<(), $crate::guest::bindings::ServiceErrorWit> {
+                    $crate::guest::migrate::<$service>(&from_version)
                 }
             }
     $crate::guest::bindings::__export_outpost_world!(OutpostExport with_types_in $crate::guest::bindings);

@@ -86,6 +86,13 @@ impl<S: Service> Harness<S> {
         self.service.tick(now_ms)
     }
 
+    /// Runs `migrate` as the agent does on an upgrade from `from_version`
+    /// (the fake state is kept as the old version left it; writes are not
+    /// rolled back on an error here).
+    pub fn migrate(&mut self, from_version: &str) -> Result<(), ServiceError> {
+        self.service.migrate(from_version)
+    }
+
     /// Takes everything published so far.
     pub fn take_published(&mut self) -> Vec<(String, Vec<u8>)> {
         with_fake(|h| std::mem::take(&mut h.published))

@@ -225,7 +225,16 @@ impl Dispatcher {
     /// old version by itself.
     pub fn upgrade(&mut self, def: ServiceDef, probation: Option<(Duration, u64)>) -> Result<(), LifecycleError> {
         let s = self.find(def.name()).ok_or_else(|| LifecycleError::Unknown(def.name().to_owned()))?;
-        let deployment = self.deploy_strict(Arc::new(def))?;
+        let mut deployment = self.deploy_strict(Arc::new(def))?;
+        // State handover (outpost:service@1.1.0 `migrate`): once, before the
+        // swap; its writes commit only if it succeeds, else v-old keeps serving.
+        let from = self.services[s].current.def.version().to_owned();
+        if let Some(Health::Running(first)) = deployment.instances.first_mut().map(|i| &mut i.health) {
+            first.migrate(&from).map_err(|e| LifecycleError::Refused {
+                service: deployment.def.name().to_owned(),
+                message: format!("{} refused to migrate the state of {from}: {e}", deployment.def.version()),
+            })?;
+        }
         let slot = &mut self.services[s];
         // A running canary or shadow belongs to the version being replaced.
         if let Some(c) = slot.canary.take() {

@@ -13,6 +13,12 @@ pub trait Instance: Send {
     /// Hands a batch over; returns what it published.
     fn handle(&mut self, batch: &[Envelope]) -> Result<CallOutput, CallError>;
     fn tick(&mut self, now_ms: u64) -> Result<CallOutput, CallError>;
+    /// Called once on the first instance of a new version before it takes
+    /// traffic, with the version it replaces, so it can convert that
+    /// version's state. Nothing to do by default.
+    fn migrate(&mut self, _from_version: &str) -> Result<CallOutput, CallError> {
+        Ok(CallOutput::default())
+    }
 }
 
 /// Starts instances of one version of a service.
@@ -53,5 +59,9 @@ impl Instance for ServiceInstance {
 
     fn tick(&mut self, now_ms: u64) -> Result<CallOutput, CallError> {
         ServiceInstance::tick(self, now_ms)
+    }
+
+    fn migrate(&mut self, from_version: &str) -> Result<CallOutput, CallError> {
+        ServiceInstance::migrate(self, from_version)
     }
 }

@@ -28,26 +28,50 @@ pub fn check_component_bytes(bytes: &[u8]) -> Result<(), String> {
     }
 }
 
+/// The `outpost:service` versions this agent hosts, oldest first. 1.1.0
+/// added the optional `migrate` export and changed no interface.
+pub const HOSTED_VERSIONS: [&str; 2] = ["1.0.0", "1.1.0"];
+
+/// What the contract check learnt about a component.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContractInfo {
+    /// The newest `outpost:service` version it imports (1.0.0 when it imports
+    /// none: it then uses nothing newer).
+    pub wit_version: semver::Version,
+    /// It exports `migrate` (1.1.0).
+    pub migrate: bool,
+}
+
+fn hosted() -> String {
+    HOSTED_VERSIONS.iter().map(|v| format!("outpost:service@{v}")).collect::<Vec<_>>().join(" and ")
+}
+
 /// Compares the component's imports and exports with the world.
-pub fn check_contract(engine: &Engine, component: &Component) -> Result<(), String> {
+pub fn check_contract(engine: &Engine, component: &Component) -> Result<ContractInfo, String> {
     let ty = component.component_type();
     let mut problems = Vec::new();
+    let newest = semver::Version::parse(HOSTED_VERSIONS[HOSTED_VERSIONS.len() - 1]).expect("hosted version");
+    let mut wit_version = semver::Version::new(1, 0, 0);
     for (name, item) in ty.imports(engine) {
         if let Some(rest) = name.strip_prefix("outpost:service/") {
             let (iface, version) = rest.split_once('@').unwrap_or((rest, ""));
-            let (_, ours) = SUPPORTED_WORLD.split_once('@').unwrap_or(("", ""));
-            let major = |v: &str| v.split('.').next().map(str::to_owned);
-            if version.is_empty() || major(version) != major(ours) {
-                problems.push(format!(
-                    "imports {name}, built for outpost:service@{} but this agent provides {SUPPORTED_WORLD}",
-                    if version.is_empty() { "(unversioned)" } else { version }
-                ));
-            } else if !OUTPOST_INTERFACES.contains(&iface) {
-                problems
-                    .push(format!("imports unknown interface {name}; {SUPPORTED_WORLD} has {OUTPOST_INTERFACES:?}"));
+            match semver::Version::parse(version) {
+                Ok(v) if v.major == newest.major && v <= newest => {
+                    if !OUTPOST_INTERFACES.contains(&iface) {
+                        problems.push(format!(
+                            "imports unknown interface {name}; {SUPPORTED_WORLD} has {OUTPOST_INTERFACES:?}"
+                        ));
+                    }
+                    wit_version = wit_version.max(v);
+                }
+                _ => problems.push(format!(
+                    "imports {name}, built for outpost:service@{} but this agent provides {}",
+                    if version.is_empty() { "(unversioned)" } else { version },
+                    hosted()
+                )),
             }
         } else if name.starts_with("outpost:") {
-            problems.push(format!("imports {name}, which this agent does not provide (it hosts {SUPPORTED_WORLD})"));
+            problems.push(format!("imports {name}, which this agent does not provide (it hosts {})", hosted()));
         } else if !name.starts_with("wasi:") {
             problems.push(format!("imports {name}, which this agent does not provide"));
         }
@@ -67,16 +91,48 @@ pub fn check_contract(engine: &Engine, component: &Component) -> Result<(), Stri
             )),
         }
     }
+    let migrate = match exports.iter().find(|(n, _)| n == "migrate") {
+        Some((_, true)) => true,
+        Some((_, false)) => {
+            problems.push("exports `migrate` but not as a function".into());
+            false
+        }
+        None => false,
+    };
     if problems.is_empty() {
-        Ok(())
+        Ok(ContractInfo { wit_version, migrate })
     } else {
         Err(problems.join("; "))
+    }
+}
+
+/// A manifest's `world` must name the component's WIT version or a newer
+/// one of the same major (a 1.0.0 component may say 1.1.0, not the reverse).
+pub fn check_world_matches(manifest_world: &str, component: &semver::Version) -> Result<(), String> {
+    let declared = manifest_world.split_once('@').and_then(|(_, v)| semver::Version::parse(v).ok());
+    match declared {
+        Some(d) if d.major == component.major && *component <= d => Ok(()),
+        _ => Err(format!(
+            "the component is built against outpost:service@{component} but its service.toml says world = \"{manifest_world}\"; \
+             set world = \"outpost:service@{component}\" (or rebuild the component against {manifest_world})"
+        )),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn manifest_world_may_be_newer_not_older() {
+        let v10 = semver::Version::new(1, 0, 0);
+        let v11 = semver::Version::new(1, 1, 0);
+        assert!(check_world_matches("outpost:service@1.0.0", &v10).is_ok());
+        assert!(check_world_matches("outpost:service@1.1.0", &v10).is_ok());
+        assert!(check_world_matches("outpost:service@1.1.0", &v11).is_ok());
+        let err = check_world_matches("outpost:service@1.0.0", &v11).unwrap_err();
+        assert!(err.contains("outpost:service@1.1.0") && err.contains("outpost:service@1.0.0"), "{err}");
+    }
 
     #[test]
     fn headers_are_told_apart() {

@@ -2,9 +2,9 @@
 //! per-call deadline. A fault poisons only this instance.
 
 use super::bindings::outpost::service::types::{Message, ServiceError};
-use super::bindings::Service;
+use super::bindings_1_0::outpost::service::types as types_1_0;
 use super::imports::{CallOutput, InstanceState, ServiceContext};
-use super::{LoadedComponent, EPOCH_TICK};
+use super::{bindings, bindings_1_0, LoadedComponent, ServicePre, EPOCH_TICK};
 use crate::manifest::Manifest;
 use std::time::Duration;
 use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap};
@@ -55,6 +55,59 @@ fn describe(e: &ServiceError) -> String {
     }
 }
 
+/// The instantiated exports, by world.
+enum Service {
+    V1_0(bindings_1_0::Service),
+    V1_1(bindings::Service),
+}
+
+fn from_1_0(e: types_1_0::ServiceError) -> ServiceError {
+    match e {
+        types_1_0::ServiceError::BadInput(m) => ServiceError::BadInput(m),
+        types_1_0::ServiceError::BadConfig(m) => ServiceError::BadConfig(m),
+        types_1_0::ServiceError::Internal(m) => ServiceError::Internal(m),
+    }
+}
+
+type Outcome = wasmtime::Result<Result<(), ServiceError>>;
+
+impl Service {
+    fn init(&self, store: &mut Store<InstanceState>, config: &str) -> Outcome {
+        match self {
+            Service::V1_0(s) => s.call_init(store, config).map(|r| r.map_err(from_1_0)),
+            Service::V1_1(s) => s.call_init(store, config),
+        }
+    }
+
+    fn handle(&self, store: &mut Store<InstanceState>, batch: &[Message<'_>]) -> Outcome {
+        match self {
+            Service::V1_0(s) => {
+                let batch: Vec<types_1_0::Message<'_>> = batch
+                    .iter()
+                    .map(|m| types_1_0::Message { topic: m.topic, payload: m.payload, received_ms: m.received_ms })
+                    .collect();
+                s.call_handle(store, &batch).map(|r| r.map_err(from_1_0))
+            }
+            Service::V1_1(s) => s.call_handle(store, batch),
+        }
+    }
+
+    fn tick(&self, store: &mut Store<InstanceState>, now_ms: u64) -> Outcome {
+        match self {
+            Service::V1_0(s) => s.call_tick(store, now_ms).map(|r| r.map_err(from_1_0)),
+            Service::V1_1(s) => s.call_tick(store, now_ms),
+        }
+    }
+
+    /// A component without `migrate` takes the state over as it is.
+    fn migrate(&self, store: &mut Store<InstanceState>, from_version: &str) -> Outcome {
+        match self {
+            Service::V1_0(_) => Ok(Ok(())),
+            Service::V1_1(s) => s.call_migrate(store, from_version),
+        }
+    }
+}
+
 pub struct ServiceInstance {
     store: Store<InstanceState>,
     service: Service,
@@ -82,27 +135,45 @@ impl ServiceInstance {
         let deadline_ticks = manifest.limits.call_deadline_ms.div_ceil(tick) + 1;
         store.set_epoch_deadline(deadline_ticks);
         store.epoch_deadline_trap();
-        let service = loaded.pre.instantiate(&mut store).map_err(fault)?;
+        let service = match &loaded.pre {
+            ServicePre::V1_0(pre) => Service::V1_0(pre.instantiate(&mut store).map_err(fault)?),
+            ServicePre::V1_1(pre) => Service::V1_1(pre.instantiate(&mut store).map_err(fault)?),
+        };
         let mut instance = ServiceInstance { store, service, deadline_ticks };
-        instance.call(|s, store| s.call_init(store, config_json))?;
+        instance.call(|s, store| s.init(store, config_json))?;
         instance.store.data_mut().output = CallOutput::default();
         Ok(instance)
     }
 
     /// Hands a batch to the service; returns what it published.
     pub fn handle(&mut self, batch: &[Message]) -> Result<CallOutput, CallError> {
-        self.call(|s, store| s.call_handle(store, batch))
+        self.call(|s, store| s.handle(store, batch))
     }
 
     pub fn tick(&mut self, now_ms: u64) -> Result<CallOutput, CallError> {
-        self.call(|s, store| s.call_tick(store, now_ms))
+        self.call(|s, store| s.tick(store, now_ms))
+    }
+
+    /// Lets a new version convert the state `from_version` left (1.1.0
+    /// `migrate`; a no-op for a component without it). Its writes commit
+    /// only if it returns ok; any error (bad-input and bad-config too) is
+    /// returned as a failed call.
+    pub fn migrate(&mut self, from_version: &str) -> Result<CallOutput, CallError> {
+        self.call(|s, store| {
+            s.migrate(store, from_version).map(|r| r.map_err(|e| ServiceError::Internal(describe(&e))))
+        })
+    }
+
+    /// The component exports `migrate` (built against 1.1.0 with it).
+    pub fn has_migrate(&self) -> bool {
+        matches!(self.service, Service::V1_1(_))
     }
 
     /// Runs one export under the deadline; commits state writes only if the
     /// call returned normally, so a fault leaves state as it was.
     fn call(
         &mut self,
-        f: impl FnOnce(&Service, &mut Store<InstanceState>) -> wasmtime::Result<Result<(), ServiceError>>,
+        f: impl FnOnce(&Service, &mut Store<InstanceState>) -> Outcome,
     ) -> Result<CallOutput, CallError> {
         self.store.set_epoch_deadline(self.deadline_ticks);
         let result = f(&self.service, &mut self.store);

@@ -7,7 +7,7 @@ mod contract;
 mod imports;
 mod instance;
 
-pub use contract::{check_component_bytes, check_contract};
+pub use contract::{check_component_bytes, check_contract, check_world_matches, ContractInfo, HOSTED_VERSIONS};
 pub use imports::{CallOutput, InstanceState, ServiceContext};
 pub use instance::{CallError, FaultKind, ServiceInstance};
 
@@ -23,12 +23,25 @@ use std::time::Duration;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-/// Generated from `sdk/wit/service.wit`, the single source of truth.
+/// Generated from `sdk/wit/service.wit` (`outpost:service@1.1.0`), the
+/// single source of truth. The linker holds these imports only: a 1.0.0
+/// component's `outpost:service/*@1.0.0` imports resolve to them by semver
+/// (1.1.0 changed no interface, it added the `migrate` export).
 pub(crate) mod bindings {
     wasmtime::component::bindgen!({
         path: "../sdk/wit",
         world: "service",
         // Batches are lowered straight from the queued messages, no copies.
+        ownership: Borrowing { duplicate_if_necessary: true },
+    });
+}
+
+/// Generated from `sdk/wit-1.0.0/service.wit` (frozen): the exports of a
+/// component without `migrate` (built against 1.0.0, or 1.1.0 without it).
+pub(crate) mod bindings_1_0 {
+    wasmtime::component::bindgen!({
+        path: "../sdk/wit-1.0.0",
+        world: "service",
         ownership: Borrowing { duplicate_if_necessary: true },
     });
 }
@@ -241,7 +254,7 @@ impl HostEngine {
             Some(dir) => self.compile_cached(wasm_path, bytes, &digest, dir)?,
             None => self.compile(wasm_path, bytes)?,
         };
-        check_contract(&self.engine, &component).map_err(|message| LoadError::Contract {
+        let info = check_contract(&self.engine, &component).map_err(|message| LoadError::Contract {
             path: wasm_path.to_owned(),
             world: crate::manifest::SUPPORTED_WORLD.into(),
             message,
@@ -256,12 +269,18 @@ impl HostEngine {
             world: crate::manifest::SUPPORTED_WORLD.into(),
             message: format!("{e:#}"),
         })?;
-        let pre = bindings::ServicePre::new(pre).map_err(|e| LoadError::Contract {
+        let contract_error = |e: wasmtime::Error| LoadError::Contract {
             path: wasm_path.to_owned(),
             world: crate::manifest::SUPPORTED_WORLD.into(),
             message: format!("{e:#}"),
-        })?;
-        Ok(LoadedComponent { pre, digest, capability_imports })
+        };
+        // The exports decide the bindings: `migrate` means the 1.1.0 world.
+        let pre = if info.migrate {
+            ServicePre::V1_1(bindings::ServicePre::new(pre).map_err(contract_error)?)
+        } else {
+            ServicePre::V1_0(bindings_1_0::ServicePre::new(pre).map_err(contract_error)?)
+        };
+        Ok(LoadedComponent { pre, digest, capability_imports, wit_version: info.wit_version })
     }
 
     fn compile(&self, path: &Path, bytes: &[u8]) -> Result<Component, LoadError> {
@@ -322,6 +341,11 @@ impl HostEngine {
         // The component's path is not known here; the manifest's id names it.
         check_capabilities(loaded, manifest, Path::new(&manifest.id()))
             .map_err(|e| CallError::Service(format!("refused by the host: {e}")))?;
+        // Named, not refused yet: `outpostctl new` still writes 1.0.0 into
+        // the service.toml of crates built with the 1.1.0 SDK.
+        if let Err(e) = check_world_matches(&manifest.service.world, &loaded.wit_version) {
+            tracing::warn!(service = %manifest.id(), "{e}");
+        }
         ServiceInstance::start(&self.engine, loaded, manifest, context, config_json)
     }
 }
@@ -332,10 +356,21 @@ impl Drop for HostEngine {
     }
 }
 
+/// Pre-linked exports, by the world the component implements.
+#[derive(Clone)]
+pub(crate) enum ServicePre {
+    /// `init`, `handle`, `tick` (built against 1.0.0, or 1.1.0 without `migrate`).
+    V1_0(bindings_1_0::ServicePre<InstanceState>),
+    /// 1.1.0 with `migrate`.
+    V1_1(bindings::ServicePre<InstanceState>),
+}
+
 /// A compiled, contract-checked component ready to instantiate.
 #[derive(Clone)]
 pub struct LoadedComponent {
-    pub(crate) pre: bindings::ServicePre<InstanceState>,
+    pub(crate) pre: ServicePre,
+    /// The newest `outpost:service` version the component imports.
+    pub wit_version: semver::Version,
     /// sha256 of the component bytes.
     pub digest: String,
     /// Imports that need a declared WASI capability (see [`check_capabilities`]).
@@ -345,6 +380,14 @@ pub struct LoadedComponent {
 impl LoadedComponent {
     /// The compiled component (benchmarks compare against raw wasmtime with it).
     pub fn component(&self) -> &Component {
-        self.pre.instance_pre().component()
+        match &self.pre {
+            ServicePre::V1_0(p) => p.instance_pre().component(),
+            ServicePre::V1_1(p) => p.instance_pre().component(),
+        }
+    }
+
+    /// The component exports `migrate` (1.1.0).
+    pub fn has_migrate(&self) -> bool {
+        matches!(self.pre, ServicePre::V1_1(_))
     }
 }

@@ -1,0 +1,163 @@
+//! State handover across versions (`outpost:service@1.1.0`): an upgrade
+//! calls the new version's `migrate` with the old version's number before it
+//! takes traffic; a failing `migrate` refuses the upgrade and the old version
+//! keeps serving on untouched state; a component built against 1.0.0 (no
+//! `migrate`) still loads and runs.
+
+use outpost::client::{self, Upload};
+use outpost::host::{EngineOptions, HostEngine};
+use outpost_proto::agent::v1 as pb;
+use outpost_tests::*;
+use std::path::Path;
+use std::time::Duration;
+
+/// A trusted key of the test guests' provider.
+struct Provider {
+    key: outpost_package::SigningKey,
+    trust: tempfile::TempDir,
+}
+
+impl Provider {
+    fn new() -> Provider {
+        let keys = tempfile::tempdir().expect("tempdir");
+        let trust = tempfile::tempdir().expect("tempdir");
+        let generated = outpost_package::keygen(keys.path(), "outpost-tests").expect("keygen");
+        std::fs::copy(&generated.public_path, trust.path().join("outpost-tests.pub")).expect("trust the key");
+        let key = outpost_package::ProviderSigningKey::load(&generated.private_path).expect("load key").key;
+        Provider { key, trust }
+    }
+
+    /// A test package signed, with `edits` (from, to) applied to its manifest.
+    fn package(&self, name: &str, edits: &[(&str, &str)]) -> Vec<u8> {
+        let dir = test_package(name);
+        let mut manifest = std::fs::read_to_string(dir.join("service.toml")).expect("manifest");
+        for (from, to) in edits {
+            assert!(manifest.contains(from), "{from} not in {name}'s manifest");
+            manifest = manifest.replace(from, to);
+        }
+        let wasm = std::fs::read(dir.join("service.wasm")).expect("component");
+        outpost_package::pack(manifest.as_bytes(), &wasm, Some(&self.key)).expect("pack")
+    }
+
+    /// The migrating guest as `version`, storing its counter as `format`.
+    fn migrating(&self, version: &str, format: &str, fail_migrate: bool) -> Vec<u8> {
+        let fail = format!("fail_migrate = {fail_migrate}");
+        let format = format!("format = \"{format}\"");
+        let version = format!("version = \"{version}\"");
+        self.package(
+            "migrating",
+            &[("version = \"1.0.0\"", &version), ("format = \"text\"", &format), ("fail_migrate = false", &fail)],
+        )
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+async fn connect(agent: &TestAgent) -> client::Client {
+    let token = client::read_token(&agent.dir.join("state/api.token")).expect("token");
+    client::connect(&format!("http://127.0.0.1:{}", agent.api_port), &token).await.expect("connect")
+}
+
+fn start(dir: &AgentDir, provider: &Provider) -> TestAgent {
+    TestAgent::start_with(dir, None, &format!("trust_dir = \"{}\"\n", provider.trust.path().display()), "")
+}
+
+/// Publishes `n` messages one by one, each after the previous output arrived
+/// (so every count is its own call), and returns the last payload seen.
+fn feed(agent: &TestAgent, sub: &Subscriber, topic: &str, n: usize) -> Vec<(String, String)> {
+    for _ in 0..n {
+        let before = sub.received().len();
+        publish_bytes(agent.mqtt_port, topic, b"x");
+        let got = sub.wait_until(Duration::from_secs(10), |r| r.len() > before);
+        assert!(got.len() > before, "no output for {topic}; so far {got:?}");
+    }
+    sub.received()
+}
+
+fn last(received: &[(String, String)]) -> &str {
+    received.last().map(|(_, p)| p.as_str()).unwrap_or("")
+}
+
+fn serving(c: &mut client::Client, rt: &tokio::runtime::Runtime) -> String {
+    let list = rt.block_on(c.list_services(pb::ListServicesRequest {})).expect("list").into_inner();
+    list.services[0].version.clone()
+}
+
+#[test]
+fn upgrade_migrates_the_state_and_the_new_version_counts_on() {
+    let provider = Provider::new();
+    let dir = AgentDir::new();
+    let agent = start(&dir, &provider);
+    let sub = Subscriber::start(agent.mqtt_port, &["mig/out/#"]);
+    let rt = rt();
+    let mut c = rt.block_on(connect(&agent));
+    rt.block_on(client::upload(&mut c, Upload::Deploy, provider.migrating("1.0.0", "text", false), "t", |_, _| {}))
+        .expect("deploy v1");
+    let got = feed(&agent, &sub, "mig/in/a", 3);
+    assert_eq!(last(&got), "text:3", "{got:?}");
+
+    rt.block_on(client::upload(&mut c, Upload::Upgrade, provider.migrating("2.0.0", "json", false), "t", |_, _| {}))
+        .expect("upgrade to v2 (migrate converts text to JSON)");
+    assert_eq!(serving(&mut c, &rt), "2.0.0");
+    // v2 reads only JSON: it counts on from 3 because migrate converted it.
+    let got = feed(&agent, &sub, "mig/in/a", 2);
+    assert_eq!(last(&got), "json:5", "{got:?}");
+    assert!(!got.iter().any(|(_, p)| p.starts_with("json:1")), "v2 started from scratch: {got:?}");
+}
+
+#[test]
+fn a_failing_migrate_refuses_the_upgrade_and_the_old_version_keeps_serving() {
+    let provider = Provider::new();
+    let dir = AgentDir::new();
+    let agent = start(&dir, &provider);
+    let sub = Subscriber::start(agent.mqtt_port, &["mig/out/#"]);
+    let rt = rt();
+    let mut c = rt.block_on(connect(&agent));
+    rt.block_on(client::upload(&mut c, Upload::Deploy, provider.migrating("1.0.0", "text", false), "t", |_, _| {}))
+        .expect("deploy v1");
+    let got = feed(&agent, &sub, "mig/in/a", 2);
+    assert_eq!(last(&got), "text:2", "{got:?}");
+
+    let err = rt
+        .block_on(client::upload(&mut c, Upload::Upgrade, provider.migrating("2.0.0", "json", true), "t", |_, _| {}))
+        .expect_err("a failing migrate refuses the upgrade")
+        .to_string();
+    assert!(
+        err.contains("2.0.0") && err.contains("1.0.0") && err.contains("cannot convert the state of 1.0.0"),
+        "the error names both versions and the service's message: {err}"
+    );
+    assert_eq!(serving(&mut c, &rt), "1.0.0");
+    // v1 serves on, on state the failed migrate did not touch.
+    let got = feed(&agent, &sub, "mig/in/a", 1);
+    assert_eq!(last(&got), "text:3", "{got:?}");
+}
+
+#[test]
+fn a_1_0_component_still_loads_and_runs() {
+    // Told apart by its exports: no `migrate`, imports outpost:service@1.0.0.
+    let host = HostEngine::new(&EngineOptions { pooling: false, max_instances: 2 }).expect("engine");
+    for (name, version, migrate) in [("legacy-1-0", "1.0.0", false), ("migrating", "1.1.0", true)] {
+        let wasm = std::fs::read(test_package(name).join("service.wasm")).expect("component");
+        let loaded = host.load(Path::new("service.wasm"), &wasm, None).expect(name);
+        assert_eq!((loaded.wit_version.to_string(), loaded.has_migrate()), (version.to_owned(), migrate), "{name}");
+    }
+
+    let provider = Provider::new();
+    let dir = AgentDir::new();
+    let agent = start(&dir, &provider);
+    let sub = Subscriber::start(agent.mqtt_port, &["legacy/out/#"]);
+    let rt = rt();
+    let mut c = rt.block_on(connect(&agent));
+    rt.block_on(client::upload(&mut c, Upload::Deploy, provider.package("legacy-1-0", &[]), "t", |_, _| {}))
+        .expect("a 1.0.0 component deploys");
+    let got = feed(&agent, &sub, "legacy/in/a", 2);
+    assert_eq!(last(&got), "legacy:2", "{got:?}");
+    // Upgrading a 1.0.0 component (no migrate) takes the state over as is.
+    let v2 = provider.package("legacy-1-0", &[("version = \"1.0.0\"", "version = \"1.0.1\"")]);
+    rt.block_on(client::upload(&mut c, Upload::Upgrade, v2, "t", |_, _| {})).expect("upgrade without migrate");
+    assert_eq!(serving(&mut c, &rt), "1.0.1");
+    let got = feed(&agent, &sub, "legacy/in/a", 1);
+    assert_eq!(last(&got), "legacy:3", "{got:?}");
+}
