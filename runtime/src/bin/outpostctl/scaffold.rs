@@ -99,6 +99,21 @@ fn toml_str(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
 }
 
+/// The world the SDK at `sdk` builds components against (`package
+/// outpost:service@X;` in its `wit/service.wit`), so the manifest names what
+/// the component will import; this outpostctl's own SDK's when unreadable.
+fn sdk_world(sdk: &Path) -> String {
+    std::fs::read_to_string(sdk.join("wit/service.wit"))
+        .ok()
+        .and_then(|wit| {
+            wit.lines().find_map(|l| {
+                let rest = l.trim().strip_prefix("package ")?.trim_end_matches(';').trim();
+                rest.starts_with("outpost:service@").then(|| rest.to_owned())
+            })
+        })
+        .unwrap_or_else(|| outpost_sdk::WORLD.to_owned())
+}
+
 fn files(name: &str, provider: &str, sdk: &Path) -> Vec<(&'static str, String)> {
     let lib = name.replace('-', "_");
     let type_name: String = name
@@ -141,7 +156,7 @@ toml = "0.8"
 name = {name_q}
 version = "0.1.0"
 provider = {provider_q}
-world = "outpost:service@1.0.0"
+world = {world_q}
 description = "Mean of each asset's recent readings, flagged above a limit."
 
 [bus]
@@ -170,6 +185,7 @@ readings_per_call = {{ unit = "1", better = "higher" }}
 "#,
         name_q = toml_str(name),
         provider_q = toml_str(provider),
+        world_q = toml_str(&sdk_world(sdk)),
     );
     let lib_rs = format!(
         r##"//! {name}: the mean of each asset's last `window` readings, published on
@@ -421,6 +437,21 @@ mod tests {
         for bad in ["", "Pump", "2pump", "pump_", "pump-", "a b", "pump/x"] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_manifest_names_the_sdks_world() {
+        let sdk = Path::new(BUILT_SDK);
+        assert_eq!(sdk_world(sdk), outpost_sdk::WORLD, "this checkout's SDK and WIT agree");
+        let other = tempfile_dir();
+        std::fs::create_dir_all(other.join("wit")).expect("mkdir");
+        std::fs::write(other.join("wit/service.wit"), "// x\npackage outpost:service@1.7.2;\n").expect("write");
+        assert_eq!(sdk_world(&other), "outpost:service@1.7.2");
+        let _ = std::fs::remove_dir_all(&other);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        std::env::temp_dir().join(format!("outpostctl-scaffold-test-{}", std::process::id()))
     }
 
     #[test]
