@@ -293,3 +293,39 @@ fn the_plugins_contracts_are_compatible_with_each_other() {
         ]
     );
 }
+
+/// The L-Town windows the leak-detection crate's own tests simulate (WNTR),
+/// cached under `$OUTPOST_DATA/battledim`.
+fn ltown(name: &str) -> std::path::PathBuf {
+    let root = std::env::var("OUTPOST_DATA").unwrap_or_else(|_| "/var/tmp/outpost-data".into());
+    let path = Path::new(&root).join("battledim").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test -p leak-detection --test ltown_windows` simulates it",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn leak_alarms_hold_their_declared_schema() {
+    use leak_detection::{replay, LeakDetection};
+    const NET: &str = "site/ci/ltown";
+    let manifest = plugin_manifest("leak-detection");
+    let mut h = Harness::<LeakDetection>::with_acl("{}", &["svc/leak-detection/+/alarm"]).expect("init");
+    h.send(&format!("{NET}/leak-model"), std::fs::read(ltown("ci-leak-model.json")).expect("model")).expect("model");
+    let (from, to) = ("2019-01-02 00:00", "2019-01-11 23:55");
+    h.send(&format!("{NET}/calibrate"), format!("{{\"start\":\"{from}\",\"end\":\"{to}\"}}")).expect("calibrate");
+    for dir in ["ci-leakfree-cal", "ci-eval-p523"] {
+        let steps = replay::load_dir(&ltown(dir), None, None).expect("SCADA csv");
+        for chunk in steps.chunks(12) {
+            let batch = chunk
+                .iter()
+                .map(|s| outpost_sdk::Message::new(format!("{NET}/scada"), s.payload.clone().into_bytes()))
+                .collect();
+            h.send_batch(batch).expect("handle");
+        }
+    }
+    let counts = check_outputs(&manifest, &h.take_published());
+    assert!(counts.get("svc/leak-detection/+/alarm").is_some_and(|n| *n >= 2), "{counts:?}");
+}
