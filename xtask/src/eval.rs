@@ -102,7 +102,7 @@ fn leakdb(args: &[String]) -> Result<()> {
 
 /// Seeds `leak-eval` reports (never used while choosing settings) and the seeds the settings
 /// were chosen on; keep equal to `eval/src/bin/leak-eval.rs`.
-const LEAK_REPORT_SEEDS: [&str; 3] = ["7301", "7302", "7303"];
+const LEAK_REPORT_SEEDS: [&str; 6] = ["7301", "7302", "7303", "7304", "7305", "7306"];
 const LEAK_TUNING_SEEDS: [&str; 2] = ["2020", "2021"];
 
 /// The BattLeDIM protocol: per seed a 2018 historical run (calibration, labels) and a 2019
