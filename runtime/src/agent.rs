@@ -117,8 +117,17 @@ impl Agent {
         );
         let (commands_tx, commands_rx) = mpsc::unbounded_channel::<CommandEnvelope>();
         let (notices_tx, mut notices_rx) = mpsc::unbounded_channel::<Notice>();
-        let lifecycle =
-            Arc::new(Lifecycle::new(cfg.clone(), host.clone(), state.clone(), metrics.clone(), commands_tx, desired));
+        let hub = crate::events::Hub::default();
+        dispatcher.set_events(hub.clone());
+        let lifecycle = Arc::new(Lifecycle::new(
+            cfg.clone(),
+            host.clone(),
+            state.clone(),
+            metrics.clone(),
+            commands_tx,
+            desired,
+            hub.clone(),
+        )?);
         {
             let lifecycle = lifecycle.clone();
             tokio::spawn(async move {
@@ -135,7 +144,7 @@ impl Agent {
         if let Some(addr) = cfg.api.listen {
             let token = crate::api::load_or_create_token(&cfg.token_file())
                 .map_err(|e| AgentError::Api { addr: addr.to_string(), message: e })?;
-            crate::api::serve(addr, board.clone(), lifecycle.clone(), token)
+            crate::api::serve(addr, board.clone(), lifecycle.clone(), hub.clone(), token)
                 .await
                 .map_err(|e| AgentError::Api { addr: addr.to_string(), message: e.to_string() })?;
         }

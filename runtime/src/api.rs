@@ -17,6 +17,7 @@ pub const MAX_UPLOAD: u64 = 64 << 20;
 struct Api {
     board: StatusBoard,
     lifecycle: Arc<Lifecycle>,
+    events: crate::events::Hub,
 }
 
 impl From<&AgentStatus> for pb::AgentStatus {
@@ -227,7 +228,7 @@ impl AgentApi for Api {
         let service = req.into_inner().service;
         let needle = format!("\"service\":\"{service}\"");
         Ok(Response::new(feed(
-            crate::events::subscribe_events(),
+            self.events.subscribe(),
             move |e| {
                 (service.is_empty() || e.json.contains(&needle))
                     .then_some(pb::AgentEvent { topic: e.topic, json: e.json })
@@ -415,13 +416,14 @@ pub async fn serve(
     addr: SocketAddr,
     board: StatusBoard,
     lifecycle: Arc<Lifecycle>,
+    events: crate::events::Hub,
     token: String,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
     tracing::info!(%addr, "management API (gRPC) listening");
     let auth = BearerAuth { expected: Arc::new(token.into_bytes()) };
-    let server = AgentServer::new(Api { board, lifecycle }).max_decoding_message_size(8 << 20);
+    let server = AgentServer::new(Api { board, lifecycle, events }).max_decoding_message_size(8 << 20);
     let svc = tonic::service::interceptor::InterceptedService::new(server, auth);
     tokio::spawn(async move {
         let result = tonic::transport::Server::builder().add_service(svc).serve_with_incoming(incoming).await;

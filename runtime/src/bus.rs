@@ -20,12 +20,15 @@ use tokio::sync::Notify;
 
 /// Largest MQTT packet sent (a service's publish is capped lower).
 pub const MAX_PACKET: usize = 4 << 20;
-/// Largest MQTT packet accepted: the largest payload a manifest may accept
-/// (16 MiB) plus room for the topic. A bigger one makes the client drop the
-/// connection, and the broker would send it again on every reconnect, so
-/// the broker must refuse it first: Mosquitto `message_size_limit` (or
-/// `max_packet_size`) at most this, as the installer's mosquitto.conf sets.
-pub const MAX_INCOMING_PACKET: usize = (16 << 20) + 65_536;
+/// Largest MQTT packet accepted: the protocol's own maximum (a remaining
+/// length of 256 MiB - 1). A packet over the client's limit makes it drop
+/// the connection, and the broker would send the same message again on
+/// every reconnect, wedging the link; so the agent reads whatever a broker
+/// forwards and each service's `limits.max_payload_bytes` drops (and
+/// counts) what is too large for it. Set the broker to refuse big messages
+/// first, so the agent never has to hold one: Mosquitto
+/// `message_size_limit 16777216` (the largest payload a manifest may accept).
+pub const MAX_INCOMING_PACKET: usize = 268_435_455;
 /// A connection that stayed up this long resets the reconnect backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 /// Requests (publishes, acks) queued towards the event loop.
@@ -429,7 +432,10 @@ impl Link {
     pub async fn close(mut self, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
         let never = |_: &str| false;
+        // Acknowledgements can only come over a live connection: without
+        // one, waiting would only delay the exit.
         while tokio::time::Instant::now() < deadline
+            && self.eventloop.network.is_some()
             && (self.state.unacked_out.load(Ordering::Acquire) > 0 || self.outbox.lock().is_ok_and(|o| !o.is_empty()))
         {
             self.flush_outbox();
@@ -439,7 +445,7 @@ impl Link {
         if left > 0 {
             tracing::warn!(unacked = left, "closing MQTT link with publishes not yet acknowledged by the broker");
         }
-        if self.client.try_disconnect().is_ok() {
+        if self.eventloop.network.is_some() && self.client.try_disconnect().is_ok() {
             let _ =
                 tokio::time::timeout(Duration::from_secs(2), async { while self.eventloop.poll().await.is_ok() {} })
                     .await;

@@ -135,6 +135,10 @@ pub struct Lifecycle {
     desired: tokio::sync::Mutex<DesiredState>,
     /// Package folder of each running canary (not persisted).
     canaries: std::sync::Mutex<BTreeMap<String, PathBuf>>,
+    /// Verified packages by digest (opened once: opening clears its temp
+    /// folder). Writes are serialised: two uploads at once take turns.
+    store: Arc<tokio::sync::Mutex<outpost_package::ContentStore>>,
+    events: crate::events::Hub,
 }
 
 /// How a service was changed, for the caller.
@@ -153,8 +157,11 @@ impl Lifecycle {
         metrics: Arc<Metrics>,
         commands: mpsc::UnboundedSender<CommandEnvelope>,
         desired: DesiredState,
-    ) -> Lifecycle {
-        Lifecycle {
+        events: crate::events::Hub,
+    ) -> Result<Lifecycle, ControlError> {
+        let store = outpost_package::ContentStore::open(&cfg.state_dir.join("store"))
+            .map_err(|e| ControlError::Failed(e.to_string()))?;
+        Ok(Lifecycle {
             cfg,
             host,
             state,
@@ -162,16 +169,18 @@ impl Lifecycle {
             commands,
             desired: tokio::sync::Mutex::new(desired),
             canaries: std::sync::Mutex::new(BTreeMap::new()),
-        }
+            store: Arc::new(tokio::sync::Mutex::new(store)),
+            events,
+        })
     }
 
     /// Accepts an uploaded `.opkg`: verified against the trust store
     /// (signature, digests, trusted provider key), its manifest validated,
     /// then stored by content digest. Returns the stored package folder.
     pub async fn intake(&self, opkg: &[u8]) -> Result<PathBuf, ControlError> {
-        let cfg = self.cfg.clone();
+        let (cfg, store) = (self.cfg.clone(), self.store.clone().lock_owned().await);
         let bytes = opkg.to_vec();
-        tokio::task::spawn_blocking(move || intake(&cfg, &bytes))
+        tokio::task::spawn_blocking(move || intake(&cfg, &store, &bytes))
             .await
             .map_err(|e| ControlError::Failed(format!("package intake stopped: {e}")))?
     }
@@ -188,7 +197,7 @@ impl Lifecycle {
             .unwrap_or_default();
         let entry = serde_json::json!({"ts_ms": crate::dispatch::now_ms(), "action": action, "service": outcome.service,
             "version": outcome.version, "approved_by": approved_by});
-        crate::events::raise(
+        self.events.raise(
             &format!("outpost/{}/events", self.cfg.gateway),
             &serde_json::json!({"event": "lifecycle", "detail": entry}).to_string(),
         );
@@ -649,7 +658,7 @@ fn sync_dir(dir: &Path) {
 }
 
 /// Verifies and stores an uploaded package (see [`Lifecycle::intake`]).
-pub fn intake(cfg: &AgentConfig, opkg: &[u8]) -> Result<PathBuf, ControlError> {
+pub fn intake(cfg: &AgentConfig, store: &outpost_package::ContentStore, opkg: &[u8]) -> Result<PathBuf, ControlError> {
     let trust_dir = cfg.trust_dir();
     let trust = outpost_package::TrustStore::load(&trust_dir).map_err(|e| {
         ControlError::Invalid(format!(
@@ -661,8 +670,6 @@ pub fn intake(cfg: &AgentConfig, opkg: &[u8]) -> Result<PathBuf, ControlError> {
         outpost_package::verify("uploaded package", opkg, &trust).map_err(|e| ControlError::Invalid(e.to_string()))?;
     crate::manifest::Manifest::parse(&pkg.manifest_toml, Path::new(&pkg.label))
         .map_err(|e| ControlError::Invalid(e.to_string()))?;
-    let store = outpost_package::ContentStore::open(&cfg.state_dir.join("store"))
-        .map_err(|e| ControlError::Failed(e.to_string()))?;
     let digest = store.put(&pkg).map_err(|e| ControlError::Failed(e.to_string()))?;
     let dir = store.path_of(&digest).map_err(|e| ControlError::Failed(e.to_string()))?;
     tracing::info!(package = %pkg.label, signer = %pkg.signer, %digest, "package verified and stored");

@@ -26,9 +26,30 @@ pub struct LogLine {
     pub message: String,
 }
 
-fn events() -> &'static broadcast::Sender<AgentEvent> {
-    static TX: OnceLock<broadcast::Sender<AgentEvent>> = OnceLock::new();
-    TX.get_or_init(|| broadcast::channel(FEED_CAPACITY).0)
+/// One agent's event feed (per agent, so two agents in one process, as in
+/// tests, never see each other's events).
+#[derive(Clone)]
+pub struct Hub {
+    tx: broadcast::Sender<AgentEvent>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub { tx: broadcast::channel(FEED_CAPACITY).0 }
+    }
+}
+
+impl Hub {
+    pub fn subscribe(&self) -> broadcast::Receiver<AgentEvent> {
+        self.tx.subscribe()
+    }
+
+    /// Raises an event for API readers (if any).
+    pub fn raise(&self, topic: &str, json: &str) {
+        if self.tx.receiver_count() > 0 {
+            let _ = self.tx.send(AgentEvent { topic: topic.to_owned(), json: json.to_owned() });
+        }
+    }
 }
 
 fn logs() -> &'static broadcast::Sender<LogLine> {
@@ -36,20 +57,9 @@ fn logs() -> &'static broadcast::Sender<LogLine> {
     TX.get_or_init(|| broadcast::channel(FEED_CAPACITY).0)
 }
 
-pub fn subscribe_events() -> broadcast::Receiver<AgentEvent> {
-    events().subscribe()
-}
-
+/// Log lines are one feed per process (tracing is process-wide).
 pub fn subscribe_logs() -> broadcast::Receiver<LogLine> {
     logs().subscribe()
-}
-
-/// Raises an event for API readers (if any).
-pub fn raise(topic: &str, json: &str) {
-    let tx = events();
-    if tx.receiver_count() > 0 {
-        let _ = tx.send(AgentEvent { topic: topic.to_owned(), json: json.to_owned() });
-    }
 }
 
 /// A tracing layer that copies every event carrying a `service` field to
@@ -150,9 +160,10 @@ mod tests {
 
     #[test]
     fn events_reach_readers_and_cost_nothing_without_them() {
-        raise("outpost/gw/events", "{}"); // no reader: dropped
-        let mut rx = subscribe_events();
-        raise("outpost/gw/events", "{\"event\":\"x\"}");
+        let hub = Hub::default();
+        hub.raise("outpost/gw/events", "{}"); // no reader: dropped
+        let mut rx = hub.subscribe();
+        hub.raise("outpost/gw/events", "{\"event\":\"x\"}");
         let e = rx.try_recv().expect("event");
         assert_eq!(e.json, "{\"event\":\"x\"}");
     }

@@ -415,13 +415,20 @@ fn events_logs_and_kpis_are_served_live() {
             e.json.contains("\"lifecycle\"") && e.json.contains("\"install\"") && e.json.contains("alice"),
             "{e:?}"
         );
-        // A trap: the fault event and a warning line about the service.
-        publish_all(agent.mqtt_port, &[("test/in/x", "trap".to_string())]).await;
-        let e = tokio::time::timeout(Duration::from_secs(10), events.message())
-            .await
-            .expect("an event")
-            .expect("stream")
-            .expect("item");
+        // A trap: the fault event and a warning line about the service. The
+        // subscription of a service deployed a moment ago may still be on its
+        // way to the broker, so the trap is sent until one arrives.
+        let mut fault = None;
+        for _ in 0..20 {
+            publish_all(agent.mqtt_port, &[("test/in/x", "trap".to_string())]).await;
+            if let Ok(Ok(Some(e))) = tokio::time::timeout(Duration::from_millis(500), events.message()).await {
+                if e.json.contains("instance_fault") {
+                    fault = Some(e);
+                    break;
+                }
+            }
+        }
+        let e = fault.expect("an instance_fault event");
         assert!(e.json.contains("instance_fault") && e.json.contains("testbed"), "{e:?}");
         let l = tokio::time::timeout(Duration::from_secs(10), logs.message())
             .await
@@ -432,4 +439,92 @@ fn events_logs_and_kpis_are_served_live() {
         let kpis = c.get_kpis(pb::GetKpisRequest { service: "testbed".into() }).await.expect("kpis").into_inner();
         assert!(kpis.kpis.iter().all(|k| k.service == "testbed"), "{kpis:?}");
     });
+}
+
+/// Hostile API input: random bytes as packages, truncated and oversized
+/// uploads, odd names, two upgrades at once. Each gets a clear status, the
+/// agent keeps running, and what was installed stays as it was.
+#[test]
+fn bad_api_input_is_refused_and_changes_nothing() {
+    let provider = Provider::new();
+    let dir = AgentDir::new();
+    let agent = start(&dir, &provider, None);
+    rt().block_on(async {
+        let mut c = connect(&agent).await;
+        client::upload(&mut c, Upload::Deploy, provider.testbed("1.0.0", None), "t", |_, _| {}).await.expect("deploy");
+        let good = provider.testbed("2.0.0", None);
+        // Random bytes, and random truncations and bit flips of a good package.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |below: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % below.max(1) as u64) as usize
+        };
+        for case in 0..40 {
+            let bytes = match case % 3 {
+                0 => (0..1 + next(4096)).map(|_| next(256) as u8).collect::<Vec<u8>>(),
+                1 => good[..1 + next(good.len() - 1)].to_vec(),
+                _ => {
+                    let mut b = good.clone();
+                    let at = next(b.len());
+                    b[at] ^= 1 << next(8);
+                    b
+                }
+            };
+            let err = client::upload(&mut c, Upload::Upgrade, bytes, "fuzz", |_, _| {}).await;
+            assert!(err.is_err(), "case {case}: a damaged package was accepted");
+        }
+        // An upload that announces more than the limit is refused before it is read.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(pb::PackageChunk {
+            data: vec![0; 16],
+            total_size: 1 << 40,
+            canary_percent: 0,
+            approved_by: String::new(),
+        })
+        .await
+        .unwrap();
+        drop(tx);
+        let err = c.deploy(tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains("limit"), "{err:?}");
+        // Odd names.
+        for name in ["", "nope", "../../etc/passwd", "x\u{0}y", &"a".repeat(10_000)] {
+            let err = c.rollback(pb::ServiceRef { name: name.to_owned() }).await.unwrap_err();
+            assert!(matches!(err.code(), tonic::Code::NotFound | tonic::Code::InvalidArgument), "{name:?}: {err:?}");
+            let err = c.scale(pb::ScaleRequest { name: name.to_owned(), instances: 2 }).await.unwrap_err();
+            assert!(matches!(err.code(), tonic::Code::NotFound | tonic::Code::InvalidArgument), "{name:?}: {err:?}");
+        }
+        let err = c
+            .set_config(pb::SetConfigRequest { name: "testbed".into(), config_toml: "= broken".into() })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("not a TOML table"), "{err:?}");
+        // A canary share out of range.
+        let err =
+            client::upload(&mut c, Upload::Canary(0), good.clone(), "t", |_, _| {}).await.unwrap_err().to_string();
+        assert!(err.contains("1 to 99"), "{err}");
+        // Two upgrades at once: one applies, the other is told to retry, never both half-way.
+        let mut c2 = connect(&agent).await;
+        let v3 = provider.testbed("3.0.0", None);
+        let (a, b) = tokio::join!(
+            client::upload(&mut c, Upload::Upgrade, good.clone(), "t", |_, _| {}),
+            client::upload(&mut c2, Upload::Upgrade, v3, "t", |_, _| {})
+        );
+        let oks = [a.is_ok(), b.is_ok()].iter().filter(|x| **x).count();
+        assert!(oks >= 1, "{a:?} {b:?}");
+        for r in [&a, &b] {
+            if let Err(e) = r {
+                assert!(e.to_string().contains("in progress"), "{e}");
+            }
+        }
+        let list = c.list_services(pb::ListServicesRequest {}).await.unwrap().into_inner();
+        let version = list.services[0].version.clone();
+        assert!(version == "2.0.0" || version == "3.0.0", "{list:?}");
+        let status = agent.status().expect("status");
+        assert_eq!(status["services"][0]["version"], version.as_str(), "running = desired: {status:#}");
+    });
+    assert_eq!(agent.status().expect("status")["state"], "ready");
 }

@@ -54,8 +54,19 @@ pub fn data(rel: &str) -> PathBuf {
     workspace().join("tests/data").join(rel)
 }
 
+/// A loopback port nobody listens on now and that this process has not
+/// handed out before: parallel tests that each pick several ports could
+/// otherwise be given the same one by the kernel and reach each other.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port");
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub fn wait_for_port(port: u16, limit: Duration) -> bool {

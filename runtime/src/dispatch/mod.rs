@@ -155,6 +155,7 @@ pub struct Dispatcher {
     /// Send every output to the egress, ignoring `bus.mirror` (offline replay).
     mirror_all: bool,
     notices: Vec<Notice>,
+    events: crate::events::Hub,
 }
 
 impl Dispatcher {
@@ -175,6 +176,7 @@ impl Dispatcher {
             last_tick: Instant::now(),
             mirror_all: false,
             notices: Vec::new(),
+            events: crate::events::Hub::default(),
         }
     }
 
@@ -722,8 +724,14 @@ impl Dispatcher {
             }
         }
         for (t, body) in events {
-            self.egress.publish(&t, body.to_string().as_bytes());
+            self.emit(&t, &body.to_string());
         }
+    }
+
+    /// An agent event: on the bus, and to management API readers.
+    fn emit(&mut self, topic: &str, json: &str) {
+        self.egress.publish(topic, json.as_bytes());
+        self.events.raise(topic, json);
     }
 
     fn backoff(&self, s: usize, role: Role, i: usize) -> Duration {
@@ -775,7 +783,7 @@ impl Dispatcher {
                         tracing::error!(service = %name, %from, %to, %reason, "probation failed; rolled back");
                         let body = serde_json::json!({"event": "rolled_back", "service": name, "from": from, "to": to,
                             "reason": reason, "ts_ms": now_ms()});
-                        self.egress.publish(&format!("outpost/{}/events", self.gateway), body.to_string().as_bytes());
+                        self.emit(&format!("outpost/{}/events", self.gateway), &body.to_string());
                         self.notices.push(Notice::RolledBack { service: name, from, to, reason });
                     }
                     Err(e) => tracing::error!(service = %name, error = %e, "automatic rollback failed"),
@@ -872,6 +880,11 @@ impl Dispatcher {
                 }
             })
             .collect()
+    }
+
+    /// Where agent events go besides the bus (the API's StreamEvents).
+    pub fn set_events(&mut self, hub: crate::events::Hub) {
+        self.events = hub;
     }
 
     pub fn set_mirror_all(&mut self, on: bool) {
