@@ -300,6 +300,9 @@ struct IoLoop {
     status_topic: String,
 }
 
+// Both variants live for one loop turn on the stack; boxing the message
+// would cost an allocation per input.
+#[allow(clippy::large_enum_variant)]
 enum Wake {
     Message(Option<crate::dispatch::Inbound>),
     Command(Option<CommandEnvelope>),

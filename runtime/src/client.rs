@@ -100,10 +100,9 @@ pub async fn upload(
         })
         .collect();
     let mut sent = 0u64;
-    let stream = tokio_stream_iter(chunks.into_iter().map(move |c| {
+    let stream = tokio_stream_iter(chunks.into_iter().inspect(move |c| {
         sent += c.data.len() as u64;
         progress(sent, total);
-        c
     }));
     let reply = match kind {
         Upload::Deploy => client.deploy(stream).await,

@@ -579,6 +579,10 @@ pub fn build_def(
     let loaded = host
         .load(&pkg.wasm_path, &pkg.wasm, Some(&cfg.state_dir.join("cache")))
         .map_err(|e| ControlError::Invalid(e.to_string()))?;
+    // WASI the component imports but the manifest does not declare: refused
+    // here, before anything starts, with the line to add.
+    crate::host::check_capabilities(&loaded, &pkg.manifest, &pkg.wasm_path)
+        .map_err(|e| ControlError::Invalid(e.to_string()))?;
     let site = cfg.services.get(&name);
     let config = overrides.config.as_ref().or(site.map(|s| &s.config));
     let instances = overrides.instances.or(site.and_then(|s| s.instances)).unwrap_or(pkg.manifest.scale.instances);

@@ -326,7 +326,7 @@ impl Dispatcher {
         // Keys now owned by the canary take their queued messages along, so
         // per-key order holds across the split.
         let mut moved = Canary { deployment, percent };
-        let old = std::mem::replace(&mut slot.current.instances, Vec::new());
+        let old = std::mem::take(&mut slot.current.instances);
         let mut keep = Deployment { instances: old, ..slot.current.shell() };
         let shard_by = slot.current.def.manifest.scale.shard_by;
         for inst in &mut keep.instances {

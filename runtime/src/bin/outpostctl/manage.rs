@@ -218,7 +218,7 @@ async fn upload(c: &mut Client, kind: Upload, path: &Path, approved_by: &str) ->
     let b = bar.clone();
     let result = client::upload(c, kind, bytes, approved_by, move |sent, _| b.set_position(sent)).await;
     bar.finish_and_clear();
-    Ok(result.with_context(|| format!("{} was not applied", path.display()))?)
+    result.with_context(|| format!("{} was not applied", path.display()))
 }
 
 /// Prints what the package's version asks for beyond the installed one and
