@@ -528,3 +528,49 @@ fn bad_api_input_is_refused_and_changes_nothing() {
     });
     assert_eq!(agent.status().expect("status")["state"], "ready");
 }
+
+/// Canary and shadow through the API: a canary takes a share of the keys
+/// and is promoted; a shadow sees a copy of the traffic and its differing
+/// outputs are reported per topic without ever reaching the bus.
+#[test]
+fn canary_and_shadow_through_the_api() {
+    let provider = Provider::new();
+    let dir = AgentDir::new();
+    let agent = start(&dir, &provider, None);
+    let sub = MqttCollector::start(agent.mqtt_port, "test/out/#");
+    rt().block_on(async {
+        let mut c = connect(&agent).await;
+        client::upload(&mut c, Upload::Deploy, provider.testbed("1.0.0", None), "t", |_, _| {}).await.expect("deploy");
+        // Shadow 2.0.0 writes elsewhere: every paired output differs, none is published.
+        client::upload(&mut c, Upload::Shadow, provider.testbed("2.0.0", Some("test/out/shadow")), "t", |_, _| {})
+            .await
+            .expect("shadow");
+        let msgs: Vec<(String, String)> = (0..40).map(|i| (format!("test/in/k{i}"), format!("m{i}"))).collect();
+        publish_all(agent.mqtt_port, &msgs).await;
+        sub.wait_for(40, Duration::from_secs(10));
+        let report = c
+            .get_shadow_report(pb::ShadowReportRequest { name: "testbed".into(), stop: true })
+            .await
+            .expect("report")
+            .into_inner();
+        assert_eq!((report.live_version.as_str(), report.shadow_version.as_str()), ("1.0.0", "2.0.0"));
+        let live: u64 = report.topics.iter().map(|t| t.live).sum();
+        let shadow: u64 = report.topics.iter().map(|t| t.shadow).sum();
+        assert_eq!((live, shadow), (40, 40), "{report:?}");
+        assert!(sub.topics().iter().all(|t| !t.starts_with("test/out/shadow")), "shadow outputs stay aside");
+        // Canary 3.0.0 on 30% of the keys, then promoted.
+        client::upload(&mut c, Upload::Canary(30), provider.testbed("3.0.0", Some("test/out/canary")), "t", |_, _| {})
+            .await
+            .expect("canary");
+        let msgs: Vec<(String, String)> = (0..200).map(|i| (format!("test/in/key{i}"), format!("c{i}"))).collect();
+        publish_all(agent.mqtt_port, &msgs).await;
+        let got = sub.wait_for(240, Duration::from_secs(10));
+        let on_canary = got.iter().filter(|(t, _)| t.starts_with("test/out/canary/")).count();
+        assert!((30..=90).contains(&on_canary), "about 30% of 200 keys on the canary: {on_canary}");
+        let promoted = c.promote_canary(pb::ServiceRef { name: "testbed".into() }).await.expect("promote").into_inner();
+        assert_eq!(promoted.version, "3.0.0");
+        let list = c.list_services(pb::ListServicesRequest {}).await.unwrap().into_inner();
+        assert_eq!(list.services[0].version, "3.0.0");
+        assert_eq!(list.services[0].previous_version.as_deref(), Some("1.0.0"));
+    });
+}
