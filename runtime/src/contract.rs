@@ -391,6 +391,55 @@ mod tests {
         serde_json::from_str(FIX_REQUIRES).expect("json")
     }
 
+    fn manifest(name: &str, version: &str, publish: &str, subscribe: &str, contracts: &str) -> Manifest {
+        let text = format!(
+            "[service]\nname = \"{name}\"\nversion = \"{version}\"\nprovider = \"p\"\nworld = \"outpost:service@1.0.0\"\n\
+             [bus]\nsubscribe = [\"{subscribe}\"]\npublish = [\"{publish}\"]\n{contracts}"
+        );
+        Manifest::parse(&text, std::path::Path::new("service.toml")).expect("valid manifest")
+    }
+
+    #[test]
+    fn a_deploy_is_checked_both_ways_against_the_running_services() {
+        let schema = fix_schema().to_string();
+        let producer = |version: &str, schema: &str| {
+            let contracts =
+                format!("[contracts.publish.\"svc/pos/+/fix\"]\nversion = \"{version}\"\nschema = '''{schema}'''\n");
+            manifest("pos", version, "svc/pos/+/fix", "in/#", &contracts)
+        };
+        let consumer = manifest(
+            "traffic",
+            "1.0.0",
+            "svc/traffic/+/warning",
+            "svc/+/+/fix",
+            &format!("[contracts.subscribe.\"svc/+/+/fix\"]\nrequires = '''{FIX_REQUIRES}'''\n"),
+        );
+        let unrelated = manifest("other", "1.0.0", "svc/other/+/x", "in/#", "");
+        let v1 = producer("1.0.0", &schema);
+        assert_eq!(check_deploy(&v1, &[v1.clone(), consumer.clone(), unrelated.clone()]), Vec::<String>::new());
+        assert_eq!(check_deploy(&consumer, &[v1.clone(), unrelated.clone()]), Vec::<String>::new());
+
+        // The producer's new version against the running consumer, and the consumer against an old producer.
+        let no_mode = schema.replace(r#""required":["class","mode"]"#, r#""required":["class"]"#);
+        assert_ne!(no_mode, schema, "the schema text changed");
+        let v2 = producer("2.0.0", &no_mode);
+        let want = "svc/+/+/fix: traffic@1.0.0 requires property `mode` (integer) but pos@2.0.0 (schema 2.0.0 on \
+                    svc/pos/+/fix) does not guarantee it";
+        assert_eq!(check_deploy(&v2, &[v1.clone(), consumer.clone(), unrelated.clone()]), vec![want.to_owned()]);
+        assert_eq!(check_deploy(&consumer, &[v2, unrelated.clone()]), vec![want.to_owned()]);
+
+        // Publishing on the consumer's topic without a contract guarantees nothing.
+        let bare = manifest("pos", "3.0.0", "svc/pos/+/fix", "in/#", "");
+        assert_eq!(
+            check_deploy(&bare, &[consumer]),
+            vec![
+                "svc/+/+/fix: traffic@1.0.0 declares what it requires of it but pos@3.0.0 publishes to svc/pos/+/fix \
+                  without a contract (add [contracts.publish.\"svc/pos/+/fix\"] with its schema)"
+                    .to_owned()
+            ]
+        );
+    }
+
     #[test]
     fn a_producer_that_guarantees_more_satisfies() {
         assert_eq!(satisfies(&fix_schema(), &requires()), vec![]);
