@@ -8,7 +8,7 @@ use crate::{build_packages, cargo, done, packages_dir, run as run_cmd, step, too
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -182,6 +182,233 @@ pub fn build_bins(release: bool) -> Result<()> {
     Ok(())
 }
 
+/// Messages per second of the live-upgrade stream, spread over its keys.
+const UPGRADE_RATE: u64 = 1000;
+const UPGRADE_KEYS: usize = 4;
+
+fn count_lines(path: &Path, pred: impl Fn(&str) -> bool) -> usize {
+    std::fs::read_to_string(path).unwrap_or_default().lines().filter(|l| pred(l)).count()
+}
+
+/// Waits until `path` has a line after the first `skip` for which `pred`
+/// holds; returns how long it took.
+fn wait_for_line(path: &Path, skip: usize, limit: Duration, pred: impl Fn(&str) -> bool) -> Result<Duration> {
+    let t = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.lines().skip(skip).any(&pred) {
+            return Ok(t.elapsed());
+        }
+        if t.elapsed() > limit {
+            bail!("no such output in {} after {:?}", path.display(), limit);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The testbed service (echoes each payload to `{out}/{tail}`) as a signed
+/// package at `version`; v2 writes under test/out/v2/ so the subscriber sees
+/// which version handled each message.
+fn testbed_package(root: &Path, bin: &Path, work: &Path, key: &Path, version: &str, out: &str) -> Result<PathBuf> {
+    let src = crate::test_packages_dir(root).join("testbed");
+    let dir = work.join(format!("testbed-{version}"));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::copy(src.join("service.wasm"), dir.join("service.wasm"))?;
+    let manifest = std::fs::read_to_string(src.join("service.toml"))?
+        .replacen("version = \"0.1.0\"", &format!("version = \"{version}\""), 1)
+        .replacen("out = \"test/out\"", &format!("out = \"{out}\""), 1);
+    std::fs::write(dir.join("service.toml"), manifest)?;
+    let opkg = work.join(format!("testbed-{version}.opkg"));
+    let mut c = Command::new(bin.join("outpostctl"));
+    c.arg("package").arg(&dir).arg("--key").arg(key).arg("--out").arg(&opkg).stdout(Stdio::null());
+    run_cmd(&mut c)?;
+    Ok(opkg)
+}
+
+/// A service upgraded v1 -> v2 and rolled back through the management API
+/// (`outpostctl upgrade` / `rollback`, signed packages) while an independent
+/// client publishes a numbered QoS 1 stream over four keys; the verdict
+/// comes from what an independent subscriber received.
+fn live_upgrade(root: &Path, bin: &Path, work: &Path, api: u16, mqtt: u16, key: &Path) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    if Command::new("mosquitto_pub").arg("--help").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
+        crate::toolchain::apt_install(&["mosquitto-clients"])?;
+    }
+    let broker = format!("mqtt://127.0.0.1:{mqtt}");
+    let agent_url = format!("http://127.0.0.1:{api}");
+    let token = work.join("state/api.token");
+    let ctl = |args: &[&str]| -> Command {
+        let mut c = Command::new(bin.join("outpostctl"));
+        c.args(args).args(["--agent", &agent_url, "--token-file"]).arg(&token);
+        c
+    };
+    let v1 = testbed_package(root, bin, work, key, "1.0.0", "test/out")?;
+    let v2 = testbed_package(root, bin, work, key, "2.0.0", "test/out/v2")?;
+    println!("    signed {} and {} with the demo's provider key", v1.display(), v2.display());
+    run_cmd(ctl(&["deploy"]).arg(&v1))?;
+
+    let received = work.join("upgrade-stream.jsonl");
+    let watch = KillOnDrop(
+        Command::new(bin.join("outpostctl"))
+            .args(["watch", "--broker", &broker, "test/out/#"])
+            .stdout(std::fs::File::create(&received)?)
+            .spawn()
+            .context("cannot start outpostctl watch")?,
+    );
+    // The subscriber is in place and v1 serves once a probe comes back.
+    let t = Instant::now();
+    while count_lines(&received, |l| l.contains("test/out/probe")) == 0 {
+        if t.elapsed() > Duration::from_secs(30) {
+            bail!("testbed 1.0.0 does not answer; see {}", work.join("agent.log").display());
+        }
+        let mut p = Command::new(bin.join("outpostctl"));
+        p.args(["publish", "test/in/probe", "--broker", &broker, "--message", "{\"probe\":true}"]);
+        run_cmd(p.stdout(Stdio::null()))?;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // The publisher: mosquitto_pub, one per key, fed numbered lines at a steady pace.
+    let mut pubs = Vec::new();
+    for k in 0..UPGRADE_KEYS {
+        pubs.push(KillOnDrop(
+            Command::new("mosquitto_pub")
+                .args(["-h", "127.0.0.1", "-p", &mqtt.to_string(), "-q", "1", "-l", "-t", &format!("test/in/k{k}")])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .context("cannot start mosquitto_pub")?,
+        ));
+    }
+    let mut inputs: Vec<std::process::ChildStdin> = pubs.iter_mut().filter_map(|p| p.0.stdin.take()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let pacer = {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        std::thread::spawn(move || -> Result<usize> {
+            let start = Instant::now();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for (k, input) in inputs.iter_mut().enumerate() {
+                    writeln!(input, "{{\"key\":\"k{k}\",\"n\":{n}}}")?;
+                    input.flush()?;
+                }
+                n += 1;
+                sent.store(n as usize * UPGRADE_KEYS, Ordering::Relaxed);
+                let next = start + Duration::from_micros(n * UPGRADE_KEYS as u64 * 1_000_000 / UPGRADE_RATE);
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+            Ok(n as usize)
+        })
+    };
+    println!(
+        "    stream running: {UPGRADE_KEYS} keys, {UPGRADE_RATE} numbered QoS 1 messages/s (mosquitto_pub), \
+         subscriber outpostctl watch test/out/#"
+    );
+    std::thread::sleep(Duration::from_millis(2000));
+
+    let before = count_lines(&received, |_| true);
+    println!("    {} sent so far; outpostctl upgrade {} --yes", sent.load(Ordering::Relaxed), v2.display());
+    let t = Instant::now();
+    run_cmd(ctl(&["upgrade", "--yes"]).arg(&v2))?;
+    let rpc = t.elapsed();
+    let serving = wait_for_line(&received, before, Duration::from_secs(30), |l| l.contains("test/out/v2/"))?;
+    println!(
+        "    upgrade applied in {:.0} ms (the command, process start included); v2's first output {:.0} ms after it was issued",
+        rpc.as_secs_f64() * 1e3,
+        (serving.max(rpc)).as_secs_f64() * 1e3
+    );
+    std::thread::sleep(Duration::from_millis(2000));
+
+    let before = count_lines(&received, |_| true);
+    println!("    {} sent so far; outpostctl rollback testbed", sent.load(Ordering::Relaxed));
+    let t = Instant::now();
+    run_cmd(&mut ctl(&["rollback", "testbed"]))?;
+    let rpc = t.elapsed();
+    let serving = wait_for_line(&received, before, Duration::from_secs(30), |l| {
+        l.contains("\"test/out/k") && !l.contains("test/out/v2/")
+    })?;
+    println!(
+        "    rolled back in {:.0} ms; v1's first output {:.0} ms after the command was issued",
+        rpc.as_secs_f64() * 1e3,
+        (serving.max(rpc)).as_secs_f64() * 1e3
+    );
+    std::thread::sleep(Duration::from_millis(2000));
+
+    stop.store(true, Ordering::Relaxed);
+    let per_key = pacer.join().map_err(|_| anyhow::anyhow!("the pacer panicked"))??;
+    // Closing stdin ends each mosquitto_pub once the broker acknowledged its messages.
+    for mut p in pubs {
+        let status = p.0.wait()?;
+        if !status.success() {
+            bail!("mosquitto_pub failed ({status})");
+        }
+    }
+    let total = per_key * UPGRADE_KEYS;
+    println!("    stream stopped: {total} messages published and acknowledged; waiting for the subscriber to see them");
+    let stream_line = |l: &&str| l.contains("\"test/out/k") || l.contains("\"test/out/v2/k");
+    let (mut last, mut still) = (0, Instant::now());
+    loop {
+        let n = count_lines(&received, |l| stream_line(&l));
+        if n >= total {
+            break;
+        }
+        if n != last {
+            (last, still) = (n, Instant::now());
+        } else if still.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    drop(watch);
+
+    // The verdict, from what the subscriber actually received.
+    let text = std::fs::read_to_string(&received)?;
+    let mut seen = vec![vec![false; per_key]; UPGRADE_KEYS];
+    let mut last_n: Vec<Option<u64>> = vec![None; UPGRADE_KEYS];
+    let (mut duplicates, mut by_v2, mut in_order, mut foreign) = (0usize, 0usize, true, 0usize);
+    for line in text.lines().filter(stream_line) {
+        let v: serde_json::Value = serde_json::from_str(line).context("a line of outpostctl watch")?;
+        let (Some(k), Some(n)) = (
+            v["payload"]["key"].as_str().and_then(|k| k.strip_prefix('k')).and_then(|k| k.parse::<usize>().ok()),
+            v["payload"]["n"].as_u64(),
+        ) else {
+            foreign += 1;
+            continue;
+        };
+        let Some(slot) = seen.get_mut(k).and_then(|s| s.get_mut(n as usize)) else {
+            foreign += 1;
+            continue;
+        };
+        if *slot {
+            duplicates += 1;
+            continue;
+        }
+        *slot = true;
+        if v["topic"].as_str().is_some_and(|t| t.starts_with("test/out/v2/")) {
+            by_v2 += 1;
+        }
+        if last_n[k].is_some_and(|l| l > n) {
+            in_order = false;
+        }
+        last_n[k] = Some(n);
+    }
+    let lost = seen.iter().flatten().filter(|s| !**s).count();
+    run_cmd(&mut ctl(&["list"]))?;
+    println!(
+        "    upgrade + rollback under load: {total} messages, {lost} lost, {duplicates} duplicates, per-key order {}; \
+         {by_v2} handled by v2, {} by v1{}",
+        if in_order { "held" } else { "BROKEN" },
+        total - lost - by_v2,
+        if foreign > 0 { format!(" ({foreign} unexpected outputs)") } else { String::new() }
+    );
+    if lost > 0 || !in_order || foreign > 0 {
+        bail!("the live upgrade lost or reordered messages; the stream is in {}", received.display());
+    }
+    Ok(())
+}
+
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let speed = match args.iter().position(|a| a == "--speed") {
         Some(i) => {
@@ -206,14 +433,23 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             std::fs::copy(packages_dir(root).join(name).join(f), services.join(f))?;
         }
     }
+    // A provider key for the live upgrade below, trusted by this agent only.
+    let trust = work.join("trust");
+    std::fs::create_dir_all(&trust)?;
+    let mut keygen = Command::new(bin.join("outpostctl"));
+    keygen.arg("keygen").arg("--out").arg(work.join("keys")).args(["--name", "outpost-tests"]).stdout(Stdio::null());
+    run_cmd(&mut keygen)?;
+    let provider_key = work.join("keys/outpost-tests.key");
+    std::fs::copy(work.join("keys/outpost-tests.pub"), trust.join("outpost-tests.pub"))?;
     let (mqtt, http, api) = (free_port()?, free_port()?, free_port()?);
     let config = work.join("outpost.toml");
     std::fs::write(
         &config,
         format!(
-            "gateway = \"demo-gw\"\nsite = \"demo\"\nservices_dir = \"{}\"\nstate_dir = \"{}\"\n\n[broker]\nmode = \"embedded\"\nlisten = \"127.0.0.1:{mqtt}\"\n\n[metrics]\nlisten = \"127.0.0.1:{http}\"\n\n[api]\nlisten = \"127.0.0.1:{api}\"\n{SITE_CONFIG}",
+            "gateway = \"demo-gw\"\nsite = \"demo\"\nservices_dir = \"{}\"\nstate_dir = \"{}\"\ntrust_dir = \"{}\"\n\n[broker]\nmode = \"embedded\"\nlisten = \"127.0.0.1:{mqtt}\"\n\n[metrics]\nlisten = \"127.0.0.1:{http}\"\n\n[api]\nlisten = \"127.0.0.1:{api}\"\n{SITE_CONFIG}",
             work.join("services").display(),
-            work.join("state").display()
+            work.join("state").display(),
+            trust.display()
         ),
     )?;
     let log = std::fs::File::create(work.join("agent.log"))?;
@@ -329,6 +565,13 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         "    (truth: leaks on p257, p427, p654 and p810 have run since 2018, so they show as start-up alarms \
          against the leak-free calibration; p523 burst at 2019-01-15 23:00, about 28 m3/h)"
     );
+    done(t);
+
+    let t = step(
+        "a live upgrade: a signed service upgraded v1 -> v2 and rolled back through the management API \
+         while numbered QoS 1 messages flow",
+    );
+    live_upgrade(root, &bin, &work, api, mqtt, &provider_key)?;
     done(t);
 
     let t = step("agent metrics after the replay");
