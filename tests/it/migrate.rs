@@ -161,3 +161,20 @@ fn a_1_0_component_still_loads_and_runs() {
     let got = feed(&agent, &sub, "legacy/in/a", 1);
     assert_eq!(last(&got), "legacy:3", "{got:?}");
 }
+
+#[test]
+fn a_manifest_naming_an_older_world_than_its_component_is_refused() {
+    let provider = Provider::new();
+    let dir = AgentDir::new();
+    let agent = start(&dir, &provider);
+    let rt = rt();
+    let mut c = rt.block_on(connect(&agent));
+    // The migrating component is built against 1.1.0; its manifest says 1.0.0.
+    let pkg = provider.package("migrating", &[("outpost:service@1.1.0", "outpost:service@1.0.0")]);
+    let err =
+        rt.block_on(client::upload(&mut c, Upload::Deploy, pkg, "t", |_, _| {})).expect_err("refused").to_string();
+    assert!(err.contains("outpost:service@1.1.0") && err.contains("outpost:service@1.0.0"), "{err}");
+    // The other way round is fine: a 1.0.0 component may say 1.1.0.
+    let pkg = provider.package("legacy-1-0", &[("outpost:service@1.0.0", "outpost:service@1.1.0")]);
+    rt.block_on(client::upload(&mut c, Upload::Deploy, pkg, "t", |_, _| {})).expect("1.0.0 component, 1.1.0 manifest");
+}

@@ -341,11 +341,8 @@ impl HostEngine {
         // The component's path is not known here; the manifest's id names it.
         check_capabilities(loaded, manifest, Path::new(&manifest.id()))
             .map_err(|e| CallError::Service(format!("refused by the host: {e}")))?;
-        // Named, not refused yet: `outpostctl new` still writes 1.0.0 into
-        // the service.toml of crates built with the 1.1.0 SDK.
-        if let Err(e) = check_world_matches(&manifest.service.world, &loaded.wit_version) {
-            tracing::warn!(service = %manifest.id(), "{e}");
-        }
+        check_world_matches(&manifest.service.world, &loaded.wit_version)
+            .map_err(|e| CallError::Service(format!("refused by the host: {}: {e}", manifest.id())))?;
         ServiceInstance::start(&self.engine, loaded, manifest, context, config_json)
     }
 }
