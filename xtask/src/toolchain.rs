@@ -113,6 +113,7 @@ pub fn setup(servers: bool) -> Result<Guest> {
         }
         done(t);
         python_hydraulics()?;
+        python_grpc()?;
     }
     Ok(guest)
 }
@@ -134,6 +135,31 @@ pub fn python_hydraulics() -> Result<()> {
                 .context("cannot run python3 -m pip")?;
             if !status.success() {
                 bail!("pip install wntr six failed ({status}); install them by hand and rerun");
+            }
+        }
+        Err(e) => bail!("python3 not found ({e}); install Python 3 (Debian: apt-get install python3 python3-pip)"),
+    }
+    done(t);
+    Ok(())
+}
+
+/// grpcio and grpcio-tools (from PyPI): the Python interop test generates a
+/// client from `proto/` and drives the agent's management API with it.
+pub fn python_grpc() -> Result<()> {
+    let t = step("checking the Python gRPC client (grpcio, grpcio-tools)");
+    let has = |m: &str| {
+        Command::new("python3").args(["-c", &format!("import {m}")]).stderr(std::process::Stdio::null()).status()
+    };
+    match has("grpc, grpc_tools.protoc") {
+        Ok(s) if s.success() => println!("    present"),
+        Ok(_) => {
+            println!("    installing grpcio and grpcio-tools from PyPI");
+            let status = Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "grpcio", "grpcio-tools"])
+                .status()
+                .context("cannot run python3 -m pip")?;
+            if !status.success() {
+                bail!("pip install grpcio grpcio-tools failed ({status}); install them by hand and rerun");
             }
         }
         Err(e) => bail!("python3 not found ({e}); install Python 3 (Debian: apt-get install python3 python3-pip)"),
