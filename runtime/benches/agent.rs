@@ -850,6 +850,8 @@ struct StreamRun {
     latency_p50_us: f64,
     /// Agent queue depth read from /metrics right before the mark.
     queue_at_mark: f64,
+    /// Published but not yet seen by the subscriber at the mark.
+    in_flight_at_mark: f64,
     upgrade: Option<Swap>,
     rollback: Option<Swap>,
 }
@@ -865,8 +867,12 @@ struct Swap {
 }
 
 const UPGRADE_KEYS: usize = 4;
+/// Messages the publisher keeps in flight end to end (sent, not yet seen by
+/// the subscriber): flat out, without building an unbounded broker queue.
+const UPGRADE_WINDOW: usize = 1000;
 
-/// Publishes `n` numbered QoS 1 messages flat out over four keys through the
+/// Publishes `n` numbered QoS 1 messages flat out (at most `UPGRADE_WINDOW`
+/// unseen by the subscriber) over four keys through the
 /// agent's testbed; with `control`, upgrades to `v2` once a third has
 /// arrived and rolls back at two thirds. Counts what a subscriber received.
 async fn upgrade_stream(
@@ -886,6 +892,10 @@ async fn upgrade_stream(
     }
     let start = Instant::now();
     let sink = arrivals.clone();
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen_rx = seen.clone();
+    let published = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (published_tx, seen_pub) = (published.clone(), seen.clone());
     let receiver = tokio::spawn(async move {
         let mut unique = std::collections::HashSet::with_capacity(n);
         while unique.len() < n {
@@ -901,7 +911,9 @@ async fn upgrade_stream(
                     let num: usize = num.parse().unwrap_or(usize::MAX);
                     let sent: u128 = sent.parse().unwrap_or(0);
                     let latency_us = at.duration_since(start).as_nanos().saturating_sub(sent) as f64 / 1e3;
-                    unique.insert((key, num));
+                    if unique.insert((key, num)) {
+                        seen_rx.store(unique.len(), std::sync::atomic::Ordering::Relaxed);
+                    }
                     sink.lock().expect("lock").push(Arrival {
                         at,
                         v2: p.topic.starts_with("test/out/v2/"),
@@ -920,9 +932,13 @@ async fn upgrade_stream(
     tokio::spawn(async move { while pub_loop.poll().await.is_ok() {} });
     let publisher = tokio::spawn(async move {
         for i in 0..n {
+            while i >= seen_pub.load(std::sync::atomic::Ordering::Relaxed) + UPGRADE_WINDOW {
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
             let (key, num) = (i % UPGRADE_KEYS, i / UPGRADE_KEYS);
             let payload = format!("k{key}:{num}:{}", start.elapsed().as_nanos());
             pub_.publish(format!("test/in/k{key}"), QoS::AtLeastOnce, false, payload).await.expect("publish");
+            published_tx.store(i + 1, std::sync::atomic::Ordering::Relaxed);
         }
         pub_
     });
@@ -936,6 +952,9 @@ async fn upgrade_stream(
     // The mark: a third of the stream has arrived.
     wait_for(n / 3).await;
     let queue_at_mark = tokio::task::spawn_blocking(move || queue_depth(http)).await.unwrap_or(f64::NAN);
+    let in_flight_at_mark = published
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(seen.load(std::sync::atomic::Ordering::Relaxed)) as f64;
     let mark = Instant::now();
     let mut calls = Vec::new();
     if let Some((c, v2)) = control.as_mut() {
@@ -993,6 +1012,7 @@ async fn upgrade_stream(
         in_order,
         latency_p50_us: percentile(&mut lat, 0.5),
         queue_at_mark,
+        in_flight_at_mark,
         upgrade: calls.first().copied().map(swap),
         rollback: calls.get(1).copied().map(swap),
     }
@@ -1011,7 +1031,10 @@ fn spread(v: &[f64], prec: usize) -> (f64, String) {
 /// binary with signed packages over the management API, Mosquitto between.
 fn bench_upgrade(rows: &mut Vec<Row>, rt: &tokio::runtime::Runtime) {
     const RUNS: usize = 5;
-    println!("\n(f) live upgrade v1 -> v2 and rollback under a flat-out QoS1 stream (release agent, Mosquitto, signed packages)");
+    println!(
+        "\n(f) live upgrade v1 -> v2 and rollback under a flat-out QoS1 stream, {UPGRADE_WINDOW} in flight end to end \
+         (release agent, Mosquitto, signed packages)"
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let (_mosquitto, port) = start_mosquitto(dir.path());
     let keys = dir.path().join("keys");
@@ -1156,11 +1179,16 @@ fn bench_upgrade(rows: &mut Vec<Row>, rt: &tokio::runtime::Runtime) {
     let (_, q_up) = spread(&f(&live, &|r| r.queue_at_mark), 0);
     let (_, q_steady) = spread(&f(&steady, &|r| r.queue_at_mark), 0);
     let (_, between) = spread(&f(&live, &|r| r.upgrade.unwrap_or_default().old_after_call as f64), 0);
+    let (_, flight_up) = spread(&f(&live, &|r| r.in_flight_at_mark), 0);
+    let (_, flight_steady) = spread(&f(&steady, &|r| r.in_flight_at_mark), 0);
     row(
         rows,
         "messages in flight during the swap",
-        format!("{q_up} queued in the agent at the call; {between} v1 outputs arrived between the call and the first v2 one"),
-        format!("{q_steady} queued at the same point, steady"),
+        format!(
+            "{flight_up} published, not yet delivered at the call, {q_up} of them queued in the agent; \
+             {between} v1 outputs arrived between the call and the first v2 one"
+        ),
+        format!("{flight_steady} in flight, {q_steady} in the agent at the same point, steady"),
         "-".into(),
         "all handled (0 lost)",
     );
