@@ -110,30 +110,7 @@ fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
 }
 
-struct Provider {
-    key: outpost_package::SigningKey,
-    trust: tempfile::TempDir,
-}
-
-impl Provider {
-    fn new() -> Provider {
-        let keys = tempfile::tempdir().expect("tempdir");
-        let trust = tempfile::tempdir().expect("tempdir");
-        let g = outpost_package::keygen(keys.path(), "outpost-tests").expect("keygen");
-        std::fs::copy(&g.public_path, trust.path().join("outpost-tests.pub")).expect("trust");
-        let key = outpost_package::ProviderSigningKey::load(&g.private_path).expect("key").key;
-        Provider { key, trust }
-    }
-
-    fn testbed(&self, version: &str) -> Vec<u8> {
-        let dir = test_package("testbed");
-        let manifest = std::fs::read_to_string(dir.join("service.toml"))
-            .expect("manifest")
-            .replace("version = \"0.1.0\"", &format!("version = \"{version}\""));
-        let wasm = std::fs::read(dir.join("service.wasm")).expect("component");
-        outpost_package::pack(manifest.as_bytes(), &wasm, Some(&self.key)).expect("pack")
-    }
-}
+use outpost_tests::TrustedProvider as Provider;
 
 /// A QoS 1 subscriber with a persistent session, so what is published while
 /// it reads nothing (never here) or between its polls is kept for it.
@@ -278,8 +255,8 @@ fn sigkill_during_install_upgrade_and_rollback_converges_to_the_desired_state() 
     let dir = tempfile::tempdir().expect("tempdir");
     let mut agent = AgentProc::setup(dir.path(), m.port, provider.trust.path());
     agent.wait_ready(Duration::from_secs(60));
-    let v1 = provider.testbed("1.0.0");
-    let v2 = provider.testbed("2.0.0");
+    let v1 = provider.testbed("1.0.0", None);
+    let v2 = provider.testbed("2.0.0", None);
     let token = || client::read_token(&dir.path().join("state/api.token")).expect("token");
     let mut rng = Lcg(0xc0ffee);
     let mut outcomes: BTreeMap<&str, usize> = BTreeMap::new();

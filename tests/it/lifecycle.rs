@@ -10,39 +10,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-/// A provider key for the testbed's provider, trusted by the agent.
-struct Provider {
-    key: outpost_package::SigningKey,
-    trust: tempfile::TempDir,
-}
-
-impl Provider {
-    fn new() -> Provider {
-        let keys = tempfile::tempdir().expect("tempdir");
-        let trust = tempfile::tempdir().expect("tempdir");
-        let generated = outpost_package::keygen(keys.path(), "outpost-tests").expect("keygen");
-        std::fs::copy(&generated.public_path, trust.path().join("outpost-tests.pub")).expect("trust the key");
-        let key = outpost_package::ProviderSigningKey::load(&generated.private_path).expect("load key").key;
-        Provider { key, trust }
-    }
-
-    /// The testbed package at `version`, with `extra` TOML appended to its
-    /// manifest, signed.
-    fn testbed(&self, version: &str, config_out: Option<&str>) -> Vec<u8> {
-        let dir = test_package("testbed");
-        let mut manifest = std::fs::read_to_string(dir.join("service.toml")).expect("manifest");
-        manifest = manifest.replace("version = \"0.1.0\"", &format!("version = \"{version}\""));
-        if let Some(out) = config_out {
-            manifest = manifest.replace("out = \"test/out\"", &format!("out = \"{out}\""));
-        }
-        let wasm = std::fs::read(dir.join("service.wasm")).expect("component");
-        outpost_package::pack(manifest.as_bytes(), &wasm, Some(&self.key)).expect("pack")
-    }
-
-    fn config_line(&self) -> String {
-        format!("trust_dir = \"{}\"\n", self.trust.path().display())
-    }
-}
+use outpost_tests::TrustedProvider as Provider;
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")

@@ -13,25 +13,17 @@ use outpost_sdk::testing::Harness;
 use outpost_tests::*;
 use std::path::Path;
 
-/// A provider key for the testbed's provider, trusted by the agent.
-struct Provider {
-    key: outpost_package::SigningKey,
-    trust: tempfile::TempDir,
+use outpost_tests::TrustedProvider as Provider;
+
+/// Testbed packages with crafted manifests, for the shared test provider.
+trait Crafted {
+    fn crafted(&self, name: &str, version: &str, subscribe: &str, out: &str, contracts: &str) -> Vec<u8>;
 }
 
-impl Provider {
-    fn new() -> Provider {
-        let keys = tempfile::tempdir().expect("tempdir");
-        let trust = tempfile::tempdir().expect("tempdir");
-        let generated = outpost_package::keygen(keys.path(), "outpost-tests").expect("keygen");
-        std::fs::copy(&generated.public_path, trust.path().join("outpost-tests.pub")).expect("trust the key");
-        let key = outpost_package::ProviderSigningKey::load(&generated.private_path).expect("load key").key;
-        Provider { key, trust }
-    }
-
+impl Crafted for Provider {
     /// The testbed component as service `name` at `version`, reading
     /// `subscribe`, writing under `out`, with `contracts` appended, signed.
-    fn package(&self, name: &str, version: &str, subscribe: &str, out: &str, contracts: &str) -> Vec<u8> {
+    fn crafted(&self, name: &str, version: &str, subscribe: &str, out: &str, contracts: &str) -> Vec<u8> {
         let dir = test_package("testbed");
         let manifest = std::fs::read_to_string(dir.join("service.toml")).expect("manifest");
         for part in ["name = \"testbed\"", "version = \"0.1.0\"", "subscribe = [\"test/in/#\"]", "out = \"test/out\""] {
@@ -45,8 +37,7 @@ impl Provider {
             .replace("out = \"test/out\"", &format!("out = \"{out}\""));
         let manifest = format!("{manifest}\n{contracts}");
         Manifest::parse(&manifest, Path::new("service.toml")).expect("the crafted manifest is valid");
-        let wasm = std::fs::read(dir.join("service.wasm")).expect("component");
-        outpost_package::pack(manifest.as_bytes(), &wasm, Some(&self.key)).expect("pack")
+        self.sign(&manifest, &std::fs::read(dir.join("service.wasm")).expect("component"))
     }
 }
 
@@ -107,9 +98,9 @@ fn an_upgrade_that_breaks_a_running_consumer_is_refused_with_the_mismatch_named(
     rt().block_on(async {
         let token = client::read_token(&agent.dir.join("state/api.token")).expect("token");
         let mut c = client::connect(&format!("http://127.0.0.1:{}", agent.api_port), &token).await.expect("connect");
-        let producer = |v: &str, contracts: &str| provider.package("producer", v, "test/in/#", "test/fix", contracts);
+        let producer = |v: &str, contracts: &str| provider.crafted("producer", v, "test/in/#", "test/fix", contracts);
         let consumer =
-            |v: &str, contracts: &str| provider.package("consumer", v, "test/fix/#", "test/alert", contracts);
+            |v: &str, contracts: &str| provider.crafted("consumer", v, "test/fix/#", "test/alert", contracts);
 
         client::upload(&mut c, Upload::Deploy, producer("1.0.0", FIX_V1), "t", |_, _| {}).await.expect("producer");
         client::upload(&mut c, Upload::Deploy, consumer("1.0.0", CONSUMER), "t", |_, _| {}).await.expect("consumer");
@@ -147,7 +138,7 @@ fn an_upgrade_that_breaks_a_running_consumer_is_refused_with_the_mismatch_named(
         assert_eq!(up.version, "1.1.0");
 
         // A new consumer relying on what the running producer does not guarantee is refused at deploy.
-        let greedy = provider.package("greedy", "1.0.0", "test/fix/#", "test/greedy", GREEDY);
+        let greedy = provider.crafted("greedy", "1.0.0", "test/fix/#", "test/greedy", GREEDY);
         let text = client::upload(&mut c, Upload::Deploy, greedy, "t", |_, _| {}).await.unwrap_err().to_string();
         assert!(
             text.contains(
@@ -157,7 +148,7 @@ fn an_upgrade_that_breaks_a_running_consumer_is_refused_with_the_mismatch_named(
             "{text}"
         );
         // A producer on the consumer's topic that declares no schema guarantees nothing.
-        let bare = provider.package("producer", "3.0.0", "test/in/#", "test/fix", "");
+        let bare = provider.crafted("producer", "3.0.0", "test/in/#", "test/fix", "");
         let text = client::upload(&mut c, Upload::Upgrade, bare, "t", |_, _| {}).await.unwrap_err().to_string();
         assert!(text.contains("producer@3.0.0 publishes to test/fix/# without a contract"), "{text}");
         assert_eq!(

@@ -11,34 +11,14 @@ use outpost_tests::*;
 use std::path::Path;
 use std::time::Duration;
 
-/// A trusted key of the test guests' provider.
-struct Provider {
-    key: outpost_package::SigningKey,
-    trust: tempfile::TempDir,
+use outpost_tests::TrustedProvider as Provider;
+
+/// The migrating guest, for the shared test provider.
+trait Migrating {
+    fn migrating(&self, version: &str, format: &str, fail_migrate: bool) -> Vec<u8>;
 }
 
-impl Provider {
-    fn new() -> Provider {
-        let keys = tempfile::tempdir().expect("tempdir");
-        let trust = tempfile::tempdir().expect("tempdir");
-        let generated = outpost_package::keygen(keys.path(), "outpost-tests").expect("keygen");
-        std::fs::copy(&generated.public_path, trust.path().join("outpost-tests.pub")).expect("trust the key");
-        let key = outpost_package::ProviderSigningKey::load(&generated.private_path).expect("load key").key;
-        Provider { key, trust }
-    }
-
-    /// A test package signed, with `edits` (from, to) applied to its manifest.
-    fn package(&self, name: &str, edits: &[(&str, &str)]) -> Vec<u8> {
-        let dir = test_package(name);
-        let mut manifest = std::fs::read_to_string(dir.join("service.toml")).expect("manifest");
-        for (from, to) in edits {
-            assert!(manifest.contains(from), "{from} not in {name}'s manifest");
-            manifest = manifest.replace(from, to);
-        }
-        let wasm = std::fs::read(dir.join("service.wasm")).expect("component");
-        outpost_package::pack(manifest.as_bytes(), &wasm, Some(&self.key)).expect("pack")
-    }
-
+impl Migrating for Provider {
     /// The migrating guest as `version`, storing its counter as `format`.
     fn migrating(&self, version: &str, format: &str, fail_migrate: bool) -> Vec<u8> {
         let fail = format!("fail_migrate = {fail_migrate}");

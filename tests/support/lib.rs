@@ -625,3 +625,61 @@ impl RawMqtt {
         let _ = self.send(&[0xE0, 0]);
     }
 }
+
+/// A provider's signing key, trusted by the agents a test starts: its
+/// public key sits alone in `trust` (the agent's `trust_dir`).
+pub struct TrustedProvider {
+    pub key: outpost_package::SigningKey,
+    pub trust: tempfile::TempDir,
+}
+
+impl TrustedProvider {
+    /// The test guests' provider, `outpost-tests`.
+    pub fn new() -> TrustedProvider {
+        let keys = tempfile::tempdir().expect("tempdir");
+        let trust = tempfile::tempdir().expect("tempdir");
+        let generated = outpost_package::keygen(keys.path(), "outpost-tests").expect("keygen");
+        std::fs::copy(&generated.public_path, trust.path().join("outpost-tests.pub")).expect("trust the key");
+        let key = outpost_package::ProviderSigningKey::load(&generated.private_path).expect("load key").key;
+        TrustedProvider { key, trust }
+    }
+
+    /// `trust_dir = "..."`, a top-level line of the agent's config.
+    pub fn config_line(&self) -> String {
+        format!("trust_dir = \"{}\"\n", self.trust.path().display())
+    }
+
+    /// A signed `.opkg` of this manifest and component.
+    pub fn sign(&self, manifest: &str, wasm: &[u8]) -> Vec<u8> {
+        outpost_package::pack(manifest.as_bytes(), wasm, Some(&self.key)).expect("pack")
+    }
+
+    /// A test package (tests/guests/NAME), signed, with `edits` (from, to)
+    /// applied to its manifest; each `from` must be there.
+    pub fn package(&self, name: &str, edits: &[(&str, &str)]) -> Vec<u8> {
+        let dir = test_package(name);
+        let mut manifest = std::fs::read_to_string(dir.join("service.toml")).expect("manifest");
+        for (from, to) in edits {
+            assert!(manifest.contains(from), "{from} not in {name}'s manifest:\n{manifest}");
+            manifest = manifest.replace(from, to);
+        }
+        self.sign(&manifest, &std::fs::read(dir.join("service.wasm")).expect("component"))
+    }
+
+    /// The testbed as `version`, writing under `out` when given.
+    pub fn testbed(&self, version: &str, out: Option<&str>) -> Vec<u8> {
+        let version = format!("version = \"{version}\"");
+        let out = out.map(|o| format!("out = \"{o}\""));
+        let mut edits = vec![("version = \"0.1.0\"", version.as_str())];
+        if let Some(o) = &out {
+            edits.push(("out = \"test/out\"", o.as_str()));
+        }
+        self.package("testbed", &edits)
+    }
+}
+
+impl Default for TrustedProvider {
+    fn default() -> Self {
+        Self::new()
+    }
+}
