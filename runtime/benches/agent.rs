@@ -976,7 +976,7 @@ async fn upgrade_stream(
     let got = arrivals.lock().expect("lock").clone();
 
     let mut per_key: Vec<Vec<bool>> = vec![vec![false; n / UPGRADE_KEYS + 1]; UPGRADE_KEYS];
-    let mut last = vec![None::<usize>; UPGRADE_KEYS];
+    let mut last = [None::<usize>; UPGRADE_KEYS];
     let (mut duplicates, mut in_order) = (0, true);
     for a in &got {
         let Some(seen) = per_key.get_mut(a.key).and_then(|k| k.get_mut(a.n)) else { continue };
