@@ -163,7 +163,7 @@ fn publisher(
                 let started = tokio::time::Instant::now();
                 let mut i = 0usize;
                 while !stop.load(Ordering::Relaxed) {
-                    if i % 20 == 0 {
+                    if i.is_multiple_of(20) {
                         tokio::time::sleep_until(started + Duration::from_micros(i as u64 * 1_000_000 / per_sec)).await;
                     }
                     let (k, n) = (i % keys, i / keys);

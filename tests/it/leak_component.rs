@@ -67,7 +67,7 @@ fn scada_lines(dir: &Path, out: &mut impl Write) {
         ("demand_lph", read("demands.csv")),
         ("level_m", read("levels.csv")),
     ];
-    let tables: Vec<(&str, Vec<&str>, Vec<Vec<&str>>)> = groups
+    let tables: Vec<Table> = groups
         .iter()
         .map(|(k, text)| {
             let mut lines = text.lines();
@@ -90,6 +90,9 @@ fn scada_lines(dir: &Path, out: &mut impl Write) {
         writeln!(out, "{}", Value::Object(msg)).unwrap();
     }
 }
+
+/// A group of SCADA sensors: its kind, its sensor names, and one row of readings per step.
+type Table<'a> = (&'a str, Vec<&'a str>, Vec<Vec<&'a str>>);
 
 fn outpostctl_run(pkg: &Path, input: &Path, topic: &str, extra: &[&str], state: &Path) -> Vec<Value> {
     let out = Command::new(binary("outpostctl"))
@@ -131,7 +134,9 @@ fn the_component_finds_the_p523_leak_against_ground_truth() {
     assert!(out.is_empty(), "nothing published for a model: {out:?}");
 
     // 2. The SCADA: calibration days, then the leak window; the window is site config.
-    let scada = tmp.path().join("scada.jsonl");
+    // One SCADA message per line on --topic: not a `.jsonl` name, which
+    // `outpostctl run` reads as a recording (each line with its own topic).
+    let scada = tmp.path().join("scada.lines");
     let mut f = std::io::BufWriter::new(std::fs::File::create(&scada).unwrap());
     scada_lines(&cal, &mut f);
     scada_lines(&leak, &mut f);
