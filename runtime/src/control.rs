@@ -590,7 +590,7 @@ pub fn build_def(
         service: name.as_str().into(),
         publish_acl: pkg.manifest.bus.publish.clone().into(),
         state: Some(state.clone()),
-        metrics: metrics.service(&name),
+        metrics: metrics.service_version(&name, &pkg.manifest.service.version),
     };
     Ok(ServiceDef {
         config_json: effective_config(&pkg.manifest.config, config),

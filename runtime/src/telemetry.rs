@@ -12,9 +12,12 @@ use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
+/// Per-service series carry the version too, so the old and the new
+/// version of an upgrade (or a canary beside the serving one) are told apart.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabel {
     service: String,
+    version: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -119,9 +122,14 @@ impl Metrics {
         Arc::new(Metrics { registry: r, ..m })
     }
 
-    /// Handles for one service.
+    /// Handles for one service (no version: offline runs, checks, benches).
     pub fn service(self: &Arc<Self>, service: &str) -> ServiceMetrics {
-        let l = ServiceLabel { service: service.to_owned() };
+        self.service_version(service, "")
+    }
+
+    /// Handles for one version of a service.
+    pub fn service_version(self: &Arc<Self>, service: &str, version: &str) -> ServiceMetrics {
+        let l = ServiceLabel { service: service.to_owned(), version: version.to_owned() };
         ServiceMetrics {
             name: service.into(),
             messages_in: self.messages_in.get_or_create(&l).clone(),
@@ -224,6 +232,13 @@ pub struct ServiceMetrics {
 }
 
 impl ServiceMetrics {
+    /// A version that stopped serving: its gauges go to zero (its counters
+    /// stay, they are history), so sums over versions stay true.
+    pub fn retire(&self) {
+        self.instances.set(0);
+        self.queue_depth.set(0);
+    }
+
     pub fn dropped(&self, reason: &str) {
         self.all.dropped.get_or_create(&DropLabel { service: self.name.to_string(), reason: reason.into() }).inc();
     }

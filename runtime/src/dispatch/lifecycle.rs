@@ -43,7 +43,9 @@ impl Dispatcher {
             let shard_by = slot.current.def.manifest.scale.shard_by;
             drain_into(c.deployment, &mut slot.current, shard_by);
         }
-        slot.shadow = None;
+        if let Some((shadow, _)) = slot.shadow.take() {
+            shadow.def.metrics.retire();
+        }
         let old = std::mem::replace(&mut slot.current, deployment);
         let previous = old.def.clone();
         let shard_by = slot.current.def.manifest.scale.shard_by;
@@ -193,7 +195,11 @@ impl Dispatcher {
             .map(|(_, r)| r.clone())
             .ok_or_else(|| LifecycleError::Refused { service: name.into(), message: "no shadow run".into() })?;
         if stop {
-            slot.shadow = None;
+            if let Some((shadow, _)) = slot.shadow.take() {
+                if shadow.def.version() != slot.current.def.version() {
+                    shadow.def.metrics.retire();
+                }
+            }
         }
         Ok(report)
     }

@@ -348,8 +348,9 @@ impl Dispatcher {
             }
         }
         for slot in &self.services {
-            let depth: usize = slot.deployments().map(|(_, d)| d.queued()).sum();
-            slot.current.def.metrics.queue_depth.set(depth as i64);
+            for (_, d) in slot.deployments() {
+                d.def.metrics.queue_depth.set(d.queued() as i64);
+            }
         }
     }
 
@@ -744,6 +745,12 @@ fn drain_into(mut from: Deployment, to: &mut Deployment, shard_by: Option<usize>
             to.push(env, shard_by);
         }
     }
+    // The version that stopped serving shows no instances any more (its
+    // counters stay); with the same version the series is the same one.
+    if from.def.version() != to.def.version() {
+        from.def.metrics.retire();
+    }
+    to.def.metrics.instances.set(to.running() as i64);
 }
 
 /// How many messages fit in one call: half the deadline at the observed

@@ -193,6 +193,24 @@ fn upgrade_moves_queued_messages_to_the_new_version_in_order() {
 }
 
 #[test]
+fn metrics_are_per_version_and_a_replaced_version_shows_no_instances() {
+    let (sink, j) = (Sink::default(), Arc::new(Journal::default()));
+    let metrics = Metrics::new();
+    let versioned = |v: &str, n: u32| ServiceDef { metrics: metrics.service_version("svc", v), ..def("svc", v, n, &j) };
+    let mut d = dispatcher(&sink);
+    let v1 = versioned("1.0.0", 2);
+    let v1_metrics = v1.metrics.clone();
+    d.install(v1).expect("install");
+    let v2 = versioned("2.0.0", 3);
+    let v2_metrics = v2.metrics.clone();
+    d.upgrade(v2, None).expect("upgrade");
+    assert_eq!((v1_metrics.instances.get(), v2_metrics.instances.get()), (0, 3));
+    let text = metrics.encode();
+    assert!(text.contains(r#"outpost_instances{service="svc",version="2.0.0"} 3"#), "{text}");
+    assert!(text.contains(r#"outpost_instances{service="svc",version="1.0.0"} 0"#), "{text}");
+}
+
+#[test]
 fn a_new_version_that_fails_to_start_leaves_the_old_one_serving() {
     let (sink, j, acked) = (Sink::default(), Arc::new(Journal::default()), Arc::new(AtomicUsize::new(0)));
     let mut d = dispatcher(&sink);
