@@ -34,6 +34,11 @@ options:
   --site ID        the site this gateway serves
   --config FILE    start from FILE instead of the default config template
                    (e.g. deploy/sites/quarry-north.toml)
+  --broker KIND    "mosquitto" (production: nothing acknowledged is lost in a
+                   crash) writes /etc/mosquitto/conf.d/outpost.conf with
+                   persistence and points a new config at it; "embedded"
+                   (default) keeps the agent's own broker, which loses what
+                   is queued in it when the agent crashes
   --no-start       install only; do not enable or start the systemd service
   -h, --help       show this help
 
@@ -60,16 +65,17 @@ gateway=
 site=
 config_src=
 no_start=0
+broker=embedded
 
 while [[ $# -gt 0 ]]; do
     opt=$1
     case $opt in
-    --prefix | --bin-dir | --packages | --gateway | --site | --config)
+    --prefix | --bin-dir | --packages | --gateway | --site | --config | --broker)
         [[ $# -ge 2 && -n $2 ]] || die "$opt needs a value (see --help)"
         val=$2
         shift 2
         ;;
-    --prefix=* | --bin-dir=* | --packages=* | --gateway=* | --site=* | --config=*)
+    --prefix=* | --bin-dir=* | --packages=* | --gateway=* | --site=* | --config=* | --broker=*)
         val=${opt#*=}
         opt=${opt%%=*}
         [[ -n $val ]] || die "$opt needs a value (see --help)"
@@ -93,8 +99,11 @@ while [[ $# -gt 0 ]]; do
     --gateway) gateway=$val ;;
     --site) site=$val ;;
     --config) config_src=$val ;;
+    --broker) broker=$val ;;
     esac
 done
+
+[[ $broker == embedded || $broker == mosquitto ]] || die "--broker '$broker' must be embedded or mosquitto"
 
 # --- where things go --------------------------------------------------------
 
@@ -239,6 +248,10 @@ else
     sed_args=()
     [[ -z $gateway ]] || sed_args+=(-e "s|^gateway[[:space:]]*=.*|gateway = \"$gateway\"|")
     [[ -z $site ]] || sed_args+=(-e "s|^site[[:space:]]*=.*|site = \"$site\"|")
+    if [[ $broker == mosquitto ]]; then
+        # The agent connects to the local Mosquitto instead of running its own.
+        sed_args+=(-e 's|^mode[[:space:]]*=[[:space:]]*"embedded".*|mode = "external"\nurl = "mqtt://127.0.0.1:1883"|')
+    fi
     if [[ ${#sed_args[@]} -gt 0 ]]; then
         sed "${sed_args[@]}" "$template" >"$tmp_cfg"
     else
@@ -333,6 +346,33 @@ say "installing the systemd unit to $unit_dest"
 install -d -m 0755 "$(dirname -- "$unit_dest")"
 install -m 0644 "$SCRIPT_DIR/outpost.service" "$unit_dest"
 
+if [[ $broker == mosquitto ]]; then
+    # Production broker: sessions and QoS 1 messages persisted, so neither an
+    # agent crash nor a broker restart loses what a publisher was told is
+    # delivered; messages larger than any service accepts are refused at the
+    # broker, so the agent never has to hold one.
+    mq_conf=$root/etc/mosquitto/conf.d/outpost.conf
+    say "configuring Mosquitto as the gateway's broker ($mq_conf)"
+    install -d -m 0755 "$(dirname -- "$mq_conf")"
+    cat >"$mq_conf" <<'MQ'
+# Written by the Outpost installer (--broker mosquitto).
+listener 1883 127.0.0.1
+allow_anonymous true
+persistence true
+persistence_location /var/lib/mosquitto/
+autosave_interval 5
+message_size_limit 16777216
+max_queued_messages 100000
+max_inflight_messages 100
+MQ
+    chmod 0644 "$mq_conf"
+    sed -i -e 's|^After=network-online.target$|After=network-online.target mosquitto.service|' \
+        -e 's|^Wants=network-online.target$|Wants=network-online.target mosquitto.service|' "$unit_dest"
+    if [[ $system == 1 ]] && ! command -v mosquitto >/dev/null 2>&1; then
+        die "--broker mosquitto: mosquitto is not installed; apt-get install mosquitto (or install its .deb from the release media), then re-run"
+    fi
+fi
+
 install -d -m 0755 "$doc_dest" "$doc_dest/sites"
 install -m 0644 "$SCRIPT_DIR/outpost.toml" "$doc_dest/outpost.toml.example"
 [[ ! -f $SCRIPT_DIR/../README.md ]] || install -m 0644 "$SCRIPT_DIR/../README.md" "$doc_dest/README.md"
@@ -375,6 +415,10 @@ if [[ $system == 1 && $no_start == 0 && -d /run/systemd/system ]]; then
     systemctl is-active --quiet outpost && was_active=1
     say "starting the agent (systemctl enable --now outpost)"
     systemctl daemon-reload || die "systemctl daemon-reload failed (output above)"
+    if [[ $broker == mosquitto ]]; then
+        systemctl enable mosquitto && systemctl restart mosquitto ||
+            die "Mosquitto did not start with $mq_conf; see why with: journalctl -u mosquitto -n 50"
+    fi
     systemctl enable --now outpost ||
         die "systemctl could not start outpost; see why with: journalctl -u outpost -n 50"
     if [[ $was_active == 1 ]]; then

@@ -4,7 +4,7 @@
 //! to free loopback ports), healthy on `/status`, and stopped by SIGTERM
 //! with exit status 0.
 
-use outpost_tests::{free_port, http_get, wait_for_port, workspace};
+use outpost_tests::{free_port, http_get, make_world_accessible, wait_for_port, workspace};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -424,4 +424,98 @@ fn installer_fails_loudly_with_the_fix() {
         }
         Err(_) => eprintln!("shellcheck not installed; install.sh not linted"),
     }
+}
+
+/// `--broker mosquitto`: the production setup that loses nothing in a
+/// crash. The installer writes a Mosquitto config with persistence and the
+/// message size limit, points the new agent config at it, orders the unit
+/// after Mosquitto; the real Mosquitto starts with that config and the
+/// installed agent checks and serves through it.
+#[test]
+fn installer_sets_up_mosquitto_as_the_production_broker() {
+    let bins = bin_dir();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let prefix = scratch.path().join("root");
+    let prefix_s = prefix.to_str().expect("utf-8 path");
+    let args = [
+        "--prefix",
+        prefix_s,
+        "--bin-dir",
+        bins.to_str().expect("utf-8"),
+        "--site",
+        "s1",
+        "--broker",
+        "mosquitto",
+        "--no-start",
+    ];
+    let (out, _) = assert_ok(&run_installer(&args), "install.sh --broker mosquitto");
+    assert!(out.contains("configuring Mosquitto"), "{out}");
+    let mq = fs::read_to_string(prefix.join("etc/mosquitto/conf.d/outpost.conf")).expect("mosquitto conf written");
+    for line in ["persistence true", "message_size_limit 16777216", "listener 1883 127.0.0.1"] {
+        assert!(mq.lines().any(|l| l == line), "{line} missing in:\n{mq}");
+    }
+    let cfg = fs::read_to_string(prefix.join("etc/outpost/outpost.toml")).expect("config");
+    assert!(cfg.contains("mode = \"external\"") && cfg.contains("url = \"mqtt://127.0.0.1:1883\""), "{cfg}");
+    let unit = fs::read_to_string(prefix.join("etc/systemd/system/outpost.service")).expect("unit");
+    assert!(unit.lines().any(|l| l.starts_with("After=") && l.contains("mosquitto.service")), "{unit}");
+    // The written Mosquitto config, on a free port and a scratch persistence
+    // folder, starts a real Mosquitto that the installed agent serves through.
+    let port = free_port();
+    // Mosquitto started as root drops to its own user: it must reach these.
+    make_world_accessible(scratch.path(), 0o755);
+    let data = scratch.path().join("mosquitto-data");
+    fs::create_dir_all(&data).expect("mkdir");
+    make_world_accessible(&data, 0o777);
+    let conf = scratch.path().join("mosquitto.conf");
+    fs::write(
+        &conf,
+        mq.replace("listener 1883 127.0.0.1", &format!("listener {port} 127.0.0.1"))
+            .replace("persistence_location /var/lib/mosquitto/", &format!("persistence_location {}/", data.display())),
+    )
+    .expect("conf");
+    make_world_accessible(&conf, 0o644);
+    let mut broker = Command::new("/usr/sbin/mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto");
+    assert!(wait_for_port(port, Duration::from_secs(10)), "mosquitto did not start with the installer's config");
+    let services = scratch.path().join("services");
+    fs::create_dir_all(&services).expect("mkdir");
+    let state = scratch.path().join("state");
+    let (http, api) = (free_port(), free_port());
+    let mut c = cfg.replace("url = \"mqtt://127.0.0.1:1883\"", &format!("url = \"mqtt://127.0.0.1:{port}\""));
+    c = set_key(&c, "", "services_dir", services.to_str().expect("utf-8"));
+    c = set_key(&c, "", "state_dir", state.to_str().expect("utf-8"));
+    c = set_key(&c, "metrics", "listen", &format!("127.0.0.1:{http}"));
+    c = set_key(&c, "api", "listen", &format!("127.0.0.1:{api}"));
+    let config = scratch.path().join("outpost.toml");
+    fs::write(&config, &c).expect("config");
+    let outpost = prefix.join("usr/local/bin/outpost");
+    check_config(&outpost, &config);
+    let mut agent = Command::new(&outpost)
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("outpost");
+    let start = Instant::now();
+    let mut ready = false;
+    while start.elapsed() < Duration::from_secs(60) {
+        let s = http_get(&format!("127.0.0.1:{http}"), "/status")
+            .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok());
+        if s.is_some_and(|s| s["state"] == "ready" && s["mqtt_connected"] == true) {
+            ready = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let _ = broker.kill();
+    let _ = broker.wait();
+    assert!(ready, "the installed agent did not get ready on the installer's Mosquitto");
 }
