@@ -51,6 +51,19 @@ pub struct DesiredService {
     pub removed: bool,
 }
 
+impl DesiredService {
+    /// The entry after `version` (stored at `package`) replaced this one,
+    /// which becomes the version to roll back to; scale and config carry over.
+    pub fn replaced_by(&self, version: &str, package: PathBuf) -> DesiredService {
+        DesiredService {
+            version: version.to_owned(),
+            package,
+            previous: Some(PreviousVersion { version: self.version.clone(), package: self.package.clone() }),
+            ..self.clone()
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PreviousVersion {
@@ -317,13 +330,7 @@ impl Lifecycle {
         }
         let probation = self.probation();
         self.send(Command::Upgrade { def, probation }).await?;
-        let entry = DesiredService {
-            version: version.clone(),
-            package: dir,
-            previous: Some(PreviousVersion { version: current.version.clone(), package: current.package.clone() }),
-            ..current.clone()
-        };
-        desired.services.insert(name.clone(), entry);
+        desired.services.insert(name.clone(), current.replaced_by(&version, dir));
         self.save(&desired)?;
         let outcome = Outcome { service: name, version, message: format!("upgraded from {}", current.version) };
         self.record("upgrade", &outcome, approved_by);
@@ -338,24 +345,13 @@ impl Lifecycle {
     /// Goes back to the version the last upgrade replaced.
     pub async fn rollback(&self, name: &str) -> Result<Outcome, ControlError> {
         let mut desired = self.lock().await?;
-        let current = desired
-            .services
-            .get(name)
-            .filter(|s| !s.removed)
-            .cloned()
-            .ok_or_else(|| ControlError::NotFound(format!("service '{name}' is not installed")))?;
+        let current = self.installed(&desired, name)?;
         let previous = current.previous.clone().ok_or_else(|| {
             ControlError::Conflict(format!("{name}@{} has no previous version to roll back to", current.version))
         })?;
         let def = self.prepare(&previous.package, &DesiredOverrides::of(&current)).await?;
         self.send(Command::Upgrade { def, probation: None }).await?;
-        let entry = DesiredService {
-            version: previous.version.clone(),
-            package: previous.package.clone(),
-            previous: Some(PreviousVersion { version: current.version.clone(), package: current.package.clone() }),
-            ..current.clone()
-        };
-        desired.services.insert(name.to_owned(), entry);
+        desired.services.insert(name.to_owned(), current.replaced_by(&previous.version, previous.package.clone()));
         self.save(&desired)?;
         Ok(Outcome {
             service: name.into(),
@@ -367,12 +363,7 @@ impl Lifecycle {
     /// Retires a service (its package stays in the store).
     pub async fn remove(&self, name: &str) -> Result<Outcome, ControlError> {
         let mut desired = self.lock().await?;
-        let current = desired
-            .services
-            .get(name)
-            .filter(|s| !s.removed)
-            .cloned()
-            .ok_or_else(|| ControlError::NotFound(format!("service '{name}' is not installed")))?;
+        let current = self.installed(&desired, name)?;
         let unhandled = match self.send(Command::Remove(name.into())).await? {
             Reply::Removed { unhandled } => unhandled,
             _ => 0,
@@ -444,13 +435,7 @@ impl Lifecycle {
             .ok()
             .and_then(|mut c| c.remove(name))
             .ok_or_else(|| ControlError::Failed(format!("the canary of {name} has no recorded package")))?;
-        let entry = DesiredService {
-            version: version.clone(),
-            package,
-            previous: Some(PreviousVersion { version: current.version.clone(), package: current.package.clone() }),
-            ..current.clone()
-        };
-        desired.services.insert(name.into(), entry);
+        desired.services.insert(name.into(), current.replaced_by(&version, package));
         self.save(&desired)?;
         Ok(Outcome { service: name.into(), version, message: format!("promoted over {}", current.version) })
     }
@@ -531,15 +516,7 @@ impl Lifecycle {
         let mut desired = self.desired.lock().await;
         let Some(current) = desired.services.get(&service).cloned() else { return };
         let Some(previous) = current.previous.clone().filter(|p| p.version == to) else { return };
-        desired.services.insert(
-            service.clone(),
-            DesiredService {
-                version: previous.version,
-                package: previous.package,
-                previous: Some(PreviousVersion { version: current.version, package: current.package }),
-                ..current
-            },
-        );
+        desired.services.insert(service.clone(), current.replaced_by(&previous.version, previous.package));
         if let Err(e) = self.save(&desired) {
             tracing::error!(%service, error = %e, "cannot record the automatic rollback; the agent would start the failed version again");
         }
