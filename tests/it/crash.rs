@@ -106,10 +106,6 @@ fn spawn(config: &Path, dir: &Path) -> Child {
         .expect("start outpost")
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
-}
-
 use outpost_tests::TrustedProvider as Provider;
 
 /// A QoS 1 subscriber with a persistent session, so what is published while
@@ -120,7 +116,7 @@ fn collector(port: u16, filter: &str, stop: Arc<AtomicBool>) -> (Arc<Mutex<Vec<S
     let filter = filter.to_owned();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let t = std::thread::spawn(move || {
-        rt().block_on(async move {
+        client_runtime().block_on(async move {
             let mut opts = MqttOptions::new("crash-collector", "127.0.0.1", port);
             opts.set_clean_session(false);
             let (client, mut ev) = AsyncClient::new(opts, 100);
@@ -153,7 +149,7 @@ fn publisher(
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<(BTreeSet<String>, usize)> {
     std::thread::spawn(move || {
-        rt().block_on(async move {
+        client_runtime().block_on(async move {
             let mut opts = MqttOptions::new("crash-publisher", "127.0.0.1", port);
             opts.set_inflight(50);
             let (client, mut ev) = AsyncClient::new(opts, 100);
@@ -278,7 +274,7 @@ fn sigkill_during_install_upgrade_and_rollback_converges_to_the_desired_state() 
     // compiled and cached (the first install compiles it).
     let deploy_and_remove = || {
         let t0 = Instant::now();
-        rt().block_on(async {
+        client_runtime().block_on(async {
             let mut c = client::connect(&api_of(&agent), &token()).await.expect("connect");
             client::upload(&mut c, Upload::Deploy, v1.clone(), "crash", |_, _| {}).await.expect("deploy");
             c.remove(pb::ServiceRef { name: "testbed".into() }).await.expect("remove");
@@ -294,7 +290,7 @@ fn sigkill_during_install_upgrade_and_rollback_converges_to_the_desired_state() 
     for round in 0..50u64 {
         let api = format!("http://127.0.0.1:{}", agent.api);
         // What the agent's desired state says now (the truth before the change).
-        let before = rt().block_on(async {
+        let before = client_runtime().block_on(async {
             let mut c = client::connect(&api, &token()).await.expect("connect");
             c.list_services(pb::ListServicesRequest {}).await.expect("list").into_inner()
         });
@@ -308,7 +304,7 @@ fn sigkill_during_install_upgrade_and_rollback_converges_to_the_desired_state() 
         let t = std::thread::spawn({
             let (api, token) = (api.clone(), token());
             move || {
-                rt().block_on(async move {
+                client_runtime().block_on(async move {
                     let Ok(mut c) = client::connect(&api, &token).await else { return };
                     let _ = match (action, bytes) {
                         ("deploy", Some(b)) => {
@@ -335,7 +331,7 @@ fn sigkill_during_install_upgrade_and_rollback_converges_to_the_desired_state() 
         let status = agent.wait_ready(Duration::from_secs(30));
         // The store opened (the agent started) and what runs is what the
         // desired state names: either the old or the new, never a mix.
-        let after = rt().block_on(async {
+        let after = client_runtime().block_on(async {
             let mut c = client::connect(&api_of(&agent), &token()).await.expect("connect");
             c.list_services(pb::ListServicesRequest {}).await.expect("list").into_inner()
         });

@@ -12,15 +12,6 @@ use std::time::{Duration, Instant};
 
 use outpost_tests::TrustedProvider as Provider;
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
-}
-
-async fn connect(agent: &TestAgent) -> client::Client {
-    let token = client::read_token(&agent.dir.join("state/api.token")).expect("token");
-    client::connect(&format!("http://127.0.0.1:{}", agent.api_port), &token).await.expect("connect")
-}
-
 fn start(dir: &AgentDir, provider: &Provider, external: Option<&str>) -> TestAgent {
     // Top-level keys go before the tables of the test config.
     let extra = "[lifecycle]\nprobation_s = 30\nprobation_max_faults = 3\n";
@@ -32,8 +23,8 @@ fn packages_must_be_signed_by_a_trusted_provider() {
     let provider = Provider::new();
     let dir = AgentDir::new();
     let agent = start(&dir, &provider, None);
-    rt().block_on(async {
-        let mut c = connect(&agent).await;
+    client_runtime().block_on(async {
+        let mut c = agent.api().await;
         // Unsigned.
         let dir_pkg = test_package("testbed");
         let unsigned = outpost_package::pack(
@@ -86,8 +77,8 @@ fn deploy_scale_config_rollback_and_remove_on_a_running_agent() {
     let dir = AgentDir::new();
     let agent = start(&dir, &provider, None);
     let sub = MqttCollector::start(agent.mqtt_port, "test/out/#");
-    rt().block_on(async {
-        let mut c = connect(&agent).await;
+    client_runtime().block_on(async {
+        let mut c = agent.api().await;
         client::upload(&mut c, Upload::Deploy, provider.testbed("0.1.0", None), "tech", |_, _| {})
             .await
             .expect("deploy");
@@ -150,9 +141,9 @@ fn zero_loss_upgrade(external: Option<&Mosquitto>) {
     let agent = start(&dir, &provider, url.as_deref());
     let port = external.map_or(agent.mqtt_port, |m| m.port);
     let sub = MqttCollector::start(port, "test/out/#");
-    let control = rt();
+    let control = client_runtime();
     control.block_on(async {
-        let mut c = connect(&agent).await;
+        let mut c = agent.api().await;
         client::upload(&mut c, Upload::Deploy, provider.testbed("1.0.0", None), "t", |_, _| {}).await.expect("deploy");
     });
     const KEYS: usize = 4;
@@ -163,10 +154,10 @@ fn zero_loss_upgrade(external: Option<&Mosquitto>) {
     let publisher = std::thread::spawn(move || {
         // A steady 1,500 messages/s for 4 s, so the upgrade and the
         // rollback land in the middle of the stream.
-        rt().block_on(async move { publish_paced(port, &msgs, 1500).await });
+        client_runtime().block_on(async move { publish_paced(port, &msgs, 1500).await });
     });
     control.block_on(async {
-        let mut c = connect(&agent).await;
+        let mut c = agent.api().await;
         sub.wait_for(total / 4, Duration::from_secs(30));
         // v2 writes under test/out/v2/, so the subscriber sees which version handled what.
         let up =
@@ -238,8 +229,8 @@ fn a_crash_looping_upgrade_rolls_back_by_itself() {
     let provider = Provider::new();
     let dir = AgentDir::new();
     let agent = start(&dir, &provider, None);
-    rt().block_on(async {
-        let mut c = connect(&agent).await;
+    client_runtime().block_on(async {
+        let mut c = agent.api().await;
         client::upload(&mut c, Upload::Deploy, provider.testbed("1.0.0", None), "t", |_, _| {}).await.expect("deploy");
         client::upload(&mut c, Upload::Upgrade, provider.testbed("2.0.0", None), "t", |_, _| {})
             .await
@@ -258,8 +249,8 @@ fn a_crash_looping_upgrade_rolls_back_by_itself() {
     }
     assert_eq!(agent.status().expect("status")["services"][0]["version"], "1.0.0", "rolled back on the gateway");
     // Recorded in the desired state: a restart starts 1.0.0, not the failed 2.0.0.
-    rt().block_on(async {
-        let mut c = connect(&agent).await;
+    client_runtime().block_on(async {
+        let mut c = agent.api().await;
         let list = c.list_services(pb::ListServicesRequest {}).await.unwrap().into_inner();
         assert_eq!(list.services[0].version, "1.0.0");
         assert_eq!(list.services[0].previous_version.as_deref(), Some("2.0.0"));
@@ -320,7 +311,7 @@ impl MqttCollector {
         let filter = filter.to_owned();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
-            rt().block_on(async move {
+            client_runtime().block_on(async move {
                 let mut opts = MqttOptions::new(format!("sub-{}", rand_suffix()), "127.0.0.1", port);
                 opts.set_max_packet_size(1 << 20, 1 << 20);
                 let (client, mut eventloop) = AsyncClient::new(opts, 100);
@@ -365,8 +356,8 @@ fn events_logs_and_kpis_are_served_live() {
     let provider = Provider::new();
     let dir = AgentDir::new();
     let agent = start(&dir, &provider, None);
-    rt().block_on(async {
-        let mut c = connect(&agent).await;
+    client_runtime().block_on(async {
+        let mut c = agent.api().await;
         let mut events =
             c.stream_events(pb::StreamEventsRequest { service: String::new() }).await.expect("events").into_inner();
         let mut logs =
@@ -417,8 +408,8 @@ fn bad_api_input_is_refused_and_changes_nothing() {
     let provider = Provider::new();
     let dir = AgentDir::new();
     let agent = start(&dir, &provider, None);
-    rt().block_on(async {
-        let mut c = connect(&agent).await;
+    client_runtime().block_on(async {
+        let mut c = agent.api().await;
         client::upload(&mut c, Upload::Deploy, provider.testbed("1.0.0", None), "t", |_, _| {}).await.expect("deploy");
         let good = provider.testbed("2.0.0", None);
         // Random bytes, and random truncations and bit flips of a good package.
@@ -475,7 +466,7 @@ fn bad_api_input_is_refused_and_changes_nothing() {
             client::upload(&mut c, Upload::Canary(0), good.clone(), "t", |_, _| {}).await.unwrap_err().to_string();
         assert!(err.contains("1 to 99"), "{err}");
         // Two upgrades at once: one applies, the other is told to retry, never both half-way.
-        let mut c2 = connect(&agent).await;
+        let mut c2 = agent.api().await;
         let v3 = provider.testbed("3.0.0", None);
         let (a, b) = tokio::join!(
             client::upload(&mut c, Upload::Upgrade, good.clone(), "t", |_, _| {}),
@@ -506,8 +497,8 @@ fn canary_and_shadow_through_the_api() {
     let dir = AgentDir::new();
     let agent = start(&dir, &provider, None);
     let sub = MqttCollector::start(agent.mqtt_port, "test/out/#");
-    rt().block_on(async {
-        let mut c = connect(&agent).await;
+    client_runtime().block_on(async {
+        let mut c = agent.api().await;
         client::upload(&mut c, Upload::Deploy, provider.testbed("1.0.0", None), "t", |_, _| {}).await.expect("deploy");
         // Shadow 2.0.0 writes elsewhere: every paired output differs, none is published.
         client::upload(&mut c, Upload::Shadow, provider.testbed("2.0.0", Some("test/out/shadow")), "t", |_, _| {})

@@ -80,10 +80,6 @@ const GREEDY: &str = r#"
 requires = '''{"type": "object", "required": ["heading"], "properties": {"heading": {"type": "number"}}}'''
 "#;
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
-}
-
 async fn versions(c: &mut client::Client) -> Vec<(String, String)> {
     let list = c.list_services(pb::ListServicesRequest {}).await.expect("list").into_inner();
     list.services.into_iter().map(|s| (s.name, s.version)).collect()
@@ -93,11 +89,9 @@ async fn versions(c: &mut client::Client) -> Vec<(String, String)> {
 fn an_upgrade_that_breaks_a_running_consumer_is_refused_with_the_mismatch_named() {
     let provider = Provider::new();
     let dir = AgentDir::new();
-    let top = format!("trust_dir = \"{}\"\n", provider.trust.path().display());
-    let agent = TestAgent::start_with(&dir, None, &top, "");
-    rt().block_on(async {
-        let token = client::read_token(&agent.dir.join("state/api.token")).expect("token");
-        let mut c = client::connect(&format!("http://127.0.0.1:{}", agent.api_port), &token).await.expect("connect");
+    let agent = TestAgent::start_with(&dir, None, &provider.config_line(), "");
+    client_runtime().block_on(async {
+        let mut c = agent.api().await;
         let producer = |v: &str, contracts: &str| provider.crafted("producer", v, "test/in/#", "test/fix", contracts);
         let consumer =
             |v: &str, contracts: &str| provider.crafted("consumer", v, "test/fix/#", "test/alert", contracts);

@@ -31,17 +31,8 @@ impl Migrating for Provider {
     }
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
-}
-
-async fn connect(agent: &TestAgent) -> client::Client {
-    let token = client::read_token(&agent.dir.join("state/api.token")).expect("token");
-    client::connect(&format!("http://127.0.0.1:{}", agent.api_port), &token).await.expect("connect")
-}
-
 fn start(dir: &AgentDir, provider: &Provider) -> TestAgent {
-    TestAgent::start_with(dir, None, &format!("trust_dir = \"{}\"\n", provider.trust.path().display()), "")
+    TestAgent::start_with(dir, None, &provider.config_line(), "")
 }
 
 /// Publishes `n` messages one by one, each after the previous output arrived
@@ -71,8 +62,8 @@ fn upgrade_migrates_the_state_and_the_new_version_counts_on() {
     let dir = AgentDir::new();
     let agent = start(&dir, &provider);
     let sub = Subscriber::start(agent.mqtt_port, &["mig/out/#"]);
-    let rt = rt();
-    let mut c = rt.block_on(connect(&agent));
+    let rt = client_runtime();
+    let mut c = rt.block_on(agent.api());
     rt.block_on(client::upload(&mut c, Upload::Deploy, provider.migrating("1.0.0", "text", false), "t", |_, _| {}))
         .expect("deploy v1");
     let got = feed(&agent, &sub, "mig/in/a", 3);
@@ -93,8 +84,8 @@ fn a_failing_migrate_refuses_the_upgrade_and_the_old_version_keeps_serving() {
     let dir = AgentDir::new();
     let agent = start(&dir, &provider);
     let sub = Subscriber::start(agent.mqtt_port, &["mig/out/#"]);
-    let rt = rt();
-    let mut c = rt.block_on(connect(&agent));
+    let rt = client_runtime();
+    let mut c = rt.block_on(agent.api());
     rt.block_on(client::upload(&mut c, Upload::Deploy, provider.migrating("1.0.0", "text", false), "t", |_, _| {}))
         .expect("deploy v1");
     let got = feed(&agent, &sub, "mig/in/a", 2);
@@ -128,8 +119,8 @@ fn a_1_0_component_still_loads_and_runs() {
     let dir = AgentDir::new();
     let agent = start(&dir, &provider);
     let sub = Subscriber::start(agent.mqtt_port, &["legacy/out/#"]);
-    let rt = rt();
-    let mut c = rt.block_on(connect(&agent));
+    let rt = client_runtime();
+    let mut c = rt.block_on(agent.api());
     rt.block_on(client::upload(&mut c, Upload::Deploy, provider.package("legacy-1-0", &[]), "t", |_, _| {}))
         .expect("a 1.0.0 component deploys");
     let got = feed(&agent, &sub, "legacy/in/a", 2);
@@ -147,8 +138,8 @@ fn a_manifest_naming_an_older_world_than_its_component_is_refused() {
     let provider = Provider::new();
     let dir = AgentDir::new();
     let agent = start(&dir, &provider);
-    let rt = rt();
-    let mut c = rt.block_on(connect(&agent));
+    let rt = client_runtime();
+    let mut c = rt.block_on(agent.api());
     // The migrating component is built against 1.1.0; its manifest says 1.0.0.
     let pkg = provider.package("migrating", &[("outpost:service@1.1.0", "outpost:service@1.0.0")]);
     let err =

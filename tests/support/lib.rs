@@ -421,6 +421,14 @@ impl TestAgent {
         TestAgent { mqtt_port, http_port, api_port, dir: dir.path().to_owned(), stop: Some(tx), thread: Some(thread) }
     }
 
+    /// A management API client with this agent's token.
+    pub async fn api(&self) -> outpost::client::Client {
+        let token = outpost::client::read_token(&self.dir.join("state/api.token")).expect("API token");
+        outpost::client::connect(&format!("http://127.0.0.1:{}", self.api_port), &token)
+            .await
+            .expect("connect to the API")
+    }
+
     pub fn http(&self, path: &str) -> Option<(u16, String)> {
         http_get(&format!("127.0.0.1:{}", self.http_port), path)
     }
@@ -682,4 +690,9 @@ impl Default for TrustedProvider {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// A current-thread runtime for a test's own async clients.
+pub fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
 }
