@@ -332,13 +332,14 @@ impl Dispatcher {
     /// starves MQTT keep-alive and acknowledgements.
     pub fn run_for(&mut self, budget: Option<Duration>) {
         let started = Instant::now();
+        let consumers = self.local_consumers();
         loop {
             let mut progressed = false;
-            for s in 0..self.services.len() {
+            for (s, consumers) in consumers.iter().enumerate() {
                 for role in [Role::Current, Role::Canary, Role::Shadow] {
                     let n = self.services[s].deployment(role).map_or(0, |d| d.instances.len());
                     for i in 0..n {
-                        progressed |= self.step(s, role, i);
+                        progressed |= self.step(s, role, i, consumers);
                     }
                 }
             }
@@ -354,31 +355,45 @@ impl Dispatcher {
         }
     }
 
-    /// Would a batch from service `s` overflow a local consumer's queue?
-    /// Then `s` waits (back-pressure inside the agent), and with it the
-    /// acknowledgements of its input, which in turn holds the broker back.
-    fn downstream_full(&self, s: usize) -> bool {
-        let publishes = &self.services[s].current.def.manifest.bus.publish;
-        self.services.iter().enumerate().any(|(c, slot)| {
-            c != s
-                && slot
-                    .current
-                    .def
-                    .manifest
-                    .bus
-                    .subscribe
-                    .iter()
-                    .any(|f| publishes.iter().any(|p| topic::overlap(p, f)))
-                && slot
-                    .current
-                    .instances
-                    .iter()
-                    .any(|i| i.queue.len() >= slot.current.def.manifest.limits.queue_capacity)
+    /// For each service, the other local services that subscribe to what
+    /// it publishes. Worked out once per `run_for`, not per batch: matching
+    /// filters against filters is string work the hot path need not repeat.
+    fn local_consumers(&self) -> Vec<Vec<usize>> {
+        let services = &self.services;
+        services
+            .iter()
+            .enumerate()
+            .map(|(s, producer)| {
+                let publishes = &producer.current.def.manifest.bus.publish;
+                (0..services.len())
+                    .filter(|&c| {
+                        c != s
+                            && services[c]
+                                .current
+                                .def
+                                .manifest
+                                .bus
+                                .subscribe
+                                .iter()
+                                .any(|f| publishes.iter().any(|p| topic::overlap(p, f)))
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Would a batch from a service overflow one of its local `consumers`'
+    /// queues? Then it waits (back-pressure inside the agent), and with it
+    /// the acknowledgements of its input, which in turn holds the broker back.
+    fn downstream_full(&self, consumers: &[usize]) -> bool {
+        consumers.iter().any(|&c| {
+            let current = &self.services[c].current;
+            current.instances.iter().any(|i| i.queue.len() >= current.def.manifest.limits.queue_capacity)
         })
     }
 
     /// Restarts a due instance, or hands one batch to it.
-    fn step(&mut self, s: usize, role: Role, i: usize) -> bool {
+    fn step(&mut self, s: usize, role: Role, i: usize, consumers: &[usize]) -> bool {
         let now = Instant::now();
         let max_batch = self.config.max_batch;
         let Some(dep) = self.services[s].deployment_mut(role) else { return false };
@@ -392,7 +407,7 @@ impl Dispatcher {
         if dep.instances[i].queue.is_empty() {
             return false;
         }
-        if role != Role::Shadow && self.downstream_full(s) {
+        if role != Role::Shadow && self.downstream_full(consumers) {
             return false;
         }
         let Some(dep) = self.services[s].deployment_mut(role) else { return false };
