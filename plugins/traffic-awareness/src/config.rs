@@ -7,6 +7,7 @@
 //! crate README; the defaults here equal the manifest's `[config]` (a test
 //! checks it).
 
+use crate::footprint::Footprint;
 use serde::Deserialize;
 
 /// A point given as WGS84 degrees.
@@ -17,14 +18,22 @@ pub struct LatLon {
     pub lon: f64,
 }
 
-/// Assets whose id starts with `prefix` share a radius (longest prefix wins).
+/// Assets whose id starts with `prefix` share a footprint (longest prefix wins).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AssetClass {
     pub name: String,
     pub prefix: String,
-    /// Radius of a circle around the GNSS antenna covering the machine or person, m.
-    pub radius_m: f64,
+    /// With `length_m`/`width_m`: a margin around the rectangle (default 0);
+    /// alone: a circle around the antenna covering the machine or person
+    /// (default `default_radius_m`), m.
+    #[serde(default)]
+    pub radius_m: Option<f64>,
+    /// Rectangle along the heading, centred on the antenna, m (both or neither).
+    #[serde(default)]
+    pub length_m: Option<f64>,
+    #[serde(default)]
+    pub width_m: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -81,6 +90,8 @@ pub struct Config {
     pub clear_margin_m: f64,
     #[serde(default = "d_clear_hold")]
     pub clear_hold_s: f64,
+    #[serde(default = "d_heading_min_speed")]
+    pub heading_min_speed_mps: f64,
     #[serde(default = "d_max_extrapolation")]
     pub max_extrapolation_s: f64,
     #[serde(default = "d_stale_after")]
@@ -128,6 +139,9 @@ fn d_clear_margin() -> f64 {
 }
 fn d_clear_hold() -> f64 {
     2.0
+}
+fn d_heading_min_speed() -> f64 {
+    1.0
 }
 fn d_max_extrapolation() -> f64 {
     2.0
@@ -208,6 +222,7 @@ impl Config {
         positive("clear_margin_m", self.clear_margin_m, true);
         positive("clear_hold_s", self.clear_hold_s, true);
         positive("max_extrapolation_s", self.max_extrapolation_s, true);
+        positive("heading_min_speed_mps", self.heading_min_speed_mps, false);
         positive("stale_after_s", self.stale_after_s, false);
         positive("picture_interval_s", self.picture_interval_s, false);
         positive("max_speed_mps", self.max_speed_mps, false);
@@ -249,8 +264,15 @@ impl Config {
             if c.prefix.is_empty() {
                 p.push(format!("classes[{i}] ('{}'): prefix is empty", c.name));
             }
-            if !(c.radius_m.is_finite() && c.radius_m >= 0.0 && c.radius_m <= 100.0) {
-                p.push(format!("classes[{i}] ('{}'): radius_m is {}; it must be 0 to 100", c.name, c.radius_m));
+            for (key, v) in [("radius_m", c.radius_m), ("length_m", c.length_m), ("width_m", c.width_m)] {
+                if let Some(v) = v {
+                    if !(v.is_finite() && (0.0..=100.0).contains(&v)) {
+                        p.push(format!("classes[{i}] ('{}'): {key} is {v}; it must be 0 to 100", c.name));
+                    }
+                }
+            }
+            if c.length_m.is_some() != c.width_m.is_some() {
+                p.push(format!("classes[{i}] ('{}'): give both length_m and width_m, or neither", c.name));
             }
             if self.classes[..i].iter().any(|o| o.prefix == c.prefix) {
                 p.push(format!("classes[{i}] ('{}'): prefix '{}' is used twice", c.name, c.prefix));
@@ -289,19 +311,30 @@ impl Config {
         p
     }
 
-    /// Radius of an asset: its class's (longest matching prefix) or the default.
-    pub fn radius_of(&self, asset: &str) -> (Option<usize>, f64) {
+    /// Footprint of an asset: its class's (longest matching prefix) or a
+    /// circle of the default radius.
+    pub fn footprint_of(&self, asset: &str) -> (Option<usize>, Footprint) {
         self.classes
             .iter()
             .enumerate()
             .filter(|(_, c)| asset.starts_with(&c.prefix))
             .max_by_key(|(_, c)| c.prefix.len())
-            .map_or((None, self.default_radius_m), |(i, c)| (Some(i), c.radius_m))
+            .map_or((None, Footprint::circle(self.default_radius_m)), |(i, c)| (Some(i), self.class_footprint(c)))
     }
 
-    /// The largest radius any asset can have, m.
+    fn class_footprint(&self, c: &AssetClass) -> Footprint {
+        match (c.length_m, c.width_m) {
+            (Some(length), Some(width)) => Footprint { length, width, radius: c.radius_m.unwrap_or(0.0) },
+            _ => Footprint::circle(c.radius_m.unwrap_or(self.default_radius_m)),
+        }
+    }
+
+    /// The largest covering radius any asset can have, m (sizes the grid).
     pub fn max_radius(&self) -> f64 {
-        self.classes.iter().map(|c| c.radius_m).fold(self.default_radius_m, f64::max)
+        self.classes
+            .iter()
+            .map(|c| self.class_footprint(c).covering_radius())
+            .fold(self.default_radius_m, f64::max)
     }
 }
 
@@ -334,15 +367,21 @@ mod tests {
     }
 
     #[test]
-    fn longest_prefix_gives_the_radius() {
+    fn longest_prefix_gives_the_footprint() {
         let c = Config::parse(
             r#"{"classes": [{"name": "truck", "prefix": "t", "radius_m": 4},
-                            {"name": "haul", "prefix": "th", "radius_m": 7}]}"#,
+                            {"name": "haul", "prefix": "th", "length_m": 12, "width_m": 5},
+                            {"name": "tag", "prefix": "tag"}]}"#,
         )
         .expect("ok");
-        assert_eq!(c.radius_of("th-1"), (Some(1), 7.0));
-        assert_eq!(c.radius_of("t-1"), (Some(0), 4.0));
-        assert_eq!(c.radius_of("p-1"), (None, 2.5));
-        assert_eq!(c.max_radius(), 7.0);
+        assert_eq!(c.footprint_of("th-1"), (Some(1), Footprint { length: 12.0, width: 5.0, radius: 0.0 }));
+        assert_eq!(c.footprint_of("t-1"), (Some(0), Footprint::circle(4.0)));
+        assert_eq!(c.footprint_of("tag-1"), (Some(2), Footprint::circle(2.5)));
+        assert_eq!(c.footprint_of("p-1"), (None, Footprint::circle(2.5)));
+        assert_eq!(c.max_radius(), 6.5);
+        let e = Config::parse(r#"{"classes": [{"name": "x", "prefix": "x", "length_m": 3, "width_m": -1},
+                                              {"name": "y", "prefix": "y", "length_m": 3}]}"#)
+        .expect_err("bad");
+        assert!(e.contains("width_m is -1") && e.contains("both length_m and width_m"), "{e}");
     }
 }

@@ -9,8 +9,11 @@
 //! - time to reach a separation `D`: 0 if `|dp| <= D` already, else the
 //!   first root of `|dv|² t² + 2 (dp·dv) t + |dp|² - D² = 0` when the
 //!   pair approaches (`dp·dv < 0`) and the root is real, else none;
-//! - time to collision (TTC): the time to reach the pair's collision
-//!   radius `R = r_a + r_b`. Head-on at closing speed `v`: `(d - R)/v`.
+//! - gap and time to collision (TTC) are between the footprints
+//!   ([`crate::footprint`]): for two circles, the time to reach the
+//!   separation `R = r_a + r_b`; head-on at closing speed `v`: `(d - R)/v`.
+
+use crate::footprint::PairShape;
 
 /// Encounter figures for one pair at one instant.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -23,7 +26,9 @@ pub struct Geometry {
     pub cpa_time: f64,
     /// Separation at the closest point of approach, m.
     pub cpa_distance: f64,
-    /// Time until the separation first falls to the collision radius, s.
+    /// Current gap between the footprints, m (at most 0 when they overlap).
+    pub gap: f64,
+    /// Time until the footprints first touch, s.
     pub ttc: Option<f64>,
 }
 
@@ -60,7 +65,7 @@ pub fn reaches_within(dp: (f64, f64), dv: (f64, f64), d: f64, horizon: f64) -> b
     time_to_separation(dp, dv, d).is_some_and(|t| t <= horizon)
 }
 
-pub fn geometry(dp: (f64, f64), dv: (f64, f64), collision_radius: f64) -> Geometry {
+pub fn geometry(dp: (f64, f64), dv: (f64, f64), shape: &PairShape) -> Geometry {
     let distance = dot(dp, dp).sqrt();
     let b = dot(dp, dv);
     let a = dot(dv, dv);
@@ -69,7 +74,14 @@ pub fn geometry(dp: (f64, f64), dv: (f64, f64), collision_radius: f64) -> Geomet
     let (cx, cy) = (dp.0 + dv.0 * cpa_time, dp.1 + dv.1 * cpa_time);
     // sqrt, not hypot: glibc's hypot is several times slower and this runs per pair.
     let cpa_distance = (cx * cx + cy * cy).sqrt();
-    Geometry { distance, closing_speed, cpa_time, cpa_distance, ttc: time_to_separation(dp, dv, collision_radius) }
+    Geometry {
+        distance,
+        closing_speed,
+        cpa_time,
+        cpa_distance,
+        gap: shape.gap(dp),
+        ttc: shape.time_to_gap(dp, dv, 0.0),
+    }
 }
 
 /// Velocity (east, north), m/s, of a speed over ground and a course (degrees true).
@@ -81,6 +93,10 @@ pub fn velocity(speed: f64, track_deg: f64) -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn geometry(dp: (f64, f64), dv: (f64, f64), r: f64) -> Geometry {
+        super::geometry(dp, dv, &PairShape::circles(r))
+    }
 
     #[test]
     fn head_on() {

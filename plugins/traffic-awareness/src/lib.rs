@@ -34,6 +34,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod footprint;
 pub mod geo;
 pub mod grid;
 pub mod kinematics;

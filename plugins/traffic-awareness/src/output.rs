@@ -56,13 +56,14 @@ pub struct WarningMsg {
     /// Site GNSS time of the evaluation (ISO 8601 UTC).
     pub time: String,
     pub distance_m: Option<f64>,
-    /// Distance minus the collision radius, m.
+    /// Gap between the two footprints, m (at most 0 when they overlap).
     pub gap_m: Option<f64>,
     pub closing_speed_mps: Option<f64>,
     pub ttc_s: Option<f64>,
     pub cpa_time_s: Option<f64>,
     pub cpa_distance_m: Option<f64>,
-    /// Sum of the two assets' radii, m.
+    /// `distance_m - gap_m`: the antenna separation at which they would
+    /// touch along the current line of sight (the sum of the radii for two circles), m.
     pub collision_radius_m: Option<f64>,
     /// Bearing from `asset` to `other`, degrees true.
     pub bearing_deg: Option<f64>,
@@ -147,6 +148,8 @@ pub struct PictureAsset {
     pub y_m: f64,
     pub speed_mps: f64,
     pub track_deg: f64,
+    /// Orientation of the footprint (course when last moving), degrees true.
+    pub heading_deg: Option<f64>,
     /// Site clock minus the asset's last fix time, s.
     pub age_s: f64,
     pub time: String,

@@ -134,7 +134,7 @@ fn manifest_defaults_equal_the_code_defaults_and_config_errors_are_named() {
     assert_eq!(from_manifest, from_code);
     // Every key of the config is in the manifest (the README documents each).
     let keys: Vec<&String> = defaults.as_table().expect("table").keys().collect();
-    assert_eq!(keys.len(), 20, "{keys:?}");
+    assert_eq!(keys.len(), 21, "{keys:?}");
     // The manifest's publish list is the ACL the tests run under.
     let publish: Vec<&str> =
         manifest["bus"]["publish"].as_array().expect("list").iter().filter_map(|v| v.as_str()).collect();

@@ -31,6 +31,7 @@ use zones::zone_msg;
 use crate::config::{Config, ZoneKind};
 use crate::geo::{Frame, Polygon};
 use crate::grid::{Cell, Grid, IntMap};
+use crate::footprint::{Footprint, PairShape};
 use crate::kinematics::{geometry, reaches_within, velocity, Geometry};
 use crate::output::*;
 use crate::tpv::{iso_ms, Fix, Reject};
@@ -44,7 +45,10 @@ const RATE_WINDOW_CAP: usize = 100_000;
 struct Asset {
     id: String,
     class: Option<usize>,
-    radius: f64,
+    fp: Footprint,
+    /// Degrees true: the course when last moving at `heading_min_speed_mps`
+    /// or more; `None` until then (the covering circle stands in).
+    heading: Option<f64>,
     t_ms: i64,
     received_ms: u64,
     lat: f64,
@@ -84,7 +88,6 @@ struct Violation {
 struct Snapshot {
     t_ms: i64,
     geo: Geometry,
-    radius: f64,
     dp: (f64, f64),
 }
 
@@ -192,10 +195,14 @@ pub struct Engine {
     pub stats: Stats,
 }
 
-fn severity_of(cfg: &Config, dp: (f64, f64), dv: (f64, f64), radius: f64) -> Severity {
-    if reaches_within(dp, dv, radius + cfg.critical_gap_m, cfg.critical_time_s) {
+fn gap_within(shape: &PairShape, dp: (f64, f64), dv: (f64, f64), gap: f64, horizon: f64) -> bool {
+    shape.time_to_gap(dp, dv, gap).is_some_and(|t| t <= horizon)
+}
+
+fn severity_of(cfg: &Config, shape: &PairShape, dp: (f64, f64), dv: (f64, f64)) -> Severity {
+    if gap_within(shape, dp, dv, cfg.critical_gap_m, cfg.critical_time_s) {
         Severity::Critical
-    } else if reaches_within(dp, dv, radius + cfg.warn_gap_m, cfg.warn_time_s) {
+    } else if gap_within(shape, dp, dv, cfg.warn_gap_m, cfg.warn_time_s) {
         Severity::Warning
     } else {
         Severity::None
@@ -329,6 +336,7 @@ impl Engine {
             }
         };
         let prev = existing.and_then(|s| self.asset(s)).map(|a| (a.t_ms, a.x, a.y));
+        let prev_heading = existing.and_then(|s| self.asset(s)).and_then(|a| a.heading);
         if let Some((pt, _, _)) = prev {
             if t < pt {
                 return Err((Reject::TimeBackwards, format!("{} after {}", iso_ms(t), iso_ms(pt))));
@@ -380,17 +388,25 @@ impl Engine {
             }
         };
         let speed = (vx * vx + vy * vy).sqrt();
+        // Course is noise when nearly still: keep the last good one (a
+        // parked machine keeps the heading it parked with).
+        let heading = if speed >= self.cfg.heading_min_speed_mps {
+            Some(vx.atan2(vy).to_degrees().rem_euclid(360.0))
+        } else {
+            prev_heading
+        };
         let slot = match existing {
             Some(s) => s,
             None => {
                 if self.index.len() >= self.cfg.max_assets {
                     return Err((Reject::AssetLimit, format!("{} assets tracked (max_assets)", self.index.len())));
                 }
-                let (class, radius) = self.cfg.radius_of(id);
+                let (class, fp) = self.cfg.footprint_of(id);
                 let asset = Asset {
                     id: id.to_owned(),
                     class,
-                    radius,
+                    fp,
+                    heading,
                     t_ms: t,
                     received_ms,
                     lat: fix.lat,
@@ -425,8 +441,8 @@ impl Engine {
         let new_cell = self.grid.cell_of(x, y);
         let Some(a) = self.asset_mut(slot) else { return Ok(()) };
         let old_cell = a.cell;
-        (a.t_ms, a.received_ms, a.lat, a.lon, a.x, a.y, a.vx, a.vy, a.speed, a.cell) =
-            (t, received_ms, fix.lat, fix.lon, x, y, vx, vy, speed, new_cell);
+        (a.t_ms, a.received_ms, a.lat, a.lon, a.x, a.y, a.vx, a.vy, a.speed, a.cell, a.heading) =
+            (t, received_ms, fix.lat, fix.lon, x, y, vx, vy, speed, new_cell, heading);
         if old_cell != new_cell {
             self.grid.remove(old_cell, slot);
             self.grid.insert(new_cell, slot);
@@ -508,7 +524,7 @@ impl Engine {
     }
 
     fn evaluate(&mut self, sa: u32, sb: u32) {
-        let (key, t, dp, dv, radius) = {
+        let (key, t, dp, dv, feet) = {
             let (Some(a), Some(b)) = (self.asset(sa), self.asset(sb)) else { return };
             // Keyed by slot order (cheap); names are ordered only when shown.
             let (key, al, ah) = if sa < sb { ((sa, sb), a, b) } else { ((sb, sa), b, a) };
@@ -519,16 +535,28 @@ impl Engine {
                 (s.x + s.vx * dt, s.y + s.vy * dt)
             };
             let (pl, ph) = (at(al), at(ah));
-            (key, t, (ph.0 - pl.0, ph.1 - pl.1), (ah.vx - al.vx, ah.vy - al.vy), al.radius + ah.radius)
+            let feet = ((al.fp, al.heading), (ah.fp, ah.heading));
+            (key, t, (ph.0 - pl.0, ph.1 - pl.1), (ah.vx - al.vx, ah.vy - al.vy), feet)
         };
         self.stats.pair_checks += 1;
-        let sev = severity_of(&self.cfg, dp, dv, radius);
         let open = self.encounters.contains_key(&key);
+        let ((fa, ha), (fb, hb)) = feet;
+        let c = &self.cfg;
+        if !open && self.restored_enc.is_empty() && !(fa.is_circle() && fb.is_circle()) {
+            // Footprints lie inside their covering circles: if those stay
+            // clear of the widest gap, the exact shapes need not be built.
+            let cover = fa.covering_radius() + fb.covering_radius();
+            if !reaches_within(dp, dv, cover + c.warn_gap_m + c.clear_margin_m, c.warn_time_s) {
+                return;
+            }
+        }
+        let shape = PairShape::new(fa, ha, fb, hb);
+        let sev = severity_of(c, &shape, dp, dv);
         if !open && sev == Severity::None && self.restored_enc.is_empty() {
             // The common case on a busy site: a neighbour, but no conflict.
             return;
         }
-        let snap = Snapshot { t_ms: t, geo: geometry(dp, dv, radius), radius, dp };
+        let snap = Snapshot { t_ms: t, geo: geometry(dp, dv, &shape), dp };
         if !open {
             let restored = if self.restored_enc.is_empty() {
                 None
@@ -584,8 +612,7 @@ impl Engine {
                 None => return,
             }
         }
-        let holding =
-            reaches_within(dp, dv, radius + self.cfg.warn_gap_m + self.cfg.clear_margin_m, self.cfg.warn_time_s);
+        let holding = gap_within(&shape, dp, dv, self.cfg.warn_gap_m + self.cfg.clear_margin_m, self.cfg.warn_time_s);
         let hold_ms = self.hold_ms;
         let Some(e) = self.encounters.get_mut(&key) else { return };
         e.last = Some(snap);
@@ -670,12 +697,12 @@ impl Engine {
                 reason,
                 time: time.clone(),
                 distance_m: g.map(|g| r3(g.distance)),
-                gap_m: s.map(|s| r3(s.geo.distance - s.radius)),
+                gap_m: s.map(|s| r3(s.geo.gap)),
                 closing_speed_mps: g.map(|g| r3(g.closing_speed)),
                 ttc_s: g.and_then(|g| g.ttc).map(r3),
                 cpa_time_s: g.map(|g| r3(g.cpa_time)),
                 cpa_distance_m: g.map(|g| r3(g.cpa_distance)),
-                collision_radius_m: s.map(|s| r3(s.radius)),
+                collision_radius_m: s.map(|s| r3(s.geo.distance - s.geo.gap)),
                 bearing_deg: s.map(|s| r3((sign * s.dp.0).atan2(sign * s.dp.1).to_degrees().rem_euclid(360.0))),
                 lat: Some(r8(me.lat)),
                 lon: Some(r8(me.lon)),

@@ -119,6 +119,7 @@ impl Engine {
                 y_m: r3(a.y),
                 speed_mps: r3(a.speed()),
                 track_deg: r3(a.track()),
+                heading_deg: a.heading.map(r3),
                 age_s: r3((clock - a.t_ms) as f64 / 1000.0),
                 time: iso_ms(a.t_ms),
             })
@@ -137,7 +138,7 @@ impl Engine {
                     peak_severity: e.peak,
                     kind: if s.geo.ttc.is_some() { "collision" } else { "proximity" },
                     distance_m: r3(s.geo.distance),
-                    gap_m: r3(s.geo.distance - s.radius),
+                    gap_m: r3(s.geo.gap),
                     closing_speed_mps: r3(s.geo.closing_speed),
                     ttc_s: s.geo.ttc.map(r3),
                     cpa_time_s: r3(s.geo.cpa_time),

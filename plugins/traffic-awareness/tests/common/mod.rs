@@ -226,3 +226,128 @@ pub fn step(h: &mut Harness<TrafficAwareness>, k: usize, fixes: &[(&str, f64, f6
     h.send_batch(batch).expect("valid fixes are accepted");
     take(h)
 }
+
+/// A footprint placed on the site, for the tests' own geometry: its core
+/// (the four corners of a rectangle in order, or the antenna point for a
+/// circle or a rectangle of unknown heading) and a radius around the core.
+#[derive(Debug, Clone)]
+pub struct Body {
+    pub core: Vec<(f64, f64)>,
+    pub round: f64,
+}
+
+/// A `length` x `width` rectangle centred at (x, y) along `heading_deg`
+/// (true), grown by `radius`; without a heading, the circle covering it.
+pub fn body(x: f64, y: f64, length: f64, width: f64, radius: f64, heading_deg: Option<f64>) -> Body {
+    match heading_deg {
+        Some(h) if length > 0.0 || width > 0.0 => {
+            let (s, c) = h.to_radians().sin_cos();
+            let (fx, fy) = (s * length / 2.0, c * length / 2.0); // forward half-length
+            let (rx, ry) = (c * width / 2.0, -s * width / 2.0); // right half-width
+            let core = vec![
+                (x + fx + rx, y + fy + ry),
+                (x + fx - rx, y + fy - ry),
+                (x - fx - rx, y - fy - ry),
+                (x - fx + rx, y - fy + ry),
+            ];
+            Body { core, round: radius }
+        }
+        _ => Body { core: vec![(x, y)], round: radius + 0.5 * length.hypot(width) },
+    }
+}
+
+impl Body {
+    pub fn moved(&self, dx: f64, dy: f64) -> Body {
+        Body { core: self.core.iter().map(|p| (p.0 + dx, p.1 + dy)).collect(), round: self.round }
+    }
+}
+
+fn seg_dist(p: (f64, f64), a: (f64, f64), b: (f64, f64)) -> f64 {
+    let (ex, ey) = (b.0 - a.0, b.1 - a.1);
+    let l2 = ex * ex + ey * ey;
+    let t = if l2 > 0.0 { (((p.0 - a.0) * ex + (p.1 - a.1) * ey) / l2).clamp(0.0, 1.0) } else { 0.0 };
+    (p.0 - a.0 - t * ex).hypot(p.1 - a.1 - t * ey)
+}
+
+/// Projections of a polygon on an axis: (min, max).
+fn project(poly: &[(f64, f64)], ax: (f64, f64)) -> (f64, f64) {
+    poly.iter().map(|p| p.0 * ax.0 + p.1 * ax.1).fold((f64::INFINITY, f64::NEG_INFINITY), |m, v| (m.0.min(v), m.1.max(v)))
+}
+
+/// Whether two convex polygons (or a point and a polygon) overlap, by the
+/// separating axis theorem over both polygons' edge normals.
+fn overlap(a: &[(f64, f64)], b: &[(f64, f64)]) -> bool {
+    let mut axes = Vec::new();
+    for poly in [a, b] {
+        if poly.len() >= 3 {
+            for i in 0..poly.len() {
+                let (p, q) = (poly[i], poly[(i + 1) % poly.len()]);
+                axes.push((q.1 - p.1, p.0 - q.0));
+            }
+        }
+    }
+    if axes.is_empty() {
+        return false;
+    }
+    axes.iter().all(|&ax| {
+        let (pa, pb) = (project(a, ax), project(b, ax));
+        pa.0 <= pb.1 && pb.0 <= pa.1
+    })
+}
+
+/// Distance between two footprints (at most 0 when they overlap), m.
+pub fn body_gap(a: &Body, b: &Body) -> f64 {
+    let core = if overlap(&a.core, &b.core) {
+        0.0
+    } else {
+        let mut d = f64::INFINITY;
+        for (p, q) in [(a, b), (b, a)] {
+            let n = q.core.len();
+            for &v in &p.core {
+                if n == 1 {
+                    d = d.min((v.0 - q.core[0].0).hypot(v.1 - q.core[0].1));
+                } else {
+                    for i in 0..n {
+                        d = d.min(seg_dist(v, q.core[i], q.core[(i + 1) % n]));
+                    }
+                }
+            }
+        }
+        d
+    };
+    core - a.round - b.round
+}
+
+/// First time in [0, horizon] at which the gap between `a` and `b`, moving
+/// at constant velocities `va`, `vb`, falls to `g`. The gap between two
+/// convex bodies moving in straight lines is convex in time, so a ternary
+/// search finds its minimum and a bisection the crossing before it.
+pub fn first_gap_time(a: &Body, va: (f64, f64), b: &Body, vb: (f64, f64), g: f64, horizon: f64) -> Option<f64> {
+    let gap = |t: f64| body_gap(&a.moved(va.0 * t, va.1 * t), &b.moved(vb.0 * t, vb.1 * t));
+    if gap(0.0) <= g {
+        return Some(0.0);
+    }
+    let (mut lo, mut hi) = (0.0, horizon);
+    for _ in 0..80 {
+        let (m1, m2) = (lo + (hi - lo) / 3.0, hi - (hi - lo) / 3.0);
+        if gap(m1) <= gap(m2) {
+            hi = m2;
+        } else {
+            lo = m1;
+        }
+    }
+    let t_min = (lo + hi) / 2.0;
+    if gap(t_min) > g {
+        return None;
+    }
+    let (mut lo, mut hi) = (0.0, t_min);
+    for _ in 0..80 {
+        let m = (lo + hi) / 2.0;
+        if gap(m) <= g {
+            hi = m;
+        } else {
+            lo = m;
+        }
+    }
+    Some(hi)
+}
