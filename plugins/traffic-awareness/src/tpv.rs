@@ -38,6 +38,10 @@ pub enum Reject {
     OutsideSite,
     /// A new asset while `max_assets` are tracked.
     AssetLimit,
+    /// Dated further ahead of the site clock than the site could have moved
+    /// (`stale_after_s`, plus the agent's wall time since the clock moved):
+    /// a receiver whose clock jumped.
+    TimeJump,
 }
 
 impl Reject {
@@ -55,6 +59,7 @@ impl Reject {
             Reject::TimeBackwards => "time_backwards",
             Reject::OutsideSite => "outside_site",
             Reject::AssetLimit => "asset_limit",
+            Reject::TimeJump => "time_jump",
         }
     }
 }

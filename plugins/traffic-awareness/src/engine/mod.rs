@@ -130,10 +130,11 @@ pub struct Stats {
     pub critical_encounters: u64,
     pub zone_violations: u64,
     pub assets_expired: u64,
+    pub clock_rebased: u64,
 }
 
 impl Stats {
-    pub fn named(&self) -> [(&'static str, u64); 16] {
+    pub fn named(&self) -> [(&'static str, u64); 17] {
         [
             ("fixes", self.fixes),
             ("no_fix", self.no_fix),
@@ -151,6 +152,7 @@ impl Stats {
             ("critical_encounters", self.critical_encounters),
             ("zone_violations", self.zone_violations),
             ("assets_expired", self.assets_expired),
+            ("clock_rebased", self.clock_rebased),
         ]
     }
 }
@@ -168,6 +170,11 @@ pub struct Engine {
     encounters: IntMap<(u32, u32), Encounter>,
     clock_ms: Option<i64>,
     clock_received_ms: u64,
+    /// Assets whose latest fix was off the site clock (a time jump ahead,
+    /// or a new asset too far behind): its time and the site clock then.
+    /// When they outnumber the live assets that agree with the clock, the
+    /// site clock moves to them (the site's time really moved).
+    off_clock: BTreeMap<String, (i64, i64)>,
     /// Upper bound of every live asset's speed, m/s.
     v_max: f64,
     restored_enc: BTreeMap<(String, String), SavedEncounter>,
@@ -233,6 +240,7 @@ impl Engine {
             encounters: IntMap::default(),
             clock_ms: None,
             clock_received_ms: 0,
+            off_clock: BTreeMap::new(),
             v_max: 0.0,
             restored_enc: BTreeMap::new(),
             restored_zone: BTreeMap::new(),
@@ -347,11 +355,32 @@ impl Engine {
                 return Ok(());
             }
         }
-        if self.clock_ms.is_some_and(|c| c - t > self.stale_ms) {
-            // Too late to matter: it would expire at once.
-            self.stats.late_fixes += 1;
-            return Ok(());
+        if let Some(c) = self.clock_ms {
+            if c - t > self.stale_ms {
+                // Too late to matter: it would expire at once. A new asset
+                // living in another time may be the site's true time.
+                if existing.is_none() {
+                    self.note_off_clock(id, t, c);
+                }
+                self.stats.late_fixes += 1;
+                return Ok(());
+            }
+            // How far the site can have moved since its clock did: the
+            // staleness window, plus the agent's wall time when known.
+            let wall = if received_ms > 0 && self.clock_received_ms > 0 {
+                received_ms.saturating_sub(self.clock_received_ms).min(i64::MAX as u64 / 2) as i64
+            } else {
+                0
+            };
+            if t.saturating_sub(c) > self.stale_ms.saturating_add(wall) && !self.index.is_empty() {
+                self.note_off_clock(id, t, c);
+                return Err((
+                    Reject::TimeJump,
+                    format!("{} is {:.1} s ahead of the site clock {}", iso_ms(t), (t - c) as f64 / 1000.0, iso_ms(c)),
+                ));
+            }
         }
+        self.off_clock.remove(id);
         if self.frame.is_none() {
             self.set_frame(Frame::new(fix.lat, fix.lon));
         }
@@ -461,6 +490,35 @@ impl Engine {
             self.moved.push(slot);
         }
         Ok(())
+    }
+
+    fn note_off_clock(&mut self, id: &str, t: i64, clock: i64) {
+        if self.off_clock.len() < self.cfg.max_assets || self.off_clock.contains_key(id) {
+            self.off_clock.insert(id.to_owned(), (t, clock));
+        }
+    }
+
+    /// End of batch: forgets off-clock reports the site has moved on from,
+    /// and moves the site clock when the off-clock assets outnumber the
+    /// live ones on it (the whole site's time moved: a replay with a gap,
+    /// a restart after days). A single receiver jumping is outvoted.
+    fn settle_clock(&mut self) {
+        let Some(clock) = self.clock_ms else { return };
+        let stale = self.stale_ms;
+        self.off_clock.retain(|_, (_, at)| clock - *at <= stale);
+        if self.off_clock.is_empty() {
+            return;
+        }
+        let on_clock = self.index.keys().filter(|id| !self.off_clock.contains_key(*id)).count();
+        if self.off_clock.len() <= on_clock {
+            return;
+        }
+        let mut times: Vec<i64> = self.off_clock.values().map(|v| v.0).collect();
+        times.sort_unstable();
+        self.clock_ms = Some(times[(times.len() - 1) / 2]);
+        self.clock_received_ms = 0;
+        self.off_clock.clear();
+        self.stats.clock_rebased += 1;
     }
 
     /// Evaluates every pair `slot` may form within the horizon.
@@ -729,12 +787,15 @@ impl Engine {
             self.queued.iter_mut().chain(self.done.iter_mut()).for_each(|r| *r = 0);
             self.round = 1;
         }
+        self.settle_clock();
         let Some(clock) = self.clock_ms else { return };
+        // Behind the clock by the staleness window; or ahead of it, which
+        // only happens once the clock moved back to where the site is.
         let stale: Vec<u32> = self
             .slots
             .iter()
             .enumerate()
-            .filter_map(|(i, a)| a.as_ref().filter(|a| clock - a.t_ms > self.stale_ms).map(|_| i as u32))
+            .filter_map(|(i, a)| a.as_ref().filter(|a| (clock - a.t_ms).abs() > self.stale_ms).map(|_| i as u32))
             .collect();
         for s in stale {
             self.expire(s);
