@@ -65,6 +65,11 @@ impl Stat {
     pub fn mean(&self) -> Option<f64> {
         (self.n > 0).then(|| self.sum / self.n as f64)
     }
+    /// Takes back one value added before (a replaced cycle).
+    pub fn remove(&mut self, x: f64) {
+        self.n = self.n.saturating_sub(1);
+        self.sum = if self.n == 0 { 0.0 } else { self.sum - x };
+    }
 }
 
 /// A message seen for a key (cycle `full_time` or refuel start), kept to
@@ -80,6 +85,50 @@ pub struct Seen {
 /// Most keys remembered per record; beyond, redeliveries may be rejected as
 /// duplicates instead of ignored, but never counted twice.
 pub const MAX_SEEN: usize = 2000;
+
+/// How consistent a cycle record is with itself: the choice between two
+/// records of one load (a split record in the export) is made on this, never
+/// on arrival order. Lower `fails` wins, then more `checks` made, then the
+/// smaller fingerprint (an arbitrary but fixed tie-break).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Consistency {
+    pub fails: u8,
+    pub checks: u8,
+}
+
+impl Consistency {
+    /// The order key: smaller is the record to keep.
+    pub fn key(self, fp: u64) -> (u8, std::cmp::Reverse<u8>, u64) {
+        (self.fails, std::cmp::Reverse(self.checks), fp)
+    }
+}
+
+/// What an accepted cycle added to its records, kept so that a more
+/// consistent record of the same load can take its place.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Kept {
+    /// `full_time` (the cycle's identity with the truck).
+    pub t: i64,
+    pub fp: u64,
+    pub consistency: Consistency,
+    pub payload_t: f64,
+    pub rated_t: f64,
+    pub target_t: f64,
+    pub class: u8,
+    /// Durations counted in the means ([`TruckShift::dur`] order).
+    pub dur: [Option<f64>; 8],
+    pub start: i64,
+    pub end: i64,
+    pub empty: Option<i64>,
+    pub loader: Option<String>,
+    /// A flag (e.g. `unaccounted_time`) counted in [`TruckShift::flagged`].
+    pub flag: Option<String>,
+}
+
+/// Most accepted cycles kept per (truck, shift) for replacement; a real
+/// shift has tens. Beyond, a later duplicate of a forgotten cycle is
+/// rejected as before (first one wins).
+pub const MAX_KEPT: usize = 500;
 
 /// One truck in one shift.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -104,8 +153,14 @@ pub struct TruckShift {
     pub litres: f64,
     pub fuel_queue_min: Stat,
     pub rejected: BTreeMap<String, u64>,
+    /// Accepted cycles flagged, by reason (counted, kept out of the duration means).
+    #[serde(default)]
+    pub flagged: BTreeMap<String, u64>,
     pub seen: Vec<Seen>,
     pub fuel_seen: Vec<Seen>,
+    /// Accepted cycles, oldest first (at most [`MAX_KEPT`]).
+    #[serde(default)]
+    pub kept: Vec<Kept>,
 }
 
 impl TruckShift {
@@ -130,6 +185,72 @@ impl TruckShift {
     pub fn rejected_total(&self) -> u64 {
         self.rejected.values().sum()
     }
+
+    /// Cycle rejections (not refuels).
+    pub fn cycles_rejected(&self) -> u64 {
+        self.rejected.iter().filter(|(k, _)| !k.starts_with("fuel_") && !k.starts_with("bucket_")).map(|(_, n)| n).sum()
+    }
+
+    /// Adds an accepted cycle.
+    pub fn add(&mut self, k: Kept) {
+        self.cycles += 1;
+        self.tonnes += k.payload_t;
+        self.ratio_sum += k.payload_t / k.rated_t;
+        self.class[usize::from(k.class).min(3)] += 1;
+        for (s, v) in self.dur.iter_mut().zip(k.dur) {
+            if let Some(v) = v {
+                s.add(v);
+            }
+        }
+        if let Some(f) = &k.flag {
+            *self.flagged.entry(f.clone()).or_insert(0) += 1;
+        }
+        self.first_start = Some(self.first_start.map_or(k.start, |x| x.min(k.start)));
+        self.last_end = Some(self.last_end.map_or(k.end, |x| x.max(k.end)));
+        if let Some(e) = k.empty {
+            self.last_empty = Some(self.last_empty.map_or(e, |x| x.max(e)));
+        }
+        self.touch_time(k.end);
+        if self.kept.len() >= MAX_KEPT {
+            self.kept.remove(0);
+        }
+        self.kept.push(k);
+    }
+
+    /// Takes an accepted cycle back out (it is being replaced). The span and
+    /// order times are recomputed from the cycles still kept.
+    pub fn remove(&mut self, t: i64) -> Option<Kept> {
+        let i = self.kept.iter().position(|k| k.t == t)?;
+        let k = self.kept.remove(i);
+        self.cycles = self.cycles.saturating_sub(1);
+        self.tonnes -= k.payload_t;
+        self.ratio_sum -= k.payload_t / k.rated_t;
+        let c = &mut self.class[usize::from(k.class).min(3)];
+        *c = c.saturating_sub(1);
+        for (s, v) in self.dur.iter_mut().zip(k.dur) {
+            if let Some(v) = v {
+                s.remove(v);
+            }
+        }
+        if let Some(f) = &k.flag {
+            if let Some(n) = self.flagged.get_mut(f) {
+                *n = n.saturating_sub(1);
+            }
+            self.flagged.retain(|_, n| *n > 0);
+        }
+        if self.cycles == 0 {
+            // Sums of floats drift; nothing left means exactly zero.
+            self.tonnes = 0.0;
+            self.ratio_sum = 0.0;
+        }
+        // Only a complete list can give the span back (MAX_KEPT).
+        if self.kept.len() as u64 == self.cycles {
+            self.first_start = self.kept.iter().map(|k| k.start).min();
+            self.last_end = self.kept.iter().map(|k| k.end).max();
+            self.last_empty = self.kept.iter().filter_map(|k| k.empty).max();
+        }
+        Some(k)
+    }
 }
 
 /// One loader in one shift.
@@ -143,6 +264,27 @@ pub struct LoaderShift {
     pub class: [u64; 4],
     pub queue_s: Stat,
     pub loading_s: Stat,
+}
+
+impl LoaderShift {
+    /// Takes back a replaced cycle's share.
+    pub fn remove(&mut self, k: &Kept) {
+        self.cycles = self.cycles.saturating_sub(1);
+        self.tonnes -= k.payload_t;
+        self.ratio_sum -= k.payload_t / k.rated_t;
+        self.dev_sum -= k.payload_t - k.target_t;
+        let c = &mut self.class[usize::from(k.class).min(3)];
+        *c = c.saturating_sub(1);
+        if let Some(q) = k.dur[0] {
+            self.queue_s.remove(q);
+        }
+        if let Some(q) = k.dur[2] {
+            self.loading_s.remove(q);
+        }
+        if self.cycles == 0 {
+            *self = LoaderShift::default();
+        }
+    }
 }
 
 /// One of a loader's recent loads.
@@ -189,6 +331,10 @@ pub struct LoaderRecent {
 impl LoaderRecent {
     /// Inserts in `full_time` order and keeps the latest `window`, so the
     /// window does not depend on the order trucks' messages arrive in.
+    pub fn remove(&mut self, truck: &str, t: i64) {
+        self.loads.retain(|l| !(l.t == t && l.truck == truck));
+    }
+
     pub fn push(&mut self, load: RecentLoad, window: usize) {
         let at = self.loads.partition_point(|l| l.t <= load.t);
         self.loads.insert(at, load);

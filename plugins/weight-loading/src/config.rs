@@ -36,6 +36,12 @@ pub struct Config {
     pub sentinel_min_t: f64,
     pub max_duration_s: f64,
     pub max_cycle_s: f64,
+    /// Most time a cycle may hold outside its seven stages (s); beyond, the
+    /// cycle is flagged `unaccounted_time` and kept out of the duration means.
+    pub max_unaccounted_s: f64,
+    /// Most a record's time may run ahead of the agent's clock (s) before it
+    /// is a `time_jump`: the site's zone offset (at most 14 h) plus a day.
+    pub max_future_s: f64,
     pub min_span_s: f64,
     pub max_refuel_l: f64,
     pub max_fuel_queue_min: f64,
@@ -64,6 +70,8 @@ impl Default for Config {
             sentinel_min_t: 65_000.0,
             max_duration_s: 14_400.0,
             max_cycle_s: 43_200.0,
+            max_unaccounted_s: 3600.0,
+            max_future_s: 172_800.0,
             min_span_s: 1800.0,
             max_refuel_l: 10_000.0,
             max_fuel_queue_min: 600.0,
@@ -130,6 +138,8 @@ impl Config {
                 "sentinel_min_t" => set(&mut c.sentinel_min_t, number(k, v, &mut p)),
                 "max_duration_s" => set(&mut c.max_duration_s, number(k, v, &mut p)),
                 "max_cycle_s" => set(&mut c.max_cycle_s, number(k, v, &mut p)),
+                "max_unaccounted_s" => set(&mut c.max_unaccounted_s, number(k, v, &mut p)),
+                "max_future_s" => set(&mut c.max_future_s, number(k, v, &mut p)),
                 "min_span_s" => set(&mut c.min_span_s, number(k, v, &mut p)),
                 "max_refuel_l" => set(&mut c.max_refuel_l, number(k, v, &mut p)),
                 "max_fuel_queue_min" => set(&mut c.max_fuel_queue_min, number(k, v, &mut p)),
@@ -183,6 +193,8 @@ impl Config {
         for (k, v) in [
             ("max_duration_s", self.max_duration_s),
             ("max_cycle_s", self.max_cycle_s),
+            ("max_unaccounted_s", self.max_unaccounted_s),
+            ("max_future_s", self.max_future_s),
             ("max_refuel_l", self.max_refuel_l),
             ("max_fuel_queue_min", self.max_fuel_queue_min),
             ("max_bucket_t", self.max_bucket_t),

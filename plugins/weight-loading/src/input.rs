@@ -7,6 +7,7 @@
 //! `wrong_type`: a producer that mixes types is not trusted for the rest of
 //! the record. Unknown extra fields are ignored (newer producers).
 
+use crate::aggregate::Consistency;
 use crate::time;
 use serde_json::{Map, Value};
 
@@ -56,6 +57,13 @@ pub enum Reason {
     ExpiredShift,
     TooManyTrucks,
     TooManyLoaders,
+    /// A number beyond the range of a 64-bit float (`1e400`): the record is
+    /// well-formed JSON but holds no usable value.
+    NumberOutOfRange,
+    /// The record's clock jumped: a cycle whose times lie further apart than
+    /// `max_cycle_s`, a refuel longer than that, or any record more than
+    /// `max_future_s` ahead of the agent's clock.
+    TimeJump,
 }
 
 impl Reason {
@@ -80,6 +88,8 @@ impl Reason {
             Reason::ExpiredShift => "expired_shift",
             Reason::TooManyTrucks => "too_many_trucks",
             Reason::TooManyLoaders => "too_many_loaders",
+            Reason::NumberOutOfRange => "number_out_of_range",
+            Reason::TimeJump => "time_jump",
         }
     }
 }
@@ -224,7 +234,85 @@ impl Cycle {
     pub fn cycle_s(&self) -> Option<f64> {
         Some((self.empty? - self.assign?) as f64)
     }
+
+    /// The timestamp furthest from `full_time`, seconds away (a cycle's clock
+    /// that jumped by days shows here).
+    pub fn spread_s(&self) -> i64 {
+        [self.assign, self.arrive, self.dump_arrive, self.empty]
+            .into_iter()
+            .flatten()
+            .map(|t| t.saturating_sub(self.full).saturating_abs())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Time between assignment and empty that lies in none of the seven
+    /// stages: `cycle_s` minus the sum of the stage durations, when every
+    /// stage is known and valid (0..=`max_duration_s`).
+    pub fn unaccounted_s(&self, max_duration_s: f64) -> Option<f64> {
+        let total = self.cycle_s()?;
+        let mut parts = 0.0;
+        for d in self.durations {
+            parts += d.filter(|x| (0.0..=max_duration_s).contains(x))?;
+        }
+        Some(total - parts)
+    }
+
+    /// How far the record agrees with itself. Checks, each made only when
+    /// its fields are present:
+    /// 1. times in order: full <= dump arrival <= empty;
+    /// 2. the full travel fits between full and dump arrival;
+    /// 3. dump queue + dumping fit between dump arrival and empty;
+    /// 4. queue + spot + loading fit between arrival and full;
+    /// 5. the dump weight is within [`DUMP_WEIGHT_TOLERANCE_T`] of the payload.
+    ///
+    /// "Fit" allows [`TIME_TOLERANCE_S`]: times and durations are whole
+    /// seconds, each rounded. A stage may be shorter than its interval (delays
+    /// are not stages) but not longer.
+    pub fn consistency(&self) -> Consistency {
+        let mut c = Consistency { fails: 0, checks: 0 };
+        let mut check = |ok: bool| {
+            c.checks += 1;
+            if !ok {
+                c.fails += 1;
+            }
+        };
+        if self.dump_arrive.is_some() || self.empty.is_some() {
+            let mut order = vec![self.full];
+            order.extend(self.dump_arrive);
+            order.extend(self.empty);
+            check(order.windows(2).all(|w| w[0] <= w[1]));
+        }
+        let fits = |parts: &[Option<f64>], from: Option<i64>, to: Option<i64>| -> Option<bool> {
+            let mut sum = 0.0;
+            for p in parts {
+                sum += (*p)?;
+            }
+            Some(sum <= (to? - from?) as f64 + TIME_TOLERANCE_S)
+        };
+        let d = &self.durations;
+        if let Some(ok) = fits(&[d[4]], Some(self.full), self.dump_arrive) {
+            check(ok);
+        }
+        if let Some(ok) = fits(&[d[5], d[6]], self.dump_arrive, self.empty) {
+            check(ok);
+        }
+        if let Some(ok) = fits(&[d[0], d[1], d[2]], self.arrive, Some(self.full)) {
+            check(ok);
+        }
+        if let Some(w) = self.dump_payload_t {
+            check((w - self.payload_t).abs() <= DUMP_WEIGHT_TOLERANCE_T);
+        }
+        c
+    }
 }
+
+/// Rounding of whole-second times and durations (two roundings).
+pub const TIME_TOLERANCE_S: f64 = 2.0;
+
+/// The dump scale and the loader scale weigh one load; beyond this they
+/// disagree (the same 1 t as the `dump_payload_mismatch` counter).
+pub const DUMP_WEIGHT_TOLERANCE_T: f64 = 1.0;
 
 /// One refuelling event.
 #[derive(Debug, Clone, PartialEq)]

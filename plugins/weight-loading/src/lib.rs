@@ -45,7 +45,7 @@ pub mod report;
 pub mod store;
 pub mod time;
 
-use aggregate::{Class, LoaderRecent, LoaderShift, RecentLoad, Seen, Session, TruckShift, MAX_SEEN};
+use aggregate::{Class, Kept, LoaderRecent, LoaderShift, RecentLoad, Seen, Session, TruckShift, MAX_SEEN};
 use config::{Config, UnknownTrucks};
 use input::{fingerprint, reason_name, Bucket, Cycle, Fields, Kind, Reason, Refuel, CYCLE, DURATIONS};
 use outpost_sdk::{export_service, host, Message, Service, ServiceError};
@@ -233,6 +233,12 @@ impl WeightLoading {
                 self.reject(kind, Reason::MalformedJson, Some(asset), None, "not a JSON object");
                 return;
             }
+            // serde_json refuses a number beyond f64 (1e400) as a syntax error;
+            // it is a value problem of a well-formed record, counted apart.
+            Err(e) if e.to_string().starts_with("number out of range") => {
+                self.reject(kind, Reason::NumberOutOfRange, Some(asset), None, &format!("{e}"));
+                return;
+            }
             Err(e) => {
                 self.reject(kind, Reason::MalformedJson, Some(asset), None, &format!("not JSON: {e}"));
                 return;
@@ -240,13 +246,13 @@ impl WeightLoading {
         };
         let fp = fingerprint(&m.payload);
         match kind {
-            Kind::Cycle | Kind::Fuel => self.ingest_truck_record(kind, asset, &obj, fp),
+            Kind::Cycle | Kind::Fuel => self.ingest_truck_record(kind, asset, &obj, fp, m.received_ms),
             Kind::Bucket => self.ingest_bucket(asset, &obj, fp, m.received_ms),
         }
     }
 
     /// Cycles and refuels: redelivery check, judgement, then accept or reject.
-    fn ingest_truck_record(&mut self, kind: Kind, truck: &str, obj: &Map<String, Value>, fp: u64) {
+    fn ingest_truck_record(&mut self, kind: Kind, truck: &str, obj: &Map<String, Value>, fp: u64, now_ms: u64) {
         let shift = obj.get("shift").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
         let key_fields: &[&str] = if kind == Kind::Fuel { &["start_time", "end_time"] } else { &["full_time"] };
         let key = key_fields.iter().find_map(|k| obj.get(*k).and_then(Value::as_str).and_then(time::parse));
@@ -257,9 +263,9 @@ impl WeightLoading {
             }
         }
         let judged = if kind == Kind::Fuel {
-            self.judge_fuel(truck, shift.as_deref(), obj).map(|r| self.accept_fuel(r))
+            self.judge_fuel(truck, shift.as_deref(), obj, now_ms).map(|r| self.accept_fuel(r))
         } else {
-            self.judge_cycle(truck, shift.as_deref(), obj).map(|c| self.accept_cycle(c))
+            self.judge_cycle(truck, shift.as_deref(), obj, fp, now_ms).map(|(c, replace)| self.accept_cycle(c, fp, replace))
         };
         let ok = match judged {
             Ok(()) => true,
@@ -302,9 +308,52 @@ impl WeightLoading {
         Ok(())
     }
 
-    fn judge_cycle(&self, truck: &str, shift: Option<&str>, obj: &Map<String, Value>) -> Judged<Cycle> {
+    /// A record more than `max_future_s` ahead of the agent's clock (when the
+    /// agent stamped one: `received_ms` > 0).
+    fn judge_future(&self, latest: i64, now_ms: u64) -> Judged<()> {
+        if now_ms == 0 {
+            return Ok(());
+        }
+        let now = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
+        if (latest.saturating_sub(now) as f64) > self.config.max_future_s {
+            return Err((
+                Reason::TimeJump,
+                format!("time {} is more than max_future_s ahead of the agent's clock", time::format(latest)),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The accepted cycle of `truck` with this `full_time`: its shift and record.
+    fn accepted_cycle(&self, truck: &str, t: i64) -> Option<(&str, &Kept)> {
+        self.trucks.get(truck)?.iter().find_map(|(s, r)| r.kept.iter().find(|k| k.t == t).map(|k| (s.as_str(), k)))
+    }
+
+    /// The truck's latest accepted `empty_time`.
+    fn last_empty(&self, truck: &str) -> i64 {
+        self.trucks.get(truck).and_then(|m| m.values().filter_map(|r| r.last_empty).max()).unwrap_or(i64::MIN)
+    }
+
+    /// Judges a cycle; `Ok` carries the shift of an accepted, less consistent
+    /// record of the same load that this one replaces.
+    fn judge_cycle(
+        &self,
+        truck: &str,
+        shift: Option<&str>,
+        obj: &Map<String, Value>,
+        fp: u64,
+        now_ms: u64,
+    ) -> Judged<(Cycle, Option<String>)> {
         self.judge_common(truck, shift, obj)?;
         let c = Cycle::read(obj, truck).map_err(|(r, f)| (r, format!("field {f}")))?;
+        let spread = c.spread_s();
+        if spread as f64 > self.config.max_cycle_s {
+            return Err((
+                Reason::TimeJump,
+                format!("times {spread} s from full_time {} (max_cycle_s)", time::format(c.full)),
+            ));
+        }
+        self.judge_future(c.end(), now_ms)?;
         let p = c.payload_t;
         let cfg = &self.config;
         if p == 0.0 {
@@ -319,11 +368,34 @@ impl WeightLoading {
                 format!("payload_t {p} outside ({}, {}] t", cfg.min_payload_t, cfg.max_payload_t),
             ));
         }
+        // A split record: the export joined one load with two dumps. The
+        // record that agrees with itself is kept, whichever came first.
+        let mut replace = None;
         if self.has_accepted(Kind::Cycle, truck, c.full) {
-            return Err((Reason::Duplicate, format!("another cycle with full_time {}", time::format(c.full))));
+            let mine = c.consistency();
+            match self.accepted_cycle(truck, c.full) {
+                Some((s, k)) if mine.key(fp) < k.consistency.key(k.fp) => replace = Some(s.to_owned()),
+                Some((_, k)) => {
+                    return Err((
+                        Reason::Duplicate,
+                        format!(
+                            "another cycle with full_time {} is as consistent or more ({} of {} checks failed, here {} of {})",
+                            time::format(c.full),
+                            k.consistency.fails,
+                            k.consistency.checks,
+                            mine.fails,
+                            mine.checks
+                        ),
+                    ))
+                }
+                None => {
+                    return Err((Reason::Duplicate, format!("another cycle with full_time {}", time::format(c.full))))
+                }
+            }
         }
-        let last_empty =
-            self.trucks.get(truck).and_then(|m| m.values().filter_map(|r| r.last_empty).max()).unwrap_or(i64::MIN);
+        // A replacement corrects a load already accepted in its place in the
+        // truck's sequence: it is not a late cycle.
+        let last_empty = if replace.is_some() { i64::MIN } else { self.last_empty(truck) };
         if let Some(e) = c.empty.filter(|e| *e < last_empty) {
             return Err((
                 Reason::OutOfOrder,
@@ -331,17 +403,21 @@ impl WeightLoading {
             ));
         }
         self.judge_fleet(truck, c.loader.as_deref())?;
-        Ok(c)
+        Ok((c, replace))
     }
 
-    fn judge_fuel(&self, truck: &str, shift: Option<&str>, obj: &Map<String, Value>) -> Judged<Refuel> {
+    fn judge_fuel(&self, truck: &str, shift: Option<&str>, obj: &Map<String, Value>, now_ms: u64) -> Judged<Refuel> {
         self.judge_common(truck, shift, obj)?;
         let r = Refuel::read(obj, truck).map_err(|(r, f)| (r, format!("field {f}")))?;
         if let (Some(s), Some(e)) = (r.start, r.end) {
             if e < s {
                 return Err((Reason::TimeOrder, "end_time before start_time".into()));
             }
+            if e.saturating_sub(s) as f64 > self.config.max_cycle_s {
+                return Err((Reason::TimeJump, format!("refuel lasting {} s (max_cycle_s)", e.saturating_sub(s))));
+            }
         }
+        self.judge_future(r.end.unwrap_or(r.key()), now_ms)?;
         if r.litres <= 0.0 || r.litres > self.config.max_refuel_l {
             return Err((
                 Reason::ImplausibleLitres,
@@ -355,7 +431,39 @@ impl WeightLoading {
         Ok(r)
     }
 
-    fn accept_cycle(&mut self, c: Cycle) {
+    /// Takes back an accepted cycle that a more consistent record of the
+    /// same load replaces: it becomes a `duplicate` rejection of its shift.
+    fn unaccept(&mut self, truck: &str, shift: &str, t: i64) {
+        let Some(r) = self.trucks.get_mut(truck).and_then(|m| m.get_mut(shift)) else { return };
+        let Some(k) = r.remove(t) else { return };
+        r.reject(Reason::Duplicate.as_str());
+        for s in r.seen.iter_mut().filter(|s| s.t == t && s.fp == k.fp) {
+            s.ok = false;
+        }
+        self.dirty.truck_shifts.insert((truck.to_owned(), shift.to_owned()));
+        self.dirty.shifts.insert(shift.to_owned());
+        if let Some(loader) = &k.loader {
+            if let Some(ls) = self.loaders.get_mut(loader).and_then(|m| m.get_mut(shift)) {
+                ls.remove(&k);
+                self.dirty.loader_shifts.insert((loader.clone(), shift.to_owned()));
+            }
+            if let Some(recent) = self.recent.get_mut(loader) {
+                recent.remove(truck, t);
+                self.dirty.recent.insert(loader.clone());
+            }
+        }
+        self.count("rejected_duplicate", 1);
+        self.count("cycles_replaced", 1);
+        host::warn(&format!(
+            "rejected duplicate: cycle of {truck} with full_time {} replaced by a more consistent record (shift {shift})",
+            time::format(t)
+        ));
+    }
+
+    fn accept_cycle(&mut self, c: Cycle, fp: u64, replace: Option<String>) {
+        if let Some(shift) = &replace {
+            self.unaccept(&c.truck, shift, c.full);
+        }
         let cfg = &self.config;
         let (model, unrated) = cfg.model_for(&c.truck, c.model.as_deref());
         let model = model.to_owned();
@@ -366,6 +474,10 @@ impl WeightLoading {
             *v = raw.filter(|x| (0.0..=max_d).contains(x));
         }
         valid[CYCLE] = c.cycle_s().filter(|x| (0.0..=cfg.max_cycle_s).contains(x));
+        // Hours in none of the stages: the record spans a stop (break, shift
+        // change, parking), not a haul; its times say nothing of hauling.
+        let unaccounted = c.unaccounted_s(max_d);
+        let flag = unaccounted.filter(|u| *u > cfg.max_unaccounted_s).map(|_| "unaccounted_time");
         let known = cfg.is_known(&c.truck);
         if unrated {
             self.count("unknown_model", 1);
@@ -379,34 +491,47 @@ impl WeightLoading {
                 self.count(&format!("dropped_{name}"), 1);
             }
         }
-        if c.dump_payload_t.is_some_and(|d| (d - c.payload_t).abs() > 1.0) {
+        if c.dump_payload_t.is_some_and(|d| (d - c.payload_t).abs() > input::DUMP_WEIGHT_TOLERANCE_T) {
             self.count("dump_payload_mismatch", 1);
+        }
+        if let Some(f) = flag {
+            self.count(&format!("flagged_{f}"), 1);
+            host::warn(&format!(
+                "flagged {f}: cycle of {} with full_time {} has {:.0} s outside its stages",
+                c.truck,
+                time::format(c.full),
+                unaccounted.unwrap_or(0.0)
+            ));
         }
         self.count("cycles_accepted", 1);
         let class = Class::of(c.payload_t, &l);
-        let (start, end) = (c.start(), c.end());
+        let kept = Kept {
+            t: c.full,
+            fp,
+            consistency: c.consistency(),
+            payload_t: c.payload_t,
+            rated_t: l.rated_t,
+            target_t: l.target_t,
+            class: class.index() as u8,
+            dur: if flag.is_some() { [None; 8] } else { valid },
+            start: c.start(),
+            end: c.end(),
+            empty: c.empty,
+            loader: c.loader.clone(),
+            flag: flag.map(str::to_owned),
+        };
+        let means = kept.dur;
         if let Some(r) = self.truck_shift_mut(&c.truck, &c.shift) {
             r.model.clone_from(&model);
-            r.cycles += 1;
-            r.tonnes += c.payload_t;
-            r.ratio_sum += c.payload_t / l.rated_t;
-            r.class[class.index()] += 1;
-            for (s, v) in r.dur.iter_mut().zip(valid) {
-                if let Some(v) = v {
-                    s.add(v);
-                }
-            }
-            r.first_start = Some(r.first_start.map_or(start, |x| x.min(start)));
-            r.last_end = Some(r.last_end.map_or(end, |x| x.max(end)));
-            if let Some(e) = c.empty {
-                r.last_empty = Some(r.last_empty.map_or(e, |x| x.max(e)));
-            }
-            r.touch_time(end);
+            r.add(kept);
         }
-        let summary = CycleSummary::new(&c, &model, &l, valid);
+        let mut summary = CycleSummary::new(&c, &model, &l, valid);
+        summary.flag = flag;
+        summary.unaccounted_s = unaccounted;
+        summary.replaces_earlier = replace.is_some();
         self.emit(format!("svc/weight-loading/{}/cycle", c.truck), &summary);
         match c.loader.as_deref() {
-            Some(loader) => self.credit_loader(loader, &c, &l, class, &valid),
+            Some(loader) => self.credit_loader(loader, &c, &l, class, &means),
             // Still a weighed load of the truck; nothing to tell a loader.
             None => self.count("cycles_without_loader", 1),
         }

@@ -77,6 +77,14 @@ pub struct CycleSummary<'a> {
     /// Valid durations of this cycle; dropped ones are null and listed.
     pub durations: DurationMeans,
     pub dropped: Vec<&'static str>,
+    /// `unaccounted_time` when the cycle holds more than `max_unaccounted_s`
+    /// outside its stages: its tonnes count, its durations stay out of the means.
+    pub flag: Option<&'static str>,
+    /// `cycle_s` minus the sum of the seven stages (when all are known).
+    pub unaccounted_s: Option<f64>,
+    /// This record replaced an accepted, less consistent record of the same
+    /// load (same truck and `full_time`); the earlier summary no longer counts.
+    pub replaces_earlier: bool,
     pub load_location: Option<&'a str>,
     pub dump_location: Option<&'a str>,
     pub dump_unit: Option<&'a str>,
@@ -109,6 +117,9 @@ impl<'a> CycleSummary<'a> {
             class: class.as_str(),
             durations: DurationMeans::from_values(durations),
             dropped: dropped.map(|((n, _), _)| n).collect(),
+            flag: None,
+            unaccounted_s: None,
+            replaces_earlier: false,
             load_location: c.load_location.as_deref(),
             dump_location: c.dump_location.as_deref(),
             dump_unit: c.dump_unit.as_deref(),
@@ -322,6 +333,8 @@ pub struct TruckShiftReport<'a> {
     pub fuel_queue_min_mean: Option<f64>,
     pub rejected: &'a BTreeMap<String, u64>,
     pub rejected_total: u64,
+    /// Accepted cycles flagged, by reason (kept out of `means`).
+    pub flagged: &'a BTreeMap<String, u64>,
 }
 
 impl<'a> TruckShiftReport<'a> {
@@ -364,6 +377,7 @@ impl<'a> TruckShiftReport<'a> {
             fuel_queue_min_mean: r.fuel_queue_min.mean(),
             rejected: &r.rejected,
             rejected_total: r.rejected_total(),
+            flagged: &r.flagged,
         }
     }
 }
@@ -404,7 +418,13 @@ pub struct LoaderRow<'a> {
 pub struct SiteShiftReport<'a> {
     pub site: &'a str,
     pub shift: &'a str,
+    /// Trucks with any record in the shift (cycles, rejections or refuels).
     pub trucks: usize,
+    /// Trucks with at least one accepted cycle: the trucks that worked.
+    pub trucks_working: usize,
+    /// Trucks whose every cycle record was rejected (no accepted cycle): a
+    /// scale or data feed to look at, not idle trucks.
+    pub trucks_rejected_only: Vec<&'a str>,
     pub cycles: u64,
     pub tonnes: f64,
     pub mean_payload_t: Option<f64>,
@@ -428,6 +448,8 @@ pub struct SiteShiftReport<'a> {
     pub litres: f64,
     pub rejected: BTreeMap<String, u64>,
     pub rejected_total: u64,
+    /// Accepted cycles flagged, by reason.
+    pub flagged: BTreeMap<String, u64>,
     /// Site-wide rejections with no truck or shift to charge them to (all shifts).
     pub rejected_unattributed: &'a BTreeMap<String, u64>,
     pub per_truck: Vec<TruckRow<'a>>,
@@ -446,7 +468,16 @@ impl<'a> SiteShiftReport<'a> {
         let mut total = TruckShift::default();
         let mut truck_hours = 0.0;
         let mut rows = Vec::new();
+        let (mut working, mut rejected_only) = (0, Vec::new());
         for (name, r) in trucks {
+            if r.cycles > 0 {
+                working += 1;
+            } else if r.cycles_rejected() > 0 {
+                rejected_only.push(*name);
+            }
+            for (k, n) in &r.flagged {
+                *total.flagged.entry(k.clone()).or_insert(0) += n;
+            }
             total.cycles += r.cycles;
             total.tonnes += r.tonnes;
             total.ratio_sum += r.ratio_sum;
@@ -500,6 +531,8 @@ impl<'a> SiteShiftReport<'a> {
             site,
             shift,
             trucks: trucks.len(),
+            trucks_working: working,
+            trucks_rejected_only: rejected_only,
             cycles: total.cycles,
             tonnes: total.tonnes,
             mean_payload_t: ratio(total.tonnes, n),
@@ -521,6 +554,7 @@ impl<'a> SiteShiftReport<'a> {
             litres: total.litres,
             rejected_total: total.rejected_total(),
             rejected: total.rejected,
+            flagged: total.flagged,
             rejected_unattributed: unattributed,
             per_truck: rows,
             per_loader,

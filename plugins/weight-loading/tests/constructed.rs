@@ -204,6 +204,8 @@ fn every_kind_of_bad_input_is_counted_with_its_reason() {
         d[field] = v;
         d
     };
+    let mut less_consistent = cycle("CDH90", shift, "2022-11-07 09:00:00", 301.0);
+    less_consistent["dump_payload_t"] = json!(290.0);
     let mut no_full_time = cycle("CDH90", shift, "2022-11-07 11:00:00", 305.0);
     no_full_time.as_object_mut().expect("object").remove("full_time");
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
@@ -222,8 +224,9 @@ fn every_kind_of_bad_input_is_counted_with_its_reason() {
         (topic, serde_json::to_vec(&variant("payload_t", json!(2890.0))).expect("json"), "implausible_payload"),
         (topic, serde_json::to_vec(&variant("payload_t", json!(-5.0))).expect("json"), "implausible_payload"),
         (topic, serde_json::to_vec(&variant("truck", json!("CDH91"))).expect("json"), "asset_mismatch"),
-        // Same truck and full_time as the first cycle, other content.
-        (topic, serde_json::to_vec(&cycle("CDH90", shift, "2022-11-07 09:00:00", 301.0)).expect("json"), "duplicate"),
+        // Same truck and full_time as the first cycle, other content, and
+        // less consistent (the dump weighed 290 t of a 301 t load).
+        (topic, serde_json::to_vec(&less_consistent).expect("json"), "duplicate"),
         // Completed before the truck's last accepted cycle.
         (
             topic,

@@ -23,6 +23,12 @@ MIN_PAYLOAD, MAX_PAYLOAD, SENTINEL = 0.0, 400.0, 65000.0
 MAX_DURATION, MAX_CYCLE = 14400.0, 43200.0
 MIN_SPAN = 1800.0  # seconds; shorter spans give no tonnes-per-hour
 MAX_LITRES, MAX_FUEL_QUEUE = 10000.0, 600.0
+# A cycle holding more than this outside its seven stages spans a stop, not
+# a haul: flagged, its durations kept out of the means (README).
+MAX_UNACCOUNTED = 3600.0
+# Split records: times and durations are whole seconds (two roundings); the
+# dump and loader scales agree within 1 t on one load.
+TIME_TOL, WEIGHT_TOL = 2.0, 1.0
 
 LOW = TARGET * (1 - BAND / 100)
 HIGH = TARGET * (1 + BAND / 100)
@@ -56,7 +62,62 @@ def us_minutes(s):
 def new_ts():
     return {"cycles": 0, "tonnes": 0.0, "ratio_sum": 0.0, "under": 0, "ok": 0, "over": 0, "overload": 0,
             "queue_total": 0.0, "queue_n": 0, "start": None, "end": None, "refuels": 0, "litres": 0.0,
-            "rejected": defaultdict(int)}
+            "rejected": defaultdict(int), "flagged": defaultdict(int)}
+
+
+def opt_ts(r, col):
+    return ts(r[col]) if r[col] else None
+
+
+def opt_num(r, col):
+    return float(r[col]) if r[col] else None
+
+
+def consistency(r):
+    """(failed checks, checks made): the README's five self-consistency checks
+    of a haul-cycle record, each made only when its cells are filled."""
+    full = ts(r["FullTimestamp"])
+    dump, empty = opt_ts(r, "ArriveTimestamp_y"), opt_ts(r, "EmptyTimestamp")
+    arrive = opt_ts(r, "ArriveTimestamp_x")
+    results = []
+    if dump or empty:
+        seq = [full] + [t for t in (dump, empty) if t]
+        results.append(all(a <= b for a, b in zip(seq, seq[1:])))
+
+    def fits(cols, a, b):
+        vals = [opt_num(r, c) for c in cols]
+        if None in vals or a is None or b is None:
+            return None
+        return sum(vals) <= (b - a).total_seconds() + TIME_TOL
+    for ok in (fits(["FullTravelDuration"], full, dump),
+               fits(["QueueTime_y", "DumpingTime"], dump, empty),
+               fits(["QueueTime_x", "SpotTime_x", "LoadingTime"], arrive, full)):
+        if ok is not None:
+            results.append(ok)
+    w = opt_num(r, "Tons_y")
+    if w is not None:
+        results.append(abs(w - float(r["Tons_x"])) <= WEIGHT_TOL)
+    return (sum(1 for ok in results if not ok), len(results))
+
+
+def payload_reason(p):
+    if p == 0:
+        return "zero_payload"
+    if p >= SENTINEL:
+        return "sentinel_payload"
+    if p <= MIN_PAYLOAD or p > MAX_PAYLOAD:
+        return "implausible_payload"
+    return None
+
+
+def time_jump(r):
+    """A cycle whose times lie further than MAX_CYCLE from its full time."""
+    full = ts(r["FullTimestamp"])
+    for col in ("AssignTimestamp_x", "ArriveTimestamp_x", "ArriveTimestamp_y", "EmptyTimestamp"):
+        t = opt_ts(r, col)
+        if t is not None and abs((t - full).total_seconds()) > MAX_CYCLE:
+            return "time_jump"
+    return None
 
 
 def main(cycles_csv, fuel_csv):
@@ -75,34 +136,45 @@ def main(cycles_csv, fuel_csv):
         by_truck[r["Truck"]].append((r["EmptyTimestamp"], i, r))
     for truck, items in by_truck.items():
         items.sort(key=lambda x: (x[0], x[1]))
-        seen = set()           # (shift, full, content) of every message handled
-        accepted_full = set()
-        last_empty = None
+        # Redeliveries out first: the same (shift, full, content) again.
+        seen = set()
+        fresh = []
         for _, _, r in items:
-            shift, full, empty = r["ShiftId_x"], ts(r["FullTimestamp"]), ts(r["EmptyTimestamp"])
-            content = tuple(r[c] for _, c in FIELDS)
-            if (shift, full, content) in seen:
+            key = (r["ShiftId_x"], r["FullTimestamp"], tuple(r[c] for _, c in FIELDS))
+            if key in seen:
                 counters["redelivered"] += 1
                 continue
-            seen.add((shift, full, content))
+            seen.add(key)
+            fresh.append(r)
+        # Split records: of the records of one load (same full time) with a
+        # usable payload, the most consistent one is the cycle; arrival order
+        # plays no part.
+        winner = {}
+        for r in fresh:
+            full = ts(r["FullTimestamp"])
+            if payload_reason(float(r["Tons_x"])) or time_jump(r):
+                continue
+            c = consistency(r)
+            key = (c[0], -c[1])
+            best = winner.get(full)
+            if best is not None and key == best[0] and best[1] is not r:
+                raise SystemExit(f"tie between split records of {truck} at {full}: the data needs the service's fingerprint tie-break")
+            if best is None or key < best[0]:
+                winner[full] = (key, r)
+        last_empty = None
+        for r in fresh:
+            shift, full, empty = r["ShiftId_x"], ts(r["FullTimestamp"]), ts(r["EmptyTimestamp"])
             p = float(r["Tons_x"])
-            reason = None
-            if p == 0:
-                reason = "zero_payload"
-            elif p >= SENTINEL:
-                reason = "sentinel_payload"
-            elif p <= MIN_PAYLOAD or p > MAX_PAYLOAD:
-                reason = "implausible_payload"
-            elif full in accepted_full:
+            reason = time_jump(r) or payload_reason(p)
+            if reason is None and winner[full][1] is not r:
                 reason = "duplicate"
-            elif last_empty is not None and empty < last_empty:
+            elif reason is None and last_empty is not None and empty < last_empty:
                 reason = "out_of_order"
             agg = per[(truck, shift)]
             if reason:
                 agg["rejected"][reason] += 1
                 counters["rejected_" + reason] += 1
                 continue
-            accepted_full.add(full)
             last_empty = empty if last_empty is None else max(last_empty, empty)
             counters["cycles_accepted"] += 1
             agg["cycles"] += 1
@@ -110,12 +182,18 @@ def main(cycles_csv, fuel_csv):
             agg["ratio_sum"] += p / RATED
             cls = "overload" if p > LIMIT else "over" if p > HIGH else "under" if p < LOW else "ok"
             agg[cls] += 1
+            parts = [float(r[col]) for _, col in DURATION_COLUMNS]
+            total = (empty - ts(r["AssignTimestamp_x"])).total_seconds()
+            flagged = (all(0 <= v <= MAX_DURATION for v in parts) and total - sum(parts) > MAX_UNACCOUNTED)
+            if flagged:
+                agg["flagged"]["unaccounted_time"] += 1
+                counters["flagged_unaccounted_time"] += 1
             for name, col in DURATION_COLUMNS:
                 v = float(r[col])
                 if not (0 <= v <= MAX_DURATION):
                     counters["dropped_" + name] += 1
                     continue
-                if name == "queue_s":
+                if name == "queue_s" and not flagged:
                     agg["queue_total"] += v
                     agg["queue_n"] += 1
                     ld = loaders[r["Excav_x"]]
@@ -185,7 +263,8 @@ def main(cycles_csv, fuel_csv):
     truck_shift = {}
     site = defaultdict(lambda: {"cycles": 0, "tonnes": 0.0, "queue_total": 0.0, "queue_n": 0, "under": 0, "overload": 0,
                                 "refuels": 0, "litres": 0.0, "rejected": defaultdict(int), "start": None, "end": None,
-                                "trucks": 0})
+                                "trucks": 0, "trucks_working": 0, "trucks_rejected_only": [],
+                                "flagged": defaultdict(int)})
     for (truck, shift), a in per.items():
         h = span_h(a)
         truck_shift[f"{truck}|{shift}"] = {
@@ -195,8 +274,16 @@ def main(cycles_csv, fuel_csv):
             "under": a["under"], "ok": a["ok"], "over": a["over"], "overload": a["overload"],
             "span_h": h, "tonnes_per_hour": rate(a["tonnes"], h),
             "refuels": a["refuels"], "litres": a["litres"], "rejected": dict(a["rejected"]),
+            "flagged": dict(a["flagged"]),
         }
         s = site[shift]
+        cycle_rejections = sum(n for k, n in a["rejected"].items() if not k.startswith("fuel_"))
+        if a["cycles"]:
+            s["trucks_working"] += 1
+        elif cycle_rejections:
+            s["trucks_rejected_only"].append(truck)
+        for k, n in a["flagged"].items():
+            s["flagged"][k] += n
         s["trucks"] += 1
         for k in ("cycles", "tonnes", "queue_total", "queue_n", "under", "overload", "refuels", "litres"):
             s[k] += a[k]
@@ -216,6 +303,8 @@ def main(cycles_csv, fuel_csv):
             "overload_share": s["overload"] / s["cycles"] if s["cycles"] else None,
             "underload_share": s["under"] / s["cycles"] if s["cycles"] else None,
             "refuels": s["refuels"], "litres": s["litres"], "rejected": dict(s["rejected"]),
+            "trucks_working": s["trucks_working"], "trucks_rejected_only": sorted(s["trucks_rejected_only"]),
+            "flagged": dict(s["flagged"]),
         }
 
     # KPIs over every shift.
