@@ -66,6 +66,41 @@ struct Device {
     nmea: gpsd::GpsdNmea,
     stream: StreamDecoder,
     last_input_ms: u64,
+    /// Time of the last fix published (Unix ms) and the agent's receive
+    /// time of the input that produced it (0 if unknown).
+    last_fix: Option<(i64, u64)>,
+}
+
+/// Longest asset id taken from a topic (ids are names, not payloads).
+const MAX_ASSET_ID: usize = 128;
+/// A fix may move ahead of the device's previous one by the agent's wall
+/// time between them plus this much (receiver latency, buffering).
+const TIME_JUMP_SLACK_MS: i64 = 60_000;
+
+/// The asset id of an input topic (`site/{site}/{asset}/gnss/...`), if it
+/// can name an output topic: no MQTT wildcards or separators, no control
+/// characters, at most `MAX_ASSET_ID` bytes.
+fn asset_of(m: &Message) -> Option<&str> {
+    let a = m.topic_segment(2)?;
+    let ok = !a.is_empty()
+        && a.len() <= MAX_ASSET_ID
+        && m.topic.split('/').count() == 5
+        && !a.contains(['+', '#'])
+        && !a.chars().any(char::is_control);
+    ok.then_some(a)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.sssZ` (as [`tpv`] writes it) to Unix ms.
+fn tpv_time_ms(t: &str) -> Option<i64> {
+    let b = t.as_bytes();
+    if b.len() < 20 || !t.is_ascii() {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
+    let (y, mo, d, h, mi, s) = (n(0..4)?, n(5..7)?, n(8..10)?, n(11..13)?, n(14..16)?, n(17..19)?);
+    let ms = if b[19] == b'.' { t.get(20..t.len().saturating_sub(1))?.get(..3).and_then(|f| f.parse::<i64>().ok()).unwrap_or(0) } else { 0 };
+    let days = outpost_sdk::civil::days_from_civil(y, mo, d);
+    Some(((days * 24 + h) * 60 + mi) * 60_000 + s * 1000 + ms)
 }
 
 /// Counts kept by the service and reported through `metrics.counter`.
@@ -79,6 +114,12 @@ pub struct Counts {
     pub ubx_frames: u64,
     pub fixes: u64,
     pub devices_rejected: u64,
+    /// Inputs whose topic names no usable asset id.
+    pub bad_topic: u64,
+    /// Fixes dated before the device's previous one, or further ahead of
+    /// it than the wall time between them allows (still published, as gpsd
+    /// would; traffic-awareness refuses them).
+    pub time_jumps: u64,
 }
 
 pub struct Positioning {
@@ -99,10 +140,11 @@ impl Positioning {
         self.devices.get(asset).map(|d| d.stream.stats.clone())
     }
 
+    /// The asset's device, created if there is room (`None`: the cap is
+    /// reached; the caller counts it).
     fn device(&mut self, asset: &str, now_ms: u64) -> Option<&mut Device> {
         if !self.devices.contains_key(asset) {
             if self.devices.len() >= self.config.max_devices {
-                self.counts.devices_rejected += 1;
                 return None;
             }
             self.devices.insert(
@@ -112,6 +154,7 @@ impl Positioning {
                     nmea: gpsd::GpsdNmea::new(asset),
                     stream: StreamDecoder::new(),
                     last_input_ms: now_ms,
+                    last_fix: None,
                 },
             );
         }
@@ -145,11 +188,19 @@ impl Positioning {
 
     /// Processes one message; fixes collect in `self.out`.
     pub fn ingest(&mut self, m: &Message) {
-        let asset = m.topic_segment(2).unwrap_or("unknown").to_owned();
+        let Some(asset) = asset_of(m).map(str::to_owned) else {
+            self.counts.bad_topic += 1;
+            return;
+        };
         let binary = m.topic.ends_with("/ubx");
         let mut out = std::mem::take(&mut self.out);
         let mut counts = std::mem::take(&mut self.counts);
-        if let Some(dev) = self.device(&asset, m.received_ms) {
+        let dev = self.device(&asset, m.received_ms);
+        if dev.is_none() {
+            // Counted here: `counts` is taken out of `self` for this call.
+            counts.devices_rejected += 1;
+        }
+        if let Some(dev) = dev {
             if binary {
                 let mut frames = Vec::new();
                 dev.stream.push(&m.payload, &mut frames);
@@ -190,6 +241,20 @@ impl Positioning {
                 continue;
             }
             self.counts.fixes += 1;
+            if let (Some(t), Some(d)) = (fix.time.as_deref().and_then(tpv_time_ms), self.devices.get_mut(&fix.device)) {
+                let wall = d.last_input_ms;
+                if let Some((pt, pw)) = d.last_fix {
+                    let allowed = if wall > 0 && pw > 0 {
+                        (wall.saturating_sub(pw).min(i64::MAX as u64 / 4) as i64).saturating_add(TIME_JUMP_SLACK_MS)
+                    } else {
+                        i64::MAX
+                    };
+                    if t < pt - 1000 || t - pt > allowed {
+                        self.counts.time_jumps += 1;
+                    }
+                }
+                d.last_fix = Some((t, wall));
+            }
             let body = serde_json::to_vec(&fix).map_err(|e| ServiceError::Internal(e.to_string()))?;
             if let Err(e) = host::publish(&format!("svc/positioning/{}/fix", fix.device), &body) {
                 failed.get_or_insert(e);
@@ -205,6 +270,8 @@ impl Positioning {
             ("frames", c.ubx_frames, before.ubx_frames),
             ("fixes", c.fixes, before.fixes),
             ("devices_rejected", c.devices_rejected, before.devices_rejected),
+            ("bad_topic", c.bad_topic, before.bad_topic),
+            ("time_jumps", c.time_jumps, before.time_jumps),
         ] {
             if now > was {
                 host::counter(name, now - was);

@@ -117,6 +117,11 @@ pub fn parse(line: &[u8]) -> Result<(String, Sentence), NmeaError> {
     }
     let text = std::str::from_utf8(body).map_err(|_| NmeaError::Malformed)?;
     let f: Vec<&str> = text.split(',').collect();
+    // NMEA numbers are plain decimals: one that reads as infinite or NaN
+    // (`1e400`, `inf`, `nan`) is a corrupt field, not a missing one.
+    if f.iter().any(|v| v.trim().parse::<f64>().is_ok_and(|x| !x.is_finite())) {
+        return Err(NmeaError::Malformed);
+    }
     let head = f[0];
     if head.len() < 5 || head.starts_with('P') || line[0] == b'!' {
         return Ok((head.to_owned(), Sentence::Other));
