@@ -188,7 +188,8 @@ impl WeightLoading {
         })
     }
 
-    fn remember(&mut self, kind: Kind, truck: &str, shift: &str, t: i64, fp: u64, ok: bool) {
+    #[allow(clippy::too_many_arguments)]
+    fn remember(&mut self, kind: Kind, truck: &str, shift: &str, t: i64, fp: u64, ok: bool, touch: bool) {
         let Some(r) = self.trucks.get_mut(truck).and_then(|m| m.get_mut(shift)) else {
             return;
         };
@@ -203,7 +204,9 @@ impl WeightLoading {
                 seen.push(Seen { t, fp, ok });
             }
         }
-        r.touch_time(t);
+        if touch {
+            r.touch_time(t);
+        }
     }
 
     fn ingest(&mut self, m: &Message) {
@@ -267,15 +270,16 @@ impl WeightLoading {
         } else {
             self.judge_cycle(truck, shift.as_deref(), obj, fp, now_ms).map(|(c, replace)| self.accept_cycle(c, fp, replace))
         };
-        let ok = match judged {
-            Ok(()) => true,
+        let (ok, jumped) = match judged {
+            Ok(()) => (true, false),
             Err((reason, detail)) => {
                 self.reject(kind, reason, Some(truck), shift.as_deref(), &detail);
-                false
+                (false, reason == Reason::TimeJump)
             }
         };
         if let (Some(s), Some(k)) = (&shift, key) {
-            self.remember(kind, truck, s, k, fp, ok);
+            // A jumped clock's time must not make its shift look recent.
+            self.remember(kind, truck, s, k, fp, ok, !jumped);
         }
     }
 
