@@ -179,7 +179,7 @@ fn d_speed_clear_margin() -> f64 {
 pub const MAX_ASSETS_CAP: usize = 5000;
 pub const MAX_ENCOUNTERS_CAP: usize = 20_000;
 
-fn topic_safe(s: &str) -> bool {
+pub fn topic_safe(s: &str) -> bool {
     !s.is_empty() && !s.contains(['/', '+', '#']) && !s.chars().any(char::is_control)
 }
 

@@ -50,6 +50,8 @@ use tpv::{Parsed, Reject};
 
 /// State key holding the open encounters and violations (see [`engine::Saved`]).
 const STATE_KEY: &str = "active";
+/// Longest asset id accepted from a topic, bytes.
+const MAX_ASSET_ID: usize = 128;
 /// Rejections logged one by one per call; the rest are summed up.
 const LOGGED_REJECTS_PER_CALL: usize = 5;
 
@@ -65,9 +67,11 @@ impl TrafficAwareness {
     }
 
     fn ingest(&mut self, m: &Message) -> Result<(), (Reject, String)> {
+        // The id names output topics: no wildcards or control characters,
+        // and a bounded length (it is kept per asset and in every message).
         let asset = match (m.topic_segment(2), m.topic.split('/').count()) {
-            (Some(a), 4) if !a.is_empty() => a,
-            _ => return Err((Reject::BadTopic, format!("topic '{}'", m.topic))),
+            (Some(a), 4) if config::topic_safe(a) && a.len() <= MAX_ASSET_ID => a,
+            _ => return Err((Reject::BadTopic, format!("topic '{}'", m.topic.chars().take(200).collect::<String>()))),
         };
         match tpv::parse(&m.payload, self.engine.config().max_speed_mps)? {
             Parsed::NoFix => {

@@ -16,6 +16,9 @@ use std::borrow::Cow;
 pub enum Reject {
     /// The topic has no asset segment (`svc/positioning/{asset}/fix`).
     BadTopic,
+    /// Not UTF-8 (JSON text must be; serde would skip bad bytes inside
+    /// fields it ignores).
+    NotUtf8,
     /// Not JSON, or a field of the wrong type.
     MalformedJson,
     /// `class` is present and not "TPV".
@@ -48,6 +51,7 @@ impl Reject {
     pub fn name(self) -> &'static str {
         match self {
             Reject::BadTopic => "bad_topic",
+            Reject::NotUtf8 => "not_utf8",
             Reject::MalformedJson => "malformed_json",
             Reject::NotTpv => "not_tpv",
             Reject::BadMode => "bad_mode",
@@ -104,7 +108,8 @@ pub enum Parsed {
 
 /// Parses one TPV payload; `detail` of an error is for the log.
 pub fn parse(payload: &[u8], max_speed_mps: f64) -> Result<Parsed, (Reject, String)> {
-    let raw: RawTpv = serde_json::from_slice(payload).map_err(|e| (Reject::MalformedJson, e.to_string()))?;
+    let text = std::str::from_utf8(payload).map_err(|e| (Reject::NotUtf8, e.to_string()))?;
+    let raw: RawTpv = serde_json::from_str(text).map_err(|e| (Reject::MalformedJson, e.to_string()))?;
     if let Some(c) = raw.class.as_deref() {
         if c != "TPV" {
             return Err((Reject::NotTpv, format!("class is {c:?}")));

@@ -225,3 +225,54 @@ fn the_readme_example_calibration_is_valid() {
     assert_eq!((w.len(), w[0]["severity"].as_str()), (1, Some("critical")));
     close("collision radius", f(w[0], "collision_radius_m"), 6.5, 1e-9);
 }
+
+#[test]
+fn invalid_utf8_huge_numbers_and_unusable_ids_are_counted() {
+    let mut h = harness(json!({}));
+    let (lat, lon) = to_lat_lon(0.0, 0.0);
+    let t = iso(T0);
+    let mut bad_utf8 = format!(r#"{{"class":"TPV","mode":3,"time":"{t}","lat":{lat},"lon":{lon},"device":""#).into_bytes();
+    bad_utf8.extend_from_slice(b"\xff\xfe\"}");
+    let raw = |id: &str, body: Vec<u8>| Message::new(topic(id), body);
+    let batch = vec![
+        raw("u-1", bad_utf8),
+        raw("u-2", vec![0xc3, 0x28, 0xa0, 0xa1]),
+        raw("u-3", format!(r#"{{"class":"TPV","mode":3,"time":"{t}","lat":1e400,"lon":{lon}}}"#).into_bytes()),
+        raw("u-4", format!(r#"{{"class":"TPV","mode":1e400,"time":"{t}","lat":{lat},"lon":{lon}}}"#).into_bytes()),
+        raw("u-5", format!(r#"{{"class":"TPV","mode":3,"time":"{t}","lat":{lat},"lon":-1e400}}"#).into_bytes()),
+        Message::new("svc/positioning/a+b/fix", tpv("x", T0, 0.0, 0.0, 0.0, 0.0)),
+        Message::new("svc/positioning/a#/fix", tpv("x", T0, 0.0, 0.0, 0.0, 0.0)),
+        Message::new("svc/positioning/a\u{1}/fix", tpv("x", T0, 0.0, 0.0, 0.0, 0.0)),
+        Message::new(topic(&"y".repeat(129)), tpv("y", T0, 0.0, 0.0, 0.0, 0.0)),
+        Message::new(topic("ok-1"), tpv("ok-1", T0, 0.0, 0.0, 0.0, 0.0)),
+        Message::new(topic(&"z".repeat(128)), tpv("z", T0, 8.0, 0.0, 0.0, 0.0)),
+    ];
+    match h.send_batch(batch) {
+        Err(ServiceError::BadInput(m)) => assert!(m.starts_with("9 of 11 messages rejected"), "{m}"),
+        other => panic!("expected bad input, got {other:?}"),
+    }
+    let c = h.host().counters;
+    assert_eq!(c.get("rejected_not_utf8"), Some(&2), "{c:?}");
+    assert_eq!(c.get("rejected_malformed_json"), Some(&3), "{c:?}");
+    assert_eq!(c.get("rejected_bad_topic"), Some(&4), "{c:?}");
+    assert_eq!(c.get("fixes"), Some(&2));
+    // The two good ones, 8 m apart, met.
+    assert_eq!(states(&warnings(&take(&mut h), "ok-1")), ["start"]);
+}
+
+#[test]
+fn the_encounter_cap_drops_new_encounters_and_counts_them() {
+    // Four assets parked in a row 6 m apart: five pairs within the warning
+    // separation (15 m; 18 m for the ends is not), room for two.
+    let mut h = harness(json!({"max_encounters": 2}));
+    let fixes: Vec<(&str, f64, f64, f64, f64)> =
+        vec![("e-1", 0.0, 0.0, 0.0, 0.0), ("e-2", 6.0, 0.0, 0.0, 0.0), ("e-3", 12.0, 0.0, 0.0, 0.0), ("e-4", 18.0, 0.0, 0.0, 0.0)];
+    let out = step(&mut h, 0, &fixes);
+    let starts = out.iter().filter(|o| o.topic.ends_with("/warning") && o.body["state"] == "start").count();
+    assert_eq!(starts, 4, "two encounters, two sides each");
+    assert_eq!(h.host().counters.get("encounters_dropped"), Some(&3));
+    // The service goes on; the cap holds across batches.
+    step(&mut h, 1, &fixes);
+    h.tick(1).expect("tick");
+    assert_eq!(h.host().kpis.get("encounters_active"), Some(&2.0));
+}
