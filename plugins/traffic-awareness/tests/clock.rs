@@ -135,3 +135,23 @@ fn days_backwards_are_refused_or_ignored_and_counted() {
     h.send_batch(vec![fix("d-1", T0 + 100, 0.0), fix("d-2", T0 + 100, 9.0)]).expect("ok");
     assert_eq!(h.host().counters.get("fixes"), Some(&4));
 }
+
+#[test]
+fn a_pair_meeting_again_at_the_same_pair_time_gets_a_new_encounter_id() {
+    // Found by the property test: r-1 expires (the clock passed its fix by
+    // more than 5 s) and returns with a fix no newer than r-2's, so the
+    // pair time, and with it the id's start time, repeat.
+    let mut h = harness(json!({}));
+    let mut out = Vec::new();
+    h.send_batch(vec![fix("r-1", T0, 0.0)]).expect("ok");
+    h.send_batch(vec![fix("r-2", T0 + 2000, 9.0)]).expect("ok");
+    out.extend(take(&mut h));
+    h.send_batch(vec![fix("r-3", T0 + 5001, 900.0)]).expect("ok");
+    out.extend(take(&mut h));
+    h.send_batch(vec![fix("r-1", T0 + 2000, 0.0)]).expect("ok");
+    out.extend(take(&mut h));
+    let w = warnings(&out, "r-1");
+    assert_eq!(states(&w), ["start", "clear", "start"]);
+    assert_eq!(w[0]["encounter"], format!("r-1|r-2|{}", T0 + 2000));
+    assert_eq!(w[2]["encounter"], format!("r-1|r-2|{}|2", T0 + 2000));
+}

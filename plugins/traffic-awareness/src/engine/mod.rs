@@ -36,7 +36,7 @@ use crate::kinematics::{geometry, reaches_within, velocity, Geometry};
 use crate::output::*;
 use crate::tpv::{iso_ms, Fix, Reject};
 pub use report::{Kpis, Saved, SavedEncounter, SavedViolation};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Most start times kept per hourly rate (bounds memory under an alert storm).
 const RATE_WINDOW_CAP: usize = 100_000;
@@ -175,6 +175,9 @@ pub struct Engine {
     /// When they outnumber the live assets that agree with the clock, the
     /// site clock moves to them (the site's time really moved).
     off_clock: BTreeMap<String, (i64, i64)>,
+    /// Ids of recently closed encounters, oldest first (see `fresh_id`).
+    closed_ids: BTreeSet<String>,
+    closed_order: VecDeque<String>,
     /// Upper bound of every live asset's speed, m/s.
     v_max: f64,
     restored_enc: BTreeMap<(String, String), SavedEncounter>,
@@ -241,6 +244,8 @@ impl Engine {
             clock_ms: None,
             clock_received_ms: 0,
             off_clock: BTreeMap::new(),
+            closed_ids: BTreeSet::new(),
+            closed_order: VecDeque::new(),
             v_max: 0.0,
             restored_enc: BTreeMap::new(),
             restored_zone: BTreeMap::new(),
@@ -646,7 +651,7 @@ impl Engine {
                     let Some((a, b)) = self.ids(key) else { return };
                     let (lo, hi) = self.by_name(key);
                     let e = Encounter {
-                        id: format!("{a}|{b}|{t}"),
+                        id: self.fresh_id(format!("{a}|{b}|{t}")),
                         lo,
                         hi,
                         start_ms: t,
@@ -721,7 +726,31 @@ impl Engine {
         }
     }
 
+    /// `base`, or `base|n` (n = 2, 3...) when a closed encounter already
+    /// had that id: a pair can meet again at the same pair time when an
+    /// asset expires and comes back with a fix no newer than its partner's.
+    fn fresh_id(&self, base: String) -> String {
+        if !self.closed_ids.contains(&base) {
+            return base;
+        }
+        (2u32..)
+            .map(|n| format!("{base}|{n}"))
+            .find(|id| !self.closed_ids.contains(id))
+            .unwrap_or(base)
+    }
+
     fn close(&mut self, key: (u32, u32)) {
+        if let Some(e) = self.encounters.get(&key) {
+            // Remember recent ids (bounded) so none is issued twice.
+            let id = e.id.clone();
+            if self.closed_order.len() >= 2 * self.cfg.max_encounters {
+                if let Some(old) = self.closed_order.pop_front() {
+                    self.closed_ids.remove(&old);
+                }
+            }
+            self.closed_ids.insert(id.clone());
+            self.closed_order.push_back(id);
+        }
         if self.encounters.remove(&key).is_some() {
             self.stats.encounters_cleared += 1;
             self.dirty = true;
