@@ -29,7 +29,12 @@
 //! - `min_payload_t` (0, t, exclusive), `max_payload_t` (400, t): plausible payloads;
 //! - `sentinel_min_t` (65000, t): scale sentinels from here up;
 //! - `max_duration_s` (14400, s): longest valid queue/spot/loading/travel/dump time;
-//! - `max_cycle_s` (43200, s): longest valid cycle (assign to empty);
+//! - `max_cycle_s` (43200, s): longest valid cycle (assign to empty); times
+//!   further apart are a `time_jump`;
+//! - `max_unaccounted_s` (3600, s): most time outside a cycle's seven stages
+//!   before it is flagged `unaccounted_time` (kept out of the duration means);
+//! - `max_future_s` (172800, s): a record further ahead of the agent's clock
+//!   is a `time_jump`;
 //! - `min_span_s` (1800, s): shortest span that yields a tonnes-per-hour;
 //! - `max_refuel_l` (10000, l), `max_fuel_queue_min` (600, min);
 //! - `max_bucket_t` (150, t): heaviest plausible bucket;
@@ -268,7 +273,8 @@ impl WeightLoading {
         let judged = if kind == Kind::Fuel {
             self.judge_fuel(truck, shift.as_deref(), obj, now_ms).map(|r| self.accept_fuel(r))
         } else {
-            self.judge_cycle(truck, shift.as_deref(), obj, fp, now_ms).map(|(c, replace)| self.accept_cycle(c, fp, replace))
+            self.judge_cycle(truck, shift.as_deref(), obj, fp, now_ms)
+                .map(|(c, replace)| self.accept_cycle(c, fp, replace))
         };
         let (ok, jumped) = match judged {
             Ok(()) => (true, false),

@@ -226,6 +226,27 @@ fn print_report(latest: &Latest, host: &FakeHost) {
             num(&r["rejected_total"])
         );
     }
+    // Trucks that sent cycles but had none accepted, apart from those that worked.
+    println!("\ntrucks that worked / trucks whose every cycle was rejected, per shift");
+    let mut rejected_only: BTreeMap<String, usize> = BTreeMap::new();
+    for (shift, r) in &latest.site_shift {
+        let names: Vec<&str> = r["trucks_rejected_only"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        for n in &names {
+            *rejected_only.entry((*n).to_owned()).or_default() += 1;
+        }
+        println!(
+            "{:<10} worked {:>3}  only rejected {:>2} {:?}  flagged {}",
+            shift,
+            num(&r["trucks_working"]),
+            names.len(),
+            names,
+            r["flagged"]
+        );
+    }
+    println!("trucks with only rejected cycles (shifts): {rejected_only:?}");
     // Per truck over every shift.
     let mut trucks: BTreeMap<&str, [f64; 8]> = BTreeMap::new();
     for ((truck, _), r) in &latest.truck_shift {
@@ -342,7 +363,8 @@ fn event_counter(name: &str) -> bool {
 /// Counters with acceptances net of replacements and event counters left out.
 fn net_counters(c: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
     let replaced = c.get("cycles_replaced").copied().unwrap_or(0);
-    let mut out: BTreeMap<String, u64> = c.iter().filter(|(k, _)| !event_counter(k)).map(|(k, v)| (k.clone(), *v)).collect();
+    let mut out: BTreeMap<String, u64> =
+        c.iter().filter(|(k, _)| !event_counter(k)).map(|(k, v)| (k.clone(), *v)).collect();
     if let Some(n) = out.get_mut("cycles_accepted") {
         *n -= replaced;
     }
@@ -369,7 +391,8 @@ fn same_results(base: &(Latest, FakeHost), other: &(Latest, FakeHost), redeliver
     assert_eq!(extra, redelivered, "every extra copy is counted as a redelivery");
     counters.insert("redelivered".into(), base.1.counters["redelivered"]);
     assert_eq!(net_counters(&base.1.counters), counters, "counters");
-    let summaries = |r: &(Latest, FakeHost)| r.0.cycles as u64 - r.1.counters.get("cycles_replaced").copied().unwrap_or(0);
+    let summaries =
+        |r: &(Latest, FakeHost)| r.0.cycles as u64 - r.1.counters.get("cycles_replaced").copied().unwrap_or(0);
     assert_eq!(summaries(base), summaries(other), "cycle summaries net of replacements");
     assert!(errors.is_empty(), "{} differences:\n{}", errors.len(), errors.join("\n"));
 }
@@ -493,8 +516,12 @@ fn split_records_are_chosen_whatever_their_order() {
     for g in &split {
         let (truck, full) = load_key(&msgs[g[0]]).expect("key");
         let t = weight_loading::time::parse(&full).expect("full_time");
-        let kept: Vec<_> =
-            svc.truck_shifts().filter(|(tr, _, _)| *tr == truck).flat_map(|(_, _, r)| r.kept.iter()).filter(|k| k.t == t).collect();
+        let kept: Vec<_> = svc
+            .truck_shifts()
+            .filter(|(tr, _, _)| *tr == truck)
+            .flat_map(|(_, _, r)| r.kept.iter())
+            .filter(|k| k.t == t)
+            .collect();
         assert!(kept.len() <= 1, "{truck} {full}: one record per load");
         if let Some(k) = kept.first() {
             kept_loads += 1;

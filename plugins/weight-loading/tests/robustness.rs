@@ -33,7 +33,13 @@ fn cycle_at(truck: &str, times: [&str; 5], payload: f64, full_travel: f64) -> Va
 fn consistent() -> Value {
     cycle_at(
         "CDH90",
-        ["2022-11-07 08:42:00", "2022-11-07 08:52:00", "2022-11-07 09:00:00", "2022-11-07 09:25:00", "2022-11-07 09:26:30"],
+        [
+            "2022-11-07 08:42:00",
+            "2022-11-07 08:52:00",
+            "2022-11-07 09:00:00",
+            "2022-11-07 09:25:00",
+            "2022-11-07 09:26:30",
+        ],
         300.0,
         1500.0,
     )
@@ -75,18 +81,24 @@ fn rejected(h: &Harness<WeightLoading>) -> BTreeMap<String, u64> {
 fn a_split_record_keeps_its_consistent_half_whatever_the_order() {
     let later = cycle_at(
         "CDH90",
-        ["2022-11-07 09:27:00", "2022-11-07 09:40:00", "2022-11-07 09:48:00", "2022-11-07 10:10:00", "2022-11-07 10:11:30"],
+        [
+            "2022-11-07 09:27:00",
+            "2022-11-07 09:40:00",
+            "2022-11-07 09:48:00",
+            "2022-11-07 10:10:00",
+            "2022-11-07 10:11:30",
+        ],
         280.0,
         1320.0,
     );
     let mut reports = Vec::new();
     // The consistent half first, second, and second after a later cycle
     // (a correction of an accepted load is not a late cycle).
-    for order in [vec![consistent(), other_half()], vec![other_half(), consistent()], vec![
-        other_half(),
-        later.clone(),
-        consistent(),
-    ]] {
+    for order in [
+        vec![consistent(), other_half()],
+        vec![other_half(), consistent()],
+        vec![other_half(), later.clone(), consistent()],
+    ] {
         let mut h = harness(&manifest_config());
         let mut msgs: Vec<(&str, Vec<u8>)> = order.iter().map(|v| (TOPIC, bytes(v))).collect();
         if order.len() == 2 {
@@ -147,7 +159,13 @@ fn hours_outside_the_stages_flag_a_cycle_out_of_the_duration_means() {
     // which 10,200 s are in no stage (3 h less the 600 s empty travel).
     let mut parked = cycle_at(
         "CDH90",
-        ["2022-11-07 07:00:00", "2022-11-07 10:00:00", "2022-11-07 10:08:00", "2022-11-07 10:33:00", "2022-11-07 10:34:30"],
+        [
+            "2022-11-07 07:00:00",
+            "2022-11-07 10:00:00",
+            "2022-11-07 10:08:00",
+            "2022-11-07 10:33:00",
+            "2022-11-07 10:34:30",
+        ],
         310.0,
         1500.0,
     );
@@ -157,7 +175,13 @@ fn hours_outside_the_stages_flag_a_cycle_out_of_the_duration_means() {
     // 3: exactly max_unaccounted_s (3600 s) outside the stages: not flagged.
     let edge = cycle_at(
         "CDH90",
-        ["2022-11-07 09:40:00", "2022-11-07 10:50:00", "2022-11-07 10:58:00", "2022-11-07 11:23:00", "2022-11-07 11:24:30"],
+        [
+            "2022-11-07 09:40:00",
+            "2022-11-07 10:50:00",
+            "2022-11-07 10:58:00",
+            "2022-11-07 11:23:00",
+            "2022-11-07 11:24:30",
+        ],
         290.0,
         1500.0,
     );
@@ -215,8 +239,20 @@ fn caps_on_trucks_and_loaders_are_counted_and_the_service_keeps_running() {
         v["loader"] = json!(loader);
         v
     };
-    let t1 = ["2022-11-07 08:42:00", "2022-11-07 08:52:00", "2022-11-07 09:00:00", "2022-11-07 09:25:00", "2022-11-07 09:26:30"];
-    let t2 = ["2022-11-07 09:42:00", "2022-11-07 09:52:00", "2022-11-07 10:00:00", "2022-11-07 10:25:00", "2022-11-07 10:26:30"];
+    let t1 = [
+        "2022-11-07 08:42:00",
+        "2022-11-07 08:52:00",
+        "2022-11-07 09:00:00",
+        "2022-11-07 09:25:00",
+        "2022-11-07 09:26:30",
+    ];
+    let t2 = [
+        "2022-11-07 09:42:00",
+        "2022-11-07 09:52:00",
+        "2022-11-07 10:00:00",
+        "2022-11-07 10:25:00",
+        "2022-11-07 10:26:30",
+    ];
     let out = send_all(
         &mut h,
         &[
@@ -224,7 +260,10 @@ fn caps_on_trucks_and_loaders_are_counted_and_the_service_keeps_running() {
             ("site/north/CDH2/payload", bytes(&on("CDH2", t1, "PAB10"))),
             // A third truck: over max_trucks, charged to the site.
             ("site/north/CDH3/payload", bytes(&on("CDH3", t1, "PAB10"))),
-            ("site/north/CDH3/fuel", bytes(&json!({"shift": SHIFT, "end_time": "2022-11-07 10:00:00", "litres": 900.0}))),
+            (
+                "site/north/CDH3/fuel",
+                bytes(&json!({"shift": SHIFT, "end_time": "2022-11-07 10:00:00", "litres": 900.0})),
+            ),
             // A second loader: over max_loaders, charged to the truck's shift.
             ("site/north/CDH1/payload", bytes(&on("CDH1", t2, "PAB11"))),
             ("site/north/PAB12/bucket", bytes(&json!({"truck": "CDH1", "pass": 1, "bucket_t": 90.0}))),
@@ -323,7 +362,13 @@ fn clocks_that_jump_by_days_are_counted_and_do_not_block_the_truck() {
     future["shift"] = json!("221117001");
     let local = cycle_at(
         "CDH90",
-        ["2022-11-07 18:12:00", "2022-11-07 18:22:00", "2022-11-07 18:30:00", "2022-11-07 18:55:00", "2022-11-07 18:56:30"],
+        [
+            "2022-11-07 18:12:00",
+            "2022-11-07 18:22:00",
+            "2022-11-07 18:30:00",
+            "2022-11-07 18:55:00",
+            "2022-11-07 18:56:30",
+        ],
         295.0,
         1500.0,
     );
