@@ -125,10 +125,10 @@ pub struct Kept {
     pub flag: Option<String>,
 }
 
-/// Most accepted cycles kept per (truck, shift) for replacement; a real
-/// shift has tens. Beyond, a later duplicate of a forgotten cycle is
-/// rejected as before (first one wins).
-pub const MAX_KEPT: usize = 500;
+/// Most accepted cycles kept per (truck, shift) for replacement: a 12 h
+/// shift of 7-minute cycles is about 100, real ones have 5 to 20. Beyond, a
+/// later duplicate of a forgotten cycle is rejected (the first one stays).
+pub const MAX_KEPT: usize = 200;
 
 /// One truck in one shift.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

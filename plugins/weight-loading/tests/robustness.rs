@@ -406,3 +406,20 @@ fn clocks_that_jump_by_days_are_counted_and_do_not_block_the_truck() {
     h.send_batch(vec![at(bytes(&back), TOPIC)]).expect("handled");
     assert_eq!(h.host().counters.get("rejected_out_of_order"), Some(&1));
 }
+
+#[test]
+fn a_split_record_is_replaced_after_a_restart_too() {
+    let config = manifest_config();
+    let mut h = harness(&config);
+    send_all(&mut h, &[(TOPIC, bytes(&other_half()))]);
+    h.restart(&config).expect("restart");
+    let out = send_all(&mut h, &[(TOPIC, bytes(&consistent()))]);
+    let report = last_on(&out, "CDH90/shift");
+    assert_eq!(report["cycles"], 1);
+    assert_eq!(report["rejected"], json!({"duplicate": 1}));
+    assert_eq!(report["means"]["full_travel_s"], 1500.0);
+    assert_eq!(report["last_end"], "2022-11-07 09:26:30");
+    let r = h.service().truck_shift("CDH90", SHIFT).expect("record");
+    assert_eq!(r.kept.len(), 1);
+    assert_eq!(r.kept[0].consistency.fails, 0);
+}
