@@ -87,30 +87,29 @@ impl PairShape {
         if a.is_circle() && b.is_circle() {
             return PairShape::circles(a.radius + b.radius);
         }
-        let mut axes: Vec<(f64, f64)> = Vec::with_capacity(4);
+        // No allocation: this runs for every nearby pair with a rectangle.
+        let mut axes = [(0.0, 0.0); 4];
+        let mut na = 0;
         let mut round = 0.0;
         for (f, h) in [(a, heading_a), (b, heading_b)] {
             match f.half_axes(h) {
                 Some(ax) => {
-                    axes.extend(ax);
+                    axes[na..na + 2].copy_from_slice(&ax);
+                    na += 2;
                     round += f.radius;
                 }
                 None => round += f.covering_radius(),
             }
         }
-        let mut pts: Vec<(f64, f64)> = Vec::with_capacity(16);
-        for mask in 0..(1u32 << axes.len()) {
-            let mut p = (0.0, 0.0);
-            for (i, ax) in axes.iter().enumerate() {
+        let mut pts = [(0.0, 0.0); 16];
+        let np = 1usize << na;
+        for (mask, p) in pts[..np].iter_mut().enumerate() {
+            for (i, ax) in axes[..na].iter().enumerate() {
                 let s = if mask & (1 << i) != 0 { 1.0 } else { -1.0 };
-                p = (p.0 + s * ax.0, p.1 + s * ax.1);
+                *p = (p.0 + s * ax.0, p.1 + s * ax.1);
             }
-            pts.push(p);
         }
-        let hull = convex_hull(pts);
-        let mut verts = [(0.0, 0.0); 8];
-        let n = hull.len().min(8);
-        verts[..n].copy_from_slice(&hull[..n]);
+        let (verts, n) = convex_hull(&mut pts[..np]);
         PairShape { verts, n: n.max(1), round }
     }
 
@@ -200,27 +199,41 @@ fn segment_distance(p: (f64, f64), a: (f64, f64), b: (f64, f64)) -> f64 {
 }
 
 /// Andrew's monotone chain, counter-clockwise, collinear and repeated
-/// points dropped (a rectangle of width 0 gives a 2-vertex segment).
-fn convex_hull(mut pts: Vec<(f64, f64)>) -> Vec<(f64, f64)> {
+/// points dropped (a rectangle of width 0 gives a 2-vertex segment). The
+/// hull of the 16 corner sums of two rectangles has at most 8 vertices.
+fn convex_hull(pts: &mut [(f64, f64)]) -> ([(f64, f64); 8], usize) {
     pts.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
-    pts.dedup_by(|a, b| (a.0 - b.0).abs() < 1e-9 && (a.1 - b.1).abs() < 1e-9);
-    if pts.len() <= 2 {
-        return pts;
-    }
-    let mut hull: Vec<(f64, f64)> = Vec::with_capacity(pts.len() + 1);
-    for pass in 0..2 {
-        let start = hull.len();
-        let iter: Box<dyn Iterator<Item = &(f64, f64)>> =
-            if pass == 0 { Box::new(pts.iter()) } else { Box::new(pts.iter().rev()) };
-        for &p in iter {
-            while hull.len() >= start + 2 && cross(hull[hull.len() - 2], hull[hull.len() - 1], p) <= 1e-12 {
-                hull.pop();
-            }
-            hull.push(p);
+    let mut uniq = 0;
+    for i in 0..pts.len() {
+        let p = pts[i];
+        if uniq == 0 || (p.0 - pts[uniq - 1].0).abs() >= 1e-9 || (p.1 - pts[uniq - 1].1).abs() >= 1e-9 {
+            pts[uniq] = p;
+            uniq += 1;
         }
-        hull.pop();
     }
-    hull
+    let pts = &pts[..uniq];
+    let mut out = [(0.0, 0.0); 8];
+    if pts.len() <= 2 {
+        out[..pts.len()].copy_from_slice(pts);
+        return (out, pts.len());
+    }
+    let mut hull = [(0.0, 0.0); 34];
+    let mut n = 0;
+    for pass in 0..2 {
+        let start = n;
+        for k in 0..pts.len() {
+            let p = if pass == 0 { pts[k] } else { pts[pts.len() - 1 - k] };
+            while n >= start + 2 && cross(hull[n - 2], hull[n - 1], p) <= 1e-12 {
+                n -= 1;
+            }
+            hull[n] = p;
+            n += 1;
+        }
+        n -= 1;
+    }
+    let n = n.min(8);
+    out[..n].copy_from_slice(&hull[..n]);
+    (out, n)
 }
 
 #[cfg(test)]

@@ -13,10 +13,13 @@
 //! Config keys (units and defaults; the manifest's `[config]` holds the same):
 //! - `site` ("site-01"): the site name in the picture topic;
 //! - `origin` ({lat, lon} degrees; default: the first fix): local frame origin;
-//! - `default_radius_m` (2.5 m) and `classes` ([{name, prefix, radius_m}], []):
-//!   each asset's radius, by longest id prefix;
+//! - `default_radius_m` (2.5 m) and `classes` ([{name, prefix, length_m,
+//!   width_m, radius_m}], []): each asset's footprint by longest id prefix,
+//!   a rectangle along its heading or a circle ([`footprint`]);
+//! - `heading_min_speed_mps` (1 m/s): the heading follows the course only
+//!   at this speed or more;
 //! - `warn_gap_m` (10 m) / `warn_time_s` (10 s): a warning when the gap
-//!   (separation minus both radii) is predicted to fall to `warn_gap_m`
+//!   between footprints is predicted to fall to `warn_gap_m`
 //!   within `warn_time_s`; `critical_gap_m` (3 m) / `critical_time_s` (4 s): same, critical;
 //! - `clear_margin_m` (2 m), `clear_hold_s` (2 s): hysteresis of a clear;
 //! - `max_extrapolation_s` (2 s): the most an older fix is projected forward;

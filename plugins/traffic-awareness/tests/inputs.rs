@@ -201,7 +201,9 @@ fn the_readme_example_calibration_is_valid() {
     let cfg = &site["services"]["traffic-awareness"]["config"];
     let c = traffic_awareness::config::Config::parse(&serde_json::to_string(cfg).expect("json")).expect("valid");
     assert_eq!((c.classes.len(), c.zones.len()), (3, 2));
-    // It runs: a haul truck and a person 8.9 m apart (radii 6 + 0.5, gap 2.4 m) is critical.
+    // It runs: a parked haul truck (12 x 6.5 m, never seen moving: its
+    // covering circle, radius 6.82 m) and a person (0.5 m) 8.9 m apart,
+    // gap 1.6 m, is critical.
     let mut h = outpost_sdk::testing::Harness::<traffic_awareness::TrafficAwareness>::with_acl(
         &serde_json::to_string(cfg).expect("json"),
         ACL,
@@ -223,7 +225,7 @@ fn the_readme_example_calibration_is_valid() {
     let out = take(&mut h);
     let w = warnings(&out, "p-7");
     assert_eq!((w.len(), w[0]["severity"].as_str()), (1, Some("critical")));
-    close("collision radius", f(w[0], "collision_radius_m"), 6.5, 1e-9);
+    close("collision radius", f(w[0], "collision_radius_m"), 0.5 * 12f64.hypot(6.5) + 0.5, 1e-3);
 }
 
 #[test]

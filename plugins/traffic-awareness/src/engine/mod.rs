@@ -11,7 +11,8 @@
 //!   where `v_max` bounds every live asset's speed.
 //! - A pair is compared at the newer of its two fix times, the older fix
 //!   extrapolated at constant velocity by at most `max_extrapolation_s`.
-//! - Severity: `critical` if the gap (separation minus `r_a + r_b`) falls
+//! - Severity: `critical` if the gap between the footprints (rectangles
+//!   along the heading, or circles; [`crate::footprint`]) falls
 //!   to `critical_gap_m` within `critical_time_s`; else `warning` if it
 //!   falls to `warn_gap_m` within `warn_time_s`; else `none`.
 //! - Lifecycle: `start` when a pair without an encounter reaches
@@ -19,7 +20,9 @@
 //!   `clear` once the gap has not been predicted to fall to
 //!   `warn_gap_m + clear_margin_m` within `warn_time_s` for `clear_hold_s`
 //!   of site time, or when an asset goes stale.
-//! - Site time is the newest fix time seen. An asset whose last fix is
+//! - Site time is the newest fix time accepted; a fix further ahead of it
+//!   than the site can have moved is refused (`time_jump`) unless the
+//!   assets off the clock outnumber those on it. An asset whose last fix is
 //!   more than `stale_after_s` behind it (or, in `tick`, whose last fix
 //!   arrived more than `stale_after_s` of wall clock ago) is dropped.
 
