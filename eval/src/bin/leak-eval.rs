@@ -300,7 +300,7 @@ fn one_seed(
     let (cal_start, cal_end) = calibration_window(&labels, plan)?;
     let mut cal = replay::load_dir(&historical, Some(&cal_start), Some(&cal_end))?;
     if plan.correct {
-        let m = NetModel::parse(model_bytes)?;
+        let m = NetModel::parse(model_bytes).map_err(|e| e.to_string())?;
         for s in &mut cal {
             let q = labels.get(&s.time).map(Vec::as_slice).unwrap_or(&[]);
             s.payload = corrected(&s.payload, q, &m, "p227")?;

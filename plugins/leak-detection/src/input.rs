@@ -76,6 +76,19 @@ pub struct Validator {
 }
 
 impl Validator {
+    /// Sensors validated so far (each a little memory).
+    pub fn len(&self) -> usize {
+        self.sensors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sensors.is_empty()
+    }
+
+    pub fn knows(&self, kind: Kind, id: &str) -> bool {
+        self.sensors.contains_key(&(kind, id.to_owned()))
+    }
+
     /// Checks one value at `minute`; `Ok` gives the value to use.
     pub fn check(&mut self, c: &Checks, kind: Kind, id: &str, minute: i64, v: &Value) -> Result<f64, Reject> {
         let x = match v {
@@ -129,11 +142,44 @@ pub struct Scada {
     pub groups: Vec<(Kind, serde_json::Map<String, Value>)>,
 }
 
+/// Why a whole SCADA message was refused; each has its own counter.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ScadaError {
+    #[error("not UTF-8 (byte {0})")]
+    NotUtf8(usize),
+    /// A number JSON can write but f64 cannot hold (1e400): the JSON parser refuses the
+    /// whole message, so none of its values can be used.
+    #[error("a number beyond the f64 range: {0}")]
+    NumberOverflow(String),
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    #[error("{0}")]
+    Shape(String),
+}
+
+impl ScadaError {
+    pub fn counter(&self) -> &'static str {
+        match self {
+            ScadaError::NotUtf8(_) => "flag_not_utf8",
+            ScadaError::NumberOverflow(_) => "flag_number_overflow",
+            ScadaError::NotJson(_) | ScadaError::Shape(_) => "flag_bad_message",
+        }
+    }
+}
+
 /// Parses the message shape; a missing group is an empty one (all its sensors missing).
-pub fn parse_scada(payload: &[u8]) -> Result<Scada, String> {
-    let v: Value = serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
-    let obj = v.as_object().ok_or("not a JSON object")?;
-    let time = obj.get("time").and_then(Value::as_str).ok_or("no \"time\" string")?.to_owned();
+pub fn parse_scada(payload: &[u8]) -> Result<Scada, ScadaError> {
+    let text = std::str::from_utf8(payload).map_err(|e| ScadaError::NotUtf8(e.valid_up_to()))?;
+    let v: Value = serde_json::from_str(text).map_err(|e| {
+        if e.to_string().starts_with("number out of range") {
+            ScadaError::NumberOverflow(e.to_string())
+        } else {
+            ScadaError::NotJson(e.to_string())
+        }
+    })?;
+    let shape = |m: &str| ScadaError::Shape(m.to_owned());
+    let obj = v.as_object().ok_or_else(|| shape("not a JSON object"))?;
+    let time = obj.get("time").and_then(Value::as_str).ok_or_else(|| shape("no \"time\" string"))?.to_owned();
     let mut groups = Vec::new();
     for (key, kind) in [
         ("pressure_m", Kind::Pressure),
@@ -144,7 +190,7 @@ pub fn parse_scada(payload: &[u8]) -> Result<Scada, String> {
         match obj.get(key) {
             None | Some(Value::Null) => groups.push((kind, serde_json::Map::new())),
             Some(Value::Object(m)) => groups.push((kind, m.clone())),
-            Some(_) => return Err(format!("\"{key}\" is not an object")),
+            Some(_) => return Err(ScadaError::Shape(format!("\"{key}\" is not an object"))),
         }
     }
     Ok(Scada { time, groups })

@@ -34,7 +34,7 @@ pub mod time;
 
 use detector::{Detector, Event, Params};
 use input::{parse_scada, Checks, Kind, Validator};
-use model::{Calibration, Hour, NetModel};
+use model::{Calibration, Hour, ModelLimits, NetModel};
 use outpost_sdk::{export_service, host, Message, Service, ServiceError};
 use std::collections::BTreeMap;
 
@@ -58,6 +58,18 @@ pub struct Config {
     pub pump_flow: String,
     pub tank_level: String,
     pub max_networks: usize,
+    /// Distinct sensors per network (each keeps validation state and, while calibrating, a
+    /// column of the fit); beyond it new ids are refused (`flag_too_many_sensors`).
+    pub max_sensors: usize,
+    /// Network model limits: bytes, nodes, pipes, sensors (`flag_model_too_large`).
+    pub max_model_bytes: usize,
+    pub max_model_nodes: usize,
+    pub max_model_pipes: usize,
+    pub max_model_sensors: usize,
+    /// A step more than this many hours away from the latest one is held as a clock jump
+    /// (`flag_time_jump`) until `time_jump_confirm_steps` consecutive steps continue it.
+    pub max_time_jump_h: i64,
+    pub time_jump_confirm_steps: u32,
     pub max_calibration_days: i64,
     /// Sampling step of the SCADA (min, divides 60): 5 for L-Town, 30 for LeakDB.
     pub step_minutes: i64,
@@ -80,6 +92,10 @@ pub struct Config {
     pub baseline_h: i64,
     pub refine_after_h: Vec<i64>,
     pub merge_ratio: f64,
+    /// A located leak is moved to another pipe only when its pipe fits worse than this ×
+    /// the best pipe's misfit.
+    pub relocate_ratio: f64,
+    pub x_young: bool,
     pub min_leak_m3h: f64,
     pub max_startup_leaks: usize,
     pub max_open_leaks: usize,
@@ -109,6 +125,13 @@ impl Default for Config {
             pump_flow: "PUMP_1".into(),
             tank_level: "T1".into(),
             max_networks: 8,
+            max_sensors: 1024,
+            max_model_bytes: 4 << 20,
+            max_model_nodes: 20_000,
+            max_model_pipes: 40_000,
+            max_model_sensors: 512,
+            max_time_jump_h: 12,
+            time_jump_confirm_steps: 3,
             max_calibration_days: 62,
             step_minutes: 5,
             min_steps_per_hour: 6,
@@ -123,6 +146,8 @@ impl Default for Config {
             baseline_h: 24,
             refine_after_h: vec![24, 72],
             merge_ratio: 1.5,
+            relocate_ratio: 1.0,
+            x_young: false,
             min_leak_m3h: 4.0,
             max_startup_leaks: 6,
             max_open_leaks: 32,
@@ -168,8 +193,11 @@ impl Config {
         if !(c.profile_adapt_h >= 1.0 && c.profile_adapt_h.is_finite()) {
             return bad("profile_adapt_h ≥ 1".into());
         }
-        if c.cusum_threshold_m3h <= 0.0 || c.cusum_drift_m3h < 0.0 || c.min_leak_m3h <= 0.0 || c.merge_ratio < 1.0 {
-            return bad("cusum_threshold_m3h > 0, cusum_drift_m3h ≥ 0, min_leak_m3h > 0, merge_ratio ≥ 1".into());
+        if c.cusum_threshold_m3h <= 0.0 || c.cusum_drift_m3h < 0.0 || c.min_leak_m3h <= 0.0 || c.merge_ratio < 1.0 || c.relocate_ratio < 1.0 {
+            return bad("cusum_threshold_m3h > 0, cusum_drift_m3h ≥ 0, min_leak_m3h > 0, merge_ratio ≥ 1, relocate_ratio ≥ 1".into());
+        }
+        if c.max_sensors == 0 || c.max_time_jump_h < 1 || c.time_jump_confirm_steps == 0 {
+            return bad("max_sensors ≥ 1, max_time_jump_h ≥ 1, time_jump_confirm_steps ≥ 1".into());
         }
         if c.locate_after_h < 1 || c.baseline_h < 1 || c.refine_after_h.iter().any(|h| *h < 1) || c.frozen_steps < 2 {
             return bad("locate_after_h, baseline_h, refine_after_h ≥ 1 h; frozen_steps ≥ 2".into());
@@ -188,6 +216,8 @@ impl Config {
             baseline_h: self.baseline_h,
             refine_after_h: self.refine_after_h.clone(),
             merge_ratio: self.merge_ratio,
+            relocate_ratio: self.relocate_ratio,
+            x_young: self.x_young,
             min_leak_m3h: self.min_leak_m3h,
             max_startup_leaks: self.max_startup_leaks,
             max_open_leaks: self.max_open_leaks,
@@ -212,6 +242,15 @@ impl Config {
             spike_level_m: self.spike_level_m,
             frozen_steps: self.frozen_steps,
             spike_accept_after: self.spike_accept_after,
+        }
+    }
+
+    fn model_limits(&self) -> ModelLimits {
+        ModelLimits {
+            bytes: self.max_model_bytes,
+            nodes: self.max_model_nodes,
+            pipes: self.max_model_pipes,
+            sensors: self.max_model_sensors,
         }
     }
 
@@ -274,6 +313,9 @@ struct Network {
     open: Vec<HourAcc>,
     last_closed: Option<i64>,
     latest: Option<i64>,
+    /// A step far from `latest` (clock jump) not yet confirmed: its minute and how many
+    /// consecutive steps continued it.
+    jump: Option<(i64, u32)>,
     det: Detector,
 }
 
@@ -326,7 +368,8 @@ impl LeakDetection {
     }
 
     fn load_network(&self, site: &str, name: &str) -> Network {
-        let model = host::state_get(&key("model", site, name)).and_then(|b| NetModel::parse(&b).ok());
+        let lim = self.cfg.model_limits();
+        let model = host::state_get(&key("model", site, name)).and_then(|b| NetModel::parse_limited(&b, &lim).ok());
         let stored: Option<Calibration> =
             host::state_get(&key("calib", site, name)).and_then(|b| serde_json::from_slice(&b).ok());
         let commanded: Option<Window> =
@@ -373,17 +416,34 @@ impl LeakDetection {
             open: Vec::new(),
             last_closed,
             latest: None,
+            jump: None,
             det,
         }
     }
 
-    fn on_model(&mut self, site: &str, name: &str, payload: &[u8]) -> Result<(), String> {
-        let m = NetModel::parse(payload)?;
+    fn on_model(&mut self, site: &str, name: &str, payload: &[u8]) -> Result<(), (String, String)> {
+        let m = NetModel::parse_limited(payload, &self.cfg.model_limits())
+            .map_err(|e| (e.counter().to_owned(), e.to_string()))?;
+        // Refused networks store nothing (state would grow with every new name).
+        let Some(net) = self.network(site, name) else { return Ok(()) };
+        if let Calib::Done(c) = &net.calib {
+            if !c.pressure_ids.is_empty() && !c.pressure_ids.iter().any(|id| m.sensor_index.contains_key(id)) {
+                let why = format!("leak-model: none of its {} sensors is a calibrated pressure sensor", m.sensors.len());
+                return Err(("flag_bad_model".into(), why));
+            }
+        }
+        // Open leaks keep their pipe by id: a model of another size must not leave them
+        // pointing past its pipe list.
+        let old = net.model.take();
+        for l in &mut net.det.open {
+            l.pipe = l.pipe.and_then(|p| {
+                let id = old.as_ref()?.pipe_ids.get(p)?;
+                m.pipe_ids.iter().position(|q| q == id)
+            });
+        }
         host::state_set(&key("model", site, name), payload);
         host::info(&format!("leak-model for {site}/{name}: {} pipes, {} sensors", m.pipe_ids.len(), m.sensors.len()));
-        if let Some(net) = self.network(site, name) {
-            net.model = Some(m);
-        }
+        net.model = Some(m);
         Ok(())
     }
 
@@ -392,6 +452,10 @@ impl LeakDetection {
         match (time::parse_minutes(&w.start), time::parse_minutes(&w.end)) {
             (Some(a), Some(b)) if b > a => {}
             _ => return Err(format!("calibrate: bad window {w:?}")),
+        }
+        // Refused networks store nothing.
+        if self.network(site, name).is_none() {
+            return Ok(());
         }
         let ring = self.cfg.ring_hours();
         let bytes = serde_json::to_vec(&w).map_err(|e| e.to_string())?;
@@ -420,7 +484,7 @@ impl LeakDetection {
         let cfg = self.cfg.clone();
         let checks = self.checks.clone();
         let params = self.params.clone();
-        let msg = parse_scada(payload).map_err(|e| ("flag_bad_message".to_string(), e))?;
+        let msg = parse_scada(payload).map_err(|e| (e.counter().to_string(), e.to_string()))?;
         let minute = time::parse_minutes(&msg.time)
             .ok_or_else(|| ("flag_bad_time".to_string(), format!("time {:?} is not YYYY-MM-DD HH:MM", msg.time)))?;
         if minute % cfg.step_minutes != 0 {
@@ -436,6 +500,31 @@ impl LeakDetection {
                 return Err(("flag_before_calibration".into(), format!("{} is before the calibration", msg.time)));
             }
             _ => {}
+        }
+        if let Some(latest) = net.latest {
+            if (minute - latest).abs() > cfg.max_time_jump_h * 60 {
+                // One wrong clock would otherwise close every open hour (forward) or be late
+                // for days (backward); a real outage or clock change is followed by more steps
+                // on the new time.
+                let n = match net.jump {
+                    Some((last, n)) if minute > last && minute - last <= 60 => n + 1,
+                    _ => 1,
+                };
+                if n < cfg.time_jump_confirm_steps {
+                    net.jump = Some((minute, n));
+                    let why = format!("{} is {} h from the latest step: held as a clock jump", msg.time, (minute - latest) / 60);
+                    return Err(("flag_time_jump".into(), why));
+                }
+                net.jump = None;
+                if minute < latest {
+                    // The clock went back for good: a new timeline from here.
+                    net.open.clear();
+                    net.last_closed = None;
+                    net.latest = None;
+                }
+            } else {
+                net.jump = None;
+            }
         }
         let hour = minute.div_euclid(60);
         if net.last_closed.is_some_and(|c| hour <= c) || net.open.first().is_some_and(|a| hour < a.hour) {
@@ -460,6 +549,22 @@ impl LeakDetection {
         };
         for (kind, group) in &msg.groups {
             for (id, v) in group {
+                let known = match kind {
+                    Kind::Flow => cfg.inlet_flows.contains(id) || *id == cfg.pump_flow,
+                    Kind::Level => *id == cfg.tank_level,
+                    Kind::Pressure => expected.as_ref().is_none_or(|e| e.0.binary_search(id).is_ok()),
+                    Kind::Demand => expected.as_ref().is_none_or(|e| e.1.binary_search(id).is_ok()),
+                };
+                if !known {
+                    flag("flag_unknown_sensor", &format!("{site}/{name} {} {} {id}: not a configured or calibrated sensor", msg.time, kind.name()));
+                    continue;
+                }
+                // The configured flows and level are never crowded out.
+                let listed = matches!(kind, Kind::Flow | Kind::Level);
+                if !listed && !net.validator.knows(*kind, id) && net.validator.len() >= cfg.max_sensors {
+                    flag("flag_too_many_sensors", &format!("{site}/{name} {} {id}: max_sensors reached", kind.name()));
+                    continue;
+                }
                 match net.validator.check(&checks, *kind, id, minute, v) {
                     Ok(x) => match kind {
                         Kind::Flow if cfg.inlet_flows.contains(id) => inlets.push(x),
@@ -696,7 +801,7 @@ impl Service for LeakDetection {
             let (site, net) = (site.to_owned(), net.to_owned());
             let result = match kind {
                 "scada" => self.on_scada(&site, &net, &msg.payload),
-                "leak-model" => self.on_model(&site, &net, &msg.payload).map_err(|e| ("flag_bad_model".into(), e)),
+                "leak-model" => self.on_model(&site, &net, &msg.payload),
                 "calibrate" => self.on_calibrate(&site, &net, &msg.payload).map_err(|e| ("flag_bad_command".into(), e)),
                 _ => Err(("flag_bad_topic".into(), format!("unexpected topic {}", msg.topic))),
             };

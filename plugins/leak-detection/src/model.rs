@@ -44,30 +44,86 @@ pub struct NetModel {
     pub pipe_sig: Vec<Vec<f64>>,
 }
 
+/// Why a network model was refused (counted as `flag_bad_model` or `flag_model_too_large`).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ModelError {
+    #[error("leak-model: not a model message: {0}")]
+    Json(String),
+    #[error("leak-model: version {0} (expected 1)")]
+    Version(u32),
+    #[error("leak-model: {0}")]
+    Shape(String),
+    #[error("leak-model: {what} is {got}, more than the limit {max}")]
+    TooLarge { what: &'static str, got: usize, max: usize },
+}
+
+impl ModelError {
+    /// The counter this refusal is counted under.
+    pub fn counter(&self) -> &'static str {
+        match self {
+            ModelError::TooLarge { .. } => "flag_model_too_large",
+            _ => "flag_bad_model",
+        }
+    }
+}
+
+/// Size limits of an accepted model (from the service config).
+#[derive(Debug, Clone, Copy)]
+pub struct ModelLimits {
+    pub bytes: usize,
+    pub nodes: usize,
+    pub pipes: usize,
+    pub sensors: usize,
+}
+
+impl Default for ModelLimits {
+    fn default() -> Self {
+        // L-Town: 269 KB, 782 nodes, 905 pipes, 33 sensors; the parsed model must stay far
+        // below the service's 64 MiB.
+        ModelLimits { bytes: 4 << 20, nodes: 20_000, pipes: 40_000, sensors: 512 }
+    }
+}
+
 impl NetModel {
-    pub fn parse(payload: &[u8]) -> Result<NetModel, String> {
-        let m: ModelMsg = serde_json::from_slice(payload).map_err(|e| format!("leak-model: {e}"))?;
+    pub fn parse(payload: &[u8]) -> Result<NetModel, ModelError> {
+        Self::parse_limited(payload, &ModelLimits::default())
+    }
+
+    /// Parses and checks a model; sizes beyond `lim` are refused before anything large is
+    /// built from them (the byte limit before parsing).
+    pub fn parse_limited(payload: &[u8], lim: &ModelLimits) -> Result<NetModel, ModelError> {
+        let too = |what, got, max| if got > max { Err(ModelError::TooLarge { what, got, max }) } else { Ok(()) };
+        too("the payload (bytes)", payload.len(), lim.bytes)?;
+        let m: ModelMsg = serde_json::from_slice(payload).map_err(|e| ModelError::Json(e.to_string()))?;
         if m.version != 1 {
-            return Err(format!("leak-model: version {} (expected 1)", m.version));
+            return Err(ModelError::Version(m.version));
         }
         let nn = m.nodes.ids.len();
         let ns = m.sensors.len();
-        if ns == 0 || m.nodes.x.len() != nn || m.nodes.y.len() != nn || m.sensitivity.len() != nn {
-            return Err("leak-model: nodes.ids, x, y and sensitivity must have one entry per node".into());
+        let np = m.pipes.ids.len();
+        too("the node count", nn, lim.nodes)?;
+        too("the pipe count", np, lim.pipes)?;
+        too("the sensor count", ns, lim.sensors)?;
+        let shape = |s: String| Err(ModelError::Shape(s));
+        if ns == 0 || np == 0 || m.nodes.x.len() != nn || m.nodes.y.len() != nn || m.sensitivity.len() != nn {
+            return shape("sensors and pipes must not be empty; nodes.ids, x, y and sensitivity must have one entry per node".into());
         }
         if m.sensitivity.iter().any(|r| r.len() != ns || r.iter().any(|v| !v.is_finite())) {
-            return Err(format!("leak-model: every sensitivity row must hold {ns} finite numbers"));
+            return shape(format!("every sensitivity row must hold {ns} finite numbers"));
         }
-        let np = m.pipes.ids.len();
         if m.pipes.n1.len() != np || m.pipes.n2.len() != np {
-            return Err("leak-model: pipes.ids, n1 and n2 must have one entry per pipe".into());
+            return shape("pipes.ids, n1 and n2 must have one entry per pipe".into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(dup) = m.sensors.iter().find(|s| !seen.insert(s.as_str())) {
+            return shape(format!("sensor {dup} is listed twice"));
         }
         let mut pipe_xy = Vec::with_capacity(np);
         let mut pipe_sig = Vec::with_capacity(np);
         for k in 0..np {
             let (a, b) = (m.pipes.n1[k], m.pipes.n2[k]);
             if a >= nn || b >= nn {
-                return Err(format!("leak-model: pipe {} refers to a node index out of range", m.pipes.ids[k]));
+                return shape(format!("pipe {} refers to a node index out of range", m.pipes.ids[k]));
             }
             pipe_xy.push(((m.nodes.x[a] + m.nodes.x[b]) / 2.0, (m.nodes.y[a] + m.nodes.y[b]) / 2.0));
             // The leak sits mid-pipe: its effect is close to the mean of the two ends'.
