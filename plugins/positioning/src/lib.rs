@@ -98,7 +98,15 @@ fn tpv_time_ms(t: &str) -> Option<i64> {
     }
     let n = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
     let (y, mo, d, h, mi, s) = (n(0..4)?, n(5..7)?, n(8..10)?, n(11..13)?, n(14..16)?, n(17..19)?);
-    let ms = if b[19] == b'.' { t.get(20..t.len().saturating_sub(1))?.get(..3).and_then(|f| f.parse::<i64>().ok()).unwrap_or(0) } else { 0 };
+    // Milliseconds from up to three fraction digits ("5" is 500 ms).
+    let ms = match (b[19], t.get(20..t.len().saturating_sub(1))) {
+        (b'.', Some(frac)) => {
+            let d: String = frac.chars().take(3).collect();
+            let v = d.parse::<i64>().ok()?;
+            v * 10_i64.pow(3 - d.len() as u32)
+        }
+        _ => 0,
+    };
     let days = outpost_sdk::civil::days_from_civil(y, mo, d);
     Some(((days * 24 + h) * 60 + mi) * 60_000 + s * 1000 + ms)
 }

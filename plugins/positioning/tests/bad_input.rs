@@ -42,7 +42,10 @@ fn the_device_cap_refuses_new_devices_only() {
         assert_eq!(counter(&h, "devices_rejected"), i as u64 + 1, "every input of d-3 is refused");
     }
     let out = h.take_published();
-    assert!(out.iter().any(|(t, _)| t == "svc/positioning/d-1/fix") && out.iter().any(|(t, _)| t == "svc/positioning/d-2/fix"));
+    assert!(
+        out.iter().any(|(t, _)| t == "svc/positioning/d-1/fix")
+            && out.iter().any(|(t, _)| t == "svc/positioning/d-2/fix")
+    );
     assert!(!out.iter().any(|(t, _)| t == "svc/positioning/d-3/fix"));
     h.tick(10_000).expect("tick");
     assert_eq!(h.host().kpis.get("devices"), Some(&2.0));
@@ -69,7 +72,8 @@ fn unusable_topics_invalid_utf8_and_huge_numbers_are_counted() {
     payload.extend_from_slice(bad_body);
     payload.extend_from_slice(format!("*{ck:02X}\n").as_bytes());
     payload.extend_from_slice(b"\x00\x01\x02\xb5\x62\xff\xff\xff\n");
-    payload.extend_from_slice(nmea("GPGGA,030719.000,3747.0873,S,17518.8938,E,1,08,1.1,1e400,M,23.7,M,,0000").as_bytes());
+    payload
+        .extend_from_slice(nmea("GPGGA,030719.000,3747.0873,S,17518.8938,E,1,08,1.1,1e400,M,23.7,M,,0000").as_bytes());
     payload.push(b'\n');
     payload.extend_from_slice(nmea("GPRMC,030719.000,A,3747.0873,S,17518.8938,E,inf,181.39,311214,,,A").as_bytes());
     payload.push(b'\n');
@@ -89,7 +93,9 @@ fn unusable_topics_invalid_utf8_and_huge_numbers_are_counted() {
 #[test]
 fn a_bad_config_is_refused_by_name() {
     // serde_json refuses 1e400 before any key is read: it names the place.
-    for (cfg, needle) in [(r#"{"max_devices": 1e400}"#, "out of range at line 1 column 21"), (r#"{"max_devices": 0}"#, "max_devices")] {
+    for (cfg, needle) in
+        [(r#"{"max_devices": 1e400}"#, "out of range at line 1 column 21"), (r#"{"max_devices": 0}"#, "max_devices")]
+    {
         match Harness::<Positioning>::with_acl(cfg, ACL) {
             Err(e) => assert!(format!("{e:?}").contains(needle), "{e:?}"),
             Ok(_) => panic!("{cfg} accepted"),

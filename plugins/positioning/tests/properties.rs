@@ -38,8 +38,18 @@ fn field() -> impl Strategy<Value = String> {
 /// A sentence of a type the service reads, with random fields and a right checksum.
 fn sentence() -> impl Strategy<Value = String> {
     let kinds = prop_oneof![
-        Just("GPGGA"), Just("GPRMC"), Just("GPGSA"), Just("GPGSV"), Just("GPVTG"), Just("GPGLL"),
-        Just("GPGST"), Just("GPZDA"), Just("GNGNS"), Just("GNRMC"), Just("PUBX"), Just("GPTXT")
+        Just("GPGGA"),
+        Just("GPRMC"),
+        Just("GPGSA"),
+        Just("GPGSV"),
+        Just("GPVTG"),
+        Just("GPGLL"),
+        Just("GPGST"),
+        Just("GPZDA"),
+        Just("GNGNS"),
+        Just("GNRMC"),
+        Just("PUBX"),
+        Just("GPTXT")
     ];
     (kinds, proptest::collection::vec(field(), 0..22)).prop_map(|(k, f)| with_checksum(&format!("{k},{}", f.join(","))))
 }
@@ -81,9 +91,23 @@ fn gga() -> impl Strategy<Value = Gga> {
         (0u32..180, 0u32..600_000, any::<bool>()),
         (0u8..9, 0u8..40, -5000i32..90_000),
     )
-        .prop_map(|((h, m, s, cs), (lat_deg, lat_min_e4, south), (lon_deg, lon_min_e4, west), (quality, sats, alt_dm))| {
-            Gga { h, m, s, cs, lat_deg, lat_min_e4, south, lon_deg, lon_min_e4, west, quality, sats, alt_dm }
-        })
+        .prop_map(
+            |((h, m, s, cs), (lat_deg, lat_min_e4, south), (lon_deg, lon_min_e4, west), (quality, sats, alt_dm))| Gga {
+                h,
+                m,
+                s,
+                cs,
+                lat_deg,
+                lat_min_e4,
+                south,
+                lon_deg,
+                lon_min_e4,
+                west,
+                quality,
+                sats,
+                alt_dm,
+            },
+        )
 }
 
 impl Gga {

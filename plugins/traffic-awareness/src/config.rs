@@ -331,10 +331,7 @@ impl Config {
 
     /// The largest covering radius any asset can have, m (sizes the grid).
     pub fn max_radius(&self) -> f64 {
-        self.classes
-            .iter()
-            .map(|c| self.class_footprint(c).covering_radius())
-            .fold(self.default_radius_m, f64::max)
+        self.classes.iter().map(|c| self.class_footprint(c).covering_radius()).fold(self.default_radius_m, f64::max)
     }
 }
 
@@ -379,8 +376,10 @@ mod tests {
         assert_eq!(c.footprint_of("tag-1"), (Some(2), Footprint::circle(2.5)));
         assert_eq!(c.footprint_of("p-1"), (None, Footprint::circle(2.5)));
         assert_eq!(c.max_radius(), 6.5);
-        let e = Config::parse(r#"{"classes": [{"name": "x", "prefix": "x", "length_m": 3, "width_m": -1},
-                                              {"name": "y", "prefix": "y", "length_m": 3}]}"#)
+        let e = Config::parse(
+            r#"{"classes": [{"name": "x", "prefix": "x", "length_m": 3, "width_m": -1},
+                                              {"name": "y", "prefix": "y", "length_m": 3}]}"#,
+        )
         .expect_err("bad");
         assert!(e.contains("width_m is -1") && e.contains("both length_m and width_m"), "{e}");
     }

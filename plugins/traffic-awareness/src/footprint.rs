@@ -126,9 +126,7 @@ impl PairShape {
         if v.len() >= 3 && (0..v.len()).all(|i| cross(v[i], v[(i + 1) % v.len()], p) >= 0.0) {
             return 0.0;
         }
-        (0..v.len())
-            .map(|i| segment_distance(p, v[i], v[(i + 1) % v.len()]))
-            .fold(f64::INFINITY, f64::min)
+        (0..v.len()).map(|i| segment_distance(p, v[i], v[(i + 1) % v.len()])).fold(f64::INFINITY, f64::min)
     }
 
     /// Gap between the footprints when the antennas are `dp` apart, m

@@ -95,7 +95,8 @@ fn when_the_whole_site_moves_in_time_the_clock_follows() {
     assert_eq!(w[1]["reason"], "stale");
     for k in 1..10 {
         let t = later + 100 * k;
-        h.send_batch(vec![fix("s-1", t, 0.0), fix("s-2", t, 9.0), fix("s-3", t, 900.0)]).expect("the new day is accepted");
+        h.send_batch(vec![fix("s-1", t, 0.0), fix("s-2", t, 9.0), fix("s-3", t, 900.0)])
+            .expect("the new day is accepted");
         out.extend(take(&mut h));
     }
     assert_eq!(states(&warnings(&out, "s-1")), ["start", "clear", "start"]);

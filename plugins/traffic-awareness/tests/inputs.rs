@@ -233,7 +233,8 @@ fn invalid_utf8_huge_numbers_and_unusable_ids_are_counted() {
     let mut h = harness(json!({}));
     let (lat, lon) = to_lat_lon(0.0, 0.0);
     let t = iso(T0);
-    let mut bad_utf8 = format!(r#"{{"class":"TPV","mode":3,"time":"{t}","lat":{lat},"lon":{lon},"device":""#).into_bytes();
+    let mut bad_utf8 =
+        format!(r#"{{"class":"TPV","mode":3,"time":"{t}","lat":{lat},"lon":{lon},"device":""#).into_bytes();
     bad_utf8.extend_from_slice(b"\xff\xfe\"}");
     let raw = |id: &str, body: Vec<u8>| Message::new(topic(id), body);
     let batch = vec![
@@ -267,8 +268,12 @@ fn the_encounter_cap_drops_new_encounters_and_counts_them() {
     // Four assets parked in a row 6 m apart: five pairs within the warning
     // separation (15 m; 18 m for the ends is not), room for two.
     let mut h = harness(json!({"max_encounters": 2}));
-    let fixes: Vec<(&str, f64, f64, f64, f64)> =
-        vec![("e-1", 0.0, 0.0, 0.0, 0.0), ("e-2", 6.0, 0.0, 0.0, 0.0), ("e-3", 12.0, 0.0, 0.0, 0.0), ("e-4", 18.0, 0.0, 0.0, 0.0)];
+    let fixes: Vec<(&str, f64, f64, f64, f64)> = vec![
+        ("e-1", 0.0, 0.0, 0.0, 0.0),
+        ("e-2", 6.0, 0.0, 0.0, 0.0),
+        ("e-3", 12.0, 0.0, 0.0, 0.0),
+        ("e-4", 18.0, 0.0, 0.0, 0.0),
+    ];
     let out = step(&mut h, 0, &fixes);
     let starts = out.iter().filter(|o| o.topic.ends_with("/warning") && o.body["state"] == "start").count();
     assert_eq!(starts, 4, "two encounters, two sides each");

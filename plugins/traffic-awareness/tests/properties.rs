@@ -44,7 +44,11 @@ fn any_json() -> impl Strategy<Value = Value> {
 fn footprint() -> impl Strategy<Value = Footprint> {
     prop_oneof![
         (0.0f64..3.0).prop_map(Footprint::circle),
-        (1.0f64..20.0, 0.5f64..8.0, 0.0f64..1.0).prop_map(|(length, width, radius)| Footprint { length, width, radius }),
+        (1.0f64..20.0, 0.5f64..8.0, 0.0f64..1.0).prop_map(|(length, width, radius)| Footprint {
+            length,
+            width,
+            radius
+        }),
         (1.0f64..20.0).prop_map(|length| Footprint { length, width: 0.0, radius: 0.5 }),
     ]
 }

@@ -58,9 +58,8 @@ fn severity(a: &M, b: &M, t_s: f64, p: (f64, f64), cfg: &serde_json::Value) -> &
         return "none";
     }
     let (ba, bb) = (placed(a, t_s), placed(b, t_s));
-    let within = |gap: &str, time: &str| {
-        first_gap_time(&ba, (a.3, a.4), &bb, (b.3, b.4), f(cfg, gap), f(cfg, time)).is_some()
-    };
+    let within =
+        |gap: &str, time: &str| first_gap_time(&ba, (a.3, a.4), &bb, (b.3, b.4), f(cfg, gap), f(cfg, time)).is_some();
     if within("critical_gap_m", "critical_time_s") {
         "critical"
     } else if within("warn_gap_m", "warn_time_s") {

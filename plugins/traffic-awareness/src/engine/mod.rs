@@ -32,9 +32,9 @@ mod zones;
 use zones::zone_msg;
 
 use crate::config::{Config, ZoneKind};
+use crate::footprint::{Footprint, PairShape};
 use crate::geo::{Frame, Polygon};
 use crate::grid::{Cell, Grid, IntMap};
-use crate::footprint::{Footprint, PairShape};
 use crate::kinematics::{geometry, reaches_within, velocity, Geometry};
 use crate::output::*;
 use crate::tpv::{iso_ms, Fix, Reject};
@@ -736,10 +736,7 @@ impl Engine {
         if !self.closed_ids.contains(&base) {
             return base;
         }
-        (2u32..)
-            .map(|n| format!("{base}|{n}"))
-            .find(|id| !self.closed_ids.contains(id))
-            .unwrap_or(base)
+        (2u32..).map(|n| format!("{base}|{n}")).find(|id| !self.closed_ids.contains(id)).unwrap_or(base)
     }
 
     fn close(&mut self, key: (u32, u32)) {

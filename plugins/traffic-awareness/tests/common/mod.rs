@@ -271,7 +271,9 @@ fn seg_dist(p: (f64, f64), a: (f64, f64), b: (f64, f64)) -> f64 {
 
 /// Projections of a polygon on an axis: (min, max).
 fn project(poly: &[(f64, f64)], ax: (f64, f64)) -> (f64, f64) {
-    poly.iter().map(|p| p.0 * ax.0 + p.1 * ax.1).fold((f64::INFINITY, f64::NEG_INFINITY), |m, v| (m.0.min(v), m.1.max(v)))
+    poly.iter()
+        .map(|p| p.0 * ax.0 + p.1 * ax.1)
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |m, v| (m.0.min(v), m.1.max(v)))
 }
 
 /// Whether two convex polygons (or a point and a polygon) overlap, by the
