@@ -147,17 +147,17 @@ fi
 
 if [[ -z $bin_dir ]]; then
     command -v cargo >/dev/null 2>&1 ||
-        die "cargo not found, so the binaries cannot be built here: install Rust (https://rustup.rs), or build elsewhere with 'cargo build --release -p outpost-runtime --bins' and pass --bin-dir DIR"
+        die "cargo not found, so the binaries cannot be built here: install Rust (https://rustup.rs), or build elsewhere with 'cargo build --release -p outpost-runtime -p outpost-devtools --bins' and pass --bin-dir DIR"
     [[ -f $REPO_ROOT/Cargo.toml ]] ||
         die "no Cargo.toml in $REPO_ROOT, so the binaries cannot be built; pass --bin-dir DIR with prebuilt outpost, outpostctl and outpost-sim"
-    say "building the binaries (cargo build --release -p outpost-runtime --bins)"
-    (cd "$REPO_ROOT" && cargo build --release -p outpost-runtime --bins) ||
+    say "building the binaries (cargo build --release -p outpost-runtime -p outpost-devtools --bins)"
+    (cd "$REPO_ROOT" && cargo build --release -p outpost-runtime -p outpost-devtools --bins) ||
         die "building the binaries failed (cargo output above); fix the build, or pass --bin-dir DIR with prebuilt binaries"
     target_dir=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
     [[ $target_dir == /* ]] || target_dir=$REPO_ROOT/$target_dir
     bin_dir=$target_dir/release
 fi
-[[ -d $bin_dir ]] || die "--bin-dir $bin_dir is not a folder; build the binaries with 'cargo build --release -p outpost-runtime --bins' and pass their folder (target/release)"
+[[ -d $bin_dir ]] || die "--bin-dir $bin_dir is not a folder; build the binaries with 'cargo build --release -p outpost-runtime -p outpost-devtools --bins' and pass their folder (target/release)"
 bin_dir=$(cd -- "$bin_dir" && pwd)
 
 missing=()
@@ -165,7 +165,7 @@ for b in "${BINARIES[@]}"; do
     [[ -f $bin_dir/$b && -x $bin_dir/$b ]] || missing+=("$b")
 done
 if [[ ${#missing[@]} -gt 0 ]]; then
-    die "$bin_dir lacks ${missing[*]}; build them with 'cargo build --release -p outpost-runtime --bins' and pass their folder with --bin-dir"
+    die "$bin_dir lacks ${missing[*]}; build them with 'cargo build --release -p outpost-runtime -p outpost-devtools --bins' and pass their folder with --bin-dir"
 fi
 
 say "installing binaries to $bin_dest"

@@ -172,7 +172,7 @@ fn bench_handler(rows: &mut Vec<Row>) {
 fn bench_weight_loading(rows: &mut Vec<Row>) {
     println!("\n(a) weight-loading, per haul-cycle record: WASM (real host) vs native");
     let csv = workspace().join("tests/data/mine-haul-dispatch/StdShiftLoadsDumpsFuel.train.csv");
-    let track = outpost::sim::haul::load_cycles("bench", &csv).expect("haul cycles");
+    let track = outpost_devtools::sim::haul::load_cycles("bench", &csv).expect("haul cycles");
     let messages: Vec<(String, Vec<u8>)> = track.messages.into_iter().map(|m| (m.topic, m.payload)).collect();
     let host = HostEngine::new(&EngineOptions::default()).expect("engine");
     for batch in [1usize, 64] {

@@ -11,7 +11,10 @@
 //! - [`control`]: desired state and lifecycle changes on a running agent
 //!   ([`contract`]: payload contracts between services, checked before a deploy);
 //!   [`status`]: the one status model every reader shares.
-//! - [`agent`]: ties it together; [`replay`]: offline runs for developers.
+//! - [`agent`]: ties it together.
+//!
+//! The tools for people (`outpostctl`, `outpost-sim`, replay, pretty-printers)
+//! are the `outpost-devtools` crate, so the gateway's binary carries none of them.
 
 pub mod agent;
 pub mod api;
@@ -27,8 +30,6 @@ pub mod host;
 pub mod http;
 pub mod manifest;
 pub mod package;
-pub mod replay;
-pub mod sim;
 pub mod state;
 pub mod status;
 pub mod telemetry;

@@ -32,7 +32,7 @@ fn bin_dir() -> PathBuf {
         assert!(
             dir.join(b).is_file(),
             "{} is not built; run the tests with `cargo xtask test` (it builds the binaries first), or build them with \
-             `cargo build -p outpost-runtime --bins` and set OUTPOST_BIN_DIR to their folder",
+             `cargo build -p outpost-runtime -p outpost-devtools --bins` and set OUTPOST_BIN_DIR to their folder",
             dir.join(b).display()
         );
     }

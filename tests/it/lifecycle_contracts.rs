@@ -199,15 +199,15 @@ fn declared_schemas_hold_for_what_the_services_publish() {
         csv += &format!("lv-1,vehicle,{step},40,{:.4},0,10\n", -50.0 + 10.0 * t);
     }
     std::fs::write(scene.path(), csv).expect("scene");
-    let opts = outpost::sim::scene::SceneOptions {
+    let opts = outpost_devtools::sim::scene::SceneOptions {
         origin: (-23.44, -70.25),
         origin_xy: (0.0, 0.0),
         period_s: 0.1,
         start_utc: 1_770_000_000.0,
         skip_types: vec![],
-        output: outpost::sim::scene::SceneOutput::Nmea,
+        output: outpost_devtools::sim::scene::SceneOutput::Nmea,
     };
-    let track = outpost::sim::scene::load("s1", scene.path(), &opts).expect("scene track");
+    let track = outpost_devtools::sim::scene::load("s1", scene.path(), &opts).expect("scene track");
     let positioning = plugin_manifest("positioning");
     let mut h = Harness::<positioning::Positioning>::new(&config(&positioning, "")).expect("positioning init");
     for m in &track.messages {
@@ -236,13 +236,13 @@ fn declared_schemas_hold_for_what_the_services_publish() {
 
     // Weight loading on the mine's haul cycles and refuels.
     let weight = plugin_manifest("weight-loading");
-    let cycles = outpost::sim::haul::load_cycles("s1", &data("mine-haul-dispatch/StdShiftLoadsDumpsFuel.train.csv"))
+    let cycles = outpost_devtools::sim::haul::load_cycles("s1", &data("mine-haul-dispatch/StdShiftLoadsDumpsFuel.train.csv"))
         .expect("haul");
-    let fuel = outpost::sim::haul::load_fuel("s1", &data("mine-haul-dispatch/SfdShiftFueltrucksAllUpdatedFin.csv"))
+    let fuel = outpost_devtools::sim::haul::load_fuel("s1", &data("mine-haul-dispatch/SfdShiftFueltrucksAllUpdatedFin.csv"))
         .expect("fuel");
     let mut tracks = vec![cycles, fuel];
-    outpost::sim::align(&mut tracks);
-    let mut stream: Vec<outpost::sim::Scheduled> = tracks.iter().flat_map(|t| t.messages.clone()).collect();
+    outpost_devtools::sim::align(&mut tracks);
+    let mut stream: Vec<outpost_devtools::sim::Scheduled> = tracks.iter().flat_map(|t| t.messages.clone()).collect();
     stream.sort_by(|a, b| a.at.total_cmp(&b.at));
     let mut h = Harness::<weight_loading::WeightLoading>::new(&config(&weight, "")).expect("weight-loading init");
     for m in stream.iter().take(3000) {

@@ -4,7 +4,7 @@
 //! `outpost-sim --recording` puts it back on a bus with the same topics,
 //! payloads, order and offsets, as Mosquitto's own `mosquitto_sub` sees them.
 
-use outpost::sim::recording::{self, Recorded};
+use outpost_devtools::sim::recording::{self, Recorded};
 use outpost_tests::*;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;

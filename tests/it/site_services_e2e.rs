@@ -21,7 +21,7 @@ const FUEL: &str = "mine-haul-dispatch/SfdShiftFueltrucksAllUpdatedFin.csv";
 
 /// Every published (topic, payload) of a sequence of bus messages, in
 /// order, and the KPIs, run natively.
-fn weight_loading_natively(messages: &[outpost::sim::Scheduled]) -> (Vec<(String, String)>, BTreeMap<String, f64>) {
+fn weight_loading_natively(messages: &[outpost_devtools::sim::Scheduled]) -> (Vec<(String, String)>, BTreeMap<String, f64>) {
     let config = default_config("weight-loading");
     let mut h = Harness::<WeightLoading>::new(&config).expect("init");
     for m in messages {
@@ -40,11 +40,11 @@ fn default_config(name: &str) -> String {
 #[test]
 fn haul_cycles_and_refuels_through_the_agent_equal_the_native_run() {
     // The simulator's own schedule is the reference order: both sides get the same stream.
-    let cycles = outpost::sim::haul::load_cycles("s1", &data(HAUL)).expect("haul csv");
-    let fuel = outpost::sim::haul::load_fuel("s1", &data(FUEL)).expect("fuel csv");
+    let cycles = outpost_devtools::sim::haul::load_cycles("s1", &data(HAUL)).expect("haul csv");
+    let fuel = outpost_devtools::sim::haul::load_fuel("s1", &data(FUEL)).expect("fuel csv");
     let mut tracks = vec![cycles, fuel];
-    outpost::sim::align(&mut tracks);
-    let mut stream: Vec<outpost::sim::Scheduled> = tracks.iter().flat_map(|t| t.messages.clone()).collect();
+    outpost_devtools::sim::align(&mut tracks);
+    let mut stream: Vec<outpost_devtools::sim::Scheduled> = tracks.iter().flat_map(|t| t.messages.clone()).collect();
     stream.sort_by(|a, b| a.at.total_cmp(&b.at));
     assert!(stream.len() > 8_000, "{} records", stream.len());
 

@@ -173,7 +173,7 @@ pub fn build_bins(release: bool) -> Result<()> {
     let t =
         step(&format!("building outpost, outpostctl and outpost-sim ({})", if release { "release" } else { "debug" }));
     let mut cmd = cargo();
-    cmd.args(["build", "-p", "outpost-runtime", "--bins"]);
+    cmd.args(["build", "-p", "outpost-runtime", "-p", "outpost-devtools", "--bins"]);
     if release {
         cmd.arg("--release");
     }

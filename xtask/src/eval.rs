@@ -35,7 +35,7 @@ fn positioning(root: &Path, args: &[String]) -> Result<()> {
     let guest = toolchain::setup(false)?;
     crate::build_packages(root, &guest)?;
     let t = step("building outpostctl");
-    run(cargo().args(["build", "-q", "-p", "outpost-runtime", "--bin", "outpostctl"]))?;
+    run(cargo().args(["build", "-q", "-p", "outpost-devtools", "--bin", "outpostctl"]))?;
     done(t);
     let outpostctl = crate::host_target_dir(root).join("debug/outpostctl");
     let package = crate::packages_dir(root).join("positioning");

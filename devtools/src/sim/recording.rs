@@ -70,7 +70,7 @@ pub fn to_line(m: &Recorded) -> String {
 /// Parses one line; the error says what is wrong with it.
 pub fn parse_line(text: &str) -> Result<Recorded, String> {
     let line: Line = serde_json::from_str(text).map_err(|e| format!("not a recorded message: {e}"))?;
-    crate::topic::validate_topic(&line.topic)?;
+    outpost::topic::validate_topic(&line.topic)?;
     let payload = match (line.payload, line.payload_b64) {
         (Some(p), None) => p.into_bytes(),
         (None, Some(b)) => base64::engine::general_purpose::STANDARD

@@ -1,10 +1,10 @@
 //! `outpostctl record`: captures live bus traffic of chosen topics to a
-//! recording (JSON Lines, format in `outpost::sim::recording`) that
+//! recording (JSON Lines, format in `outpost_devtools::sim::recording`) that
 //! `outpostctl run --replay` and `outpost-sim --recording` replay.
 
 use anyhow::{bail, Context};
 use clap::Args;
-use outpost::sim::recording::Recorder;
+use outpost_devtools::sim::recording::Recorder;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::io::Write;
 use std::path::PathBuf;

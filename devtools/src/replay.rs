@@ -7,13 +7,12 @@
 //! keeps its own topic; messages on topics the service does not subscribe
 //! to are skipped and counted.
 
-use crate::config::DispatchConfig;
-use crate::dispatch::{Dispatcher, Egress, Inbound, ServiceSpec};
-use crate::host::{EngineOptions, HostEngine, ServiceContext};
-use crate::package::{effective_config, Package, PackageError};
-use crate::state::StateStore;
-use crate::telemetry::Metrics;
-use base64::Engine as _;
+use outpost::config::DispatchConfig;
+use outpost::dispatch::{Dispatcher, Egress, Inbound, ServiceSpec};
+use outpost::host::{EngineOptions, HostEngine, ServiceContext};
+use outpost::package::{effective_config, Package, PackageError};
+use outpost::state::StateStore;
+use outpost::telemetry::Metrics;
 use std::io::{BufRead, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,11 +42,11 @@ pub enum ReplayError {
     #[error(transparent)]
     Package(#[from] PackageError),
     #[error(transparent)]
-    Load(#[from] crate::host::LoadError),
+    Load(#[from] outpost::host::LoadError),
     #[error("service init failed: {0}")]
-    Init(#[from] crate::host::CallError),
+    Init(#[from] outpost::host::CallError),
     #[error(transparent)]
-    State(#[from] crate::state::StateError),
+    State(#[from] outpost::state::StateError),
     #[error("cannot read {path}: {source}")]
     Input { path: PathBuf, source: std::io::Error },
     #[error("topic '{0}' is not one the service subscribes to ({1})")]
@@ -89,19 +88,10 @@ impl<W: Write + Send> JsonLines<W> {
     }
 }
 
-/// Payload as JSON when it parses, else as a base64 string.
-pub fn render_line(topic: &str, payload: &[u8]) -> String {
-    let value = match serde_json::from_slice::<serde_json::Value>(payload) {
-        Ok(v) => v,
-        Err(_) => serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(payload)),
-    };
-    serde_json::json!({"topic": topic, "payload": value}).to_string()
-}
-
 impl<W: Write + Send> Egress for JsonLines<W> {
     fn publish(&mut self, topic: &str, payload: &[u8]) {
         self.count += 1;
-        if writeln!(self.out, "{}", render_line(topic, payload)).is_err() {
+        if writeln!(self.out, "{}", crate::render::render_line(topic, payload)).is_err() {
             // Reader went away (e.g. `| head`); keep running quietly.
         }
     }
@@ -109,7 +99,7 @@ impl<W: Write + Send> Egress for JsonLines<W> {
 
 pub fn run(opts: &ReplayOptions, egress: Box<dyn Egress>) -> Result<ReplaySummary, ReplayError> {
     let pkg = Package::load(&opts.package)?;
-    let subscribed = |topic: &str| pkg.manifest.bus.subscribe.iter().any(|f| crate::topic::matches(f, topic));
+    let subscribed = |topic: &str| pkg.manifest.bus.subscribe.iter().any(|f| outpost::topic::matches(f, topic));
     let recorded = if opts.recording || crate::sim::recording::is_recording(&opts.input) {
         if opts.topic.is_some() || opts.chunk.is_some() {
             return Err(ReplayError::RecordingOptions(opts.input.clone()));
@@ -183,7 +173,7 @@ pub fn run(opts: &ReplayOptions, egress: Box<dyn Egress>) -> Result<ReplaySummar
         }
     };
     let mut skipped = 0u64;
-    let mut end_ms = crate::dispatch::now_ms();
+    let mut end_ms = outpost::dispatch::now_ms();
     if let Some((messages, count)) = recorded {
         // Messages keep their recorded offsets as their receive times.
         let start = end_ms;
@@ -225,7 +215,7 @@ pub fn run(opts: &ReplayOptions, egress: Box<dyn Egress>) -> Result<ReplaySummar
             }
         }
     }
-    end_ms = end_ms.max(crate::dispatch::now_ms());
+    end_ms = end_ms.max(outpost::dispatch::now_ms());
     Ok(finish(d, end_ms, &svc_metrics, skipped))
 }
 
@@ -233,7 +223,7 @@ pub fn run(opts: &ReplayOptions, egress: Box<dyn Egress>) -> Result<ReplaySummar
 fn finish(
     mut d: Dispatcher,
     end_ms: u64,
-    svc_metrics: &crate::telemetry::ServiceMetrics,
+    svc_metrics: &outpost::telemetry::ServiceMetrics,
     skipped: u64,
 ) -> ReplaySummary {
     d.run_until_idle();
@@ -272,7 +262,7 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 struct TempDir(PathBuf);
 
 fn tempdir() -> Result<TempDir, ReplayError> {
-    let dir = std::env::temp_dir().join(format!("outpost-replay-{}-{}", std::process::id(), crate::dispatch::now_ms()));
+    let dir = std::env::temp_dir().join(format!("outpost-replay-{}-{}", std::process::id(), outpost::dispatch::now_ms()));
     std::fs::create_dir_all(&dir).map_err(|source| ReplayError::Input { path: dir.clone(), source })?;
     Ok(TempDir(dir))
 }
