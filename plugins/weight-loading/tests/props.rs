@@ -286,3 +286,87 @@ proptest! {
         prop_assert_eq!(time::parse(&time::format(t)), Some(t));
     }
 }
+
+/// Published numbers equal to a relative 1e-9 (sums taken in another order).
+fn same_json(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
+        }
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same_json(p, q)),
+        (Value::Number(x), Value::Number(y)) => {
+            let (p, q) = (x.as_f64().unwrap_or(f64::NAN), y.as_f64().unwrap_or(f64::NAN));
+            (p - q).abs() <= 1e-9 * p.abs().max(q.abs()).max(1.0)
+        }
+        _ => a == b,
+    }
+}
+
+/// The latest truck-shift and site reports after sending `docs` in order.
+fn reports_after(docs: &[Value]) -> Result<(Value, Value, u64), TestCaseError> {
+    let mut h = harness(&manifest_config());
+    let mut truck = Value::Null;
+    let mut site = Value::Null;
+    for d in docs {
+        h.send("site/north/CDH1/payload", serde_json::to_vec(d).expect("json"))
+            .map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+        for (t, b) in h.take_published() {
+            let v: Value = serde_json::from_slice(&b).expect("json");
+            if t.ends_with("CDH1/shift") {
+                truck = v;
+            } else if t.ends_with("site/north/shift") {
+                site = v;
+            }
+        }
+    }
+    let accepted = h.host().counters.get("cycles_accepted").copied().unwrap_or(0)
+        - h.host().counters.get("cycles_replaced").copied().unwrap_or(0);
+    Ok((truck, site, accepted))
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Two records of one load (same truck and full time), however they
+    /// differ, give the same reports in either order, also with other
+    /// cycles before and after.
+    #[test]
+    fn split_records_do_not_depend_on_arrival_order(
+        full in 1_600_000_000i64..1_700_000_000,
+        payload in 100.0f64..350.0,
+        halves in prop::collection::vec((
+            opt(0.0f64..400.0),
+            prop::collection::vec(opt(-20_000i64..20_000), 4),
+            prop::collection::vec(opt(0.0f64..5000.0), 7),
+        ), 2),
+        around in any::<bool>(),
+    ) {
+        let doc = |full: i64, dump: Option<f64>, offsets: &[Option<i64>], durations: &[Option<f64>]| {
+            let mut d = json!({"shift": "1", "loader": "PAB10", "payload_t": payload, "full_time": time::format(full)});
+            if let Some(w) = dump { d["dump_payload_t"] = json!(w); }
+            for (k, o) in ["assign_time", "arrive_time", "dump_arrive_time", "empty_time"].iter().zip(offsets) {
+                if let Some(o) = o { d[*k] = json!(time::format(full + o)); }
+            }
+            for (k, v) in DURATIONS.iter().zip(durations) {
+                if let Some(v) = v { d[*k] = json!(v); }
+            }
+            d
+        };
+        let a = doc(full, halves[0].0, &halves[0].1, &halves[0].2);
+        let b = doc(full, halves[1].0, &halves[1].1, &halves[1].2);
+        prop_assume!(a != b);
+        let consistent = [Some(0), Some(300), Some(3000), Some(3100)];
+        let before = doc(full - 100_000, Some(payload), &[Some(-1000), Some(-400), Some(1500), Some(1600)], &[Some(100.0), Some(50.0), Some(250.0), Some(600.0), Some(1500.0), Some(30.0), Some(70.0)]);
+        let after = doc(full + 100_000, Some(payload), &consistent, &[None; 7]);
+        let (x, y) = if around {
+            (vec![before.clone(), a.clone(), b.clone(), after.clone()], vec![before, b, a, after])
+        } else {
+            (vec![a.clone(), b.clone()], vec![b, a])
+        };
+        let (t1, s1, n1) = reports_after(&x)?;
+        let (t2, s2, n2) = reports_after(&y)?;
+        prop_assert_eq!(n1, n2);
+        prop_assert!(same_json(&t1, &t2), "truck report\n{}\n{}", t1, t2);
+        prop_assert!(same_json(&s1, &s2), "site report\n{}\n{}", s1, s2);
+    }
+}
