@@ -162,6 +162,32 @@ impl PairShape {
     }
 }
 
+impl PairShape {
+    /// Closest approach of the footprints along `dp + dv t`, `t >= 0`:
+    /// (time, gap). If they ever overlap, the first time they touch with
+    /// the gap then (at most 0). Otherwise the smallest distance from a ray
+    /// to a convex polygon it does not cross is at the ray's start or
+    /// abeam one of the polygon's vertices, so those are the candidates.
+    pub fn closest_approach(&self, dp: (f64, f64), dv: (f64, f64)) -> (f64, f64) {
+        if let Some(t) = self.time_to_gap(dp, dv, -self.round) {
+            return (t, self.gap((dp.0 + dv.0 * t, dp.1 + dv.1 * t)));
+        }
+        let mut best = (0.0, self.polygon_distance(dp));
+        let a = dot(dv, dv);
+        if a >= STILL_MPS * STILL_MPS {
+            for &c in self.verts() {
+                let t = (dot((c.0 - dp.0, c.1 - dp.1), dv) / a).max(0.0);
+                let d = self.polygon_distance((dp.0 + dv.0 * t, dp.1 + dv.1 * t));
+                // Ties (a flank sliding past a flank) go to the earliest time.
+                if d < best.1 - 1e-9 || (d <= best.1 + 1e-9 && t < best.0) {
+                    best = (t, d.min(best.1));
+                }
+            }
+        }
+        (best.0, best.1 - self.round)
+    }
+}
+
 /// Entry time of the ray `p + v t` into the band over edge `a -> b`:
 /// along the edge within its length, across it within `d` of it.
 fn time_to_band(p: (f64, f64), v: (f64, f64), a: (f64, f64), b: (f64, f64), d: f64) -> Option<f64> {
@@ -260,6 +286,10 @@ mod tests {
         // Nose to nose along the axis, 100 m apart closing at 20 m/s: they
         // touch when the antennas are 12 m apart.
         assert!((s.time_to_gap((0.0, 100.0), (0.0, -20.0), 0.0).unwrap_or(f64::NAN) - 4.4).abs() < 1e-12);
+        // Closest approach of that pass: 2 m, first reached with b's corner
+        // abeam a's (y = -12, after 8.8 s).
+        let (ct, cg) = s.closest_approach((8.0, -100.0), (0.0, 10.0));
+        assert!((ct - 8.8).abs() < 1e-12 && (cg - 2.0).abs() < 1e-12, "{ct} {cg}");
         // Unknown heading: covering circles (radius sqrt(45) each).
         let u = PairShape::new(t, None, t, None);
         assert!((u.round - 2.0 * 45f64.sqrt()).abs() < 1e-12);

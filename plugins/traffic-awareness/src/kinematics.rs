@@ -28,6 +28,9 @@ pub struct Geometry {
     pub cpa_distance: f64,
     /// Current gap between the footprints, m (at most 0 when they overlap).
     pub gap: f64,
+    /// Closest approach of the footprints ahead: time, s, and gap, m.
+    pub cpa_gap_time: f64,
+    pub cpa_gap: f64,
     /// Time until the footprints first touch, s.
     pub ttc: Option<f64>,
 }
@@ -74,12 +77,15 @@ pub fn geometry(dp: (f64, f64), dv: (f64, f64), shape: &PairShape) -> Geometry {
     let (cx, cy) = (dp.0 + dv.0 * cpa_time, dp.1 + dv.1 * cpa_time);
     // sqrt, not hypot: glibc's hypot is several times slower and this runs per pair.
     let cpa_distance = (cx * cx + cy * cy).sqrt();
+    let (cpa_gap_time, cpa_gap) = shape.closest_approach(dp, dv);
     Geometry {
         distance,
         closing_speed,
         cpa_time,
         cpa_distance,
         gap: shape.gap(dp),
+        cpa_gap_time,
+        cpa_gap,
         ttc: shape.time_to_gap(dp, dv, 0.0),
     }
 }

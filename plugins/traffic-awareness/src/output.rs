@@ -62,6 +62,9 @@ pub struct WarningMsg {
     pub ttc_s: Option<f64>,
     pub cpa_time_s: Option<f64>,
     pub cpa_distance_m: Option<f64>,
+    /// Closest approach of the footprints ahead: time, s, and gap, m.
+    pub cpa_gap_time_s: Option<f64>,
+    pub cpa_gap_m: Option<f64>,
     /// `distance_m - gap_m`: the antenna separation at which they would
     /// touch along the current line of sight (the sum of the radii for two circles), m.
     pub collision_radius_m: Option<f64>,
@@ -169,6 +172,8 @@ pub struct PictureEncounter {
     pub ttc_s: Option<f64>,
     pub cpa_time_s: f64,
     pub cpa_distance_m: f64,
+    pub cpa_gap_time_s: f64,
+    pub cpa_gap_m: f64,
     pub since: String,
     pub updated: String,
 }

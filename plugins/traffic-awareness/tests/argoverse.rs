@@ -53,7 +53,7 @@
 
 mod common;
 
-use common::{body, first_gap_time, Body};
+use common::{body, body_gap, first_gap_time, min_gap, Body};
 use outpost_sdk::testing::Harness;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -203,6 +203,8 @@ struct Score {
     enc_service_right: usize,
     enc_unscored: usize,
     ttc_errors: Vec<f64>,
+    /// |truth - service| of the current and the closest-approach gaps, m.
+    gap_errors: Vec<f64>,
     ttc_only_one_side: usize,
     messages: usize,
     fixes: usize,
@@ -264,13 +266,15 @@ fn replay(steps: &[Vec<State>], config: &str) -> Score {
         h.send_batch(batch).expect("every fix of the scene is valid");
         score.fixes += present.len();
         h.tick(T0_MS as u64 + 100 * k as u64).expect("tick");
-        let mut active: BTreeMap<(String, String), Option<f64>> = BTreeMap::new();
+        // Per active pair: (ttc_s, gap_m, cpa_gap_time_s, cpa_gap_m) from the picture.
+        let mut active: BTreeMap<(String, String), (Option<f64>, f64, f64, f64)> = BTreeMap::new();
         for (topic, body) in h.take_published() {
             let v: Value = serde_json::from_slice(&body).expect("json");
             if topic.ends_with("/picture") {
                 for e in v["encounters"].as_array().into_iter().flatten() {
                     let key = pair(e["a"].as_str().unwrap_or(""), e["b"].as_str().unwrap_or(""));
-                    active.insert(key, e["ttc_s"].as_f64());
+                    let num = |k: &str| e[k].as_f64().unwrap_or(f64::NAN);
+                    active.insert(key, (e["ttc_s"].as_f64(), num("gap_m"), num("cpa_gap_time_s"), num("cpa_gap_m")));
                 }
                 assert!(
                     v["counts"]["encounters"].as_u64() == Some(active.len() as u64),
@@ -303,8 +307,16 @@ fn replay(steps: &[Vec<State>], config: &str) -> Score {
                     truth_steps.entry(key.clone()).or_default().insert(k);
                 }
                 match (warn, active.get(&key)) {
-                    (true, Some(svc_ttc)) => {
+                    (true, Some((svc_ttc, gap, cpa_t, cpa_gap))) => {
                         score.tp += 1;
+                        // Distances between the footprints, now and at the
+                        // closest approach (within the horizon the truth searches).
+                        let (fa, fb) = (footprint(a, heading(a)), footprint(b, heading(b)));
+                        score.gap_errors.push((body_gap(&fa, &fb) - gap).abs());
+                        if *cpa_t <= TTC_HORIZON {
+                            let (_, want) = min_gap(&fa, (a.vx, a.vy), &fb, (b.vx, b.vy), TTC_HORIZON);
+                            score.gap_errors.push((want - cpa_gap).abs());
+                        }
                         match (ttc, svc_ttc) {
                             (Some(t), Some(s)) => score.ttc_errors.push((t - s).abs()),
                             (None, None) => {}
@@ -415,6 +427,11 @@ fn argoverse_intersection_warnings_match_the_recorded_motion() {
     assert!(s.ttc_errors.len() >= 50, "TTCs compared: {}", s.ttc_errors.len());
     assert!(s.ttc_mean() <= 0.02 && s.ttc_max() <= 0.2, "TTC error mean {} s, max {} s", s.ttc_mean(), s.ttc_max());
     assert_eq!(s.ttc_only_one_side, 0, "a TTC on one side only");
+    // Gaps: the frame (about 1e-4 relative over tens of metres) and the 1 mm
+    // rounding of published values; a centimetre is a wrong footprint.
+    let gap_max = s.gap_errors.iter().copied().fold(0.0, f64::max);
+    println!("gap errors over {} comparisons: max {gap_max:.4} m", s.gap_errors.len());
+    assert!(s.gap_errors.len() >= 2 * s.tp - 50 && gap_max <= 0.01, "gap error max {gap_max} m");
 
     let hy = replay(&steps, &calibration(0.5, 0.5));
     report("hysteresis 0.5 m / 0.5 s", &hy);

@@ -78,6 +78,9 @@ fn head_on_trucks_ttc_comes_from_the_gap_between_their_noses() {
     close("ttc = (d - 12) / 20", f(s, "ttc_s"), (200.3 - 12.0) / 20.0, 1e-3);
     close("gap", f(s, "gap_m"), 188.3, 1e-3);
     close("collision radius", f(s, "collision_radius_m"), 12.0, 1e-3);
+    // They would overlap: the closest approach is contact, at the TTC.
+    close("cpa gap", f(s, "cpa_gap_m"), 0.0, 1e-3);
+    close("cpa gap time", f(s, "cpa_gap_time_s"), (200.3 - 12.0) / 20.0, 1e-3);
     assert_eq!(s["kind"], "collision");
     // Critical once the gap falls to 1 m within 4 s: d - 13 <= 80, step 54 (d = 92.3).
     let (k, s) = &ev[1];
@@ -102,4 +105,5 @@ fn crossing_trucks_touch_when_both_overlap_intervals_meet() {
     // Gap now: a's nose corner (-94, -3) to b's corner (-3, -74): 91 m in
     // x, 71 m in y.
     close("gap", f(s, "gap_m"), 91f64.hypot(71.0), 1e-3);
+    close("cpa gap time", f(s, "cpa_gap_time_s"), 9.1, 1e-3);
 }

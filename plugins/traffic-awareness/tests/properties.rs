@@ -116,6 +116,11 @@ proptest! {
         // The tests' bodies report overlap as 0 between cores; so does the service.
         prop_assert!((gap - want).abs() < 1e-9, "gap {} vs {}", gap, want);
         let dv = (vb.0 - va.0, vb.1 - va.1);
+        // Closest approach: the smallest gap ahead, and a time that gives it.
+        let (ct, cg) = shape.closest_approach(p, dv);
+        let (_, want_cg) = common::min_gap(&a, va, &b, vb, 2000.0);
+        let at_ct = common::body_gap(&a.moved(va.0 * ct, va.1 * ct), &b.moved(vb.0 * ct, vb.1 * ct));
+        prop_assert!((cg - want_cg).abs() < 1e-6 && (at_ct - cg).abs() < 1e-6, "cpa gap {} at {} (there {}) vs {}", cg, ct, at_ct, want_cg);
         let got = shape.time_to_gap(p, dv, g).filter(|t| *t <= 30.0);
         let truth = first_gap_time(&a, va, &b, vb, g, 30.0);
         match (got, truth) {

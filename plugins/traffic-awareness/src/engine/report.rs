@@ -143,6 +143,8 @@ impl Engine {
                     ttc_s: s.geo.ttc.map(r3),
                     cpa_time_s: r3(s.geo.cpa_time),
                     cpa_distance_m: r3(s.geo.cpa_distance),
+                    cpa_gap_time_s: r3(s.geo.cpa_gap_time),
+                    cpa_gap_m: r3(s.geo.cpa_gap),
                     since: iso_ms(e.start_ms),
                     updated: iso_ms(s.t_ms),
                 })

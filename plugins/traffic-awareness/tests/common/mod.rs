@@ -320,6 +320,23 @@ pub fn body_gap(a: &Body, b: &Body) -> f64 {
     core - a.round - b.round
 }
 
+/// Smallest gap between `a` and `b` over [0, horizon] (ternary search on
+/// the convex gap): (time, gap).
+pub fn min_gap(a: &Body, va: (f64, f64), b: &Body, vb: (f64, f64), horizon: f64) -> (f64, f64) {
+    let gap = |t: f64| body_gap(&a.moved(va.0 * t, va.1 * t), &b.moved(vb.0 * t, vb.1 * t));
+    let (mut lo, mut hi) = (0.0, horizon);
+    for _ in 0..100 {
+        let (m1, m2) = (lo + (hi - lo) / 3.0, hi - (hi - lo) / 3.0);
+        if gap(m1) <= gap(m2) {
+            hi = m2;
+        } else {
+            lo = m1;
+        }
+    }
+    let t = (lo + hi) / 2.0;
+    (t, gap(t))
+}
+
 /// First time in [0, horizon] at which the gap between `a` and `b`, moving
 /// at constant velocities `va`, `vb`, falls to `g`. The gap between two
 /// convex bodies moving in straight lines is convex in time, so a ternary
