@@ -225,6 +225,20 @@ impl Cycle {
         [self.assign, self.arrive].into_iter().flatten().fold(self.full, i64::min)
     }
 
+    /// Start of a cycle flagged for time outside its stages: when its empty
+    /// travel began (arrival minus `empty_travel_s`, not before assignment),
+    /// so hours parked after the assignment do not count as hauling.
+    pub fn stage_start(&self) -> i64 {
+        match (self.arrive, self.durations[3]) {
+            (Some(a), Some(travel)) if travel.is_finite() && travel >= 0.0 => {
+                let began = a.saturating_sub(travel.round() as i64);
+                let began = self.assign.map_or(began, |s| began.max(s));
+                began.min(a).min(self.full)
+            }
+            _ => self.start(),
+        }
+    }
+
     /// End of the cycle: the latest of full, dump arrive and empty times.
     pub fn end(&self) -> i64 {
         [self.dump_arrive, self.empty].into_iter().flatten().fold(self.full, i64::max)

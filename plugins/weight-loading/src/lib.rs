@@ -524,7 +524,7 @@ impl WeightLoading {
             target_t: l.target_t,
             class: class.index() as u8,
             dur: if flag.is_some() { [None; 8] } else { valid },
-            start: c.start(),
+            start: if flag.is_some() { c.stage_start() } else { c.start() },
             end: c.end(),
             empty: c.empty,
             loader: c.loader.clone(),

@@ -12,7 +12,7 @@ import csv
 import json
 import sys
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, timedelta
 
 # Default calibration (manifest [config]).
 RATED = 290.0
@@ -205,6 +205,11 @@ def main(cycles_csv, fuel_csv):
             times = [ts(r[c]) for c in ("AssignTimestamp_x", "ArriveTimestamp_x", "FullTimestamp",
                                          "ArriveTimestamp_y", "EmptyTimestamp")]
             start = min(times[0], times[1], times[2])
+            if flagged:
+                # Hauling began with the empty travel, not at the assignment
+                # that preceded a stop.
+                began = max(times[0], times[1] - timedelta(seconds=float(r["EmptyTravelDuration"])))
+                start = min(began, times[1], times[2])
             end = max(times[2], times[3], times[4])
             agg["start"] = start if agg["start"] is None else min(agg["start"], start)
             agg["end"] = end if agg["end"] is None else max(agg["end"], end)

@@ -202,11 +202,18 @@ fn hours_outside_the_stages_flag_a_cycle_out_of_the_duration_means() {
     assert_eq!(report["queue_s_mean"], 120.0);
     assert_eq!(report["queue_n"], 2);
     assert_eq!(report["means"]["cycle_s"], (2670.0 + 6270.0) / 2.0);
+    // The parked cycle's hauling began with its empty travel (10:00 less
+    // 600 s), not at its 07:00 assignment: the span starts with cycle 1.
+    assert_eq!(report["first_start"], "2022-11-07 08:42:00");
     let site = last_on(&out, "site/north/shift");
     assert_eq!(site["flagged"], json!({"unaccounted_time": 1}));
     assert_eq!(site["per_loader"][0]["queue_s_mean"], 120.0);
     assert_eq!(h.host().counters.get("flagged_unaccounted_time"), Some(&1));
     assert_eq!(h.host().kpis.get("loader_queue_s"), Some(&120.0));
+    // Alone, the parked cycle's span starts at 09:50.
+    let mut alone = harness(&manifest_config());
+    let only = send_all(&mut alone, &[(TOPIC, bytes(&parked))]);
+    assert_eq!(last_on(&only, "CDH90/shift")["first_start"], "2022-11-07 09:50:00");
 }
 
 #[test]
