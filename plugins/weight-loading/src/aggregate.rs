@@ -89,7 +89,8 @@ pub const MAX_SEEN: usize = 2000;
 /// How consistent a cycle record is with itself: the choice between two
 /// records of one load (a split record in the export) is made on this, never
 /// on arrival order. Lower `fails` wins, then more `checks` made, then the
-/// smaller fingerprint (an arbitrary but fixed tie-break).
+/// earlier dump (a load is dumped once: the next dump is the next load's),
+/// then the smaller fingerprint (arbitrary but fixed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Consistency {
     pub fails: u8,
@@ -97,9 +98,15 @@ pub struct Consistency {
 }
 
 impl Consistency {
-    /// The order key: smaller is the record to keep.
-    pub fn key(self, fp: u64) -> (u8, std::cmp::Reverse<u8>, u64) {
-        (self.fails, std::cmp::Reverse(self.checks), fp)
+    /// The order key: smaller is the record to keep. Absent times sort last.
+    pub fn key(
+        self,
+        dump_arrive: Option<i64>,
+        empty: Option<i64>,
+        fp: u64,
+    ) -> (u8, std::cmp::Reverse<u8>, i64, i64, u64) {
+        let t = |x: Option<i64>| x.unwrap_or(i64::MAX);
+        (self.fails, std::cmp::Reverse(self.checks), t(dump_arrive), t(empty), fp)
     }
 }
 
@@ -120,6 +127,8 @@ pub struct Kept {
     pub start: i64,
     pub end: i64,
     pub empty: Option<i64>,
+    #[serde(default)]
+    pub dump_arrive: Option<i64>,
     pub loader: Option<String>,
     /// A flag (e.g. `unaccounted_time`) counted in [`TruckShift::flagged`].
     pub flag: Option<String>,

@@ -384,7 +384,11 @@ impl WeightLoading {
         if self.has_accepted(Kind::Cycle, truck, c.full) {
             let mine = c.consistency();
             match self.accepted_cycle(truck, c.full) {
-                Some((s, k)) if mine.key(fp) < k.consistency.key(k.fp) => replace = Some(s.to_owned()),
+                Some((s, k))
+                    if mine.key(c.dump_arrive, c.empty, fp) < k.consistency.key(k.dump_arrive, k.empty, k.fp) =>
+                {
+                    replace = Some(s.to_owned())
+                }
                 Some((_, k)) => {
                     return Err((
                         Reason::Duplicate,
@@ -527,6 +531,7 @@ impl WeightLoading {
             start: if flag.is_some() { c.stage_start() } else { c.start() },
             end: c.end(),
             empty: c.empty,
+            dump_arrive: c.dump_arrive,
             loader: c.loader.clone(),
             flag: flag.map(str::to_owned),
         };

@@ -155,7 +155,10 @@ def main(cycles_csv, fuel_csv):
             if payload_reason(float(r["Tons_x"])) or time_jump(r):
                 continue
             c = consistency(r)
-            key = (c[0], -c[1])
+            # Then the earlier dump: a load is dumped once, the next dump is
+            # the next load's. Absent times sort last.
+            far = datetime.max
+            key = (c[0], -c[1], opt_ts(r, "ArriveTimestamp_y") or far, opt_ts(r, "EmptyTimestamp") or far)
             best = winner.get(full)
             if best is not None and key == best[0] and best[1] is not r:
                 raise SystemExit(f"tie between split records of {truck} at {full}: the data needs the service's fingerprint tie-break")

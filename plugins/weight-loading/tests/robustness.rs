@@ -134,6 +134,18 @@ fn a_split_record_keeps_its_consistent_half_whatever_the_order() {
     assert_eq!(reports[0], reports[1], "arrival order changes nothing");
     assert_eq!(reports[0], reports[2], "nor does a cycle in between");
 
+    // Both halves agree with themselves (the later dump fits too): the
+    // earlier dump is the load's own, whatever the order.
+    let mut next_dump = consistent();
+    next_dump["dump_arrive_time"] = json!("2022-11-07 10:05:00");
+    next_dump["empty_time"] = json!("2022-11-07 10:06:30");
+    for order in [[consistent(), next_dump.clone()], [next_dump.clone(), consistent()]] {
+        let mut h = harness(&manifest_config());
+        let msgs: Vec<(&str, Vec<u8>)> = order.iter().map(|v| (TOPIC, bytes(v))).collect();
+        let out = send_all(&mut h, &msgs);
+        assert_eq!(last_on(&out, "CDH90/shift")["last_end"], "2022-11-07 09:26:30");
+    }
+
     // Two records equally consistent: the one kept does not depend on the order.
     let mut twin = consistent();
     twin["load_location"] = json!("IS5-3310-332");
