@@ -149,6 +149,9 @@ fn manifest_defaults_equal_the_code_defaults_and_config_errors_are_named() {
     }
     let e = traffic_awareness::config::Config::parse(r#"{"warn_gap_m": -1, "zones": [{"name": "z", "kind": "lake"}]}"#);
     assert!(e.expect_err("bad").contains("lake"));
+    // A number out of range is refused at start, not read as infinity.
+    let e = traffic_awareness::config::Config::parse(r#"{"warn_gap_m": 1e400}"#).expect_err("1e400");
+    assert!(e.contains("out of range"), "{e}");
 }
 
 #[test]
