@@ -103,7 +103,8 @@ pub struct ZoneMsg {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
-    Warning(WarningMsg),
+    /// Boxed: a warning is several times a zone message's size.
+    Warning(Box<WarningMsg>),
     Zone(ZoneMsg),
 }
 

@@ -180,6 +180,9 @@ fn truth(a: &State, ha: Option<f64>, b: &State, hb: Option<f64>) -> (bool, Optio
     (warn, ttc)
 }
 
+/// An active pair in the picture: (ttc_s, gap_m, cpa_gap_time_s, cpa_gap_m).
+type Seen = (Option<f64>, f64, f64, f64);
+
 /// A service encounter: its pair, start step, clear step.
 type ServiceEncounter = ((String, String), usize, Option<usize>);
 
@@ -266,8 +269,7 @@ fn replay(steps: &[Vec<State>], config: &str) -> Score {
         h.send_batch(batch).expect("every fix of the scene is valid");
         score.fixes += present.len();
         h.tick(T0_MS as u64 + 100 * k as u64).expect("tick");
-        // Per active pair: (ttc_s, gap_m, cpa_gap_time_s, cpa_gap_m) from the picture.
-        let mut active: BTreeMap<(String, String), (Option<f64>, f64, f64, f64)> = BTreeMap::new();
+        let mut active: BTreeMap<(String, String), Seen> = BTreeMap::new();
         for (topic, body) in h.take_published() {
             let v: Value = serde_json::from_slice(&body).expect("json");
             if topic.ends_with("/picture") {

@@ -177,7 +177,7 @@ pub struct Engine {
     /// or a new asset too far behind): its time and the site clock then.
     /// When they outnumber the live assets that agree with the clock, the
     /// site clock moves to them (the site's time really moved).
-    off_clock: BTreeMap<String, (i64, i64)>,
+    off_clock: BTreeMap<String, (i64, i64, u64)>,
     /// Ids of recently closed encounters, oldest first (see `fresh_id`).
     closed_ids: BTreeSet<String>,
     closed_order: VecDeque<String>,
@@ -368,7 +368,7 @@ impl Engine {
                 // Too late to matter: it would expire at once. A new asset
                 // living in another time may be the site's true time.
                 if existing.is_none() {
-                    self.note_off_clock(id, t, c);
+                    self.note_off_clock(id, t, c, received_ms);
                 }
                 self.stats.late_fixes += 1;
                 return Ok(());
@@ -381,7 +381,7 @@ impl Engine {
                 0
             };
             if t.saturating_sub(c) > self.stale_ms.saturating_add(wall) && !self.index.is_empty() {
-                self.note_off_clock(id, t, c);
+                self.note_off_clock(id, t, c, received_ms);
                 return Err((
                     Reject::TimeJump,
                     format!("{} is {:.1} s ahead of the site clock {}", iso_ms(t), (t - c) as f64 / 1000.0, iso_ms(c)),
@@ -500,9 +500,9 @@ impl Engine {
         Ok(())
     }
 
-    fn note_off_clock(&mut self, id: &str, t: i64, clock: i64) {
+    fn note_off_clock(&mut self, id: &str, t: i64, clock: i64, received_ms: u64) {
         if self.off_clock.len() < self.cfg.max_assets || self.off_clock.contains_key(id) {
-            self.off_clock.insert(id.to_owned(), (t, clock));
+            self.off_clock.insert(id.to_owned(), (t, clock, received_ms));
         }
     }
 
@@ -513,7 +513,7 @@ impl Engine {
     fn settle_clock(&mut self) {
         let Some(clock) = self.clock_ms else { return };
         let stale = self.stale_ms;
-        self.off_clock.retain(|_, (_, at)| clock - *at <= stale);
+        self.off_clock.retain(|_, (_, at, _)| clock - *at <= stale);
         if self.off_clock.is_empty() {
             return;
         }
@@ -524,7 +524,8 @@ impl Engine {
         let mut times: Vec<i64> = self.off_clock.values().map(|v| v.0).collect();
         times.sort_unstable();
         self.clock_ms = Some(times[(times.len() - 1) / 2]);
-        self.clock_received_ms = 0;
+        // The new clock was read now: untimed fixes count from here.
+        self.clock_received_ms = self.off_clock.values().map(|v| v.2).max().unwrap_or(0);
         self.off_clock.clear();
         self.stats.clock_rebased += 1;
     }
@@ -773,7 +774,7 @@ impl Engine {
         for (me, other, sign) in [(lo, hi, flip), (hi, lo, -flip)] {
             let s = e.last;
             let g = s.map(|s| s.geo);
-            msgs.push(Output::Warning(WarningMsg {
+            msgs.push(Output::Warning(Box::new(WarningMsg {
                 asset: me.id.clone(),
                 other: other.id.clone(),
                 encounter: e.id.clone(),
@@ -801,7 +802,7 @@ impl Engine {
                 other_lon: Some(r8(other.lon)),
                 other_speed_mps: Some(r3(other.speed())),
                 other_track_deg: Some(r3(other.track())),
-            }));
+            })));
         }
         self.out.extend(msgs);
     }
@@ -867,7 +868,7 @@ impl Engine {
         for (_, r) in std::mem::take(&mut self.restored_enc) {
             self.dirty = true;
             for (me, other) in [(&r.a, &r.b), (&r.b, &r.a)] {
-                self.out.push(Output::Warning(WarningMsg {
+                self.out.push(Output::Warning(Box::new(WarningMsg {
                     asset: me.clone(),
                     other: other.clone(),
                     encounter: r.id.clone(),
@@ -895,7 +896,7 @@ impl Engine {
                     other_lon: None,
                     other_speed_mps: None,
                     other_track_deg: None,
-                }));
+                })));
             }
         }
         for (_, r) in std::mem::take(&mut self.restored_zone) {
