@@ -19,7 +19,7 @@ pub fn run_eval(root: &Path, args: &[String]) -> Result<()> {
         Some("leakdb") => leakdb(&args[1..]),
         Some("positioning") => positioning(root, &args[1..]),
         _ => bail!(
-            "usage: cargo xtask eval leak [--set report|tuning|all] [leak-eval options] | cargo xtask eval leakdb [leakdb-eval options] \
+            "usage: cargo xtask eval leak [--set report|tuning|retired|all] [leak-eval options] | cargo xtask eval leakdb [leakdb-eval options] \
              | cargo xtask eval positioning DIR"
         ),
     }
@@ -102,8 +102,10 @@ fn leakdb(args: &[String]) -> Result<()> {
 
 /// Seeds `leak-eval` reports (never used while choosing settings) and the seeds the settings
 /// were chosen on; keep equal to `eval/src/bin/leak-eval.rs`.
-const LEAK_REPORT_SEEDS: [&str; 6] = ["7301", "7302", "7303", "7304", "7305", "7306"];
-const LEAK_TUNING_SEEDS: [&str; 2] = ["2020", "2021"];
+const LEAK_REPORT_SEEDS: [&str; 3] = ["8811", "8812", "8813"];
+const LEAK_TUNING_SEEDS: [&str; 4] = ["2020", "2021", "2022", "2023"];
+/// Report seeds of the previous round (already read): `--set retired`.
+const LEAK_RETIRED_SEEDS: [&str; 6] = ["7301", "7302", "7303", "7304", "7305", "7306"];
 
 /// The BattLeDIM protocol: per seed a 2018 historical run (calibration, labels) and a 2019
 /// evaluation run (scored), simulated when missing (cached per seed, resumable: a run is kept
@@ -123,8 +125,9 @@ fn leak(root: &Path, args: &[String]) -> Result<()> {
     let seeds: Vec<&str> = match set.as_str() {
         "report" => LEAK_REPORT_SEEDS.to_vec(),
         "tuning" => LEAK_TUNING_SEEDS.to_vec(),
+        "retired" => LEAK_RETIRED_SEEDS.to_vec(),
         "all" => LEAK_TUNING_SEEDS.iter().chain(&LEAK_REPORT_SEEDS).copied().collect(),
-        _ => bail!("--set is report, tuning or all"),
+        _ => bail!("--set is report, tuning, retired or all"),
     };
     let tools = root.join("plugins/leak-detection/tools");
     let cache = PathBuf::from(CACHE);

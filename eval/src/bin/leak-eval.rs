@@ -15,14 +15,16 @@
 //!   than the leak's previous alarm, is a BattLeDIM detection, scored with
 //!   `outpost_eval::battledim` (the official rules).
 //!
-//! Seeds are of two kinds, printed as such: `--tuning` seeds (settings were chosen on them; never
-//! reported as results) and `--report` seeds (never used while choosing settings). The table
+//! Seeds are of three kinds, printed as such: `--tuning` seeds (settings were chosen on them; never
+//! reported as results), `--report` seeds (simulated fresh for the report and never used while
+//! choosing settings) and `retired` seeds (7301-7306: report seeds of an earlier round, whose
+//! figures were already read; they choose nothing and report nothing any more, `--set retired`). The table
 //! gives each seed's TP/FP/FN, F1 = 2TP/(2TP+FP+FN) and € total, then the mean and the sample
 //! standard deviation over the report seeds.
 //!
 //! ```sh
 //! cargo run --release -p outpost-eval --bin leak-eval -- [--set report|tuning|all] \
-//!     [--report 7301,...,7306] [--tuning 2020,2021] [--cache DIR] [--data DIR] [--model FILE] \
+//!     [--report 8811,8812,8813] [--tuning 2020,2021,2022,2023] [--cache DIR] [--data DIR] [--model FILE] \
 //!     [--cal-start T] [--cal-days D] [--leak-free-only] [--config JSON] [--verbose] [--out DIR]
 //! ```
 //! `--out DIR` writes each seed's alarms (`alarms-seedN.jsonl`) and submission
@@ -39,7 +41,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 const TOPIC: &str = "site/eval/ltown";
-const USAGE: &str = "leak-eval [--set report|tuning|all] [--report 7301,...,7306] [--tuning 2020,2021] \
+const USAGE: &str = "leak-eval [--set report|tuning|retired|all] [--report 8811,8812,8813] [--tuning 2020,2021,2022,2023] \
 [--cache DIR] [--data DIR] [--model FILE] [--cal-start T] [--cal-days D] [--leak-free-only] [--config JSON] \
 [--verbose] [--out DIR]\n\
 Calibrates leak-detection on each seed's simulated 2018 (labelled leaks taken out; --leak-free-only: \
@@ -47,9 +49,12 @@ the days before the first), replays \
 its 2019 and scores it with the BattLeDIM rules; prints per-seed TP/FP/FN/F1/€ and the mean ± sd over \
 the report seeds. Runs: CACHE/historical-seedN and CACHE/evaluation-seedN (tools/simulate_ltown.py).";
 /// Seeds the defaults were chosen on (never reported as results).
-pub const TUNING_SEEDS: [u64; 2] = [2020, 2021];
+pub const TUNING_SEEDS: [u64; 4] = [2020, 2021, 2022, 2023];
 /// Seeds never used while choosing settings: the reported figures.
-pub const REPORT_SEEDS: [u64; 6] = [7301, 7302, 7303, 7304, 7305, 7306];
+pub const REPORT_SEEDS: [u64; 3] = [8811, 8812, 8813];
+/// Report seeds of the previous round: their scores were read, so they are neither tuning nor
+/// report seeds any more.
+pub const RETIRED_SEEDS: [u64; 6] = [7301, 7302, 7303, 7304, 7305, 7306];
 
 fn main() -> ExitCode {
     match run() {
@@ -130,8 +135,9 @@ fn run() -> Result<(), String> {
     let runs: Vec<(u64, &'static str)> = match set.as_str() {
         "report" => report.iter().map(|s| (*s, "report")).collect(),
         "tuning" => tuning.iter().map(|s| (*s, "tuning")).collect(),
+        "retired" => RETIRED_SEEDS.iter().map(|s| (*s, "retired")).collect(),
         "all" => tuning.iter().map(|s| (*s, "tuning")).chain(report.iter().map(|s| (*s, "report"))).collect(),
-        _ => return Err("--set is report, tuning or all".into()),
+        _ => return Err("--set is report, tuning, retired or all".into()),
     };
     if let Some(s) = report.iter().find(|s| tuning.contains(s)) {
         return Err(format!("seed {s} is both a tuning and a report seed"));
@@ -154,7 +160,7 @@ fn run() -> Result<(), String> {
         results.push(r);
     }
     println!("BattLeDIM protocol: calibrated on the simulated 2018 only (its leak labels taken out), scored on 2019 (official rules, 23 leaks)");
-    println!("tuning seeds (settings chosen on them, not results): {tuning:?}; report seeds (never used to choose settings): {report:?}");
+    println!("tuning seeds (settings chosen on them, not results): {tuning:?}; report seeds (simulated fresh, never used to choose settings): {report:?}; retired (read in an earlier round, no longer reported): {RETIRED_SEEDS:?}");
     println!("config: {config}");
     println!("| seed | kind | calibration | TP | FP | FN | F1 | € | of which 2018 leaks (TP, €) | mean delay h |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
@@ -174,7 +180,7 @@ fn run() -> Result<(), String> {
             r.mean_delay_h
         );
     }
-    for kind in ["tuning", "report"] {
+    for kind in ["tuning", "retired", "report"] {
         let rs: Vec<&SeedResult> = results.iter().filter(|r| r.kind == kind).collect();
         if rs.is_empty() {
             continue;

@@ -28,9 +28,6 @@ pub struct Params {
     pub min_growth_m3h: f64,
     /// Hours over which the time-of-week profile's scale follows the inflow (no AMR meters).
     pub profile_adapt_h: f64,
-    /// A located leak moves to another pipe only if its present pipe fits worse than
-    /// `relocate_ratio` × the best pipe's misfit (1: always the best).
-    pub relocate_ratio: f64,
     pub x_young: bool,
 }
 
@@ -500,6 +497,19 @@ impl Detector {
         }
         if let Some((k, _)) = best {
             let l = self.open.remove(k);
+            // Later leaks were measured against a baseline that held this one: without it their
+            // change (re-location of an unplaced leak) came out negative after the repair.
+            let map = model.map(|m| self.map_sensors(m));
+            for o in self.open.iter_mut().filter(|o| o.onset > l.onset) {
+                o.base_e -= l.size_m3h;
+                if let (Some(m), Some(map), Some(pipe)) = (model, map.as_ref(), l.pipe) {
+                    for (kk, v) in o.base_r.iter_mut().enumerate() {
+                        if let (Some(v), Some(Some(si))) = (v.as_mut(), map.get(kk)) {
+                            *v -= l.size_m3h * m.pipe_sig[pipe][*si];
+                        }
+                    }
+                }
+            }
             events.push(Event::End { id: l.id, reason: format!("leakage fell by {size:.1} m3/h (repaired)") });
             self.closed.push(l);
         }
@@ -556,13 +566,7 @@ impl Detector {
                 if let Some(c) = ranked.first() {
                     let conf = (1.0 - c.err / null_err(&dr, de, &sigma)).clamp(0.0, 1.0);
                     let least = if unlocated { p.locate_min_m3h } else { p.min_leak_m3h };
-                    let mut named = (conf >= p.min_confidence && de >= least).then_some(c.pipe);
-                    if let (Some(cur), Some(new)) = (l.pipe, named) {
-                        // Hysteresis: a move is a new dispatch of a crew.
-                        if cur != new && fit_err(&m.pipe_sig[cur], &map, &dr, de, &sigma) <= p.relocate_ratio * c.err {
-                            named = Some(cur);
-                        }
-                    }
+                    let named = (conf >= p.min_confidence && de >= least).then_some(c.pipe);
                     updates.push((k, named, de, conf));
                 }
             }

@@ -92,9 +92,6 @@ pub struct Config {
     pub baseline_h: i64,
     pub refine_after_h: Vec<i64>,
     pub merge_ratio: f64,
-    /// A located leak is moved to another pipe only when its pipe fits worse than this ×
-    /// the best pipe's misfit.
-    pub relocate_ratio: f64,
     pub x_young: bool,
     pub min_leak_m3h: f64,
     pub max_startup_leaks: usize,
@@ -146,7 +143,6 @@ impl Default for Config {
             baseline_h: 24,
             refine_after_h: vec![24, 72],
             merge_ratio: 1.5,
-            relocate_ratio: 1.0,
             x_young: false,
             min_leak_m3h: 4.0,
             max_startup_leaks: 6,
@@ -193,8 +189,8 @@ impl Config {
         if !(c.profile_adapt_h >= 1.0 && c.profile_adapt_h.is_finite()) {
             return bad("profile_adapt_h ≥ 1".into());
         }
-        if c.cusum_threshold_m3h <= 0.0 || c.cusum_drift_m3h < 0.0 || c.min_leak_m3h <= 0.0 || c.merge_ratio < 1.0 || c.relocate_ratio < 1.0 {
-            return bad("cusum_threshold_m3h > 0, cusum_drift_m3h ≥ 0, min_leak_m3h > 0, merge_ratio ≥ 1, relocate_ratio ≥ 1".into());
+        if c.cusum_threshold_m3h <= 0.0 || c.cusum_drift_m3h < 0.0 || c.min_leak_m3h <= 0.0 || c.merge_ratio < 1.0 {
+            return bad("cusum_threshold_m3h > 0, cusum_drift_m3h ≥ 0, min_leak_m3h > 0, merge_ratio ≥ 1".into());
         }
         if c.max_sensors == 0 || c.max_time_jump_h < 1 || c.time_jump_confirm_steps == 0 {
             return bad("max_sensors ≥ 1, max_time_jump_h ≥ 1, time_jump_confirm_steps ≥ 1".into());
@@ -216,7 +212,6 @@ impl Config {
             baseline_h: self.baseline_h,
             refine_after_h: self.refine_after_h.clone(),
             merge_ratio: self.merge_ratio,
-            relocate_ratio: self.relocate_ratio,
             x_young: self.x_young,
             min_leak_m3h: self.min_leak_m3h,
             max_startup_leaks: self.max_startup_leaks,
