@@ -34,11 +34,12 @@ options:
   --site ID        the site this gateway serves
   --config FILE    start from FILE instead of the default config template
                    (e.g. deploy/sites/quarry-north.toml)
-  --broker KIND    "mosquitto" (production: nothing acknowledged is lost in a
-                   crash) writes /etc/mosquitto/conf.d/outpost.conf with
-                   persistence and points a new config at it; "embedded"
-                   (default) keeps the agent's own broker, which loses what
-                   is queued in it when the agent crashes
+  --broker KIND    "mosquitto" (default, production: nothing acknowledged is
+                   lost in a crash) writes /etc/mosquitto/conf.d/outpost.conf
+                   with persistence and points a new config at it;
+                   "embedded" keeps the agent's own broker (no other
+                   package needed), which loses what is queued in it when
+                   the agent crashes
   --no-start       install only; do not enable or start the systemd service
   -h, --help       show this help
 
@@ -65,7 +66,7 @@ gateway=
 site=
 config_src=
 no_start=0
-broker=embedded
+broker=mosquitto
 
 while [[ $# -gt 0 ]]; do
     opt=$1
@@ -416,8 +417,9 @@ if [[ $system == 1 && $no_start == 0 && -d /run/systemd/system ]]; then
     say "starting the agent (systemctl enable --now outpost)"
     systemctl daemon-reload || die "systemctl daemon-reload failed (output above)"
     if [[ $broker == mosquitto ]]; then
-        systemctl enable mosquitto && systemctl restart mosquitto ||
+        if ! { systemctl enable mosquitto && systemctl restart mosquitto; }; then
             die "Mosquitto did not start with $mq_conf; see why with: journalctl -u mosquitto -n 50"
+        fi
     fi
     systemctl enable --now outpost ||
         die "systemctl could not start outpost; see why with: journalctl -u outpost -n 50"

@@ -180,6 +180,15 @@ pub struct LifecycleConfig {
     /// the upgrade back.
     #[serde(default = "default_probation_faults")]
     pub probation_max_faults: u64,
+    /// At the end of probation, the share of messages the new version
+    /// answered with an error may exceed the previous version's by at most
+    /// this much (0.05: five points), else the upgrade is rolled back.
+    #[serde(default = "default_probation_error_margin")]
+    pub probation_error_margin: f64,
+    /// Fewest messages the new version must have handled in the window for
+    /// its error share to be judged (fewer say nothing either way).
+    #[serde(default = "default_probation_min_messages")]
+    pub probation_min_messages: u64,
 }
 
 fn default_probation() -> u64 {
@@ -188,10 +197,21 @@ fn default_probation() -> u64 {
 fn default_probation_faults() -> u64 {
     3
 }
+fn default_probation_error_margin() -> f64 {
+    0.05
+}
+fn default_probation_min_messages() -> u64 {
+    50
+}
 
 impl Default for LifecycleConfig {
     fn default() -> Self {
-        LifecycleConfig { probation_s: default_probation(), probation_max_faults: default_probation_faults() }
+        LifecycleConfig {
+            probation_s: default_probation(),
+            probation_max_faults: default_probation_faults(),
+            probation_error_margin: default_probation_error_margin(),
+            probation_min_messages: default_probation_min_messages(),
+        }
     }
 }
 
@@ -322,6 +342,10 @@ impl AgentConfig {
         }
         if self.lifecycle.probation_max_faults == 0 {
             p.push("lifecycle.probation_max_faults must be at least 1".into());
+        }
+        let m = self.lifecycle.probation_error_margin;
+        if !(m.is_finite() && (0.0..=1.0).contains(&m)) {
+            p.push(format!("lifecycle.probation_error_margin is {m}; it must be a share from 0 to 1"));
         }
         if self.broker.mode == BrokerMode::Embedded
             && !self.broker.listen.ip().is_loopback()

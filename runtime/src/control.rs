@@ -9,7 +9,7 @@
 //! state, and a restart converges to it.
 
 use crate::config::AgentConfig;
-use crate::dispatch::{Dispatcher, LifecycleError, Notice, ServiceDef, ShadowReport, WasmFactory};
+use crate::dispatch::{Dispatcher, LifecycleError, Notice, ProbationPolicy, ServiceDef, ShadowReport, WasmFactory};
 use crate::host::{HostEngine, ServiceContext, MAX_MEMORY_MIB};
 use crate::package::{effective_config, Package};
 use crate::state::StateStore;
@@ -100,7 +100,7 @@ impl From<LifecycleError> for ControlError {
 /// A change for the I/O thread, ready to apply.
 pub enum Command {
     Install(ServiceDef),
-    Upgrade { def: ServiceDef, probation: Option<(Duration, u64)> },
+    Upgrade { def: ServiceDef, probation: Option<ProbationPolicy> },
     Remove(String),
     Scale { name: String, instances: u32 },
     SetConfig { name: String, config_json: String },
@@ -311,7 +311,8 @@ impl Lifecycle {
     }
 
     /// Replaces a running service with the package's version, with
-    /// probation (automatic rollback on a crash loop).
+    /// probation (automatic rollback on a crash loop, more errors or worse
+    /// health KPIs than the version it replaced).
     pub async fn upgrade(&self, source: &Path, approved_by: &str) -> Result<Outcome, ControlError> {
         let mut desired = self.lock().await?;
         let dir = import_package(&self.cfg, source)?;
@@ -337,9 +338,14 @@ impl Lifecycle {
         Ok(outcome)
     }
 
-    fn probation(&self) -> Option<(Duration, u64)> {
+    fn probation(&self) -> Option<ProbationPolicy> {
         let l = &self.cfg.lifecycle;
-        (l.probation_s > 0).then(|| (Duration::from_secs(l.probation_s), l.probation_max_faults))
+        (l.probation_s > 0).then(|| ProbationPolicy {
+            window: Duration::from_secs(l.probation_s),
+            max_faults: l.probation_max_faults,
+            error_margin: l.probation_error_margin,
+            min_messages: l.probation_min_messages,
+        })
     }
 
     /// Goes back to the version the last upgrade replaced.

@@ -272,6 +272,12 @@ pub struct KpiSpec {
     pub better: Better,
     #[serde(default)]
     pub description: Option<String>,
+    /// A health KPI: at the end of an upgrade's probation, the new
+    /// version's site-wide value may be worse than the previous version's
+    /// by at most this share of it (0.2: 20 % worse), else the upgrade is
+    /// rolled back. Absent: the KPI is reported, not judged.
+    #[serde(default)]
+    pub health_margin: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -375,6 +381,14 @@ impl Manifest {
         for (name, kpi) in &self.kpis {
             if kpi.unit.is_empty() {
                 p.push(format!("kpis.{name}.unit is empty"));
+            }
+            if name.contains('/') {
+                p.push(format!("kpis.{name}: a declared KPI is site-wide; its name cannot hold '/' (a subject)"));
+            }
+            if let Some(m) = kpi.health_margin {
+                if !(m.is_finite() && (0.0..=10.0).contains(&m)) {
+                    p.push(format!("kpis.{name}.health_margin is {m}; it must be a share from 0 to 10 (0.2 = 20 % worse)"));
+                }
             }
         }
         p.extend(self.capabilities.problems());

@@ -8,7 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
@@ -143,6 +143,7 @@ impl Metrics {
             dead_letters: self.dead_letters.get_or_create(&l).clone(),
             service_errors: self.service_errors.get_or_create(&l).clone(),
             series: Arc::default(),
+            site_kpis: Arc::default(),
             log_budget: Arc::default(),
             all: self.clone(),
         }
@@ -226,6 +227,9 @@ pub struct ServiceMetrics {
     pub service_errors: Counter,
     /// KPI and counter series this service has created (bounded).
     series: Arc<Mutex<SeriesSeen>>,
+    /// This version's last site-wide value of each KPI: the exposition has
+    /// no version label, and probation compares versions.
+    site_kpis: Arc<Mutex<HashMap<String, f64>>>,
     /// Log lines this service may still write this second.
     log_budget: Arc<Mutex<LogBudget>>,
     all: Arc<Metrics>,
@@ -249,8 +253,18 @@ impl ServiceMetrics {
             return;
         }
         let (name, subject) = name.split_once('/').unwrap_or((name, ""));
+        if subject.is_empty() {
+            if let Ok(mut kpis) = self.site_kpis.lock() {
+                kpis.insert(name.to_owned(), value);
+            }
+        }
         let label = KpiLabel { service: self.name.to_string(), name: name.into(), subject: subject.into() };
         self.all.kpi.get_or_create(&label).set(value);
+    }
+
+    /// This version's last site-wide value of a KPI, if it reported one.
+    pub fn site_kpi(&self, name: &str) -> Option<f64> {
+        self.site_kpis.lock().ok()?.get(name).copied()
     }
 
     pub fn add_counter(&self, name: &str, delta: u64) {

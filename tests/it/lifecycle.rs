@@ -257,6 +257,44 @@ fn a_crash_looping_upgrade_rolls_back_by_itself() {
     });
 }
 
+/// The testbed declares `rate` a health KPI (20 % margin): 2.0.0 reports
+/// half of what 1.0.0 did, and when its probation window ends the agent
+/// rolls it back by itself and says why on its event stream.
+#[test]
+fn an_upgrade_with_a_worse_health_kpi_rolls_back_when_probation_ends() {
+    let provider = Provider::new();
+    let dir = AgentDir::new();
+    let extra = "[lifecycle]\nprobation_s = 2\n";
+    let agent = TestAgent::start_with(&dir, None, &provider.config_line(), extra);
+    client_runtime().block_on(async {
+        let mut c = agent.api().await;
+        client::upload(&mut c, Upload::Deploy, provider.testbed("1.0.0", None), "t", |_, _| {}).await.expect("deploy");
+        publish_all(agent.mqtt_port, &[("test/in/x", "kpi:10".to_string())]).await;
+        let mut events =
+            c.stream_events(pb::StreamEventsRequest { service: String::new() }).await.expect("events").into_inner();
+        client::upload(&mut c, Upload::Upgrade, provider.testbed("2.0.0", None), "t", |_, _| {})
+            .await
+            .expect("upgrade");
+        publish_all(agent.mqtt_port, &[("test/in/x", "kpi:5".to_string())]).await;
+        let rolled_back = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(e) = events.message().await.expect("event stream") {
+                let v: serde_json::Value = serde_json::from_str(&e.json).expect("event JSON");
+                if v["event"] == "rolled_back" {
+                    return v;
+                }
+            }
+            panic!("event stream ended");
+        })
+        .await
+        .expect("a rolled_back event within 10 s");
+        let reason = rolled_back["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("health KPI rate is 5 against 10 for 1.0.0"), "{rolled_back}");
+        assert_eq!((rolled_back["from"].as_str(), rolled_back["to"].as_str()), (Some("2.0.0"), Some("1.0.0")));
+        let list = c.list_services(pb::ListServicesRequest {}).await.unwrap().into_inner();
+        assert_eq!(list.services[0].version, "1.0.0", "rolled back, and so recorded in the desired state");
+    });
+}
+
 /// Publishes every (topic, payload) with QoS 1 and waits for all PUBACKs.
 async fn publish_all(port: u16, msgs: &[(impl AsRef<str>, String)]) {
     publish_paced(port, msgs, 0).await

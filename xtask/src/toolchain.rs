@@ -94,7 +94,7 @@ pub fn setup(servers: bool) -> Result<Guest> {
     println!("    using {}", guest.describe());
     done(t);
     if servers {
-        let t = step("checking test servers and clients (mosquitto, mosquitto_sub, promtool)");
+        let t = step("checking test servers and tools (mosquitto, mosquitto_sub, promtool, shellcheck)");
         let mut missing = Vec::new();
         if !has_command("mosquitto") {
             missing.push("mosquitto");
@@ -104,6 +104,9 @@ pub fn setup(servers: bool) -> Result<Guest> {
         }
         if !has_command("promtool") {
             missing.push("prometheus");
+        }
+        if !has_command("shellcheck") {
+            missing.push("shellcheck");
         }
         if missing.is_empty() {
             println!("    all present");

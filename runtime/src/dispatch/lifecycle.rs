@@ -23,9 +23,9 @@ impl Dispatcher {
     /// version serving), then the old version's queued messages move over in
     /// order and the old instances are dropped. State is namespaced by
     /// service name, so the new version reads what the old one wrote.
-    /// With `probation`, a crash loop inside the window rolls back to the
-    /// old version by itself.
-    pub fn upgrade(&mut self, def: ServiceDef, probation: Option<(Duration, u64)>) -> Result<(), LifecycleError> {
+    /// With `probation`, a crash loop inside the window, or a new version
+    /// judged worse than the old one at its end, rolls back by itself.
+    pub fn upgrade(&mut self, def: ServiceDef, probation: Option<ProbationPolicy>) -> Result<(), LifecycleError> {
         let s = self.find(def.name()).ok_or_else(|| LifecycleError::Unknown(def.name().to_owned()))?;
         let mut deployment = self.deploy_strict(Arc::new(def))?;
         // State handover (outpost:service@1.1.0 `migrate`): once, before the
@@ -50,8 +50,12 @@ impl Dispatcher {
         let previous = old.def.clone();
         let shard_by = slot.current.def.manifest.scale.shard_by;
         drain_into(old, &mut slot.current, shard_by);
-        slot.probation =
-            probation.map(|(window, max_faults)| Probation { previous, until: Instant::now() + window, max_faults });
+        slot.probation = probation.map(|policy| Probation {
+            baseline: probation::Baseline::take(&previous, &slot.current.def),
+            previous,
+            until: Instant::now() + policy.window,
+            policy,
+        });
         slot.current.def.metrics.instances.set(slot.current.running() as i64);
         Ok(())
     }
@@ -205,35 +209,45 @@ impl Dispatcher {
     }
 
     /// A version on probation that faults `max_faults` times inside its
-    /// window is replaced by the previous one, here on the gateway, with no
+    /// window, or is judged worse than the previous one when the window
+    /// ends, is replaced by the previous one, here on the gateway, with no
     /// one asked: the fleet learns it from the notice and the event.
     pub(super) fn check_probation(&mut self) {
         for s in 0..self.services.len() {
             let slot = &mut self.services[s];
             let Some(p) = &slot.probation else { continue };
-            if slot.current.faults >= p.max_faults {
-                let previous = (*p.previous).clone();
-                let from = slot.current.def.version().to_owned();
-                let reason = format!("{} faults within the probation window", slot.current.faults);
-                slot.probation = None;
-                let name = previous.name().to_owned();
-                let to = previous.version().to_owned();
-                match self.replace_current(s, previous) {
-                    Ok(()) => {
-                        tracing::error!(service = %name, %from, %to, %reason, "probation failed; rolled back");
-                        let body = serde_json::json!({"event": "rolled_back", "service": name, "from": from, "to": to,
-                            "reason": reason, "ts_ms": now_ms()});
-                        self.emit(&format!("outpost/{}/events", self.gateway), &body.to_string());
-                        self.notices.push(Notice::RolledBack { service: name, from, to, reason });
-                    }
-                    Err(e) => tracing::error!(service = %name, error = %e, "automatic rollback failed"),
-                }
+            let verdict = if slot.current.faults >= p.policy.max_faults {
+                Err(format!("{} faults within the probation window", slot.current.faults))
             } else if Instant::now() >= p.until {
-                let version = slot.current.def.version().to_owned();
-                let name = slot.current.def.name().to_owned();
-                slot.probation = None;
-                tracing::info!(service = %name, %version, "probation passed");
-                self.notices.push(Notice::Promoted { service: name, version });
+                let metrics = &slot.current.def.metrics;
+                probation::judge(&p.policy, &p.baseline, probation::Counts::of(&slot.current.def), |k| {
+                    metrics.site_kpi(k)
+                })
+            } else {
+                continue;
+            };
+            let previous = (*p.previous).clone();
+            slot.probation = None;
+            let name = previous.name().to_owned();
+            let from = slot.current.def.version().to_owned();
+            match verdict {
+                Ok(()) => {
+                    tracing::info!(service = %name, version = %from, "probation passed");
+                    self.notices.push(Notice::Promoted { service: name, version: from });
+                }
+                Err(reason) => {
+                    let to = previous.version().to_owned();
+                    match self.replace_current(s, previous) {
+                        Ok(()) => {
+                            tracing::error!(service = %name, %from, %to, %reason, "probation failed; rolled back");
+                            let body = serde_json::json!({"event": "rolled_back", "service": name, "from": from,
+                                "to": to, "reason": reason, "ts_ms": now_ms()});
+                            self.emit(&format!("outpost/{}/events", self.gateway), &body.to_string());
+                            self.notices.push(Notice::RolledBack { service: name, from, to, reason });
+                        }
+                        Err(e) => tracing::error!(service = %name, error = %e, "automatic rollback failed"),
+                    }
+                }
             }
         }
     }

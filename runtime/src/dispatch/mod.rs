@@ -19,12 +19,14 @@
 
 mod envelope;
 mod lifecycle;
+mod probation;
 mod seams;
 mod shadow;
 #[cfg(test)]
 mod tests;
 
 pub use envelope::{now_ms, stable_hash, AckToken, Cause, Egress, Envelope, Inbound, NullEgress};
+pub use probation::ProbationPolicy;
 pub use seams::{Instance, InstanceFactory, WasmFactory};
 pub use shadow::{ShadowReport, TopicDiff};
 
@@ -116,11 +118,13 @@ struct Canary {
 }
 
 /// After an upgrade: the previous version, kept for automatic rollback
-/// until the window passes without a crash loop.
+/// until the window passes without a crash loop and the new version is
+/// judged no worse (`probation.rs`).
 struct Probation {
     previous: Arc<ServiceDef>,
     until: Instant,
-    max_faults: u64,
+    policy: ProbationPolicy,
+    baseline: probation::Baseline,
 }
 
 struct ServiceSlot {

@@ -307,12 +307,91 @@ fn shadow_sees_a_copy_and_its_outputs_stay_aside() {
     assert!(d.shadow_report("svc", false).is_err(), "stopped");
 }
 
+fn probation(window: Duration) -> ProbationPolicy {
+    ProbationPolicy { window, max_faults: 3, error_margin: 0.05, min_messages: 5 }
+}
+
+/// `svc` at `version`, declaring `fix_rate` (higher is better) as a health
+/// KPI with a 20 % margin, with its metrics handle for the test to report.
+fn with_health_kpi(version: &str, j: &Arc<Journal>, metrics: &Arc<Metrics>) -> (ServiceDef, ServiceMetrics) {
+    let mut d = def("svc", version, 1, j);
+    let text = format!(
+        "[service]\nname = \"svc\"\nversion = \"{version}\"\nprovider = \"t\"\nworld = \"outpost:service@1.0.0\"\n\
+         [bus]\nsubscribe = [\"in/+\"]\npublish = [\"out/+\"]\n[limits]\ncall_deadline_ms = 40\n\
+         [kpis]\nfix_rate = {{ unit = \"1/min\", better = \"higher\", health_margin = 0.2 }}\n"
+    );
+    d.manifest = Manifest::parse(&text, std::path::Path::new("test.toml")).expect("test manifest");
+    d.metrics = metrics.service_version("svc", version);
+    let m = d.metrics.clone();
+    (d, m)
+}
+
+/// Upgrades 1.0.0 (which reported `fix_rate` 10) to 2.0.0, which reports
+/// `v2_rate`; returns the version serving once the window has ended.
+fn judged_on_health_kpi(v2_rate: f64) -> (String, Vec<Notice>) {
+    let (sink, j, metrics) = (Sink::default(), Arc::new(Journal::default()), Metrics::new());
+    let mut d = dispatcher(&sink);
+    let (v1, m1) = with_health_kpi("1.0.0", &j, &metrics);
+    d.install(v1).expect("install");
+    m1.set_kpi("fix_rate", 10.0);
+    let (v2, m2) = with_health_kpi("2.0.0", &j, &metrics);
+    d.upgrade(v2, Some(probation(Duration::from_millis(30)))).expect("upgrade");
+    m2.set_kpi("fix_rate", v2_rate);
+    d.run_until_idle();
+    assert_eq!(d.status()[0].version, "2.0.0", "judged only when the window ends");
+    std::thread::sleep(Duration::from_millis(40));
+    d.run_until_idle();
+    (d.status()[0].version.clone(), d.take_notices())
+}
+
+#[test]
+fn an_upgrade_whose_health_kpi_is_worse_rolls_back_when_probation_ends() {
+    let (version, notices) = judged_on_health_kpi(7.0);
+    assert_eq!(version, "1.0.0", "30 % worse than 1.0.0 with a 20 % margin");
+    assert!(
+        matches!(&notices[..], [Notice::RolledBack { reason, .. }] if reason.contains("health KPI fix_rate is 7 against 10")),
+        "{notices:?}"
+    );
+    let (version, notices) = judged_on_health_kpi(8.5);
+    assert_eq!(version, "2.0.0", "15 % worse is inside the margin");
+    assert!(matches!(&notices[..], [Notice::Promoted { version, .. }] if version == "2.0.0"), "{notices:?}");
+}
+
+#[test]
+fn an_upgrade_answering_more_messages_with_errors_rolls_back_when_probation_ends() {
+    let (sink, j, acked) = (Sink::default(), Arc::new(Journal::default()), Arc::new(AtomicUsize::new(0)));
+    let metrics = Metrics::new();
+    let versioned = |v: &str| ServiceDef { metrics: metrics.service_version("svc", v), ..def("svc", v, 1, &j) };
+    let mut d = dispatcher(&sink);
+    d.install(versioned("1.0.0")).expect("install");
+    for i in 0..10 {
+        d.accept(input("in/a", &i.to_string(), &acked));
+    }
+    d.run_until_idle();
+    d.upgrade(versioned("2.0.0"), Some(probation(Duration::from_millis(30)))).expect("upgrade");
+    // The new version's inputs: 4 of 10 are refused (the fake answers
+    // `bad` with a service error), 40 % against 0 % before.
+    for i in 0..10 {
+        d.accept(input("in/a", if i % 3 == 0 { "bad" } else { "ok" }, &acked));
+        d.run_until_idle();
+    }
+    std::thread::sleep(Duration::from_millis(40));
+    d.run_until_idle();
+    assert_eq!(d.status()[0].version, "1.0.0");
+    let notices = d.take_notices();
+    assert!(
+        matches!(&notices[..], [Notice::RolledBack { reason, .. }]
+            if reason.contains("40.0 % of 10 messages answered with an error, against 0.0 % for 1.0.0")),
+        "{notices:?}"
+    );
+}
+
 #[test]
 fn a_crash_loop_on_probation_rolls_back_by_itself() {
     let (sink, j, acked) = (Sink::default(), Arc::new(Journal::default()), Arc::new(AtomicUsize::new(0)));
     let mut d = dispatcher(&sink);
     d.install(def("svc", "1.0.0", 1, &j)).expect("install");
-    d.upgrade(def("svc", "2.0.0", 1, &j), Some((Duration::from_secs(60), 3))).expect("upgrade");
+    d.upgrade(def("svc", "2.0.0", 1, &j), Some(probation(Duration::from_secs(60)))).expect("upgrade");
     assert!(d.status()[0].probation);
     for _ in 0..3 {
         d.accept(input("in/a", "trap", &acked));

@@ -62,6 +62,17 @@ impl Service for Testbed {
                 host::publish(&out, echo.as_bytes()).map_err(ServiceError::Internal)?;
                 continue;
             }
+            if let Some(rest) = m.payload.strip_prefix(b"kpi:") {
+                // The declared health KPI `rate` (see service.toml).
+                let value = std::str::from_utf8(rest).ok().and_then(|v| v.parse::<f64>().ok());
+                match value {
+                    Some(v) => host::kpi("rate", v),
+                    None => {
+                        rejected.get_or_insert(ServiceError::BadInput("kpi:VALUE needs a number".into()));
+                    }
+                }
+                continue;
+            }
             match m.payload.as_slice() {
                 b"trap" => panic!("testbed asked to trap"),
                 b"loop" => {
