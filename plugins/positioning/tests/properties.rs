@@ -171,6 +171,33 @@ proptest! {
     }
 
     #[test]
+    fn a_generated_rmc_parses_to_its_values(
+        g in gga(), valid in any::<bool>(), knots_e2 in 0u32..50_000, track_e2 in 0u32..36_000,
+        (d, m, yy) in (1u32..=28, 1u32..=12, 0i32..100),
+    ) {
+        let body = format!(
+            "GPRMC,{:02}{:02}{:02}.{:02},{},{:02}{:02}.{:04},{},{:03}{:02}.{:04},{},{}.{:02},{}.{:02},{:02}{:02}{:02},,,A",
+            g.h, g.m, g.s, g.cs, if valid { 'A' } else { 'V' },
+            g.lat_deg, g.lat_min_e4 / 10_000, g.lat_min_e4 % 10_000, if g.south { 'S' } else { 'N' },
+            g.lon_deg, g.lon_min_e4 / 10_000, g.lon_min_e4 % 10_000, if g.west { 'W' } else { 'E' },
+            knots_e2 / 100, knots_e2 % 100, track_e2 / 100, track_e2 % 100, d, m, yy,
+        );
+        let line = with_checksum(&body);
+        let (_, s) = parse(line.as_bytes()).map_err(|e| TestCaseError::fail(format!("{e:?} for {line}")))?;
+        let Sentence::Rmc { time, valid: v, pos, speed_knots, track, date } = s else {
+            return Err(TestCaseError::fail(format!("not an RMC: {line}")));
+        };
+        let want_t = f64::from(g.h * 3600 + g.m * 60 + g.s) + f64::from(g.cs) / 100.0;
+        prop_assert!(time.is_some_and(|t| (t - want_t).abs() < 1e-9));
+        prop_assert_eq!(v, valid);
+        prop_assert!(pos.is_some());
+        prop_assert!(speed_knots.is_some_and(|k| (k - f64::from(knots_e2) / 100.0).abs() < 1e-9));
+        prop_assert!(track.is_some_and(|t| (t - f64::from(track_e2) / 100.0).abs() < 1e-9));
+        // NMEA's century rule: two-digit years under 80 are 20xx.
+        prop_assert_eq!(date, Some((d, m, if yy < 80 { 2000 + yy } else { 1900 + yy })));
+    }
+
+    #[test]
     fn a_wrong_checksum_or_one_changed_byte_is_rejected(g in gga(), delta in 1u8..=255, at in any::<prop::sample::Index>()) {
         let body = g.body();
         let ck = body.bytes().fold(0u8, |a, b| a ^ b);
@@ -252,6 +279,39 @@ proptest! {
             prop_assert!(!got.iter().any(|f| matches!(f, Frame::Ubx { .. })), "{got:?}");
             prop_assert_eq!(d.stats.ubx_bad_checksum, 1);
         }
+    }
+
+    #[test]
+    fn a_nav_pvt_encoded_per_the_u_blox_layout_parses_to_its_values(
+        itow in any::<u32>(), (year, month, day, hour, min, sec) in (1980u16..2100, 1u8..=12, 1u8..=31, 0u8..24, 0u8..60, 0u8..61),
+        valid in 0u8..4, nano in -1_000_000_000i32..1_000_000_000, fix_type in 0u8..6, flags in any::<u8>(), num_sv in any::<u8>(),
+        lon in -1_800_000_000i32..=1_800_000_000, lat in -900_000_000i32..=900_000_000,
+        height in any::<i32>(), hmsl in any::<i32>(), hacc in any::<u32>(), vacc in any::<u32>(),
+        vel_d in any::<i32>(), gspeed in any::<i32>(), head in any::<i32>(), extra in 0usize..16,
+    ) {
+        // UBX-NAV-PVT, u-blox 8 interface description: 92 bytes (84 on
+        // protocol 14), little-endian; longer payloads from later versions.
+        let mut p = vec![0u8; 92 + extra];
+        p[0..4].copy_from_slice(&itow.to_le_bytes());
+        p[4..6].copy_from_slice(&year.to_le_bytes());
+        (p[6], p[7], p[8], p[9], p[10], p[11]) = (month, day, hour, min, sec, valid);
+        p[16..20].copy_from_slice(&nano.to_le_bytes());
+        (p[20], p[21], p[23]) = (fix_type, flags, num_sv);
+        for (at, v) in [(24, lon), (28, lat), (32, height), (36, hmsl), (56, vel_d), (60, gspeed), (64, head)] {
+            p[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        p[40..44].copy_from_slice(&hacc.to_le_bytes());
+        p[44..48].copy_from_slice(&vacc.to_le_bytes());
+        let n = NavPvt::parse(&p).ok_or_else(|| TestCaseError::fail("refused"))?;
+        prop_assert_eq!((n.itow_ms, n.year, n.month, n.day, n.hour, n.min, n.sec), (itow, year, month, day, hour, min, sec));
+        prop_assert_eq!((n.valid_date, n.valid_time, n.nano), (valid & 1 != 0, valid & 2 != 0, nano));
+        prop_assert_eq!((n.fix_type, n.gnss_fix_ok, n.num_sv), (fix_type, flags & 1 != 0, num_sv));
+        prop_assert_eq!((n.lon, n.lat), (f64::from(lon) * 1e-7, f64::from(lat) * 1e-7));
+        prop_assert_eq!((n.height_m, n.hmsl_m), (f64::from(height) / 1e3, f64::from(hmsl) / 1e3));
+        prop_assert_eq!((n.h_acc_m, n.v_acc_m), (f64::from(hacc) / 1e3, f64::from(vacc) / 1e3));
+        prop_assert_eq!((n.vel_d_mps, n.g_speed_mps, n.head_mot_deg), (f64::from(vel_d) / 1e3, f64::from(gspeed) / 1e3, f64::from(head) * 1e-5));
+        // Shorter than the oldest layout: refused, not read past the end.
+        prop_assert!(NavPvt::parse(&p[..83]).is_none());
     }
 
     #[test]
