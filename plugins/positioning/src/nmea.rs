@@ -2,14 +2,17 @@
 //! sentences (GGA, RMC, GSA, GSV, VTG, GLL, GST, ZDA, GNS). Anything else is
 //! reported as `Other` so the caller can count it; nothing here panics on input.
 
-/// Why a line is not a usable sentence.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a line is not a usable sentence (each is counted by the service).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NmeaError {
     /// Not starting with `$`/`!` (gpsd `#` comments, binary, garbage).
+    #[error("not an NMEA sentence")]
     NotNmea,
     /// `*hh` present and wrong.
+    #[error("checksum mismatch")]
     Checksum,
-    /// Too short or a malformed field.
+    /// Too short, not ASCII, or a field that reads as infinite or NaN.
+    #[error("malformed sentence")]
     Malformed,
 }
 

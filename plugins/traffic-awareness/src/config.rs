@@ -10,6 +10,17 @@
 use crate::footprint::Footprint;
 use serde::Deserialize;
 
+/// Why a config was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// Not JSON, a key unknown, or a value of the wrong type or out of range.
+    #[error("traffic-awareness config: {0}")]
+    Json(String),
+    /// Every value that breaks a rule, all at once.
+    #[error("traffic-awareness config has {} problem(s): {}", .0.len(), .0.join("; "))]
+    Problems(Vec<String>),
+}
+
 /// A point given as WGS84 degrees.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -186,14 +197,14 @@ pub fn topic_safe(s: &str) -> bool {
 impl Config {
     /// Parses the merged config JSON and checks every value; all problems
     /// are reported together.
-    pub fn parse(json: &str) -> Result<Config, String> {
+    pub fn parse(json: &str) -> Result<Config, ConfigError> {
         let json = if json.trim().is_empty() { "{}" } else { json };
-        let c: Config = serde_json::from_str(json).map_err(|e| format!("traffic-awareness config: {e}"))?;
+        let c: Config = serde_json::from_str(json).map_err(|e| ConfigError::Json(e.to_string()))?;
         let p = c.problems();
         if p.is_empty() {
             Ok(c)
         } else {
-            Err(format!("traffic-awareness config has {} problem(s): {}", p.len(), p.join("; ")))
+            Err(ConfigError::Problems(p))
         }
     }
 
@@ -347,7 +358,7 @@ mod tests {
     fn defaults_parse_and_typos_are_named() {
         let c = Config::parse("").expect("defaults");
         assert_eq!(c.warn_gap_m, 10.0);
-        let e = Config::parse(r#"{"warn_gap": 3}"#).expect_err("typo");
+        let e = Config::parse(r#"{"warn_gap": 3}"#).expect_err("typo").to_string();
         assert!(e.contains("warn_gap"), "{e}");
     }
 
@@ -357,7 +368,8 @@ mod tests {
             r#"{"warn_time_s": 0, "critical_gap_m": 50, "max_assets": 0,
                 "zones": [{"name": "pit", "kind": "speed_limit", "polygon": [[0, 0], [0, 1]]}]}"#,
         )
-        .expect_err("bad");
+        .expect_err("bad")
+        .to_string();
         for needle in ["warn_time_s", "critical_gap_m", "max_assets", "max_speed_mps", "3"] {
             assert!(e.contains(needle), "{needle} missing from {e}");
         }
@@ -380,7 +392,8 @@ mod tests {
             r#"{"classes": [{"name": "x", "prefix": "x", "length_m": 3, "width_m": -1},
                                               {"name": "y", "prefix": "y", "length_m": 3}]}"#,
         )
-        .expect_err("bad");
+        .expect_err("bad")
+        .to_string();
         assert!(e.contains("width_m is -1") && e.contains("both length_m and width_m"), "{e}");
     }
 }

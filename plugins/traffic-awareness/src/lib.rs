@@ -149,7 +149,7 @@ impl TrafficAwareness {
 
 impl Service for TrafficAwareness {
     fn init(config: &str) -> Result<Self, ServiceError> {
-        let cfg = Config::parse(config).map_err(ServiceError::BadConfig)?;
+        let cfg = Config::parse(config).map_err(|e| ServiceError::BadConfig(e.to_string()))?;
         let mut engine = Engine::new(cfg);
         if let Some(bytes) = host::state_get(STATE_KEY) {
             match serde_json::from_slice::<Saved>(&bytes) {

@@ -12,7 +12,8 @@ use serde::Deserialize;
 use std::borrow::Cow;
 
 /// Why a message was refused; each is counted as `rejected_<name>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, thiserror::Error)]
+#[error("{}", self.name())]
 pub enum Reject {
     /// The topic has no asset segment (`svc/positioning/{asset}/fix`).
     BadTopic,
