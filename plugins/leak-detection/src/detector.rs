@@ -28,7 +28,6 @@ pub struct Params {
     pub min_growth_m3h: f64,
     /// Hours over which the time-of-week profile's scale follows the inflow (no AMR meters).
     pub profile_adapt_h: f64,
-    pub x_young: bool,
 }
 
 /// One hour as the detector keeps it.
@@ -362,7 +361,7 @@ impl Detector {
             // new abrupt leaks of 5-17 m³/h were hidden for months on both tuning seeds.
             let young = p.refine_after_h.iter().copied().max().unwrap_or(p.locate_after_h);
             let own: Vec<usize> =
-                self.open.iter().filter(|l| !p.x_young || slow || now - l.onset <= young).filter_map(|l| l.pipe).collect();
+                self.open.iter().filter(|l| slow || now - l.onset <= young).filter_map(|l| l.pipe).collect();
             let by_open = model.map(|m| rank(m, &self.map_sensors(m), dr, de, &sigma, Some(&own))).unwrap_or_default();
             // A located open leak explains the change about as well as the best pipe.
             let own_fit =
