@@ -144,7 +144,8 @@ impl Agent {
         if let Some(addr) = cfg.api.listen {
             let token = crate::api::load_or_create_token(&cfg.token_file())
                 .map_err(|e| AgentError::Api { addr: addr.to_string(), message: e })?;
-            crate::api::serve(addr, board.clone(), lifecycle.clone(), hub.clone(), token)
+            let tls = cfg.api.tls_identity().map_err(|e| AgentError::Api { addr: addr.to_string(), message: e })?;
+            crate::api::serve(addr, board.clone(), lifecycle.clone(), hub.clone(), token, tls)
                 .await
                 .map_err(|e| AgentError::Api { addr: addr.to_string(), message: e.to_string() })?;
         }

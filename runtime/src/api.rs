@@ -411,22 +411,32 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Binds `addr` (failing early if taken) and serves in the background.
+/// Binds `addr` (failing early if taken) and serves in the background,
+/// over TLS when `tls` holds a certificate chain and key (PEM).
 pub async fn serve(
     addr: SocketAddr,
     board: StatusBoard,
     lifecycle: Arc<Lifecycle>,
     events: crate::events::Hub,
     token: String,
+    tls: Option<(Vec<u8>, Vec<u8>)>,
 ) -> std::io::Result<()> {
+    let mut builder = tonic::transport::Server::builder();
+    let secure = tls.is_some();
+    if let Some((cert, key)) = tls {
+        let identity = tonic::transport::Identity::from_pem(cert, key);
+        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity)).map_err(|e| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("api.tls_cert / api.tls_key: {e}"))
+        })?;
+    }
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
-    tracing::info!(%addr, "management API (gRPC) listening");
+    tracing::info!(%addr, tls = secure, "management API (gRPC) listening");
     let auth = BearerAuth { expected: Arc::new(token.into_bytes()) };
     let server = AgentServer::new(Api { board, lifecycle, events }).max_decoding_message_size(8 << 20);
     let svc = tonic::service::interceptor::InterceptedService::new(server, auth);
     tokio::spawn(async move {
-        let result = tonic::transport::Server::builder().add_service(svc).serve_with_incoming(incoming).await;
+        let result = builder.add_service(svc).serve_with_incoming(incoming).await;
         if let Err(e) = result {
             tracing::error!(error = %e, "management API stopped");
         }

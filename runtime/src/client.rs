@@ -55,11 +55,27 @@ pub fn read_token(path: &Path) -> Result<String, ClientError> {
 
 /// Connects to `addr` (`http://127.0.0.1:9465`) with `token`.
 pub async fn connect(addr: &str, token: &str) -> Result<Client, ClientError> {
+    connect_with(addr, token, None).await
+}
+
+/// Like [`connect`]; an `https://` address is verified against `ca` (the
+/// PEM certificate of the CA that signed the agent's certificate).
+pub async fn connect_with(addr: &str, token: &str, ca: Option<&[u8]>) -> Result<Client, ClientError> {
     let header = format!("Bearer {token}")
         .parse()
         .map_err(|_| ClientError::Token { path: "(token)".into(), message: "not valid in a header".into() })?;
-    let channel = Channel::from_shared(addr.to_owned())
-        .map_err(|e| ClientError::Connect { addr: addr.into(), message: e.to_string() })?
+    let connect_error = |message: String| ClientError::Connect { addr: addr.into(), message };
+    let mut endpoint = Channel::from_shared(addr.to_owned()).map_err(|e| connect_error(e.to_string()))?;
+    if addr.starts_with("https://") {
+        let ca = ca.ok_or_else(|| {
+            connect_error("an https:// agent needs the CA that signed its certificate: pass --ca-file".into())
+        })?;
+        let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(ca));
+        endpoint = endpoint.tls_config(tls).map_err(|e| connect_error(e.to_string()))?;
+    } else if ca.is_some() {
+        return Err(connect_error("--ca-file is for an https:// agent address".into()));
+    }
+    let channel = endpoint
         .connect()
         .await
         .map_err(|e| ClientError::Connect { addr: addr.into(), message: e.to_string() })?;

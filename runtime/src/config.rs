@@ -149,11 +149,35 @@ pub struct ApiConfig {
     /// missing; default `{state_dir}/api.token`.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// TLS for the API: the agent's certificate chain and private key (PEM).
+    /// Both or neither; without them the API speaks plain HTTP/2, which is
+    /// meant for loopback.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: Some(SocketAddr::from(([127, 0, 0, 1], 9465))), token_file: None }
+        ApiConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9465))),
+            token_file: None,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+impl ApiConfig {
+    /// The API's certificate and key, read now so a missing or unreadable
+    /// file stops the agent at start with its path.
+    pub fn tls_identity(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>, String> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else { return Ok(None) };
+        let read = |p: &PathBuf, what: &str| {
+            std::fs::read(p).map_err(|e| format!("api.{what} {}: {e}", p.display()))
+        };
+        Ok(Some((read(cert, "tls_cert")?, read(key, "tls_key")?)))
     }
 }
 
@@ -339,6 +363,9 @@ impl AgentConfig {
                 "dispatch.initial_backoff_ms ({}) must be at least 1 and at most dispatch.max_backoff_ms ({})",
                 d.initial_backoff_ms, d.max_backoff_ms
             ));
+        }
+        if self.api.tls_cert.is_some() != self.api.tls_key.is_some() {
+            p.push("api.tls_cert and api.tls_key go together: set both (PEM files) or neither".into());
         }
         if self.lifecycle.probation_max_faults == 0 {
             p.push("lifecycle.probation_max_faults must be at least 1".into());

@@ -36,7 +36,7 @@ pub fn test_package(name: &str) -> PathBuf {
     built("OUTPOST_TEST_PACKAGES", "target/outpost/test-packages", name)
 }
 
-/// A binary of the runtime crate (`outpost`, `outpostctl`, `outpost-sim`),
+/// One of the binaries (`outpost`, `outpostctl`, `outpost-sim`),
 /// built by `cargo xtask test` before the tests run.
 pub fn binary(name: &str) -> PathBuf {
     let dir = std::env::var_os("OUTPOST_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {

@@ -291,8 +291,7 @@ fn print_written(what: &str, w: &outpost_package::tool::Written) {
 async fn status(target: manage::Target) -> anyhow::Result<()> {
     use outpost_proto::agent::v1::GetStatusRequest;
     let json = target.json;
-    let token = outpost::client::read_token(&target.token_file)?;
-    let mut client = outpost::client::connect(&target.agent, &token).await?;
+    let mut client = target.connect().await?;
     let s = client
         .get_status(GetStatusRequest {})
         .await

@@ -19,6 +19,10 @@ pub struct Target {
     /// The agent's API token file ([api] token_file; readable by its user only).
     #[arg(long, global = true, default_value = "/var/lib/outpost/state/api.token", env = "OUTPOST_TOKEN_FILE")]
     pub token_file: PathBuf,
+    /// For an https:// agent: the CA certificate (PEM) that signed its
+    /// certificate ([api] tls_cert).
+    #[arg(long, global = true, env = "OUTPOST_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Machine-readable output.
     #[arg(long, global = true)]
     pub json: bool,
@@ -91,9 +95,20 @@ pub enum Manage {
     },
 }
 
+impl Target {
+    /// A client with the token, over TLS for an https:// agent.
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        let token = client::read_token(&self.token_file)?;
+        let ca = match &self.ca_file {
+            Some(p) => Some(std::fs::read(p).with_context(|| format!("cannot read --ca-file {}", p.display()))?),
+            None => None,
+        };
+        Ok(client::connect_with(&self.agent, &token, ca.as_deref()).await?)
+    }
+}
+
 pub async fn run(target: Target, cmd: Manage) -> anyhow::Result<()> {
-    let token = client::read_token(&target.token_file)?;
-    let mut c = client::connect(&target.agent, &token).await?;
+    let mut c = target.connect().await?;
     let result = match cmd {
         Manage::List => return list(&mut c, target.json).await,
         Manage::Deploy { package, approved_by } => {
