@@ -420,7 +420,8 @@ impl LeakDetection {
         let Some(net) = self.network(site, name) else { return Ok(()) };
         if let Calib::Done(c) = &net.calib {
             if !c.pressure_ids.is_empty() && !c.pressure_ids.iter().any(|id| m.sensor_index.contains_key(id)) {
-                let why = format!("leak-model: none of its {} sensors is a calibrated pressure sensor", m.sensors.len());
+                let why =
+                    format!("leak-model: none of its {} sensors is a calibrated pressure sensor", m.sensors.len());
                 return Err(("flag_bad_model".into(), why));
             }
         }
@@ -504,7 +505,11 @@ impl LeakDetection {
                 };
                 if n < cfg.time_jump_confirm_steps {
                     net.jump = Some((minute, n));
-                    let why = format!("{} is {} h from the latest step: held as a clock jump", msg.time, (minute - latest) / 60);
+                    let why = format!(
+                        "{} is {} h from the latest step: held as a clock jump",
+                        msg.time,
+                        (minute - latest) / 60
+                    );
                     return Err(("flag_time_jump".into(), why));
                 }
                 net.jump = None;
@@ -548,7 +553,14 @@ impl LeakDetection {
                     Kind::Demand => expected.as_ref().is_none_or(|e| e.1.binary_search(id).is_ok()),
                 };
                 if !known {
-                    flag("flag_unknown_sensor", &format!("{site}/{name} {} {} {id}: not a configured or calibrated sensor", msg.time, kind.name()));
+                    flag(
+                        "flag_unknown_sensor",
+                        &format!(
+                            "{site}/{name} {} {} {id}: not a configured or calibrated sensor",
+                            msg.time,
+                            kind.name()
+                        ),
+                    );
                     continue;
                 }
                 // The configured flows and level are never crowded out.

@@ -106,7 +106,10 @@ impl NetModel {
         too("the sensor count", ns, lim.sensors)?;
         let shape = |s: String| Err(ModelError::Shape(s));
         if ns == 0 || np == 0 || m.nodes.x.len() != nn || m.nodes.y.len() != nn || m.sensitivity.len() != nn {
-            return shape("sensors and pipes must not be empty; nodes.ids, x, y and sensitivity must have one entry per node".into());
+            return shape(
+                "sensors and pipes must not be empty; nodes.ids, x, y and sensitivity must have one entry per node"
+                    .into(),
+            );
         }
         if m.sensitivity.iter().any(|r| r.len() != ns || r.iter().any(|v| !v.is_finite())) {
             return shape(format!("every sensitivity row must hold {ns} finite numbers"));

@@ -224,7 +224,11 @@ fn invalid_utf8_and_huge_numbers_are_counted() {
     no_start(&a);
     // A model with 1e400 is refused like any malformed one, and the old model stays in use.
     let mut m = String::from_utf8(model()).unwrap();
-    m = m.replacen("\"sensitivity\": [[", "\"sensitivity\": [[1e400, ", 1).replacen("\"sensitivity\":[[", "\"sensitivity\":[[1e400,", 1);
+    m = m.replacen("\"sensitivity\": [[", "\"sensitivity\": [[1e400, ", 1).replacen(
+        "\"sensitivity\":[[",
+        "\"sensitivity\":[[1e400,",
+        1,
+    );
     h.send(&format!("{NET}/leak-model"), m.into_bytes()).expect("handle");
     assert_eq!(count(&h.host().counters, "flag_bad_model") - count(&before, "flag_bad_model"), 1);
 }
@@ -356,7 +360,12 @@ fn wrong_dimension_and_oversized_models_are_refused() {
     v["sensitivity"] = json!(vec![vec![0.0; 600]; n]);
     variants.push(("flag_model_too_large", v)); // 600 sensors > max_model_sensors 512
     let mut v = good.clone();
-    v["sensors"] = json!(v["sensors"].as_array().unwrap().iter().map(|s| format!("{}_other", s.as_str().unwrap())).collect::<Vec<_>>());
+    v["sensors"] = json!(v["sensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| format!("{}_other", s.as_str().unwrap()))
+        .collect::<Vec<_>>());
     variants.push(("flag_bad_model", v)); // no sensor the calibration knows
     let mut h = calibrated();
     for (counter, v) in &variants {

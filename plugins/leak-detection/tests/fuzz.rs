@@ -122,7 +122,9 @@ fn calibrated() -> Harness<LeakDetection> {
     for k in 0..7 * 48 {
         let (d, hh, mm) = (2 + k / 48, (k % 48) / 2, (k % 2) * 30);
         let q = 500.0 + 100.0 * ((k % 48) as f64 / 48.0 * std::f64::consts::TAU).sin();
-        let body = format!("{{\"time\":\"2017-01-{d:02} {hh:02}:{mm:02}\",\"flow_m3h\":{{\"1\":{q}}},\"pressure_m\":{{\"2\":40}}}}");
+        let body = format!(
+            "{{\"time\":\"2017-01-{d:02} {hh:02}:{mm:02}\",\"flow_m3h\":{{\"1\":{q}}},\"pressure_m\":{{\"2\":40}}}}"
+        );
         batch.push(Message::new("site/f/net/scada", body.into_bytes()));
     }
     h.send_batch(batch).expect("calibration");
