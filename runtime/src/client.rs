@@ -75,10 +75,8 @@ pub async fn connect_with(addr: &str, token: &str, ca: Option<&[u8]>) -> Result<
     } else if ca.is_some() {
         return Err(connect_error("--ca-file is for an https:// agent address".into()));
     }
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| ClientError::Connect { addr: addr.into(), message: e.to_string() })?;
+    let channel =
+        endpoint.connect().await.map_err(|e| ClientError::Connect { addr: addr.into(), message: e.to_string() })?;
     Ok(AgentClient::with_interceptor(channel, Bearer(header)).max_decoding_message_size(16 << 20))
 }
 

@@ -174,9 +174,7 @@ impl ApiConfig {
     /// file stops the agent at start with its path.
     pub fn tls_identity(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>, String> {
         let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else { return Ok(None) };
-        let read = |p: &PathBuf, what: &str| {
-            std::fs::read(p).map_err(|e| format!("api.{what} {}: {e}", p.display()))
-        };
+        let read = |p: &PathBuf, what: &str| std::fs::read(p).map_err(|e| format!("api.{what} {}: {e}", p.display()));
         Ok(Some((read(cert, "tls_cert")?, read(key, "tls_key")?)))
     }
 }

@@ -355,6 +355,8 @@ impl Lifecycle {
         let previous = current.previous.clone().ok_or_else(|| {
             ControlError::Conflict(format!("{name}@{} has no previous version to roll back to", current.version))
         })?;
+        // A consumer deployed since may rely on what only the newer version publishes.
+        self.check_contracts(&desired, &previous.package)?;
         let def = self.prepare(&previous.package, &DesiredOverrides::of(&current)).await?;
         self.send(Command::Upgrade { def, probation: None }).await?;
         desired.services.insert(name.to_owned(), current.replaced_by(&previous.version, previous.package.clone()));

@@ -201,16 +201,6 @@ enum SeriesKind {
     Counter,
 }
 
-/// The answer of [`ServiceMetrics::admit_log`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogAdmission {
-    /// Write the line; `held_back` lines were suppressed in the last busy second.
-    Write {
-        held_back: u64,
-    },
-    Suppressed,
-}
-
 /// One service's metric handles (cheap clones of atomics).
 #[derive(Clone)]
 pub struct ServiceMetrics {
@@ -283,6 +273,10 @@ impl ServiceMetrics {
 /// cannot flood the gateway's disk or journal.
 pub const LOG_LINES_PER_SECOND: u32 = 20;
 
+fn unix_second() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 #[derive(Default)]
 struct LogBudget {
     second: u64,
@@ -291,15 +285,43 @@ struct LogBudget {
 }
 
 impl ServiceMetrics {
-    /// Whether a log line about this service may be written now. When a new
-    /// second starts after lines were held back, returns how many, so the
-    /// caller can say so once.
-    pub fn admit_log(&self) -> LogAdmission {
-        let second = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let mut b = match self.log_budget.lock() {
+    /// Whether a log line about this service may be written now. The first
+    /// line of a new second after lines were held back is preceded by one
+    /// notice with their exact count, whichever path logs it.
+    pub fn admit_log(&self) -> bool {
+        let (admitted, held_back) = self.log_budget_at(unix_second());
+        if held_back > 0 {
+            tracing::warn!(service = %self.name, held_back, "log lines held back (rate limit; see outpost_dropped_total)");
+        }
+        admitted
+    }
+
+    /// Says how many lines were held back once their second is over, even
+    /// if no new line comes (the dispatcher calls it on every tick).
+    pub fn report_held_back(&self) {
+        let held_back = {
+            let mut b = self.budget();
+            let second = unix_second();
+            if b.second == second {
+                return;
+            }
+            std::mem::take(&mut b.suppressed)
+        };
+        if held_back > 0 {
+            tracing::warn!(service = %self.name, held_back, "log lines held back (rate limit; see outpost_dropped_total)");
+        }
+    }
+
+    fn budget(&self) -> std::sync::MutexGuard<'_, LogBudget> {
+        match self.log_budget.lock() {
             Ok(b) => b,
             Err(poisoned) => poisoned.into_inner(),
-        };
+        }
+    }
+
+    /// (admitted, lines held back in earlier seconds not yet reported).
+    fn log_budget_at(&self, second: u64) -> (bool, u64) {
+        let mut b = self.budget();
         let mut held_back = 0;
         if b.second != second {
             b.second = second;
@@ -310,10 +332,10 @@ impl ServiceMetrics {
             b.suppressed += 1;
             drop(b);
             self.dropped("log_rate_limit");
-            return LogAdmission::Suppressed;
+            return (false, held_back);
         }
         b.used += 1;
-        LogAdmission::Write { held_back }
+        (true, held_back)
     }
 
     /// True if the series exists or there is room for it; otherwise the
@@ -389,17 +411,17 @@ mod tests {
     }
 
     #[test]
-    fn log_lines_are_rate_limited_per_service() {
+    fn log_lines_are_rate_limited_per_service_and_every_held_back_line_is_counted() {
         let metrics = Metrics::new();
         let (noisy, quiet) = (metrics.service("noisy"), metrics.service("quiet"));
-        // Stay within one wall-clock second.
-        while std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_millis() > 500 {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        let admitted = (0..LOG_LINES_PER_SECOND + 5).filter(|_| noisy.admit_log() != LogAdmission::Suppressed).count();
+        // 160 lines in one second: 20 written, 140 held back.
+        let admitted = (0..160).filter(|_| noisy.log_budget_at(100).0).count();
         assert_eq!(admitted, LOG_LINES_PER_SECOND as usize);
-        assert_eq!(quiet.admit_log(), LogAdmission::Write { held_back: 0 }, "budgets are per service");
-        assert!(metrics.encode().contains(r#"outpost_dropped_total{service="noisy",reason="log_rate_limit"} 5"#));
+        assert_eq!(quiet.log_budget_at(100), (true, 0), "budgets are per service");
+        // The next second's first line, from any caller, reports all 140.
+        assert_eq!(noisy.log_budget_at(101), (true, 140));
+        assert_eq!(noisy.log_budget_at(101), (true, 0), "reported once");
+        assert!(metrics.encode().contains(r#"outpost_dropped_total{service="noisy",reason="log_rate_limit"} 140"#));
     }
 
     #[test]

@@ -22,13 +22,32 @@ fn site_ca(dir: &Path, name: &str) {
     let ca = format!("{name}-ca.pem");
     let (key, csr, cert) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"));
     openssl(dir, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &ca_key]);
-    openssl(dir, &["req", "-x509", "-new", "-key", &ca_key, "-subj", &format!("/CN={name} site CA"), "-days", "30", "-out", &ca]);
+    openssl(
+        dir,
+        &["req", "-x509", "-new", "-key", &ca_key, "-subj", &format!("/CN={name} site CA"), "-days", "30", "-out", &ca],
+    );
     openssl(dir, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &key]);
     openssl(dir, &["req", "-new", "-key", &key, "-subj", "/CN=localhost", "-out", &csr]);
     std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").expect("write san.ext");
     openssl(
         dir,
-        &["x509", "-req", "-in", &csr, "-CA", &ca, "-CAkey", &ca_key, "-CAcreateserial", "-days", "30", "-extfile", "san.ext", "-out", &cert],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-extfile",
+            "san.ext",
+            "-out",
+            &cert,
+        ],
     );
 }
 

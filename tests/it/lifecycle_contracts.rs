@@ -58,6 +58,16 @@ schema = '''{"type": "object", "required": ["mode", "lat", "lon", "speed", "trac
                  "lon": {"type": "number"}, "speed": {"type": "integer"}, "track": {"type": "number"}}}'''
 "#;
 
+/// 1.1.0 plus a guaranteed `heading`.
+const FIX_V1_2: &str = r#"
+[contracts.publish."test/fix/#"]
+version = "1.2.0"
+schema = '''{"type": "object", "required": ["mode", "lat", "lon", "speed", "track", "heading"],
+  "properties": {"mode": {"type": "integer", "enum": [3]}, "lat": {"type": "number"},
+                 "lon": {"type": "number"}, "speed": {"type": "integer"}, "track": {"type": "number"},
+                 "heading": {"type": "number"}}}'''
+"#;
+
 /// Drops `speed` and lets `mode` be 4.
 const FIX_V2: &str = r#"
 [contracts.publish."test/fix/#"]
@@ -149,6 +159,32 @@ fn an_upgrade_that_breaks_a_running_consumer_is_refused_with_the_mismatch_named(
             versions(&mut c).await,
             vec![("consumer".into(), "1.0.0".into()), ("producer".into(), "1.1.0".into())]
         );
+
+        // Once a producer guarantees `heading`, greedy may run; rolling the
+        // producer back to the version without it would break greedy: refused.
+        let with_heading = provider.crafted("producer", "1.2.0", "test/in/#", "test/fix", FIX_V1_2);
+        client::upload(&mut c, Upload::Upgrade, with_heading, "t", |_, _| {}).await.expect("upgrade to 1.2.0");
+        let greedy = provider.crafted("greedy", "1.0.0", "test/fix/#", "test/greedy", GREEDY);
+        client::upload(&mut c, Upload::Deploy, greedy, "t", |_, _| {}).await.expect("greedy, now satisfied");
+        let text = c
+            .rollback(pb::ServiceRef { name: "producer".into() })
+            .await
+            .expect_err("a rollback that breaks greedy")
+            .message()
+            .to_owned();
+        assert!(
+            text.contains("producer@1.1.0 would break a contract between services")
+                && text.contains("greedy@1.0.0 requires property `heading`"),
+            "{text}"
+        );
+        assert_eq!(
+            versions(&mut c).await,
+            vec![
+                ("consumer".into(), "1.0.0".into()),
+                ("greedy".into(), "1.0.0".into()),
+                ("producer".into(), "1.2.0".into())
+            ]
+        );
     });
     agent.stop().expect("stop");
 }
@@ -236,10 +272,12 @@ fn declared_schemas_hold_for_what_the_services_publish() {
 
     // Weight loading on the mine's haul cycles and refuels.
     let weight = plugin_manifest("weight-loading");
-    let cycles = outpost_devtools::sim::haul::load_cycles("s1", &data("mine-haul-dispatch/StdShiftLoadsDumpsFuel.train.csv"))
-        .expect("haul");
-    let fuel = outpost_devtools::sim::haul::load_fuel("s1", &data("mine-haul-dispatch/SfdShiftFueltrucksAllUpdatedFin.csv"))
-        .expect("fuel");
+    let cycles =
+        outpost_devtools::sim::haul::load_cycles("s1", &data("mine-haul-dispatch/StdShiftLoadsDumpsFuel.train.csv"))
+            .expect("haul");
+    let fuel =
+        outpost_devtools::sim::haul::load_fuel("s1", &data("mine-haul-dispatch/SfdShiftFueltrucksAllUpdatedFin.csv"))
+            .expect("fuel");
     let mut tracks = vec![cycles, fuel];
     outpost_devtools::sim::align(&mut tracks);
     let mut stream: Vec<outpost_devtools::sim::Scheduled> = tracks.iter().flat_map(|t| t.messages.clone()).collect();

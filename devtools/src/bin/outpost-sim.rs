@@ -235,6 +235,10 @@ async fn main() -> anyhow::Result<()> {
             String::new()
         }
     );
+    let unacked = sent_total.saturating_sub(acked.load(Ordering::Relaxed));
+    if qos == QoS::AtLeastOnce && unacked > 0 {
+        bail!("{unacked} of {sent_total} messages were not acknowledged by the broker within 30 s of the last publish; check that {} is up and not overloaded", args.broker);
+    }
     Ok(())
 }
 

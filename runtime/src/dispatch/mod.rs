@@ -434,7 +434,7 @@ impl Dispatcher {
             Ok(output) => self.finish_batch(s, role, i, n, output),
             Err(CallError::Service(reason)) => {
                 def.metrics.service_errors.inc();
-                if def.metrics.admit_log() != crate::telemetry::LogAdmission::Suppressed {
+                if def.metrics.admit_log() {
                     tracing::warn!(service = %def.name(), instance = i, %reason, "handle refused its input (bad input or config); batch counted as handled");
                 }
                 self.finish_batch(s, role, i, n, CallOutput::default())
@@ -601,6 +601,11 @@ impl Dispatcher {
         }
         self.last_tick = Instant::now();
         self.tick_all(now_ms());
+        for slot in &self.services {
+            for (_, d) in slot.deployments() {
+                d.def.metrics.report_held_back();
+            }
+        }
     }
 
     pub fn tick_all(&mut self, now: u64) {

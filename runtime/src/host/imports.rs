@@ -3,7 +3,7 @@
 
 use super::bindings::outpost::service::{bus, log, metrics, state, types};
 use crate::state::{StateStore, StateTxn};
-use crate::telemetry::{LogAdmission, ServiceMetrics};
+use crate::telemetry::ServiceMetrics;
 use crate::topic;
 use std::sync::Arc;
 use wasmtime::component::ResourceTable;
@@ -177,12 +177,8 @@ impl state::Host for InstanceState {
 impl log::Host for InstanceState {
     fn log(&mut self, level: log::Level, msg: String) {
         let service = &*self.ctx.service;
-        match self.ctx.metrics.admit_log() {
-            LogAdmission::Suppressed => return,
-            LogAdmission::Write { held_back: 0 } => {}
-            LogAdmission::Write { held_back } => {
-                tracing::warn!(service, held_back, "log lines held back (rate limit; see outpost_dropped_total)")
-            }
+        if !self.ctx.metrics.admit_log() {
+            return;
         }
         let msg: String = msg.chars().take(MAX_LOG_CHARS).collect();
         match level {
