@@ -7,6 +7,7 @@ use outpost::package::Package;
 use outpost_devtools::replay::{JsonLines, ReplayOptions};
 use std::path::PathBuf;
 
+mod doctor;
 mod manage;
 mod record;
 mod scaffold;
@@ -62,6 +63,10 @@ enum Command {
     Build(scaffold::BuildArgs),
     /// Show a running agent's state and services (gRPC management API).
     Status,
+    /// Check this gateway: config, packages, broker link, services' faults,
+    /// token, certificate, disk, state store, ports, clock. One line per
+    /// finding with the command that fixes it; exit 0 only when all is well.
+    Doctor(doctor::DoctorArgs),
     #[command(flatten)]
     Manage(manage::Manage),
     /// Record live bus traffic of chosen topics to a file (JSON lines with
@@ -154,6 +159,12 @@ fn main() -> anyhow::Result<()> {
         Command::Status => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(status(args.target))
+        }
+        Command::Doctor(d) => {
+            if !doctor::run(d, args.target.json)? {
+                std::process::exit(1);
+            }
+            Ok(())
         }
         Command::Manage(cmd) => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
