@@ -102,7 +102,7 @@ fn leakdb(args: &[String]) -> Result<()> {
 
 /// Seeds `leak-eval` reports (never used while choosing settings) and the seeds the settings
 /// were chosen on; keep equal to `eval/src/bin/leak-eval.rs`.
-const LEAK_REPORT_SEEDS: [&str; 3] = ["8811", "8812", "8813"];
+const LEAK_REPORT_SEEDS: [&str; 6] = ["8811", "8812", "8813", "8814", "8815", "8816"];
 const LEAK_TUNING_SEEDS: [&str; 4] = ["2020", "2021", "2022", "2023"];
 /// Report seeds of the previous round (already read): `--set retired`.
 const LEAK_RETIRED_SEEDS: [&str; 6] = ["7301", "7302", "7303", "7304", "7305", "7306"];
