@@ -137,7 +137,7 @@ impl Agent {
             });
         }
         if let Some(addr) = cfg.metrics.listen {
-            crate::http::serve(addr, board.clone())
+            crate::http::serve(addr, board.clone(), hub.recent())
                 .await
                 .map_err(|e| AgentError::Metrics { addr: addr.to_string(), message: e.to_string() })?;
         }

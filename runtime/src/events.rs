@@ -1,7 +1,8 @@
 //! Live feeds for the management API: agent events (faults, dead letters,
 //! rollbacks, lifecycle changes), service log lines, and a KPI snapshot.
 //! Nothing is buffered for absent readers: with no subscriber a feed costs
-//! one atomic load.
+//! one atomic load (the status page's small bounded memory, `history`,
+//! rides along on the hub).
 
 use std::sync::OnceLock;
 use tokio::sync::broadcast;
@@ -31,11 +32,12 @@ pub struct LogLine {
 #[derive(Clone)]
 pub struct Hub {
     tx: broadcast::Sender<AgentEvent>,
+    recent: std::sync::Arc<crate::history::Recent>,
 }
 
 impl Default for Hub {
     fn default() -> Self {
-        Hub { tx: broadcast::channel(FEED_CAPACITY).0 }
+        Hub { tx: broadcast::channel(FEED_CAPACITY).0, recent: Default::default() }
     }
 }
 
@@ -46,9 +48,21 @@ impl Hub {
 
     /// Raises an event for API readers (if any).
     pub fn raise(&self, topic: &str, json: &str) {
+        self.recent.record_event(topic, json, crate::dispatch::now_ms());
         if self.tx.receiver_count() > 0 {
             let _ = self.tx.send(AgentEvent { topic: topic.to_owned(), json: json.to_owned() });
         }
+    }
+
+    /// A service output, for the status page's latest warnings, alarms,
+    /// advice and shift reports (see `history`).
+    pub fn record_output(&self, service: &str, topic: &str, payload: &[u8]) {
+        self.recent.record_output(service, topic, payload, crate::dispatch::now_ms());
+    }
+
+    /// What the status page reads.
+    pub fn recent(&self) -> std::sync::Arc<crate::history::Recent> {
+        self.recent.clone()
     }
 }
 

@@ -7,7 +7,7 @@
 //! - [`dispatch`]: queues, batching, in-agent routing, faults and restarts.
 //! - [`bus`], [`broker`]: the MQTT link and the embedded broker.
 //! - [`state`]: per-service persistent key-value state.
-//! - [`telemetry`], [`http`]: metrics, logs, status page; [`api`]: gRPC management API.
+//! - [`telemetry`], [`http`]: metrics, logs, status page ([`history`]: what it keeps); [`api`]: gRPC management API.
 //! - [`control`]: desired state and lifecycle changes on a running agent
 //!   ([`contract`]: payload contracts between services, checked before a deploy);
 //!   [`status`]: the one status model every reader shares.
@@ -26,6 +26,7 @@ pub mod contract;
 pub mod control;
 pub mod dispatch;
 pub mod events;
+pub mod history;
 pub mod host;
 pub mod http;
 pub mod manifest;

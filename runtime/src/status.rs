@@ -21,6 +21,25 @@ pub struct ServiceStatus {
     pub shadow: Option<String>,
     /// On probation after an upgrade (rolls back by itself on a crash loop).
     pub probation: bool,
+    /// The KPIs its manifest declares (`[kpis]`).
+    pub kpis: Vec<DeclaredKpi>,
+}
+
+/// A KPI a service declares: the status page shows it with its unit.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeclaredKpi {
+    pub name: String,
+    pub unit: String,
+    /// `higher` or `lower`.
+    pub better: String,
+    pub description: Option<String>,
+}
+
+impl DeclaredKpi {
+    pub fn new(name: &str, spec: &crate::manifest::KpiSpec) -> DeclaredKpi {
+        let better = format!("{:?}", spec.better).to_lowercase();
+        DeclaredKpi { name: name.to_owned(), unit: spec.unit.clone(), better, description: spec.description.clone() }
+    }
 }
 
 /// What the status page and `/status` show.

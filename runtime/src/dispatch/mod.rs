@@ -481,6 +481,7 @@ impl Dispatcher {
         let mirror = self.mirror_all || def.manifest.bus.mirror;
         for (topic_name, payload) in output.published {
             def.metrics.messages_out.inc();
+            self.events.record_output(def.name(), &topic_name, &payload);
             if mirror {
                 self.egress.publish_caused(&topic_name, &payload, cause);
             }
@@ -678,6 +679,7 @@ impl Dispatcher {
                     canary: s.canary.as_ref().map(|c| (c.deployment.def.version().to_owned(), c.percent)),
                     shadow: s.shadow.as_ref().map(|(d, _)| d.def.version().to_owned()),
                     probation: s.probation.is_some(),
+                    kpis: d.def.manifest.kpis.iter().map(|(n, k)| crate::status::DeclaredKpi::new(n, k)).collect(),
                 }
             })
             .collect()
