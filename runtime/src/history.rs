@@ -12,7 +12,8 @@ use std::sync::Mutex;
 pub const TREND_SAMPLES: usize = 360;
 /// Site-wide KPI series kept (a service inventing names cannot grow this).
 pub const MAX_TRENDS: usize = 256;
-/// Latest outputs and agent events kept.
+/// Latest items kept of each kind (warning, alarm, advice, agent event):
+/// a loader's advice after every load must not push a leak alarm out.
 pub const RECENT_ITEMS: usize = 50;
 /// Latest shift reports kept (one per site and shift).
 pub const SHIFT_REPORTS: usize = 8;
@@ -44,7 +45,8 @@ pub struct ShiftReport {
 
 #[derive(Default)]
 struct Inner {
-    items: VecDeque<RecentItem>,
+    /// Per kind, newest first.
+    items: BTreeMap<String, VecDeque<RecentItem>>,
     shifts: Vec<ShiftReport>,
     trends: BTreeMap<(String, String), VecDeque<(u64, f64)>>,
 }
@@ -109,8 +111,9 @@ impl Recent {
 
     fn push(&self, item: RecentItem) {
         if let Ok(mut inner) = self.inner.lock() {
-            inner.items.push_front(item);
-            inner.items.truncate(RECENT_ITEMS);
+            let ring = inner.items.entry(item.kind.clone()).or_default();
+            ring.push_front(item);
+            ring.truncate(RECENT_ITEMS);
         }
     }
 
@@ -130,9 +133,12 @@ impl Recent {
         }
     }
 
-    /// Newest first.
+    /// Every kind's latest, newest first.
     pub fn items(&self) -> Vec<RecentItem> {
-        self.inner.lock().map(|i| i.items.iter().cloned().collect()).unwrap_or_default()
+        let mut all: Vec<RecentItem> =
+            self.inner.lock().map(|i| i.items.values().flatten().cloned().collect()).unwrap_or_default();
+        all.sort_by(|a, b| b.ts_ms.cmp(&a.ts_ms));
+        all
     }
 
     /// Newest first.
@@ -230,13 +236,15 @@ mod tests {
         let r = Recent::default();
         r.record_output("weight-loading", "svc/weight-loading/CDH90/cycle", b"{}", 1);
         assert!(r.items().is_empty(), "a cycle summary is not listed");
+        r.record_output("leak-detection", "svc/leak-detection/ltown/alarm", br#"{"event":"start"}"#, 0);
         for i in 0..(RECENT_ITEMS as u64 + 5) {
-            r.record_output("weight-loading", "svc/weight-loading/EX1/advice", br#"{"message":"add 30 t"}"#, i);
+            r.record_output("weight-loading", "svc/weight-loading/EX1/advice", br#"{"message":"add 30 t"}"#, 1 + i);
         }
         let items = r.items();
-        assert_eq!(items.len(), RECENT_ITEMS);
-        assert_eq!(items[0].ts_ms, RECENT_ITEMS as u64 + 4);
+        assert_eq!(items.len(), RECENT_ITEMS + 1, "the alarm outlives a flood of advice");
+        assert_eq!(items[0].ts_ms, RECENT_ITEMS as u64 + 5);
         assert_eq!((items[0].subject.as_str(), items[0].summary.as_str()), ("EX1", "add 30 t"));
+        assert_eq!(items[RECENT_ITEMS].kind, "alarm");
     }
 
     #[test]

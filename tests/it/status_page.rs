@@ -151,7 +151,21 @@ fn the_status_page_in_a_browser_shows_the_agents_figures() {
     std::thread::sleep(Duration::from_millis(500));
     let got = if sub.received().len() > got.len() { sub.received() } else { got };
 
-    let dom = rendered_dom(&format!("http://127.0.0.1:{}/", agent.http_port));
+    let url = format!("http://127.0.0.1:{}/", agent.http_port);
+    let dom = rendered_dom(&url);
+    if let Some(dir) = std::env::var_os("OUTPOST_STATUS_PAGE_OUT") {
+        // To look at the page: its DOM and a screenshot, written there.
+        let dir = PathBuf::from(dir);
+        std::fs::write(dir.join("status_page.html"), &dom).expect("write DOM");
+        let profile = tempfile::tempdir().expect("profile dir");
+        Command::new(chromium())
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000"])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(format!("--screenshot={}", dir.join("status_page.png").display()))
+            .args(["--window-size=1400,2400", &url])
+            .output()
+            .expect("screenshot");
+    }
     let metrics = agent.metrics();
     let status = agent.status().expect("status");
     assert!(dom.contains("data-loaded=\"1\""), "the page's script did not render:\n{dom}");

@@ -134,14 +134,26 @@ function renderKpis(p) {
     (per ? ` Per truck, loader or zone figures are in /metrics (${per} series).` : "");
 }
 
+// Alarms, warnings and agent events are all listed; routine advice (one
+// per load) only its latest few, so it never hides an alarm.
+const ADVICE_SHOWN = 15;
+
 function renderRecent(p) {
-  const rows = p.recent.map(r => el("tr", { class: "item " + r.kind, "data-kind": r.kind, "data-service": r.service },
+  let advice = 0;
+  const shown = p.recent.filter(r => r.kind !== "advice" || ++advice <= ADVICE_SHOWN);
+  const rows = shown.map(r => el("tr", { class: "item " + r.kind, "data-kind": r.kind, "data-service": r.service },
     el("td", { class: "time" }, when(r.ts_ms)),
     el("td", {}, el("span", { class: "badge " + r.kind }, r.kind)),
     el("td", { class: "service" }, r.service),
     el("td", { class: "subject" }, r.subject),
     el("td", { class: "summary", title: r.topic }, r.summary)));
   fill("recent", rows, "nothing yet", 5);
+  const counts = {};
+  for (const r of p.recent) counts[r.kind] = (counts[r.kind] || 0) + 1;
+  const kept = Object.entries(counts).map(([k, n]) => `${n} ${k}`).join(", ");
+  document.getElementById("recent-note").textContent = kept
+    ? `Kept: the latest ${kept} (at most 50 of each kind); advice shows its latest ${ADVICE_SHOWN}.`
+    : "";
 }
 
 function renderShifts(p) {
