@@ -3,7 +3,8 @@
 //! broker, and headless Chromium (Debian's `chromium`) loads `/`, runs its
 //! script and hands back the rendered DOM. The figures on the page must be
 //! the agent's own: versions from `/status`, KPIs from `/metrics`, shift
-//! tonnes and advice from what the service published on the bus.
+//! tonnes, advice and traffic warnings from what the services published on
+//! the bus.
 
 use outpost_tests::*;
 use std::collections::BTreeMap;
@@ -14,6 +15,18 @@ use std::time::{Duration, Instant};
 const HAUL: &str = "mine-haul-dispatch/StdShiftLoadsDumpsFuel.train.csv";
 /// Haul-cycle records fed: enough for a few trucks, loaders and a shift.
 const RECORDS: usize = 300;
+
+/// Two haul trucks head-on at 8 m/s each from 201 m apart, 20 s at 10 Hz
+/// (local metres): traffic awareness warns both, then escalates.
+fn head_on_scene() -> String {
+    let mut csv = String::from("track_id,object_type,timestep,position_x,position_y,velocity_x,velocity_y\n");
+    for step in 0..=200 {
+        let t = step as f64 * 0.1;
+        csv += &format!("haul-1,vehicle,{step},{:.4},0,8,0\n", -100.5 + 8.0 * t);
+        csv += &format!("haul-2,vehicle,{step},{:.4},0,-8,0\n", 100.5 - 8.0 * t);
+    }
+    csv
+}
 
 fn chromium() -> PathBuf {
     for dir in ["/usr/bin", "/usr/local/bin", "/snap/bin"] {
@@ -124,8 +137,27 @@ fn the_status_page_in_a_browser_shows_the_agents_figures() {
     for name in ["weight-loading", "positioning", "traffic-awareness"] {
         dir.install(&package(name), name);
     }
-    let agent = TestAgent::start(&dir, None, "");
-    let sub = Subscriber::start(agent.mqtt_port, &["svc/weight-loading/site/+/shift", "svc/weight-loading/+/advice"]);
+    let agent = TestAgent::start(
+        &dir,
+        None,
+        "[services.traffic-awareness.config]\nsite = \"s1\"\norigin = { lat = -23.44, lon = -70.25 }\n",
+    );
+    let sub = Subscriber::start(
+        agent.mqtt_port,
+        &["svc/weight-loading/site/+/shift", "svc/weight-loading/+/advice", "svc/traffic-awareness/+/warning"],
+    );
+
+    // GNSS fixes of a head-on course: positioning, then traffic awareness.
+    let scene = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(scene.path(), head_on_scene()).expect("write scene");
+    let sim = Command::new(binary("outpost-sim"))
+        .args(["--broker", &format!("mqtt://127.0.0.1:{}", agent.mqtt_port), "--site", "s1", "--speed", "10"])
+        .arg("--origin=-23.44,-70.25")
+        .arg("--tracks")
+        .arg(scene.path())
+        .status()
+        .expect("outpost-sim");
+    assert!(sim.success());
 
     let mut cycles = outpost_devtools::sim::haul::load_cycles("s1", &data(HAUL)).expect("haul csv").messages;
     cycles.sort_by(|a, b| a.at.total_cmp(&b.at));
@@ -147,7 +179,10 @@ fn the_status_page_in_a_browser_shows_the_agents_figures() {
         assert!(start.elapsed() < Duration::from_secs(60), "weight-loading handled {handled} of {RECORDS}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let got = sub.wait_until(Duration::from_secs(20), |g| g.iter().any(|(t, _)| t.ends_with("/shift")));
+    let got = sub.wait_until(Duration::from_secs(20), |g| {
+        g.iter().any(|(t, _)| t.ends_with("/shift"))
+            && g.iter().any(|(t, p)| t.ends_with("/warning") && p.contains("\"critical\""))
+    });
     std::thread::sleep(Duration::from_millis(500));
     let got = if sub.received().len() > got.len() { sub.received() } else { got };
 
@@ -230,6 +265,17 @@ fn the_status_page_in_a_browser_shows_the_agents_figures() {
     let summary = cell(newest, "summary").expect("summary").1;
     let want = message["message"].as_str().expect("advice message");
     assert!(want.starts_with(summary.trim_end_matches('…')), "page says {summary:?}, service said {want:?}");
+
+    // The encounter is listed as a sentence: who, how bad, how close.
+    let warnings = rows(&dom, "data-kind=\"warning\"");
+    let critical: Vec<String> = warnings
+        .iter()
+        .filter(|r| cell(r, "service").is_some_and(|c| c.1 == "traffic-awareness"))
+        .map(|r| cell(r, "summary").expect("summary").1)
+        .filter(|s| s.contains("critical collision with haul-"))
+        .collect();
+    assert!(!critical.is_empty(), "no critical encounter on the page: {warnings:?}");
+    assert!(critical.iter().all(|s| s.contains(" m apart, collision in ")), "{critical:?}");
 
     // Nothing is fetched from elsewhere: the page works offline (the one
     // URL in the script is the SVG namespace, which is never fetched).
