@@ -137,7 +137,7 @@ impl Recent {
     pub fn items(&self) -> Vec<RecentItem> {
         let mut all: Vec<RecentItem> =
             self.inner.lock().map(|i| i.items.values().flatten().cloned().collect()).unwrap_or_default();
-        all.sort_by(|a, b| b.ts_ms.cmp(&a.ts_ms));
+        all.sort_by_key(|r| std::cmp::Reverse(r.ts_ms));
         all
     }
 
@@ -176,13 +176,17 @@ fn summarize(service: &str, kind: &str, v: &serde_json::Value, raw: &[u8]) -> St
     let line = if let Some(m) = v.get("message").and_then(|m| m.as_str()) {
         m.to_owned()
     } else if service == "traffic-awareness" && kind == "warning" {
-        let mut s = format!(
-            "{} {} {} with {}",
-            text(v, "state").unwrap_or_default(),
-            text(v, "severity").unwrap_or_default(),
-            text(v, "kind").unwrap_or_else(|| "encounter".into()),
-            text(v, "other").unwrap_or_else(|| "?".into()),
-        );
+        let other = text(v, "other").unwrap_or_else(|| "?".into());
+        let mut s = if text(v, "state").as_deref() == Some("clear") {
+            format!("clear: the encounter with {other} is over")
+        } else {
+            format!(
+                "{} {} {} with {other}",
+                text(v, "state").unwrap_or_default(),
+                text(v, "severity").unwrap_or_default(),
+                text(v, "kind").unwrap_or_else(|| "encounter".into()),
+            )
+        };
         if let Some(d) = v.get("distance_m").and_then(|d| d.as_f64()) {
             s += &format!(", {d:.1} m apart");
         }
@@ -266,6 +270,13 @@ mod tests {
         assert_eq!(items[1].summary, "start critical collision with haul-2, 40.2 m apart, collision in 2.5 s");
         assert_eq!(items[0].summary, "leak ltown-3 start: pipe not located, 12.3 m³/h, confidence 80 %");
         assert_eq!(items[0].subject, "ltown");
+        r.record_output(
+            "traffic-awareness",
+            "svc/traffic-awareness/haul-1/warning",
+            br#"{"state":"clear","severity":"none","kind":"proximity","other":"haul-2","distance_m":51.8,"ttc_s":null,"reason":"separated"}"#,
+            7,
+        );
+        assert_eq!(r.items()[0].summary, "clear: the encounter with haul-2 is over, 51.8 m apart (separated)");
     }
 
     #[test]
