@@ -94,7 +94,7 @@ pub fn setup(servers: bool) -> Result<Guest> {
     println!("    using {}", guest.describe());
     done(t);
     if servers {
-        let t = step("checking test servers and tools (mosquitto, mosquitto_sub, promtool, shellcheck)");
+        let t = step("checking test servers and tools (mosquitto, mosquitto_sub, promtool, shellcheck, chromium)");
         let mut missing = Vec::new();
         if !has_command("mosquitto") {
             missing.push("mosquitto");
@@ -107,6 +107,9 @@ pub fn setup(servers: bool) -> Result<Guest> {
         }
         if !has_command("shellcheck") {
             missing.push("shellcheck");
+        }
+        if !has_command("chromium") {
+            missing.push("chromium"); // the status page test renders the page in headless Chromium
         }
         if missing.is_empty() {
             println!("    all present");
