@@ -1,0 +1,525 @@
+//! The rollout state machine. Pure: no I/O, no clock of its own, no
+//! transport. It is driven by three inputs — [`Rollout::on_report`],
+//! [`Rollout::tick`] and the operator's pause / resume / abort — and answers
+//! with [`Action`]s for a transport to carry out. Every action is emitted on a
+//! state transition and only there, so replaying a report or ticking twice
+//! never emits it again.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::model::{
+    GateVerdict, Gateway, GatewayId, GatewayProgress, GatewayStatus, Health, Phase, Plan, PlanErrors,
+    Report, RolloutState, WaveState,
+};
+
+/// Milliseconds since the Unix epoch, injected so tests drive time.
+pub trait Clock {
+    fn now_ms(&self) -> u64;
+}
+
+/// The wall clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    }
+}
+
+/// A clock tests move by hand.
+#[derive(Default)]
+pub struct ManualClock(std::sync::atomic::AtomicU64);
+
+impl ManualClock {
+    pub fn new(ms: u64) -> Self {
+        ManualClock(ms.into())
+    }
+    pub fn advance_secs(&self, s: u64) {
+        self.0.fetch_add(s * 1000, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Something that happened which people should hear about.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    WaveStarted { wave: usize, targets: usize },
+    WavePassed { wave: usize },
+    WaveFailed { wave: usize, reasons: Vec<String> },
+    Paused,
+    Resumed,
+    Succeeded,
+    Aborted { reason: String },
+    RolledBack,
+}
+
+/// What the transport must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Apply { rollout: String, gateway: GatewayId, service: String, version: String, digest: String },
+    /// Go back to `to`; `None` = remove the service (it was not installed).
+    Rollback { rollout: String, gateway: GatewayId, service: String, to: Option<String> },
+    Notify { rollout: String, notice: Notice },
+}
+
+/// Why a report was refused. A refused report changes nothing.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ReportError {
+    #[error("report from `{sender}` claims to be from `{claimed}`")]
+    Impersonation { sender: GatewayId, claimed: GatewayId },
+    #[error("gateway `{0}` is not known to this operations center")]
+    UnknownGateway(GatewayId),
+    #[error("gateway `{gateway}` is not part of rollout `{rollout}`")]
+    NotInRollout { rollout: String, gateway: GatewayId },
+    #[error("report is about service `{got}`, rollout `{rollout}` is about `{want}`")]
+    WrongService { rollout: String, want: String, got: String },
+    #[error("gateway `{gateway}` reports version {got:?}, which nobody asked it to install (it had {previous:?}, rollout `{rollout}` is {asked})")]
+    UnexpectedVersion {
+        rollout: String,
+        gateway: GatewayId,
+        got: Option<String>,
+        previous: Option<String>,
+        asked: String,
+    },
+    #[error("report for gateway `{gateway}` has a KPI `{kpi}` that is not a finite number")]
+    BadKpi { gateway: GatewayId, kpi: String },
+}
+
+/// Stable 64-bit FNV-1a, so the order of gateways over the waves is the
+/// same in every process and after every restart.
+fn fnv1a(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            h ^= 0x1f;
+            h = h.wrapping_mul(0x100_0000_01b3);
+        }
+        for b in p.bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// One rollout: its persisted state plus the actions not yet handed out.
+#[derive(Debug, Clone)]
+pub struct Rollout {
+    pub state: RolloutState,
+    outbox: Vec<Action>,
+}
+
+impl Rollout {
+    /// Validates `plan` against `fleet` and assigns every selected gateway to
+    /// its wave: gateways ordered by a stable hash of (plan id, gateway id),
+    /// then cut at each wave's cumulative size. Nothing is applied before the
+    /// first [`tick`](Self::tick).
+    pub fn start(plan: Plan, fleet: &[Gateway], now_ms: u64) -> Result<Rollout, PlanErrors> {
+        plan.validate(fleet)?;
+        let mut selected: Vec<&Gateway> = plan.select(fleet);
+        selected.sort_by_key(|g| (fnv1a(&[&plan.id, &g.id]), g.id.clone()));
+        let total = selected.len();
+        let mut waves = Vec::with_capacity(plan.waves.len());
+        let mut gateways = BTreeMap::new();
+        let mut from = 0;
+        for (i, w) in plan.waves.iter().enumerate() {
+            let to = w.cumulative(total).max(from);
+            let targets: Vec<GatewayId> = selected[from..to].iter().map(|g| g.id.clone()).collect();
+            for g in &selected[from..to] {
+                gateways.insert(
+                    g.id.clone(),
+                    GatewayProgress {
+                        wave: i,
+                        status: GatewayStatus::Pending,
+                        since_ms: now_ms,
+                        previous: g.services.get(&plan.service).cloned(),
+                        baseline: g.kpis.get(&plan.service).cloned().unwrap_or_default(),
+                        latest: BTreeMap::new(),
+                        crash_looped: false,
+                    },
+                );
+            }
+            waves.push(WaveState { targets, started_ms: None, settled_ms: None, verdict: None });
+            from = to;
+        }
+        Ok(Rollout {
+            state: RolloutState {
+                plan,
+                phase: Phase::Running,
+                current_wave: 0,
+                waves,
+                gateways,
+                created_ms: now_ms,
+                revision: 0,
+            },
+            outbox: Vec::new(),
+        })
+    }
+
+    /// Carries on from persisted state.
+    pub fn resume(state: RolloutState) -> Rollout {
+        Rollout { state, outbox: Vec::new() }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.state.plan.id
+    }
+
+    fn notify(&mut self, notice: Notice) {
+        let rollout = self.state.plan.id.clone();
+        self.outbox.push(Action::Notify { rollout, notice });
+    }
+
+    /// Checks a report without changing anything.
+    pub fn check_report(&self, report: &Report) -> Result<(), ReportError> {
+        let plan = &self.state.plan;
+        if report.service != plan.service {
+            return Err(ReportError::WrongService {
+                rollout: plan.id.clone(),
+                want: plan.service.clone(),
+                got: report.service.clone(),
+            });
+        }
+        let Some(gp) = self.state.gateways.get(&report.gateway) else {
+            return Err(ReportError::NotInRollout { rollout: plan.id.clone(), gateway: report.gateway.clone() });
+        };
+        if let Some((k, _)) = report.kpis.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(ReportError::BadKpi { gateway: report.gateway.clone(), kpi: k.clone() });
+        }
+        let new = Some(&plan.version);
+        let may_run_new = matches!(
+            gp.status,
+            GatewayStatus::Applying | GatewayStatus::Succeeded | GatewayStatus::Failed(_) | GatewayStatus::RollingBack
+        );
+        let ok = report.version == gp.previous || (may_run_new && report.version.as_ref() == new);
+        if !ok {
+            return Err(ReportError::UnexpectedVersion {
+                rollout: plan.id.clone(),
+                gateway: report.gateway.clone(),
+                got: report.version.clone(),
+                previous: gp.previous.clone(),
+                asked: plan.version.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes a gateway's report into account. Refused reports change nothing;
+    /// an accepted report seen before changes nothing either.
+    pub fn on_report(&mut self, report: &Report, now_ms: u64) -> Result<(), ReportError> {
+        self.check_report(report)?;
+        let version = self.state.plan.version.clone();
+        let gp = self.state.gateways.get_mut(&report.gateway).expect("checked");
+        let on_new = report.version.as_ref() == Some(&version);
+        match gp.status.clone() {
+            GatewayStatus::Pending => {
+                // Still on its old version: keep its baseline current.
+                for (k, v) in &report.kpis {
+                    gp.baseline.insert(k.clone(), *v);
+                }
+            }
+            GatewayStatus::Applying => {
+                if let Some(err) = &report.apply_error {
+                    gp.status = GatewayStatus::Failed(format!("apply failed: {err}"));
+                    gp.since_ms = now_ms;
+                } else if on_new {
+                    gp.latest.extend(report.kpis.iter().map(|(k, v)| (k.clone(), *v)));
+                    if report.crash_loop {
+                        gp.crash_looped = true;
+                        gp.status = GatewayStatus::Failed("crash loop".into());
+                        gp.since_ms = now_ms;
+                    } else if report.health == Health::Unhealthy {
+                        gp.status = GatewayStatus::Failed("unhealthy".into());
+                        gp.since_ms = now_ms;
+                    } else if report.health == Health::Healthy {
+                        gp.status = GatewayStatus::Succeeded;
+                        gp.since_ms = now_ms;
+                    }
+                }
+            }
+            GatewayStatus::Succeeded => {
+                if on_new {
+                    gp.latest.extend(report.kpis.iter().map(|(k, v)| (k.clone(), *v)));
+                    if report.crash_loop {
+                        gp.crash_looped = true;
+                        gp.status = GatewayStatus::Failed("crash loop after install".into());
+                        gp.since_ms = now_ms;
+                    } else if report.health == Health::Unhealthy {
+                        gp.status = GatewayStatus::Failed("unhealthy after install".into());
+                        gp.since_ms = now_ms;
+                    }
+                } else {
+                    // The agent's own probation rolled it back.
+                    gp.status = GatewayStatus::Failed("went back to the previous version".into());
+                    gp.since_ms = now_ms;
+                }
+            }
+            GatewayStatus::Failed(_) => {
+                if on_new && report.crash_loop {
+                    gp.crash_looped = true;
+                }
+            }
+            GatewayStatus::RollingBack => {
+                if report.version == gp.previous {
+                    gp.status = GatewayStatus::RolledBack;
+                    gp.since_ms = now_ms;
+                }
+            }
+            GatewayStatus::RolledBack => {}
+        }
+        Ok(())
+    }
+
+    pub fn pause(&mut self) -> bool {
+        if self.state.phase == Phase::Running {
+            self.state.phase = Phase::Paused;
+            self.notify(Notice::Paused);
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn resume_running(&mut self) -> bool {
+        if self.state.phase == Phase::Paused {
+            self.state.phase = Phase::Running;
+            self.notify(Notice::Resumed);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Stops the rollout: no gateway is asked to install the new version any
+    /// more, and every gateway already asked is rolled back.
+    pub fn abort(&mut self, reason: &str, now_ms: u64) -> bool {
+        if !matches!(self.state.phase, Phase::Running | Phase::Paused) {
+            return false;
+        }
+        self.state.phase = Phase::Aborted(reason.to_string());
+        let plan = self.state.plan.clone();
+        let mut actions = Vec::new();
+        for wave in &self.state.waves {
+            for id in &wave.targets {
+                let gp = self.state.gateways.get_mut(id).expect("target has progress");
+                if matches!(
+                    gp.status,
+                    GatewayStatus::Applying | GatewayStatus::Succeeded | GatewayStatus::Failed(_)
+                ) {
+                    gp.status = GatewayStatus::RollingBack;
+                    gp.since_ms = now_ms;
+                    actions.push(Action::Rollback {
+                        rollout: plan.id.clone(),
+                        gateway: id.clone(),
+                        service: plan.service.clone(),
+                        to: gp.previous.clone(),
+                    });
+                }
+            }
+        }
+        self.notify(Notice::Aborted { reason: reason.to_string() });
+        self.outbox.extend(actions);
+        self.finish_rollback_if_done();
+        true
+    }
+
+    fn finish_rollback_if_done(&mut self) {
+        if let Phase::Aborted(reason) = &self.state.phase {
+            let pending = self.state.gateways.values().any(|g| g.status == GatewayStatus::RollingBack);
+            if !pending {
+                self.state.phase = Phase::RolledBack(reason.clone());
+                self.notify(Notice::RolledBack);
+            }
+        }
+    }
+
+    /// Advances time: starts waves, times out silent gateways, evaluates
+    /// gates after bake time, aborts on a failed gate. Returns the actions
+    /// produced since the last call (including those of reports and operator
+    /// commands).
+    pub fn tick(&mut self, now_ms: u64) -> Vec<Action> {
+        loop {
+            match self.state.phase {
+                Phase::Running | Phase::Paused => {}
+                Phase::Aborted(_) => {
+                    self.finish_rollback_if_done();
+                    break;
+                }
+                _ => break,
+            }
+            let w = self.state.current_wave;
+            if w >= self.state.waves.len() {
+                self.state.phase = Phase::Succeeded;
+                self.notify(Notice::Succeeded);
+                break;
+            }
+            let gates = self.state.plan.gates_for(w);
+            if self.state.waves[w].started_ms.is_none() {
+                if self.state.phase == Phase::Paused {
+                    break;
+                }
+                self.start_wave(w, now_ms);
+            }
+            // Silent gateways time out.
+            let timeout = gates.apply_timeout_secs * 1000;
+            for id in self.state.waves[w].targets.clone() {
+                let gp = self.state.gateways.get_mut(&id).expect("target");
+                if gp.status == GatewayStatus::Applying && now_ms.saturating_sub(gp.since_ms) >= timeout {
+                    gp.status = GatewayStatus::Failed(format!(
+                        "no healthy report of the new version within {} s",
+                        gates.apply_timeout_secs
+                    ));
+                    gp.since_ms = now_ms;
+                }
+            }
+            // Fail early: the wave can no longer pass.
+            let early = self.early_failure(w);
+            if !early.is_empty() {
+                self.fail_wave(w, early, now_ms);
+                continue;
+            }
+            let wave = &self.state.waves[w];
+            let settled = wave
+                .targets
+                .iter()
+                .all(|id| !matches!(self.state.gateways[id].status, GatewayStatus::Applying));
+            if !settled {
+                break;
+            }
+            let settled_ms = *self.state.waves[w].settled_ms.get_or_insert(now_ms);
+            if now_ms < settled_ms + gates.bake_secs * 1000 || self.state.phase == Phase::Paused {
+                break;
+            }
+            let reasons = self.gate_failures(w);
+            if reasons.is_empty() {
+                self.state.waves[w].verdict = Some(GateVerdict::Passed);
+                self.notify(Notice::WavePassed { wave: w + 1 });
+                self.state.current_wave += 1;
+            } else {
+                self.fail_wave(w, reasons, now_ms);
+            }
+        }
+        std::mem::take(&mut self.outbox)
+    }
+
+    fn start_wave(&mut self, w: usize, now_ms: u64) {
+        let plan = self.state.plan.clone();
+        self.state.waves[w].started_ms = Some(now_ms);
+        let targets = self.state.waves[w].targets.clone();
+        self.notify(Notice::WaveStarted { wave: w + 1, targets: targets.len() });
+        for id in targets {
+            let gp = self.state.gateways.get_mut(&id).expect("target");
+            if gp.status == GatewayStatus::Pending {
+                gp.status = GatewayStatus::Applying;
+                gp.since_ms = now_ms;
+                self.outbox.push(Action::Apply {
+                    rollout: plan.id.clone(),
+                    gateway: id,
+                    service: plan.service.clone(),
+                    version: plan.version.clone(),
+                    digest: plan.digest.clone(),
+                });
+            }
+        }
+    }
+
+    fn fail_wave(&mut self, w: usize, reasons: Vec<String>, now_ms: u64) {
+        self.state.waves[w].verdict = Some(GateVerdict::Failed(reasons.clone()));
+        self.notify(Notice::WaveFailed { wave: w + 1, reasons: reasons.clone() });
+        self.abort(&format!("wave {} failed its gate: {}", w + 1, reasons.join("; ")), now_ms);
+    }
+
+    /// Failures that already decide the wave, before everyone answered.
+    fn early_failure(&self, w: usize) -> Vec<String> {
+        let gates = self.state.plan.gates_for(w);
+        let targets = &self.state.waves[w].targets;
+        let mut reasons = Vec::new();
+        if gates.no_crash_loop {
+            let looping: Vec<&str> = targets
+                .iter()
+                .filter(|id| self.state.gateways[*id].crash_looped)
+                .map(|s| s.as_str())
+                .collect();
+            if !looping.is_empty() {
+                reasons.push(format!("crash loop on {}", list(&looping)));
+            }
+        }
+        let failed = targets.iter().filter(|id| matches!(self.state.gateways[*id].status, GatewayStatus::Failed(_))).count();
+        let n = targets.len();
+        if n > 0 && ((n - failed) as f64) / (n as f64) < gates.min_success_ratio {
+            reasons.push(format!(
+                "{failed} of {n} gateways failed, success ratio can no longer reach {}",
+                gates.min_success_ratio
+            ));
+        }
+        reasons
+    }
+
+    /// The gate, evaluated once the wave has baked.
+    fn gate_failures(&self, w: usize) -> Vec<String> {
+        let gates = self.state.plan.gates_for(w);
+        let targets = &self.state.waves[w].targets;
+        let mut reasons = self.early_failure(w);
+        let n = targets.len();
+        if n == 0 {
+            return reasons;
+        }
+        for k in &gates.kpis {
+            let mut regressed = Vec::new();
+            for id in targets {
+                let gp = &self.state.gateways[id];
+                if gp.status != GatewayStatus::Succeeded {
+                    continue;
+                }
+                let Some(base) = gp.baseline.get(&k.name) else { continue };
+                match gp.latest.get(&k.name) {
+                    Some(now) if !k.regressed(*base, *now) => {}
+                    Some(now) => regressed.push(format!("{id} ({base} -> {now})")),
+                    None => regressed.push(format!("{id} (no longer reported)")),
+                }
+            }
+            if (regressed.len() as f64) / (n as f64) > k.max_regressed_ratio {
+                let shown: Vec<&str> = regressed.iter().map(|s| s.as_str()).collect();
+                reasons.push(format!(
+                    "KPI `{}` worse than baseline by more than {} on {}",
+                    k.name,
+                    k.margin,
+                    list(&shown)
+                ));
+            }
+        }
+        reasons
+    }
+
+    /// Counts per status, for progress displays and tests.
+    pub fn counts(&self) -> BTreeMap<&'static str, usize> {
+        let mut m = BTreeMap::new();
+        for g in self.state.gateways.values() {
+            let k = match g.status {
+                GatewayStatus::Pending => "pending",
+                GatewayStatus::Applying => "applying",
+                GatewayStatus::Succeeded => "succeeded",
+                GatewayStatus::Failed(_) => "failed",
+                GatewayStatus::RollingBack => "rolling_back",
+                GatewayStatus::RolledBack => "rolled_back",
+            };
+            *m.entry(k).or_default() += 1;
+        }
+        m
+    }
+}
+
+fn list(items: &[&str]) -> String {
+    const SHOWN: usize = 5;
+    if items.len() <= SHOWN {
+        items.join(", ")
+    } else {
+        format!("{} and {} more", items[..SHOWN].join(", "), items.len() - SHOWN)
+    }
+}

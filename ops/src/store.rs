@@ -1,0 +1,230 @@
+//! Fleet storage behind one trait, so the engine does not care where state
+//! lives. [`RedbStore`] is the embedded default (one file); [`MemStore`] is
+//! for tests. A PostgreSQL implementation of the same trait is planned for
+//! fleets shared by several `outpost-ops` replicas: `put_rollout` already
+//! takes the revision the writer read, so two replicas cannot both commit a
+//! transition of the same rollout.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::model::{AuditEntry, Gateway, RolloutState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("fleet store: {0}")]
+    Backend(String),
+    #[error("fleet store: record `{key}` is not valid JSON: {err}")]
+    Corrupt { key: String, err: String },
+    #[error("rollout `{id}` changed under us: expected revision {expected}, found {found}")]
+    Conflict { id: String, expected: u64, found: u64 },
+}
+
+pub trait FleetStore {
+    fn put_gateway(&self, gw: &Gateway) -> Result<(), StoreError>;
+    fn put_gateways(&self, gws: &[Gateway]) -> Result<(), StoreError> {
+        gws.iter().try_for_each(|g| self.put_gateway(g))
+    }
+    fn gateway(&self, id: &str) -> Result<Option<Gateway>, StoreError>;
+    /// Every gateway, ordered by id.
+    fn gateways(&self) -> Result<Vec<Gateway>, StoreError>;
+    /// Writes `state` (whose `revision` is already bumped) only if the stored
+    /// revision is `state.revision - 1` (or absent for revision 1); appends
+    /// `audit` in the same transaction.
+    fn put_rollout(&self, state: &RolloutState, audit: &[AuditEntry]) -> Result<(), StoreError>;
+    fn rollout(&self, id: &str) -> Result<Option<RolloutState>, StoreError>;
+    /// Every rollout, ordered by id.
+    fn rollouts(&self) -> Result<Vec<RolloutState>, StoreError>;
+    fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+    /// The audit trail in the order written.
+    fn audit(&self) -> Result<Vec<AuditEntry>, StoreError>;
+}
+
+fn check_revision(id: &str, stored: Option<u64>, new: u64) -> Result<(), StoreError> {
+    let found = stored.unwrap_or(0);
+    if found + 1 != new {
+        return Err(StoreError::Conflict { id: id.to_string(), expected: new.saturating_sub(1), found });
+    }
+    Ok(())
+}
+
+/// In-memory store for tests and simulations.
+#[derive(Default)]
+pub struct MemStore {
+    inner: Mutex<Mem>,
+}
+
+#[derive(Default)]
+struct Mem {
+    gateways: BTreeMap<String, Gateway>,
+    rollouts: BTreeMap<String, RolloutState>,
+    audit: Vec<AuditEntry>,
+}
+
+impl MemStore {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Mem> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl FleetStore for MemStore {
+    fn put_gateway(&self, gw: &Gateway) -> Result<(), StoreError> {
+        self.lock().gateways.insert(gw.id.clone(), gw.clone());
+        Ok(())
+    }
+    fn gateway(&self, id: &str) -> Result<Option<Gateway>, StoreError> {
+        Ok(self.lock().gateways.get(id).cloned())
+    }
+    fn gateways(&self) -> Result<Vec<Gateway>, StoreError> {
+        Ok(self.lock().gateways.values().cloned().collect())
+    }
+    fn put_rollout(&self, state: &RolloutState, audit: &[AuditEntry]) -> Result<(), StoreError> {
+        let mut m = self.lock();
+        let id = &state.plan.id;
+        check_revision(id, m.rollouts.get(id).map(|r| r.revision), state.revision)?;
+        m.rollouts.insert(id.clone(), state.clone());
+        m.audit.extend_from_slice(audit);
+        Ok(())
+    }
+    fn rollout(&self, id: &str) -> Result<Option<RolloutState>, StoreError> {
+        Ok(self.lock().rollouts.get(id).cloned())
+    }
+    fn rollouts(&self) -> Result<Vec<RolloutState>, StoreError> {
+        Ok(self.lock().rollouts.values().cloned().collect())
+    }
+    fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        self.lock().audit.push(entry.clone());
+        Ok(())
+    }
+    fn audit(&self) -> Result<Vec<AuditEntry>, StoreError> {
+        Ok(self.lock().audit.clone())
+    }
+}
+
+const GATEWAYS: TableDefinition<&str, &[u8]> = TableDefinition::new("gateways");
+const ROLLOUTS: TableDefinition<&str, &[u8]> = TableDefinition::new("rollouts");
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+
+/// The embedded store: one redb file, records as JSON.
+pub struct RedbStore {
+    db: Database,
+}
+
+fn be(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt { key: key.to_string(), err: e.to_string() })
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("fleet records serialise")
+}
+
+impl RedbStore {
+    pub fn open(path: &Path) -> Result<RedbStore, StoreError> {
+        let db = Database::create(path).map_err(be)?;
+        let w = db.begin_write().map_err(be)?;
+        w.open_table(GATEWAYS).map_err(be)?;
+        w.open_table(ROLLOUTS).map_err(be)?;
+        w.open_table(AUDIT).map_err(be)?;
+        w.commit().map_err(be)?;
+        Ok(RedbStore { db })
+    }
+
+    fn append_audit_in(w: &redb::WriteTransaction, entries: &[AuditEntry]) -> Result<(), StoreError> {
+        let mut t = w.open_table(AUDIT).map_err(be)?;
+        let mut next = t.last().map_err(be)?.map(|(k, _)| k.value() + 1).unwrap_or(0);
+        for e in entries {
+            t.insert(next, encode(e).as_slice()).map_err(be)?;
+            next += 1;
+        }
+        Ok(())
+    }
+}
+
+impl FleetStore for RedbStore {
+    fn put_gateway(&self, gw: &Gateway) -> Result<(), StoreError> {
+        self.put_gateways(std::slice::from_ref(gw))
+    }
+    fn put_gateways(&self, gws: &[Gateway]) -> Result<(), StoreError> {
+        let w = self.db.begin_write().map_err(be)?;
+        {
+            let mut t = w.open_table(GATEWAYS).map_err(be)?;
+            for g in gws {
+                t.insert(g.id.as_str(), encode(g).as_slice()).map_err(be)?;
+            }
+        }
+        w.commit().map_err(be)
+    }
+    fn gateway(&self, id: &str) -> Result<Option<Gateway>, StoreError> {
+        let r = self.db.begin_read().map_err(be)?;
+        let t = r.open_table(GATEWAYS).map_err(be)?;
+        match t.get(id).map_err(be)? {
+            Some(v) => decode(id, v.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+    fn gateways(&self) -> Result<Vec<Gateway>, StoreError> {
+        let r = self.db.begin_read().map_err(be)?;
+        let t = r.open_table(GATEWAYS).map_err(be)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(be)? {
+            let (k, v) = row.map_err(be)?;
+            out.push(decode(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+    fn put_rollout(&self, state: &RolloutState, audit: &[AuditEntry]) -> Result<(), StoreError> {
+        let id = state.plan.id.as_str();
+        let w = self.db.begin_write().map_err(be)?;
+        {
+            let mut t = w.open_table(ROLLOUTS).map_err(be)?;
+            let stored = match t.get(id).map_err(be)? {
+                Some(v) => Some(decode::<RolloutState>(id, v.value())?.revision),
+                None => None,
+            };
+            check_revision(id, stored, state.revision)?;
+            t.insert(id, encode(state).as_slice()).map_err(be)?;
+        }
+        Self::append_audit_in(&w, audit)?;
+        w.commit().map_err(be)
+    }
+    fn rollout(&self, id: &str) -> Result<Option<RolloutState>, StoreError> {
+        let r = self.db.begin_read().map_err(be)?;
+        let t = r.open_table(ROLLOUTS).map_err(be)?;
+        match t.get(id).map_err(be)? {
+            Some(v) => decode(id, v.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+    fn rollouts(&self) -> Result<Vec<RolloutState>, StoreError> {
+        let r = self.db.begin_read().map_err(be)?;
+        let t = r.open_table(ROLLOUTS).map_err(be)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(be)? {
+            let (k, v) = row.map_err(be)?;
+            out.push(decode(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+    fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        let w = self.db.begin_write().map_err(be)?;
+        Self::append_audit_in(&w, std::slice::from_ref(entry))?;
+        w.commit().map_err(be)
+    }
+    fn audit(&self) -> Result<Vec<AuditEntry>, StoreError> {
+        let r = self.db.begin_read().map_err(be)?;
+        let t = r.open_table(AUDIT).map_err(be)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(be)? {
+            let (k, v) = row.map_err(be)?;
+            out.push(decode(&format!("audit/{}", k.value()), v.value())?);
+        }
+        Ok(out)
+    }
+}
