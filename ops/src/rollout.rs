@@ -18,6 +18,12 @@ pub trait Clock {
     fn now_ms(&self) -> u64;
 }
 
+impl<C: Clock + ?Sized> Clock for &C {
+    fn now_ms(&self) -> u64 {
+        (**self).now_ms()
+    }
+}
+
 /// The wall clock.
 pub struct SystemClock;
 
