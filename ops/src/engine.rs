@@ -115,11 +115,7 @@ impl<S: FleetStore, C: Clock> Engine<S, C> {
 
     /// A batch of reports from one sender, persisted in one write. Each report
     /// gets its own verdict; refused ones change nothing.
-    pub fn on_reports(
-        &mut self,
-        sender: &str,
-        reports: &[Report],
-    ) -> Result<Vec<Result<(), ReportError>>, StoreError> {
+    pub fn on_reports(&mut self, sender: &str, reports: &[Report]) -> Result<Vec<Result<(), ReportError>>, StoreError> {
         self.on_reports_from(reports.iter().map(|r| (sender, r)))
     }
 
@@ -180,8 +176,7 @@ impl<S: FleetStore, C: Clock> Engine<S, C> {
                 }
                 // Outside the rollout, a gateway may report what it already
                 // runs, but not the version being rolled out.
-                Err(ReportError::NotInRollout { .. })
-                    if report.version.as_ref() != Some(&r.state.plan.version) => {}
+                Err(ReportError::NotInRollout { .. }) if report.version.as_ref() != Some(&r.state.plan.version) => {}
                 Err(e) => {
                     gateways.insert(sender.to_string(), gw);
                     return Err(e);

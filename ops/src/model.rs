@@ -69,8 +69,7 @@ pub struct Selector {
 
 impl Selector {
     pub fn matches(&self, gw: &Gateway) -> bool {
-        (self.sites.is_empty() || self.sites.iter().any(|s| *s == gw.site))
-            && self.tags.iter().all(|t| gw.tags.contains(t))
+        (self.sites.is_empty() || self.sites.contains(&gw.site)) && self.tags.iter().all(|t| gw.tags.contains(t))
     }
 }
 
@@ -123,9 +122,10 @@ impl<'de> Deserialize<'de> for WaveSize {
             Raw::S(s) => {
                 let t = s.trim();
                 if let Some(p) = t.strip_suffix('%') {
-                    p.trim().parse::<f64>().map(WaveSize::Percent).map_err(|_| {
-                        serde::de::Error::custom(format!("wave `{s}`: not a percentage like \"10%\""))
-                    })
+                    p.trim()
+                        .parse::<f64>()
+                        .map(WaveSize::Percent)
+                        .map_err(|_| serde::de::Error::custom(format!("wave `{s}`: not a percentage like \"10%\"")))
                 } else {
                     t.parse::<u64>().map(WaveSize::Count).map_err(|_| {
                         serde::de::Error::custom(format!(
@@ -302,9 +302,7 @@ impl Plan {
                 };
                 let shrinks = comparable.unwrap_or_else(|| selected > 0 && w.cumulative(selected) < pc);
                 if shrinks {
-                    p.push(format!(
-                        "wave {n} ({w}) does not grow past wave {i} ({pw}): sizes are cumulative"
-                    ));
+                    p.push(format!("wave {n} ({w}) does not grow past wave {i} ({pw}): sizes are cumulative"));
                 }
             }
             prev = Some((w.cumulative(selected), *w));
@@ -389,6 +387,9 @@ pub struct GatewayProgress {
     /// Latest KPIs on the new version.
     pub latest: BTreeMap<String, f64>,
     pub crash_looped: bool,
+    /// Why it failed, kept after it is rolled back.
+    #[serde(default)]
+    pub failure: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -467,4 +468,49 @@ pub struct Report {
     pub apply_error: Option<String>,
     #[serde(default)]
     pub kpis: BTreeMap<String, f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wave_sizes_are_cumulative_and_round_up() {
+        assert_eq!(WaveSize::Count(1).cumulative(1000), 1);
+        assert_eq!(WaveSize::Count(5000).cumulative(1000), 1000);
+        assert_eq!(WaveSize::Percent(10.0).cumulative(1000), 100);
+        assert_eq!(WaveSize::Percent(10.0).cumulative(5), 1, "a share of a small fleet is at least one");
+        assert_eq!(WaveSize::Percent(100.0).cumulative(7), 7);
+        let w: Vec<WaveSize> = serde_json::from_str(r#"[1, "10%", " 50 % ", "3"]"#).unwrap();
+        assert_eq!(w, vec![WaveSize::Count(1), WaveSize::Percent(10.0), WaveSize::Percent(50.0), WaveSize::Count(3)]);
+        assert_eq!(serde_json::to_string(&w).unwrap(), r#"[1,"10%","50%",3]"#);
+    }
+
+    #[test]
+    fn kpi_regression_follows_direction_and_margin() {
+        let lower = KpiGate { name: "latency".into(), better: Better::Lower, margin: 0.1, max_regressed_ratio: 0.0 };
+        assert!(!lower.regressed(100.0, 110.0));
+        assert!(lower.regressed(100.0, 110.5));
+        assert!(!lower.regressed(100.0, 50.0), "better is never a regression");
+        let higher = KpiGate { better: Better::Higher, ..lower.clone() };
+        assert!(!higher.regressed(100.0, 90.0));
+        assert!(higher.regressed(100.0, 89.0));
+        // A zero baseline makes the margin absolute.
+        assert!(!lower.regressed(0.0, 0.1));
+        assert!(lower.regressed(0.0, 0.2));
+    }
+
+    #[test]
+    fn selector_needs_a_listed_site_and_every_tag() {
+        let mut g = Gateway::new("gw", "mine-a");
+        g.tags.extend(["loader".to_string(), "beta".to_string()]);
+        let s = |sites: &[&str], tags: &[&str]| Selector {
+            sites: sites.iter().map(|x| x.to_string()).collect(),
+            tags: tags.iter().map(|x| x.to_string()).collect(),
+        };
+        assert!(s(&[], &[]).matches(&g));
+        assert!(s(&["mine-b", "mine-a"], &["loader"]).matches(&g));
+        assert!(!s(&["mine-b"], &[]).matches(&g));
+        assert!(!s(&[], &["loader", "truck"]).matches(&g));
+    }
 }

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::model::{
-    GateVerdict, Gateway, GatewayId, GatewayProgress, GatewayStatus, Health, Phase, Plan, PlanErrors,
-    Report, RolloutState, WaveState,
+    GateVerdict, Gateway, GatewayId, GatewayProgress, GatewayStatus, Health, Phase, Plan, PlanErrors, Report,
+    RolloutState, WaveState,
 };
 
 /// Milliseconds since the Unix epoch, injected so tests drive time.
@@ -68,10 +68,24 @@ pub enum Notice {
 /// What the transport must do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    Apply { rollout: String, gateway: GatewayId, service: String, version: String, digest: String },
+    Apply {
+        rollout: String,
+        gateway: GatewayId,
+        service: String,
+        version: String,
+        digest: String,
+    },
     /// Go back to `to`; `None` = remove the service (it was not installed).
-    Rollback { rollout: String, gateway: GatewayId, service: String, to: Option<String> },
-    Notify { rollout: String, notice: Notice },
+    Rollback {
+        rollout: String,
+        gateway: GatewayId,
+        service: String,
+        to: Option<String>,
+    },
+    Notify {
+        rollout: String,
+        notice: Notice,
+    },
 }
 
 /// Why a report was refused. A refused report changes nothing.
@@ -148,6 +162,7 @@ impl Rollout {
                         baseline: g.kpis.get(&plan.service).cloned().unwrap_or_default(),
                         latest: BTreeMap::new(),
                         crash_looped: false,
+                        failure: None,
                     },
                 );
             }
@@ -232,17 +247,14 @@ impl Rollout {
             }
             GatewayStatus::Applying => {
                 if let Some(err) = &report.apply_error {
-                    gp.status = GatewayStatus::Failed(format!("apply failed: {err}"));
-                    gp.since_ms = now_ms;
+                    fail(gp, format!("apply failed: {err}"), now_ms);
                 } else if on_new {
                     gp.latest.extend(report.kpis.iter().map(|(k, v)| (k.clone(), *v)));
                     if report.crash_loop {
                         gp.crash_looped = true;
-                        gp.status = GatewayStatus::Failed("crash loop".into());
-                        gp.since_ms = now_ms;
+                        fail(gp, "crash loop".to_string(), now_ms);
                     } else if report.health == Health::Unhealthy {
-                        gp.status = GatewayStatus::Failed("unhealthy".into());
-                        gp.since_ms = now_ms;
+                        fail(gp, "unhealthy".into(), now_ms);
                     } else if report.health == Health::Healthy {
                         gp.status = GatewayStatus::Succeeded;
                         gp.since_ms = now_ms;
@@ -254,16 +266,13 @@ impl Rollout {
                     gp.latest.extend(report.kpis.iter().map(|(k, v)| (k.clone(), *v)));
                     if report.crash_loop {
                         gp.crash_looped = true;
-                        gp.status = GatewayStatus::Failed("crash loop after install".into());
-                        gp.since_ms = now_ms;
+                        fail(gp, "crash loop after install".into(), now_ms);
                     } else if report.health == Health::Unhealthy {
-                        gp.status = GatewayStatus::Failed("unhealthy after install".into());
-                        gp.since_ms = now_ms;
+                        fail(gp, "unhealthy after install".into(), now_ms);
                     }
                 } else {
                     // The agent's own probation rolled it back.
-                    gp.status = GatewayStatus::Failed("went back to the previous version".into());
-                    gp.since_ms = now_ms;
+                    fail(gp, "went back to the previous version".into(), now_ms);
                 }
             }
             GatewayStatus::Failed(_) => {
@@ -314,10 +323,7 @@ impl Rollout {
         for wave in &self.state.waves {
             for id in &wave.targets {
                 let gp = self.state.gateways.get_mut(id).expect("target has progress");
-                if matches!(
-                    gp.status,
-                    GatewayStatus::Applying | GatewayStatus::Succeeded | GatewayStatus::Failed(_)
-                ) {
+                if matches!(gp.status, GatewayStatus::Applying | GatewayStatus::Succeeded | GatewayStatus::Failed(_)) {
                     gp.status = GatewayStatus::RollingBack;
                     gp.since_ms = now_ms;
                     actions.push(Action::Rollback {
@@ -377,11 +383,11 @@ impl Rollout {
             for id in self.state.waves[w].targets.clone() {
                 let gp = self.state.gateways.get_mut(&id).expect("target");
                 if gp.status == GatewayStatus::Applying && now_ms.saturating_sub(gp.since_ms) >= timeout {
-                    gp.status = GatewayStatus::Failed(format!(
-                        "no healthy report of the new version within {} s",
-                        gates.apply_timeout_secs
-                    ));
-                    gp.since_ms = now_ms;
+                    fail(
+                        gp,
+                        format!("no healthy report of the new version within {} s", gates.apply_timeout_secs),
+                        now_ms,
+                    );
                 }
             }
             // Fail early: the wave can no longer pass.
@@ -391,10 +397,8 @@ impl Rollout {
                 continue;
             }
             let wave = &self.state.waves[w];
-            let settled = wave
-                .targets
-                .iter()
-                .all(|id| !matches!(self.state.gateways[id].status, GatewayStatus::Applying));
+            let settled =
+                wave.targets.iter().all(|id| !matches!(self.state.gateways[id].status, GatewayStatus::Applying));
             if !settled {
                 break;
             }
@@ -447,21 +451,27 @@ impl Rollout {
         let targets = &self.state.waves[w].targets;
         let mut reasons = Vec::new();
         if gates.no_crash_loop {
-            let looping: Vec<&str> = targets
-                .iter()
-                .filter(|id| self.state.gateways[*id].crash_looped)
-                .map(|s| s.as_str())
-                .collect();
+            let looping: Vec<&str> =
+                targets.iter().filter(|id| self.state.gateways[*id].crash_looped).map(|s| s.as_str()).collect();
             if !looping.is_empty() {
                 reasons.push(format!("crash loop on {}", list(&looping)));
             }
         }
-        let failed = targets.iter().filter(|id| matches!(self.state.gateways[*id].status, GatewayStatus::Failed(_))).count();
+        let failed: Vec<String> = targets
+            .iter()
+            .filter_map(|id| match &self.state.gateways[id].status {
+                GatewayStatus::Failed(why) => Some(format!("{id}: {why}")),
+                _ => None,
+            })
+            .collect();
         let n = targets.len();
-        if n > 0 && ((n - failed) as f64) / (n as f64) < gates.min_success_ratio {
+        if n > 0 && ((n - failed.len()) as f64) / (n as f64) < gates.min_success_ratio {
+            let shown: Vec<&str> = failed.iter().map(|s| s.as_str()).collect();
             reasons.push(format!(
-                "{failed} of {n} gateways failed, success ratio can no longer reach {}",
-                gates.min_success_ratio
+                "{} of {n} gateways failed, success ratio can no longer reach {} ({})",
+                failed.len(),
+                gates.min_success_ratio,
+                list(&shown)
             ));
         }
         reasons
@@ -521,11 +531,160 @@ impl Rollout {
     }
 }
 
+fn fail(gp: &mut GatewayProgress, reason: String, now_ms: u64) {
+    gp.status = GatewayStatus::Failed(reason.clone());
+    gp.failure = Some(reason);
+    gp.since_ms = now_ms;
+}
+
 fn list(items: &[&str]) -> String {
     const SHOWN: usize = 5;
     if items.len() <= SHOWN {
         items.join(", ")
     } else {
         format!("{} and {} more", items[..SHOWN].join(", "), items.len() - SHOWN)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Gates, Selector, WaveSize};
+
+    fn fleet(n: usize) -> Vec<Gateway> {
+        (0..n)
+            .map(|i| {
+                let mut g = Gateway::new(format!("gw-{i}"), "site");
+                g.services.insert("svc".into(), "1".into());
+                g
+            })
+            .collect()
+    }
+
+    fn rollout(n: usize, waves: Vec<WaveSize>, gates: Gates) -> Rollout {
+        let plan = Plan {
+            id: "r".into(),
+            service: "svc".into(),
+            version: "2".into(),
+            digest: format!("sha256:{}", "0".repeat(64)),
+            selector: Selector::default(),
+            waves,
+            gates: vec![gates],
+        };
+        Rollout::start(plan, &fleet(n), 0).unwrap()
+    }
+
+    fn report(gw: &str, version: &str) -> Report {
+        Report {
+            gateway: gw.into(),
+            service: "svc".into(),
+            version: Some(version.into()),
+            health: Health::Healthy,
+            crash_loop: false,
+            apply_error: None,
+            kpis: BTreeMap::new(),
+        }
+    }
+
+    fn applies(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Apply { gateway, .. } => Some(gateway.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_silent_gateway_times_out_and_fails_the_wave() {
+        let gates = Gates { apply_timeout_secs: 30, ..Gates::default() };
+        let mut r = rollout(4, vec![WaveSize::Count(2), WaveSize::Percent(100.0)], gates);
+        let first = applies(&r.tick(0));
+        r.on_report(&report(&first[0], "2"), 1000).unwrap();
+        assert!(applies(&r.tick(29_000)).is_empty());
+        assert_eq!(r.state.phase, Phase::Running);
+        let out = r.tick(30_000);
+        assert!(
+            matches!(r.state.phase, Phase::Aborted(ref why) if why.contains("no healthy report")),
+            "{:?}",
+            r.state.phase
+        );
+        let rollbacks = out.iter().filter(|a| matches!(a, Action::Rollback { .. })).count();
+        assert_eq!(rollbacks, 2, "the silent one may have half-installed: it is rolled back too");
+    }
+
+    #[test]
+    fn an_apply_error_fails_the_gateway_and_the_wave_at_once() {
+        let mut r = rollout(10, vec![WaveSize::Percent(50.0), WaveSize::Percent(100.0)], Gates::default());
+        let first = applies(&r.tick(0));
+        let mut rep = report(&first[0], "1");
+        rep.apply_error = Some("signature refused".into());
+        r.on_report(&rep, 10).unwrap();
+        // The other four have not answered, but the wave can no longer pass.
+        r.tick(20);
+        assert!(matches!(r.state.phase, Phase::Aborted(ref why) if why.contains("1 of 5")), "{:?}", r.state.phase);
+        assert!(r.state.gateways[&first[0]].failure.as_deref().unwrap().contains("signature refused"));
+        assert_eq!(r.state.gateways[&first[0]].status, GatewayStatus::RollingBack);
+    }
+
+    #[test]
+    fn a_gateway_that_goes_back_by_itself_counts_as_failed() {
+        let gates = Gates { bake_secs: 60, ..Gates::default() };
+        let mut r = rollout(2, vec![WaveSize::Percent(100.0)], gates);
+        let gws = applies(&r.tick(0));
+        for g in &gws {
+            r.on_report(&report(g, "2"), 1).unwrap();
+        }
+        r.tick(2);
+        // During bake, the agent's probation rolls one back.
+        r.on_report(&report(&gws[1], "1"), 30_000).unwrap();
+        r.tick(30_001);
+        assert!(matches!(r.state.phase, Phase::Aborted(_)));
+        // Rollback confirmed by both.
+        for g in &gws {
+            r.on_report(&report(g, "1"), 31_000).unwrap();
+        }
+        let out = r.tick(31_001);
+        assert!(matches!(r.state.phase, Phase::RolledBack(_)));
+        assert!(out.contains(&Action::Notify { rollout: "r".into(), notice: Notice::RolledBack }));
+    }
+
+    #[test]
+    fn a_wave_fails_while_paused_too() {
+        let mut r = rollout(4, vec![WaveSize::Count(2), WaveSize::Percent(100.0)], Gates::default());
+        let first = applies(&r.tick(0));
+        assert!(r.pause());
+        let mut rep = report(&first[0], "2");
+        rep.crash_loop = true;
+        r.on_report(&rep, 5).unwrap();
+        r.tick(6);
+        assert!(matches!(r.state.phase, Phase::Aborted(ref why) if why.contains("crash loop")));
+        assert!(!r.resume_running(), "an aborted rollout does not resume");
+    }
+
+    #[test]
+    fn a_service_new_to_the_gateway_is_removed_on_rollback() {
+        let mut gws = fleet(1);
+        gws[0].services.clear();
+        let plan = Plan {
+            id: "r".into(),
+            service: "svc".into(),
+            version: "2".into(),
+            digest: format!("sha256:{}", "0".repeat(64)),
+            selector: Selector::default(),
+            waves: vec![WaveSize::Count(1)],
+            gates: vec![],
+        };
+        let mut r = Rollout::start(plan, &gws, 0).unwrap();
+        r.tick(0);
+        assert!(r.abort("test", 1));
+        let out = r.tick(2);
+        assert!(out.iter().any(|a| matches!(a, Action::Rollback { to: None, .. })), "{out:?}");
+        let mut gone = report("gw-0", "x");
+        gone.version = None;
+        r.on_report(&gone, 3).unwrap();
+        r.tick(4);
+        assert!(matches!(r.state.phase, Phase::RolledBack(_)));
     }
 }

@@ -138,10 +138,9 @@ impl RedbStore {
 
     fn append_audit_in(w: &redb::WriteTransaction, entries: &[AuditEntry]) -> Result<(), StoreError> {
         let mut t = w.open_table(AUDIT).map_err(be)?;
-        let mut next = t.last().map_err(be)?.map(|(k, _)| k.value() + 1).unwrap_or(0);
-        for e in entries {
-            t.insert(next, encode(e).as_slice()).map_err(be)?;
-            next += 1;
+        let first = t.last().map_err(be)?.map(|(k, _)| k.value() + 1).unwrap_or(0);
+        for (key, e) in (first..).zip(entries) {
+            t.insert(key, encode(e).as_slice()).map_err(be)?;
         }
         Ok(())
     }
@@ -226,5 +225,77 @@ impl FleetStore for RedbStore {
             out.push(decode(&format!("audit/{}", k.value()), v.value())?);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Gates, Plan, Selector, WaveSize};
+    use crate::rollout::Rollout;
+
+    fn state() -> RolloutState {
+        let plan = Plan {
+            id: "r".into(),
+            service: "svc".into(),
+            version: "2".into(),
+            digest: format!("sha256:{}", "ab".repeat(32)),
+            selector: Selector::default(),
+            waves: vec![WaveSize::Percent(100.0)],
+            gates: vec![Gates::default()],
+        };
+        Rollout::start(plan, &[Gateway::new("gw-1", "s")], 0).unwrap().state
+    }
+
+    fn entry(action: &str) -> AuditEntry {
+        AuditEntry {
+            at_ms: 1,
+            actor: "me".into(),
+            rollout: Some("r".into()),
+            action: action.into(),
+            detail: String::new(),
+        }
+    }
+
+    fn revisions_are_checked(store: &dyn FleetStore) {
+        let mut s = state();
+        s.revision = 1;
+        store.put_rollout(&s, &[entry("start")]).unwrap();
+        // A second writer that read revision 0 loses, and writes no audit.
+        let err = store.put_rollout(&s, &[entry("lost")]).unwrap_err();
+        assert!(matches!(err, StoreError::Conflict { expected: 0, found: 1, .. }), "{err}");
+        s.revision = 2;
+        store.put_rollout(&s, &[entry("next")]).unwrap();
+        assert_eq!(store.rollout("r").unwrap().unwrap(), s);
+        let actions: Vec<String> = store.audit().unwrap().into_iter().map(|e| e.action).collect();
+        assert_eq!(actions, vec!["start", "next"]);
+        let mut g = Gateway::new("gw-2", "s");
+        g.tags.insert("t".into());
+        store.put_gateway(&g).unwrap();
+        store.put_gateway(&Gateway::new("gw-1", "s")).unwrap();
+        assert_eq!(store.gateway("gw-2").unwrap(), Some(g));
+        let ids: Vec<String> = store.gateways().unwrap().into_iter().map(|g| g.id).collect();
+        assert_eq!(ids, vec!["gw-1", "gw-2"]);
+        assert_eq!(store.rollouts().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn mem_store_checks_revisions() {
+        revisions_are_checked(&MemStore::default());
+    }
+
+    #[test]
+    fn redb_store_checks_revisions_and_keeps_records_across_reopen() {
+        let dir = std::env::temp_dir().join(format!("outpost-ops-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("fleet.redb");
+        revisions_are_checked(&RedbStore::open(&path).unwrap());
+        let again = RedbStore::open(&path).unwrap();
+        assert_eq!(again.rollout("r").unwrap().unwrap().revision, 2);
+        assert_eq!(again.audit().unwrap().len(), 2);
+        again.append_audit(&entry("later")).unwrap();
+        assert_eq!(again.audit().unwrap().last().unwrap().action, "later");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -4,11 +4,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use outpost_ops::engine::SYSTEM;
-use outpost_ops::model::{
-    Better, GateVerdict, GatewayStatus, Gates, Health, KpiGate, Phase, Selector, WaveSize,
-};
+use outpost_ops::model::{Better, GateVerdict, Gates, GatewayStatus, Health, KpiGate, Phase, Selector, WaveSize};
 use outpost_ops::rollout::ReportError;
-use outpost_ops::{Action, Clock, Engine, EngineError, FleetStore, Gateway, ManualClock, MemStore, Plan, RedbStore, Report};
+use outpost_ops::{
+    Action, Clock, Engine, EngineError, FleetStore, Gateway, ManualClock, MemStore, Plan, RedbStore, Report,
+};
 
 const SVC: &str = "weight-loading";
 const OLD: &str = "1.4.0";
@@ -420,7 +420,8 @@ fn garbage_and_impersonating_reports_are_refused_and_change_nothing() {
     let pending = state.waves[1].targets[0].clone();
     let fleet_before = engine.store().gateways().unwrap();
 
-    let cases: Vec<(&str, Report, fn(&EngineError) -> bool)> = vec![
+    type Case<'a> = (&'a str, Report, fn(&EngineError) -> bool);
+    let cases: Vec<Case> = vec![
         ("gw-other", report("gw-other", Some(NEW)), |e| {
             matches!(e, EngineError::Report(ReportError::NotInRollout { .. }))
         }),
@@ -436,11 +437,15 @@ fn garbage_and_impersonating_reports_are_refused_and_change_nothing() {
         ("gw-ghost", report("gw-ghost", Some(NEW)), |e| {
             matches!(e, EngineError::Report(ReportError::UnknownGateway(_)))
         }),
-        (applying.as_str(), {
-            let mut r = report(&applying, Some(NEW));
-            r.kpis.insert("latency_ms".into(), f64::NAN);
-            r
-        }, |e| matches!(e, EngineError::Report(ReportError::BadKpi { .. }))),
+        (
+            applying.as_str(),
+            {
+                let mut r = report(&applying, Some(NEW));
+                r.kpis.insert("latency_ms".into(), f64::NAN);
+                r
+            },
+            |e| matches!(e, EngineError::Report(ReportError::BadKpi { .. })),
+        ),
     ];
     for (sender, r, is) in cases {
         let e = engine.on_report(sender, &r).unwrap_err();
@@ -462,7 +467,12 @@ fn replaying_a_report_does_not_duplicate_anything() {
     store.put_gateways(&gws).unwrap();
     let clock = ManualClock::new(0);
     let mut engine = Engine::resume(store, &clock).unwrap();
-    engine.start(plan("r8", vec![WaveSize::Count(2), WaveSize::Percent(100.0)], Gates { bake_secs: 10, ..Gates::default() }), "jo").unwrap();
+    engine
+        .start(
+            plan("r8", vec![WaveSize::Count(2), WaveSize::Percent(100.0)], Gates { bake_secs: 10, ..Gates::default() }),
+            "jo",
+        )
+        .unwrap();
     let first = engine.tick().unwrap();
     assert_eq!(first.iter().filter(|a| matches!(a, Action::Apply { .. })).count(), 2);
     let gw = engine.state("r8").unwrap().unwrap().waves[0].targets[0].clone();
