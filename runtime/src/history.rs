@@ -117,8 +117,11 @@ impl Recent {
         }
     }
 
-    /// Adds one sample of each site-wide KPI (`(service, name, value)`).
-    pub fn sample_kpis(&self, ts_ms: u64, kpis: impl IntoIterator<Item = (String, String, f64)>) {
+    /// Adds a sample of each site-wide KPI (`(service, name, value)`)
+    /// whose last one is at least `every_ms` old (or ahead: the clock was
+    /// set back). Called more often than `every_ms`, a KPI's first sample
+    /// comes soon after it is first reported, not up to a period later.
+    pub fn sample_kpis(&self, ts_ms: u64, every_ms: u64, kpis: impl IntoIterator<Item = (String, String, f64)>) {
         let Ok(mut inner) = self.inner.lock() else { return };
         for (service, name, value) in kpis {
             let key = (service, name);
@@ -126,6 +129,9 @@ impl Recent {
                 continue;
             }
             let series = inner.trends.entry(key).or_default();
+            if series.back().is_some_and(|&(last, _)| ts_ms >= last && ts_ms - last < every_ms) {
+                continue;
+            }
             series.push_back((ts_ms, value));
             while series.len() > TREND_SAMPLES {
                 series.pop_front();
@@ -299,11 +305,13 @@ mod tests {
     #[test]
     fn trends_keep_six_hours_of_minutes() {
         let r = Recent::default();
-        for i in 0..(TREND_SAMPLES as u64 + 10) {
-            r.sample_kpis(i, [("wl".to_owned(), "tph".to_owned(), i as f64)]);
+        for i in 0..(TREND_SAMPLES as u64 + 10) * 12 {
+            // Polled every 5 s, sampled every minute.
+            r.sample_kpis(i * 5_000, 60_000, [("wl".to_owned(), "tph".to_owned(), i as f64)]);
         }
         let t = r.trend("wl", "tph");
         assert_eq!(t.len(), TREND_SAMPLES);
-        assert_eq!(t[0], (10, 10.0));
+        assert_eq!(t[0], (600_000, 120.0));
+        assert_eq!(t[1].0 - t[0].0, 60_000);
     }
 }

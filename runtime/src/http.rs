@@ -21,6 +21,9 @@ use std::time::Duration;
 
 /// How often each site-wide KPI is sampled for its trend.
 pub const TREND_INTERVAL: Duration = Duration::from_secs(60);
+/// How often the sampler looks: a KPI's first sample comes this soon
+/// after the service first reports it.
+const TREND_POLL: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 struct AppState {
@@ -59,12 +62,12 @@ pub async fn serve(addr: SocketAddr, board: StatusBoard, recent: Arc<Recent>) ->
         }
     });
     tokio::spawn(async move {
-        let mut every = tokio::time::interval(TREND_INTERVAL);
+        let mut every = tokio::time::interval(TREND_POLL);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
             let site_wide = site_kpis(&state).into_iter().map(|((svc, name), v)| (svc, name, v));
-            state.recent.sample_kpis(crate::dispatch::now_ms(), site_wide);
+            state.recent.sample_kpis(crate::dispatch::now_ms(), TREND_INTERVAL.as_millis() as u64, site_wide);
         }
     });
     Ok(())

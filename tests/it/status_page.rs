@@ -120,12 +120,35 @@ fn strip_tags(html: &str) -> String {
 /// A number shown on the page against the agent's: the raw `data-value`
 /// exactly, and the text rounded as the page rounds (at most half its last digit).
 fn assert_shows(what: &str, shown: &(Option<String>, String), want: f64) {
+    assert_shows_one_of(what, shown, &[want]);
+}
+
+/// Like `assert_shows` for a figure that may have moved while the page
+/// loaded: it must be one of the values the agent had (before, after).
+fn assert_shows_one_of(what: &str, shown: &(Option<String>, String), wants: &[f64]) {
     let raw: f64 = shown.0.as_deref().unwrap_or_else(|| panic!("{what}: no data-value")).parse().expect("data-value");
-    assert!((raw - want).abs() <= 1e-12 * want.abs().max(1.0), "{what}: page has {raw}, agent {want}");
+    let Some(&want) = wants.iter().find(|w| (raw - **w).abs() <= 1e-12 * w.abs().max(1.0)) else {
+        panic!("{what}: page has {raw}, agent {wants:?}")
+    };
     let text: f64 = shown.1.parse().unwrap_or_else(|_| panic!("{what}: {:?} is not a number", shown.1));
     let decimals = shown.1.split_once('.').map_or(0, |(_, d)| d.len());
     let half = 0.5 * 10f64.powi(-(decimals as i32)) + 1e-9;
     assert!((text - want).abs() <= half, "{what}: page shows {}, agent {want}", shown.1);
+}
+
+/// Samples in a KPI's trend, as `/page.json` has it.
+fn trend_samples(agent: &TestAgent, name: &str) -> usize {
+    let page: Option<serde_json::Value> = agent.http("/page.json").and_then(|(_, b)| serde_json::from_str(&b).ok());
+    let kpis = page.as_ref().and_then(|p| p["kpis"].as_array().cloned()).unwrap_or_default();
+    kpis.iter().find(|k| k["name"] == name).and_then(|k| k["trend"].as_array()).map_or(0, Vec::len)
+}
+
+fn site_kpis(metrics: &str) -> BTreeMap<(String, String), f64> {
+    outpost::events::kpis_from_metrics(metrics)
+        .into_iter()
+        .filter(|k| k.subject.is_empty())
+        .map(|k| ((k.service, k.name), k.value))
+        .collect()
 }
 
 #[test]
@@ -186,6 +209,17 @@ fn the_status_page_in_a_browser_shows_the_agents_figures() {
     std::thread::sleep(Duration::from_millis(500));
     let got = if sub.received().len() > got.len() { sub.received() } else { got };
 
+    // The trend's first sample (taken within 5 s of a KPI's first report).
+    let start = Instant::now();
+    while trend_samples(&agent, "tonnes_per_hour") == 0 {
+        assert!(start.elapsed() < Duration::from_secs(20), "no trend sample of tonnes_per_hour");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Weight loading's figures hold still now (no more input); traffic
+    // awareness's move on its tick (assets go stale): the page must show
+    // the value before or after it was loaded.
+    let before = site_kpis(&agent.metrics());
     let url = format!("http://127.0.0.1:{}/", agent.http_port);
     let dom = rendered_dom(&url);
     if let Some(dir) = std::env::var_os("OUTPOST_STATUS_PAGE_OUT") {
@@ -201,7 +235,7 @@ fn the_status_page_in_a_browser_shows_the_agents_figures() {
             .output()
             .expect("screenshot");
     }
-    let metrics = agent.metrics();
+    let after = site_kpis(&agent.metrics());
     let status = agent.status().expect("status");
     assert!(dom.contains("data-loaded=\"1\""), "the page's script did not render:\n{dom}");
 
@@ -216,21 +250,27 @@ fn the_status_page_in_a_browser_shows_the_agents_figures() {
     assert_eq!(status["services"].as_array().map(Vec::len), Some(3));
 
     // Each site-wide KPI the agent exposes is on the page with its value.
-    let site_kpis: BTreeMap<(String, String), f64> = outpost::events::kpis_from_metrics(&metrics)
-        .into_iter()
-        .filter(|k| k.subject.is_empty())
-        .map(|k| ((k.service, k.name), k.value))
-        .collect();
-    assert!(site_kpis.len() >= 5, "site-wide KPIs in /metrics: {site_kpis:?}");
-    for ((service, name), want) in &site_kpis {
+    assert!(after.len() >= 5, "site-wide KPIs in /metrics: {after:?}");
+    for ((service, name), want) in &after {
         let row = rows(&dom, &format!("data-kpi=\"{service}/{name}\""));
         let row = row.first().unwrap_or_else(|| panic!("KPI {service}/{name} not on the page"));
-        assert_shows(&format!("KPI {service}/{name}"), &cell(row, "value").expect("value cell"), *want);
+        let shown = cell(row, "value").expect("value cell");
+        if service == "weight-loading" {
+            assert_eq!(before.get(&(service.clone(), name.clone())), Some(want), "{name} moved without input");
+            assert_shows(&format!("KPI {service}/{name}"), &shown, *want);
+        } else {
+            let wants: Vec<f64> =
+                before.get(&(service.clone(), name.clone())).into_iter().copied().chain([*want]).collect();
+            assert_shows_one_of(&format!("KPI {service}/{name}"), &shown, &wants);
+        }
         assert!(row.contains("<svg") || row.contains("one point a minute"), "KPI {name}: no trend");
     }
     // Declared KPIs carry their unit.
     let tph = rows(&dom, "data-kpi=\"weight-loading/tonnes_per_hour\"");
     assert!(tph[0].contains("<td>t/h</td>"), "{}", tph[0]);
+    // Its trend is drawn: the sample taken and the value now, as a line.
+    let line = tph[0].split("<polyline points=\"").nth(1).and_then(|r| r.split('"').next()).expect("a sparkline");
+    assert_eq!(line.split(' ').count(), 2, "{line}");
 
     // The shift table: the latest site report of each shift, its tonnes as published.
     let mut last: BTreeMap<String, serde_json::Value> = BTreeMap::new();

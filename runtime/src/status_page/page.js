@@ -116,7 +116,8 @@ function renderKpis(p) {
     const points = k.trend.slice();
     if (typeof k.value === "number") points.push([p.now_ms, k.value]);
     const ys = points.map(q => q[1]);
-    const range = ys.length ? `${fmt(Math.min(...ys))} – ${fmt(Math.max(...ys))}` : "";
+    const span = points.length > 1 ? ` over ${duration(Math.round((p.now_ms - points[0][0]) / 1000))}` : "";
+    const range = ys.length ? `${fmt(Math.min(...ys))} – ${fmt(Math.max(...ys))}${span}` : "";
     const better = k.better ? ` (${k.better} is better)` : "";
     return el("tr", { "data-kpi": k.service + "/" + k.name },
       el("td", {}, k.service),
