@@ -26,7 +26,7 @@ pub enum EngineError {
     Busy { running: String, service: String },
     #[error("no active rollout `{0}`")]
     NoSuchRollout(String),
-    #[error("rollout `{id}` cannot be {verb} now (it is {phase})")]
+    #[error("rollout `{id}` cannot {verb} now (it is {phase})")]
     WrongPhase { id: String, verb: &'static str, phase: String },
 }
 
@@ -212,6 +212,8 @@ impl<S: FleetStore, C: Clock> Engine<S, C> {
             let audit = actions
                 .iter()
                 .filter_map(|a| match a {
+                    // The operator's own commands are audited under their name.
+                    Action::Notify { notice: Notice::Paused | Notice::Resumed, .. } => None,
                     Action::Notify { notice, .. } => Some(AuditEntry {
                         at_ms: now,
                         actor: SYSTEM.to_string(),
@@ -251,18 +253,18 @@ impl<S: FleetStore, C: Clock> Engine<S, C> {
     /// No further gateway is asked to install until [`resume_rollout`](Self::resume_rollout).
     /// A failing wave still aborts while paused.
     pub fn pause(&mut self, id: &str, actor: &str) -> Result<(), EngineError> {
-        self.command(id, actor, "paused", |r, _| r.pause())
+        self.command(id, actor, "pause", |r, _| r.pause())
     }
 
     pub fn resume_rollout(&mut self, id: &str, actor: &str) -> Result<(), EngineError> {
-        self.command(id, actor, "resumed", |r, _| r.resume_running())
+        self.command(id, actor, "resume", |r, _| r.resume_running())
     }
 
     /// Stops the rollout and rolls back every gateway already asked; the
     /// rollback actions come out of the next [`tick`](Self::tick).
     pub fn abort(&mut self, id: &str, actor: &str, reason: &str) -> Result<(), EngineError> {
         let reason = format!("aborted by {actor}: {reason}");
-        self.command(id, actor, "aborted", |r, now| r.abort(&reason, now))
+        self.command(id, actor, "abort", |r, now| r.abort(&reason, now))
     }
 
     /// A rollout's state, active or finished.
