@@ -513,6 +513,24 @@ impl Rollout {
         reasons
     }
 
+    /// The version each gateway touched by this rollout should run now
+    /// (`None` = the service removed), derived from state alone. A transport
+    /// publishes this as retained desired state, so an action lost between
+    /// `tick` and the broker (a crash) is made good by republishing it.
+    pub fn desired(&self) -> BTreeMap<GatewayId, Option<String>> {
+        self.state
+            .gateways
+            .iter()
+            .filter_map(|(id, g)| match g.status {
+                GatewayStatus::Pending => None,
+                GatewayStatus::Applying | GatewayStatus::Succeeded | GatewayStatus::Failed(_) => {
+                    Some((id.clone(), Some(self.state.plan.version.clone())))
+                }
+                GatewayStatus::RollingBack | GatewayStatus::RolledBack => Some((id.clone(), g.previous.clone())),
+            })
+            .collect()
+    }
+
     /// Counts per status, for progress displays and tests.
     pub fn counts(&self) -> BTreeMap<&'static str, usize> {
         let mut m = BTreeMap::new();
@@ -648,6 +666,18 @@ mod tests {
         let out = r.tick(31_001);
         assert!(matches!(r.state.phase, Phase::RolledBack(_)));
         assert!(out.contains(&Action::Notify { rollout: "r".into(), notice: Notice::RolledBack }));
+    }
+
+    #[test]
+    fn desired_state_follows_the_actions() {
+        let mut r = rollout(4, vec![WaveSize::Count(2), WaveSize::Percent(100.0)], Gates::default());
+        assert!(r.desired().is_empty(), "nothing asked before the first tick");
+        let first = applies(&r.tick(0));
+        let want: BTreeMap<_, _> = first.iter().map(|g| (g.clone(), Some("2".to_string()))).collect();
+        assert_eq!(r.desired(), want);
+        r.abort("test", 1);
+        let back: BTreeMap<_, _> = first.iter().map(|g| (g.clone(), Some("1".to_string()))).collect();
+        assert_eq!(r.desired(), back);
     }
 
     #[test]
