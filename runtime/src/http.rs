@@ -181,9 +181,53 @@ async fn page_css() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], include_str!("status_page/page.css"))
 }
 
-/// The page's shell; `page.js` fills it from `/page.json`.
-async fn status_page() -> Html<&'static str> {
-    Html(include_str!("status_page/index.html"))
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// The page, with the gateway and its services already in (read without a
+/// script too); `page.js` then redraws all of it from `/page.json`.
+async fn status_page(State(s): State<AppState>) -> Html<String> {
+    let page = include_str!("status_page/index.html");
+    let Some(st) = snapshot(&s) else {
+        return Html(page.replace("<!--gateway-->", "").replace("<!--summary-->", "status unavailable"));
+    };
+    let mut rows = String::new();
+    for svc in &st.services {
+        let health = if svc.running == svc.instances && svc.instances > 0 { "ok" } else { "degraded" };
+        rows.push_str(&format!(
+            "<tr class=\"{health}\" data-service=\"{name}\"><td class=\"name\">{name}</td><td class=\"version\">{}</td>\
+             <td class=\"health\">{health}</td><td class=\"num instances\">{}/{}</td><td class=\"num queued\">{}</td>\
+             <td class=\"num restarts\">{}</td><td class=\"uptime\">{} s</td></tr>",
+            esc(&svc.version),
+            svc.running,
+            svc.instances,
+            svc.queued,
+            svc.restarts,
+            svc.uptime_s,
+            name = esc(&svc.name),
+        ));
+    }
+    for (name, why) in &st.rejected {
+        rows.push_str(&format!(
+            "<tr class=\"bad\" data-service=\"{name}\"><td class=\"name\">{name}</td><td colspan=6>not loaded: {}</td></tr>",
+            esc(why),
+            name = esc(name),
+        ));
+    }
+    let summary = format!(
+        "site <b>{}</b> · state <b>{}</b> · broker {} ({}) · up {} s",
+        esc(&st.site),
+        st.state,
+        esc(&st.broker),
+        if st.mqtt_connected { "connected" } else { "DISCONNECTED" },
+        st.uptime_s
+    );
+    Html(
+        page.replace("<!--gateway-->", &esc(&st.gateway))
+            .replace("<!--summary-->", &summary)
+            .replace("<!--services-->", &rows),
+    )
 }
 
 async fn status_json(State(s): State<AppState>) -> impl IntoResponse {
