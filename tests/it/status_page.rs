@@ -37,7 +37,7 @@ fn chromium() -> PathBuf {
             }
         }
     }
-    panic!("chromium not found: the status page test needs headless Chromium; `cargo xtask setup` installs it")
+    panic!("chromium not found: the status page test renders the page in headless Chromium (Debian's chromium); cargo xtask setup installs it")
 }
 
 /// The page at `url` after its script ran, as Chromium serializes the DOM.
