@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod dist;
 mod eval;
 mod toolchain;
 
@@ -21,6 +22,10 @@ commands:
           replay GNSS captures, pit traffic, haul cycles and a water network's
           SCADA through every service
   bench   measured figures beside their baselines (release build)
+  dist [--arch amd64|arm64|all] [--debug]
+          release packages in target/outpost/dist/: a Debian package and a
+          tarball per architecture (arm64 cross-compiled), with the agent, the
+          CLI, the service packages, the systemd unit and the config template
   eval leak [--seed N]
           the leak-detection service on a simulated year of L-Town, scored
           with the official BattLeDIM rules (simulates and caches what is missing)
@@ -47,6 +52,7 @@ fn main() -> Result<()> {
         Some("demo") => demo::run(&root, &args[1..])?,
         Some("bench") => bench::run_bench(&root, &args[1..])?,
         Some("eval") => eval::run_eval(&root, &args[1..])?,
+        Some("dist") => dist::run_dist(&root, &args[1..])?,
         _ => {
             println!("{USAGE}");
             if !args.is_empty() {
@@ -170,6 +176,7 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     let guest = toolchain::setup(true)?;
     build_packages(root, &guest)?;
     demo::build_bins(false)?;
+    dist::for_tests(root)?;
     let t = step("running every test (cargo test --workspace)");
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--exclude", "xtask"])
