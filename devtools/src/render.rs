@@ -20,8 +20,7 @@ pub fn pretty_line(topic: &str, payload: &[u8]) -> String {
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else {
         return format!("{subject:>10}  (not JSON: {} bytes)", payload.len());
     };
-    let num =
-        |k: &str, prec: usize| v.get(k).and_then(|x| x.as_f64()).map_or("-".to_string(), |x| format!("{x:.prec$}"));
+    let num = |k: &str, prec: usize| number(&v, k, prec);
     let text = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("-").to_owned();
     match topic.rsplit('/').next() {
         Some("fix") => fix_line(subject, &v, &num),
@@ -80,13 +79,15 @@ pub fn pretty_line(topic: &str, payload: &[u8]) -> String {
     }
 }
 
+/// A number field with `prec` decimals, `-` when absent or not a number.
+fn number(v: &serde_json::Value, k: &str, prec: usize) -> String {
+    v.get(k).and_then(|x| x.as_f64()).map_or("-".to_string(), |x| format!("{x:.prec$}"))
+}
+
 /// The weight-loading site report of one shift as the site manager reads
 /// it: a summary line, then one row per truck and per loader.
 fn site_shift_table(v: &serde_json::Value) -> String {
     use std::fmt::Write as _;
-    let num = |v: &serde_json::Value, k: &str, prec: usize| {
-        v.get(k).and_then(|x| x.as_f64()).map_or("-".to_string(), |x| format!("{x:.prec$}"))
-    };
     let text = |v: &serde_json::Value, k: &str| match v.get(k) {
         Some(serde_json::Value::String(s)) => s.clone(),
         Some(serde_json::Value::Null) | None => "-".into(),
@@ -98,16 +99,16 @@ fn site_shift_table(v: &serde_json::Value) -> String {
         "site {} shift {}: {} cycles, {} t, {} t/h, mean payload {} t (ratio {}), overload {} %, underload {} %, queue {} s, {} trucks working, {} rejected",
         text(v, "site"),
         text(v, "shift"),
-        num(v, "cycles", 0),
-        num(v, "tonnes", 1),
-        num(v, "tonnes_per_hour", 0),
-        num(v, "mean_payload_t", 1),
-        num(v, "payload_ratio", 3),
+        number(v, "cycles", 0),
+        number(v, "tonnes", 1),
+        number(v, "tonnes_per_hour", 0),
+        number(v, "mean_payload_t", 1),
+        number(v, "payload_ratio", 3),
         v.get("overload_share").and_then(|x| x.as_f64()).map_or("-".into(), |x| format!("{:.1}", x * 100.0)),
         v.get("underload_share").and_then(|x| x.as_f64()).map_or("-".into(), |x| format!("{:.1}", x * 100.0)),
-        num(v, "queue_s_mean", 0),
-        num(v, "trucks_working", 0),
-        num(v, "rejected_total", 0),
+        number(v, "queue_s_mean", 0),
+        number(v, "trucks_working", 0),
+        number(v, "rejected_total", 0),
     );
     if let Some(only) = v.get("trucks_rejected_only").and_then(|x| x.as_array()).filter(|a| !a.is_empty()) {
         let names: Vec<String> = only.iter().map(|t| t.as_str().map_or_else(|| t.to_string(), str::to_owned)).collect();
@@ -140,7 +141,7 @@ fn site_shift_table(v: &serde_json::Value) -> String {
     for (key, columns) in [("per_truck", TRUCKS), ("per_loader", LOADERS)] {
         let Some(rows) = v.get(key).and_then(|x| x.as_array()) else { continue };
         let cell = |r: &serde_json::Value, k: &str, prec: Option<usize>| match prec {
-            Some(p) => num(r, k, p),
+            Some(p) => number(r, k, p),
             None => text(r, k),
         };
         let line = |cells: Vec<String>| {

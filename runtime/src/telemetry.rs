@@ -290,9 +290,7 @@ impl ServiceMetrics {
     /// notice with their exact count, whichever path logs it.
     pub fn admit_log(&self) -> bool {
         let (admitted, held_back) = self.log_budget_at(unix_second());
-        if held_back > 0 {
-            tracing::warn!(service = %self.name, held_back, "log lines held back (rate limit; see outpost_dropped_total)");
-        }
+        self.say_held_back(held_back);
         admitted
     }
 
@@ -307,6 +305,10 @@ impl ServiceMetrics {
             }
             std::mem::take(&mut b.suppressed)
         };
+        self.say_held_back(held_back);
+    }
+
+    fn say_held_back(&self, held_back: u64) {
         if held_back > 0 {
             tracing::warn!(service = %self.name, held_back, "log lines held back (rate limit; see outpost_dropped_total)");
         }
