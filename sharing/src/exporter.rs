@@ -15,8 +15,15 @@ pub const MAX_OPEN_WINDOWS: usize = 10_000;
 /// [`OTHER_TOPICS`], so a peer inventing topics cannot grow memory.
 pub const MAX_COUNTED_TOPICS: usize = 1_000;
 
-/// Key in [`Counters::held_by_topic`] for topics beyond [`MAX_COUNTED_TOPICS`].
+/// Key in [`Counters::held_by_topic`] for topics beyond [`MAX_COUNTED_TOPICS`], or longer
+/// than [`MAX_COUNTED_TOPIC_LEN`] bytes.
 pub const OTHER_TOPICS: &str = "(other topics)";
+
+/// Key in [`Counters::held_by_topic`] for topics that are not valid topic names.
+pub const INVALID_TOPIC: &str = "(invalid topic)";
+
+/// Longest topic counted under its own name.
+pub const MAX_COUNTED_TOPIC_LEN: usize = 256;
 
 /// A message (or aggregate summary) released for one provider.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,7 +31,7 @@ pub struct Export {
     /// Topic to publish on: the original message's topic.
     pub topic: String,
     /// The bytes to send: the original payload for a rule without transformations,
-    /// otherwise the transformed JSON object.
+    /// otherwise the transformed JSON object written compactly with keys sorted.
     pub payload: Vec<u8>,
     /// Index of the policy rule that allowed it.
     pub rule: usize,
@@ -84,6 +91,30 @@ pub enum HeldReason {
         /// The matching rule.
         rule: usize,
     },
+}
+
+impl std::fmt::Display for HeldReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeldReason::NoRule => f.write_str("no sharing rule covers this topic for this provider"),
+            HeldReason::InvalidTopic => f.write_str("not a valid topic name"),
+            HeldReason::NotJsonObject { rule } => {
+                write!(f, "export[{rule}] reads fields but the payload is not a JSON object")
+            }
+            HeldReason::BadPosition { rule, field } => {
+                write!(f, "export[{rule}] rounds positions but `{field}` is missing, not a number or out of range")
+            }
+            HeldReason::NotANumber { rule, field } => {
+                write!(f, "export[{rule}] summarises `{field}` but it is not a number")
+            }
+            HeldReason::BadGroupValue { rule, field } => {
+                write!(f, "export[{rule}] groups by `{field}` but it is an object or array")
+            }
+            HeldReason::TooManyWindows { rule } => {
+                write!(f, "export[{rule}]: {MAX_OPEN_WINDOWS} aggregation windows are already open")
+            }
+        }
+    }
 }
 
 impl HeldReason {
@@ -223,7 +254,11 @@ impl Exporter {
         let c = &mut self.counters;
         c.held += 1;
         *c.held_by_reason.entry(reason.kind()).or_default() += 1;
-        let key = if c.held_by_topic.contains_key(topic) || c.held_by_topic.len() < MAX_COUNTED_TOPICS {
+        let key = if *reason == HeldReason::InvalidTopic {
+            INVALID_TOPIC
+        } else if topic.len() <= MAX_COUNTED_TOPIC_LEN
+            && (c.held_by_topic.contains_key(topic) || c.held_by_topic.len() < MAX_COUNTED_TOPICS)
+        {
             topic
         } else {
             OTHER_TOPICS

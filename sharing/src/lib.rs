@@ -44,7 +44,8 @@ pub use audit::{
     PayloadEncoding, VerifySummary, MAX_LINE_BYTES, ZERO_HASH,
 };
 pub use exporter::{
-    Counters, Decision, Export, Exporter, HeldReason, MAX_COUNTED_TOPICS, MAX_OPEN_WINDOWS, OTHER_TOPICS,
+    Counters, Decision, Export, Exporter, HeldReason, INVALID_TOPIC, MAX_COUNTED_TOPICS, MAX_COUNTED_TOPIC_LEN,
+    MAX_OPEN_WINDOWS, OTHER_TOPICS,
 };
 pub use fields::{round_position, FieldPath, METRES_PER_DEGREE};
 pub use policy::{

@@ -209,6 +209,19 @@ impl Policy {
         Policy::parse(&text, path)
     }
 
+    /// Like [`Policy::load`], but a file that does not exist is [`Policy::deny_all`]:
+    /// without a policy nothing leaves. Any other read error is still an error.
+    pub fn load_or_deny_all(path: &Path) -> Result<Policy, PolicyError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Policy::parse(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::info!(path = %path.display(), "no sharing policy file: nothing leaves the site");
+                Ok(Policy::deny_all())
+            }
+            Err(source) => Err(PolicyError::Read { path: path.to_owned(), source }),
+        }
+    }
+
     /// Parses and validates policy `text`; `path` is only used in the error.
     ///
     /// A text with no rules (empty, or comments only) is the deny-all policy.
@@ -578,6 +591,17 @@ mod tests {
         assert!(p.is_deny_all());
         assert!(p.rule_for("acme", "svc/a").is_none());
         assert_eq!(Policy::deny_all().sha256(), sha256_hex(b""));
+    }
+
+    #[test]
+    fn missing_file_is_deny_all_but_a_bad_file_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("outpost-sharing-policy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(Policy::load_or_deny_all(&dir.join("none.toml")).unwrap().is_deny_all());
+        assert!(matches!(Policy::load(&dir.join("none.toml")), Err(PolicyError::Read { .. })));
+        std::fs::write(dir.join("bad.toml"), "version = 7\n").unwrap();
+        assert_eq!(Policy::load_or_deny_all(&dir.join("bad.toml")).unwrap_err().problems()[0].at, "version");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

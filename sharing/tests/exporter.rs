@@ -88,6 +88,27 @@ fn everything_else_is_held_and_counted() {
     assert_eq!(c.held_by_topic.get("svc/weight-loading/north/shift"), Some(&2));
     assert_eq!(c.held_by_topic.get("svc/positioning/t1/fix"), Some(&1));
     assert_eq!(c.held_by_topic.get("svc/leak-detection/n/alarm"), Some(&1));
+    assert_eq!(c.held_by_topic.get(outpost_sharing::INVALID_TOPIC), Some(&2));
+    assert_eq!(c.held_by_topic.len(), 4);
+    assert_eq!(
+        HeldReason::NotJsonObject { rule: 0 }.to_string(),
+        "export[0] reads fields but the payload is not a JSON object"
+    );
+}
+
+#[test]
+fn held_topics_are_counted_with_bounded_memory() {
+    let mut ex = Exporter::new(Policy::deny_all());
+    for i in 0..outpost_sharing::MAX_COUNTED_TOPICS + 50 {
+        ex.offer("acme", &format!("svc/x/{i}"), b"{}", 0);
+    }
+    ex.offer("acme", &"y".repeat(10_000), b"{}", 0);
+    ex.offer("acme", "svc/x/0", b"{}", 0);
+    let c = ex.counters();
+    assert_eq!(c.held_by_topic.len(), outpost_sharing::MAX_COUNTED_TOPICS + 1);
+    assert_eq!(c.held_by_topic.get(outpost_sharing::OTHER_TOPICS), Some(&51));
+    assert_eq!(c.held_by_topic.get("svc/x/0"), Some(&2));
+    assert_eq!(c.held, outpost_sharing::MAX_COUNTED_TOPICS as u64 + 52);
 }
 
 #[test]
@@ -355,4 +376,17 @@ drop = ["operator"]
     let e = exported(ex.offer("acme", "svc/weight-loading/a/shift", br#"{"operator":"x","t":1}"#, 0));
     assert_eq!((e.rule, e.purpose.as_str()), (0, "everything, without operators"));
     assert_eq!(json_of(&e.payload), json!({"t": 1}));
+}
+
+#[test]
+fn the_readme_example_is_a_valid_policy() {
+    let readme = include_str!("../README.md");
+    let start = readme.find("```toml\n").expect("README has a toml block") + "```toml\n".len();
+    let end = start + readme[start..].find("```").unwrap();
+    let p = policy(&readme[start..end]);
+    assert_eq!(p.rules().len(), 2);
+    let mut ex = Exporter::new(p);
+    let d = ex.offer("acme-equipment", "svc/weight-loading/north/shift", br#"{"payload_t": 3, "site": "n"}"#, 0);
+    assert_eq!(d, Decision::Aggregated { rule: 0 });
+    assert!(ex.kpi_allowed("acme-equipment", "positioning", "fix_rate"));
 }
