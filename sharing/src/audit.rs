@@ -254,7 +254,11 @@ impl AuditLog {
             use std::os::unix::fs::OpenOptionsExt;
             options.mode(0o600);
         }
+        let existed = path.try_exists().unwrap_or(true);
         let mut file = options.open(path).map_err(io_err)?;
+        if !existed {
+            sync_parent(path).map_err(io_err)?;
+        }
         let len = file.metadata().map_err(io_err)?.len();
         #[cfg(unix)]
         {
@@ -513,6 +517,22 @@ fn write_canonical(value: &Value, out: &mut Vec<u8>) {
             let _ = serde_json::to_writer(&mut *out, scalar);
         }
     }
+}
+
+/// Makes a newly created file's directory entry durable, so a power cut cannot lose the
+/// log itself after its first entry was synced.
+fn sync_parent(path: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        File::open(parent)?.sync_all()?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 fn is_hex64(s: &str) -> bool {
