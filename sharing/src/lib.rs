@@ -33,6 +33,8 @@
 //! assert!(matches!(exporter.offer("acme", "svc/positioning/t1/fix", b"{}", 0), Decision::Held(_)));
 //! ```
 
+#![warn(missing_docs)]
+
 mod audit;
 mod exporter;
 mod fields;
