@@ -56,6 +56,11 @@ impl<S: FleetStore, C: Clock> Engine<S, C> {
         self.active.get(id)
     }
 
+    /// The rollouts still in progress.
+    pub fn active(&self) -> impl Iterator<Item = &Rollout> {
+        self.active.values()
+    }
+
     /// Validates and records a plan; the first wave starts at the next tick.
     pub fn start(&mut self, plan: Plan, actor: &str) -> Result<(), EngineError> {
         if self.active.contains_key(&plan.id) || self.store.rollout(&plan.id)?.is_some() {

@@ -450,6 +450,34 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
+/// A package in the operations center's catalogue: verified at intake and
+/// stored content-addressed, so desired state can name it (and a rollback can
+/// name the version before it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageRecord {
+    pub service: String,
+    pub version: String,
+    /// sha256 (hex) of the `.opkg` file as served under `/artifacts/sha256/`.
+    pub digest: String,
+    pub size: u64,
+    /// The provider whose key signed it.
+    pub signer: String,
+    pub added_ms: u64,
+}
+
+impl PackageRecord {
+    /// The catalogue key: `service/version`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.service, self.version)
+    }
+
+    /// Where gateways download it, relative to the artifacts base URL.
+    pub fn artifact_path(&self) -> String {
+        format!("/artifacts/sha256/{}", self.digest)
+    }
+}
+
 /// What a gateway reports about one service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -11,7 +11,9 @@ use std::sync::Mutex;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::model::{AuditEntry, Gateway, RolloutState};
+use outpost_fleet::DesiredState;
+
+use crate::model::{AuditEntry, Gateway, PackageRecord, RolloutState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -41,6 +43,58 @@ pub trait FleetStore {
     fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
     /// The audit trail in the order written.
     fn audit(&self) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Records a package of the catalogue (keyed by service and version).
+    fn put_package(&self, pkg: &PackageRecord) -> Result<(), StoreError>;
+    /// The catalogue, ordered by service then version text.
+    fn packages(&self) -> Result<Vec<PackageRecord>, StoreError>;
+    /// Writes gateways' desired states (with their revisions) in one go.
+    fn put_desired(&self, states: &[DesiredState]) -> Result<(), StoreError>;
+    /// Every gateway's last desired state, ordered by gateway id.
+    fn desired_states(&self) -> Result<Vec<DesiredState>, StoreError>;
+}
+
+/// A shared store is a store: the transport's engine and the HTTP API read
+/// the same one.
+impl<T: FleetStore + ?Sized> FleetStore for std::sync::Arc<T> {
+    fn put_gateway(&self, gw: &Gateway) -> Result<(), StoreError> {
+        (**self).put_gateway(gw)
+    }
+    fn put_gateways(&self, gws: &[Gateway]) -> Result<(), StoreError> {
+        (**self).put_gateways(gws)
+    }
+    fn gateway(&self, id: &str) -> Result<Option<Gateway>, StoreError> {
+        (**self).gateway(id)
+    }
+    fn gateways(&self) -> Result<Vec<Gateway>, StoreError> {
+        (**self).gateways()
+    }
+    fn put_rollout(&self, state: &RolloutState, audit: &[AuditEntry]) -> Result<(), StoreError> {
+        (**self).put_rollout(state, audit)
+    }
+    fn rollout(&self, id: &str) -> Result<Option<RolloutState>, StoreError> {
+        (**self).rollout(id)
+    }
+    fn rollouts(&self) -> Result<Vec<RolloutState>, StoreError> {
+        (**self).rollouts()
+    }
+    fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        (**self).append_audit(entry)
+    }
+    fn audit(&self) -> Result<Vec<AuditEntry>, StoreError> {
+        (**self).audit()
+    }
+    fn put_package(&self, pkg: &PackageRecord) -> Result<(), StoreError> {
+        (**self).put_package(pkg)
+    }
+    fn packages(&self) -> Result<Vec<PackageRecord>, StoreError> {
+        (**self).packages()
+    }
+    fn put_desired(&self, states: &[DesiredState]) -> Result<(), StoreError> {
+        (**self).put_desired(states)
+    }
+    fn desired_states(&self) -> Result<Vec<DesiredState>, StoreError> {
+        (**self).desired_states()
+    }
 }
 
 fn check_revision(id: &str, stored: Option<u64>, new: u64) -> Result<(), StoreError> {
@@ -62,6 +116,8 @@ struct Mem {
     gateways: BTreeMap<String, Gateway>,
     rollouts: BTreeMap<String, RolloutState>,
     audit: Vec<AuditEntry>,
+    packages: BTreeMap<String, PackageRecord>,
+    desired: BTreeMap<String, DesiredState>,
 }
 
 impl MemStore {
@@ -102,11 +158,30 @@ impl FleetStore for MemStore {
     fn audit(&self) -> Result<Vec<AuditEntry>, StoreError> {
         Ok(self.lock().audit.clone())
     }
+    fn put_package(&self, pkg: &PackageRecord) -> Result<(), StoreError> {
+        self.lock().packages.insert(pkg.key(), pkg.clone());
+        Ok(())
+    }
+    fn packages(&self) -> Result<Vec<PackageRecord>, StoreError> {
+        Ok(self.lock().packages.values().cloned().collect())
+    }
+    fn put_desired(&self, states: &[DesiredState]) -> Result<(), StoreError> {
+        let mut m = self.lock();
+        for s in states {
+            m.desired.insert(s.gateway.clone(), s.clone());
+        }
+        Ok(())
+    }
+    fn desired_states(&self) -> Result<Vec<DesiredState>, StoreError> {
+        Ok(self.lock().desired.values().cloned().collect())
+    }
 }
 
 const GATEWAYS: TableDefinition<&str, &[u8]> = TableDefinition::new("gateways");
 const ROLLOUTS: TableDefinition<&str, &[u8]> = TableDefinition::new("rollouts");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+const PACKAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("packages");
+const DESIRED: TableDefinition<&str, &[u8]> = TableDefinition::new("desired");
 
 /// The embedded store: one redb file, records as JSON.
 pub struct RedbStore {
@@ -132,6 +207,8 @@ impl RedbStore {
         w.open_table(GATEWAYS).map_err(be)?;
         w.open_table(ROLLOUTS).map_err(be)?;
         w.open_table(AUDIT).map_err(be)?;
+        w.open_table(PACKAGES).map_err(be)?;
+        w.open_table(DESIRED).map_err(be)?;
         w.commit().map_err(be)?;
         Ok(RedbStore { db })
     }
@@ -223,6 +300,43 @@ impl FleetStore for RedbStore {
         for row in t.iter().map_err(be)? {
             let (k, v) = row.map_err(be)?;
             out.push(decode(&format!("audit/{}", k.value()), v.value())?);
+        }
+        Ok(out)
+    }
+    fn put_package(&self, pkg: &PackageRecord) -> Result<(), StoreError> {
+        let w = self.db.begin_write().map_err(be)?;
+        {
+            let mut t = w.open_table(PACKAGES).map_err(be)?;
+            t.insert(pkg.key().as_str(), encode(pkg).as_slice()).map_err(be)?;
+        }
+        w.commit().map_err(be)
+    }
+    fn packages(&self) -> Result<Vec<PackageRecord>, StoreError> {
+        self.all(PACKAGES)
+    }
+    fn put_desired(&self, states: &[DesiredState]) -> Result<(), StoreError> {
+        let w = self.db.begin_write().map_err(be)?;
+        {
+            let mut t = w.open_table(DESIRED).map_err(be)?;
+            for s in states {
+                t.insert(s.gateway.as_str(), encode(s).as_slice()).map_err(be)?;
+            }
+        }
+        w.commit().map_err(be)
+    }
+    fn desired_states(&self) -> Result<Vec<DesiredState>, StoreError> {
+        self.all(DESIRED)
+    }
+}
+
+impl RedbStore {
+    fn all<T: serde::de::DeserializeOwned>(&self, table: TableDefinition<&str, &[u8]>) -> Result<Vec<T>, StoreError> {
+        let r = self.db.begin_read().map_err(be)?;
+        let t = r.open_table(table).map_err(be)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(be)? {
+            let (k, v) = row.map_err(be)?;
+            out.push(decode(k.value(), v.value())?);
         }
         Ok(out)
     }
