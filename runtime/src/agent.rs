@@ -150,6 +150,11 @@ impl Agent {
                 .map_err(|e| AgentError::Api { addr: addr.to_string(), message: e.to_string() })?;
         }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        if crate::uplink::enabled(&cfg) {
+            let tap = crate::uplink::start(cfg.clone(), lifecycle.clone(), board.clone(), hub.clone(), stop_rx.clone())
+                .map_err(|e| AgentError::Config(e.to_string()))?;
+            hub.set_uplink(tap);
+        }
         let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
         let io = {
             let io = IoLoop {

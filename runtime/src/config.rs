@@ -34,6 +34,10 @@ pub struct AgentConfig {
     pub api: ApiConfig,
     #[serde(default)]
     pub lifecycle: LifecycleConfig,
+    /// The link to the operations center (fleet rollouts, reports, the
+    /// customer-approved uplink); omit for a gateway managed on site only.
+    #[serde(default)]
+    pub fleet: Option<FleetConfig>,
     /// Per-site overrides, keyed by service name.
     #[serde(default)]
     pub services: BTreeMap<String, SiteServiceConfig>,
@@ -187,6 +191,93 @@ impl AgentConfig {
     /// Where the management API's bearer token lives.
     pub fn token_file(&self) -> PathBuf {
         self.api.token_file.clone().unwrap_or_else(|| self.state_dir.join("api.token"))
+    }
+}
+
+/// The operations center's MQTT link (see `crate::uplink`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// `mqtt://host:port`, or `mqtts://host:port` for TLS (then `ca_file`).
+    pub broker: String,
+    /// The operations center's public key (`ed25519 <b64>  <name>`, as
+    /// `outpost-ops` writes it): desired state signed by any other key is refused.
+    pub ops_key: PathBuf,
+    /// One line `user:password`; the user is this gateway's id, so the
+    /// broker's ACL lets it touch only its own topics.
+    pub credentials_file: PathBuf,
+    /// CA certificate (PEM) the broker's certificate must chain to (`mqtts://`).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Base URL that desired state's artifact paths are resolved against
+    /// (`http://ops.example:8080`).
+    #[serde(default)]
+    pub artifacts_url: Option<String>,
+    /// The provider whose operations center this is: the customer's
+    /// sharing policy names what may go to it.
+    pub provider: String,
+    /// The customer's data-sharing policy (TOML). Missing file = nothing
+    /// but version and health reports leaves the site.
+    #[serde(default)]
+    pub sharing_policy: Option<PathBuf>,
+    /// How often the gateway reports its services, in seconds.
+    #[serde(default = "default_report_interval")]
+    pub report_interval_s: u64,
+    /// The store-and-forward outbox keeps at most this many messages...
+    #[serde(default = "default_outbox_messages")]
+    pub outbox_max_messages: u64,
+    /// ...and at most this many payload bytes; beyond either the oldest
+    /// queued message is dropped and counted.
+    #[serde(default = "default_outbox_bytes")]
+    pub outbox_max_bytes: u64,
+}
+
+fn default_report_interval() -> u64 {
+    30
+}
+fn default_outbox_messages() -> u64 {
+    100_000
+}
+fn default_outbox_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+
+impl FleetConfig {
+    fn problems(&self, p: &mut Vec<String>) {
+        match parse_fleet_url(&self.broker) {
+            Ok((_, _, tls)) if tls && self.ca_file.is_none() => {
+                p.push("fleet.broker is mqtts:// : set fleet.ca_file to the operations center's CA certificate".into())
+            }
+            Ok(_) => {}
+            Err(e) => p.push(e),
+        }
+        if let Some(url) = &self.artifacts_url {
+            if !url.starts_with("http://") {
+                p.push(format!("fleet.artifacts_url '{url}' must start with http:// (packages are verified by digest and signature, not by the transport)"));
+            }
+        }
+        if outpost_package::keys::check_name(&self.provider).is_err() {
+            p.push(format!("fleet.provider '{}' must be 1-64 of [A-Za-z0-9._-]", self.provider));
+        }
+        if self.report_interval_s == 0 {
+            p.push("fleet.report_interval_s must be at least 1".into());
+        }
+        if self.outbox_max_messages == 0 || self.outbox_max_bytes < 64 * 1024 {
+            p.push("fleet.outbox_max_messages must be at least 1 and fleet.outbox_max_bytes at least 65536".into());
+        }
+    }
+}
+
+/// `mqtt://host:port` or `mqtts://host:port` (ports default to 1883 and 8883);
+/// the last value says whether the link uses TLS.
+pub fn parse_fleet_url(url: &str) -> Result<(String, u16, bool), String> {
+    match url.strip_prefix("mqtts://") {
+        Some(rest) => {
+            let (host, port) = parse_mqtt_url(&format!("mqtt://{rest}")).map_err(|e| format!("fleet.{e}"))?;
+            let port = if rest.trim_end_matches('/').contains(':') { port } else { 8883 };
+            Ok((host, port, true))
+        }
+        None => parse_mqtt_url(url).map(|(h, p)| (h, p, false)).map_err(|e| format!("fleet.{e}")),
     }
 }
 
@@ -381,6 +472,9 @@ impl AgentConfig {
                 self.broker.listen
             ));
         }
+        if let Some(f) = &self.fleet {
+            f.problems(&mut p);
+        }
         for (name, s) in &self.services {
             if s.instances == Some(0) || s.instances.is_some_and(|n| n > crate::manifest::MAX_INSTANCES) {
                 p.push(format!("services.{name}.instances must be 1 to {}", crate::manifest::MAX_INSTANCES));
@@ -450,5 +544,29 @@ max_batch = 0
         assert_eq!(parse_mqtt_url("mqtt://127.0.0.1:1884").unwrap(), ("127.0.0.1".into(), 1884));
         assert_eq!(parse_mqtt_url("mqtt://broker").unwrap(), ("broker".into(), 1883));
         assert!(parse_mqtt_url("mqtt://h:x").is_err());
+        assert_eq!(parse_fleet_url("mqtts://ops").unwrap(), ("ops".into(), 8883, true));
+        assert_eq!(parse_fleet_url("mqtts://ops:9000").unwrap(), ("ops".into(), 9000, true));
+        assert_eq!(parse_fleet_url("mqtt://ops").unwrap(), ("ops".into(), 1883, false));
+    }
+
+    #[test]
+    fn fleet_problems_are_listed_together() {
+        let text = r#"
+gateway = "g"
+site = "s"
+services_dir = "a"
+state_dir = "b"
+[fleet]
+broker = "mqtts://ops"
+ops_key = "ops.pub"
+credentials_file = "fleet.credentials"
+provider = "acme co"
+artifacts_url = "ftp://x"
+report_interval_s = 0
+"#;
+        let err = AgentConfig::parse(text, Path::new("a.toml")).unwrap_err().to_string();
+        for needle in ["fleet.ca_file", "fleet.artifacts_url", "fleet.provider", "fleet.report_interval_s"] {
+            assert!(err.contains(needle), "missing {needle}: {err}");
+        }
     }
 }

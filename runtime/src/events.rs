@@ -33,11 +33,14 @@ pub struct LogLine {
 pub struct Hub {
     tx: broadcast::Sender<AgentEvent>,
     recent: std::sync::Arc<crate::history::Recent>,
+    /// Where service outputs go up to the operations center, when the
+    /// agent has an uplink (set once at start).
+    uplink: std::sync::Arc<OnceLock<crate::uplink::DataTap>>,
 }
 
 impl Default for Hub {
     fn default() -> Self {
-        Hub { tx: broadcast::channel(FEED_CAPACITY).0, recent: Default::default() }
+        Hub { tx: broadcast::channel(FEED_CAPACITY).0, recent: Default::default(), uplink: Default::default() }
     }
 }
 
@@ -58,6 +61,15 @@ impl Hub {
     /// advice and shift reports (see `history`).
     pub fn record_output(&self, service: &str, topic: &str, payload: &[u8]) {
         self.recent.record_output(service, topic, payload, crate::dispatch::now_ms());
+        if let Some(tap) = self.uplink.get() {
+            tap.offer(topic, payload);
+        }
+    }
+
+    /// Connects service outputs to the uplink (the sharing policy decides
+    /// what of it leaves).
+    pub fn set_uplink(&self, tap: crate::uplink::DataTap) {
+        let _ = self.uplink.set(tap);
     }
 
     /// What the status page reads.

@@ -11,6 +11,9 @@
 //! - [`control`]: desired state and lifecycle changes on a running agent
 //!   ([`contract`]: payload contracts between services, checked before a deploy);
 //!   [`status`]: the one status model every reader shares.
+//! - [`uplink`]: the operations center's link (signed desired state applied
+//!   through [`control`], reports, the customer's sharing policy and its
+//!   audit, the store-and-forward outbox).
 //! - [`agent`]: ties it together.
 //!
 //! The tools for people (`outpostctl`, `outpost-sim`, replay, pretty-printers)
@@ -35,3 +38,4 @@ pub mod state;
 pub mod status;
 pub mod telemetry;
 pub mod topic;
+pub mod uplink;

@@ -75,6 +75,23 @@ pub struct Metrics {
     /// Messages from the broker refused before any service saw them
     /// (invalid topic, larger than the agent accepts).
     pub bad_input: Counter,
+    /// The operations center's link (`uplink`): 1 while connected.
+    pub fleet_connected: Gauge,
+    /// Messages waiting in the store-and-forward outbox.
+    pub uplink_queued: Gauge,
+    /// Messages the broker acknowledged from the outbox.
+    pub uplink_sent: Counter,
+    /// Oldest messages dropped by the outbox's bound.
+    pub uplink_dropped: Counter,
+    /// Site data kept on the site by the customer's sharing policy, by reason.
+    uplink_held: Family<ReasonLabel, Counter>,
+    /// Desired states refused (bad signature, other gateway, malformed).
+    pub fleet_desired_refused: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
 }
 
 impl Metrics {
@@ -97,6 +114,12 @@ impl Metrics {
             mqtt_connected: Gauge::default(),
             ingress: Counter::default(),
             bad_input: Counter::default(),
+            fleet_connected: Gauge::default(),
+            uplink_queued: Gauge::default(),
+            uplink_sent: Counter::default(),
+            uplink_dropped: Counter::default(),
+            uplink_held: Family::default(),
+            fleet_desired_refused: Counter::default(),
             registry: Registry::default(),
         };
         r.register("outpost_messages_in", "Messages delivered to a service", m.messages_in.clone());
@@ -119,7 +142,22 @@ impl Metrics {
             "Broker messages refused (invalid topic, oversized)",
             m.bad_input.clone(),
         );
+        r.register("outpost_fleet_connected", "1 while connected to the operations center's broker", m.fleet_connected.clone());
+        r.register("outpost_uplink_queued", "Messages waiting in the uplink outbox", m.uplink_queued.clone());
+        r.register("outpost_uplink_sent", "Uplink messages acknowledged by the operations center's broker", m.uplink_sent.clone());
+        r.register("outpost_uplink_dropped", "Oldest uplink messages dropped by the outbox bound", m.uplink_dropped.clone());
+        r.register("outpost_uplink_held", "Site data kept on site by the sharing policy, by reason", m.uplink_held.clone());
+        r.register(
+            "outpost_fleet_desired_refused",
+            "Desired states refused (signature, gateway, malformed)",
+            m.fleet_desired_refused.clone(),
+        );
         Arc::new(Metrics { registry: r, ..m })
+    }
+
+    /// Counts site data the sharing policy kept on site.
+    pub fn uplink_held(&self, reason: &str, n: u64) {
+        self.uplink_held.get_or_create(&ReasonLabel { reason: reason.to_owned() }).inc_by(n);
     }
 
     /// Handles for one service (no version: offline runs, checks, benches).
