@@ -80,7 +80,7 @@ pub fn wait_for_port(port: u16, limit: Duration) -> bool {
     false
 }
 
-fn find_binary(name: &str) -> PathBuf {
+pub fn find_binary(name: &str) -> PathBuf {
     for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"] {
         let p = Path::new(dir).join(name);
         if p.exists() {
@@ -192,10 +192,18 @@ pub struct Subscriber {
 impl Subscriber {
     /// Subscribes and returns once the broker acknowledged the subscription.
     pub fn start(port: u16, filters: &[&str]) -> Subscriber {
+        Self::start_as(port, filters, None)
+    }
+
+    /// Like `start`, logged in as `(user, password)`.
+    pub fn start_as(port: u16, filters: &[&str], login: Option<(&str, &str)>) -> Subscriber {
         // Line-buffered: mosquitto_sub's stdout is a pipe here.
         let mut cmd = Command::new("stdbuf");
         cmd.arg("-oL").arg(find_binary("mosquitto_sub"));
         cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-v", "-d"]);
+        if let Some((user, password)) = login {
+            cmd.args(["-u", user, "-P", password]);
+        }
         for f in filters {
             cmd.args(["-t", f]);
         }

@@ -72,6 +72,8 @@ pub struct DataTap {
     filters: Arc<RwLock<Vec<String>>>,
     tx: mpsc::Sender<(String, Vec<u8>)>,
     dropped: Arc<std::sync::atomic::AtomicU64>,
+    /// Outputs no rule for this provider covers: they stay on site, counted.
+    no_rule: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl DataTap {
@@ -81,7 +83,9 @@ impl DataTap {
             .read()
             .map(|f| f.iter().any(|filter| crate::topic::matches(filter, topic)))
             .unwrap_or(false);
-        if wanted && self.tx.try_send((topic.to_owned(), payload.to_vec())).is_err() {
+        if !wanted {
+            self.no_rule.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        } else if self.tx.try_send((topic.to_owned(), payload.to_vec())).is_err() {
             self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
@@ -165,6 +169,7 @@ pub fn start(
         filters: Arc::new(RwLock::new(export_filters(&policy, &fleet.provider))),
         tx: tap_tx,
         dropped: Default::default(),
+        no_rule: Default::default(),
     };
     let shared = Arc::new(Shared { cfg: cfg.clone(), fleet, outbox, wake_link: Notify::new(), board });
     let (desired_tx, desired_rx) = watch::channel::<Option<DesiredState>>(None);
@@ -445,6 +450,10 @@ impl Producer {
                 _ = housekeeping.tick() => {
                     self.reload_policy_if_changed();
                     self.flush_aggregates();
+                    let held = self.tap.no_rule.swap(0, std::sync::atomic::Ordering::Relaxed);
+                    if held > 0 {
+                        self.shared.board.metrics().uplink_held(outpost_sharing::HeldReason::NoRule.kind(), held);
+                    }
                     let dropped = self.tap.dropped.swap(0, std::sync::atomic::Ordering::Relaxed);
                     if dropped > 0 {
                         self.shared.board.metrics().uplink_held("tap_full", dropped);

@@ -7,6 +7,7 @@ use outpost::package::Package;
 use outpost_devtools::replay::{JsonLines, ReplayOptions};
 use std::path::PathBuf;
 
+mod audit;
 mod doctor;
 mod manage;
 mod record;
@@ -69,6 +70,9 @@ enum Command {
     Doctor(doctor::DoctorArgs),
     #[command(flatten)]
     Manage(manage::Manage),
+    /// What left the site under the customer's sharing policy: verify the
+    /// gateway's hash-chained export log, show batches per provider.
+    Audit(audit::Audit),
     /// Record live bus traffic of chosen topics to a file (JSON lines with
     /// each message's offset, topic and payload) for `run --replay` and
     /// `outpost-sim --recording`.
@@ -162,6 +166,12 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Doctor(d) => {
             if !doctor::run(d, args.target.json)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Audit(a) => {
+            if !audit::run(a)? {
                 std::process::exit(1);
             }
             Ok(())
