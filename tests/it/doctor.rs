@@ -162,3 +162,55 @@ fn doctor_passes_a_healthy_gateway_and_names_each_thing_broken() {
     assert!(!ok);
     assert!(failures(&report).iter().any(|l| l.contains("config") && l.contains("outpost --check")), "{report}");
 }
+
+/// The fleet and sharing checks: a missing operations-center key, missing
+/// credentials, an invalid sharing policy and a tampered export audit are
+/// each one FAIL line with its fix; once repaired they pass.
+#[test]
+fn doctor_checks_the_fleet_link_files_the_sharing_policy_and_the_audit() {
+    let dir = AgentDir::new();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    let (ops_key, creds, policy) =
+        (dir.path().join("ops.pub"), dir.path().join("fleet.credentials"), dir.path().join("sharing.toml"));
+    let fleet = format!(
+        "[fleet]\nbroker = \"mqtt://127.0.0.1:1\"\nops_key = \"{}\"\ncredentials_file = \"{}\"\nprovider = \"acme\"\nsharing_policy = \"{}\"\n",
+        ops_key.display(),
+        creds.display(),
+        policy.display()
+    );
+    let (text, ..) = dir.config_with(None, "", &fleet);
+    let config = dir.path().join("outpost.toml");
+    std::fs::write(&config, &text).expect("write config");
+    std::fs::write(&policy, "version = 1\n[[export]]\nprovider = \"acme\"\ntopics = [\"a/#/b\"]\n").expect("policy");
+    // An audit log with one entry, then altered.
+    let audit = state.join("sharing-audit.jsonl");
+    let mut log = outpost_sharing::AuditLog::open(&audit).expect("open audit");
+    let msg = outpost_sharing::AuditMessage::new("svc/x/fix", "review", br#"{"lat":1.0}"#);
+    log.append(1, "acme", "mqtt://ops", &"0".repeat(64), vec![msg]).expect("append");
+    drop(log);
+    let text_log = std::fs::read_to_string(&audit).expect("read");
+    std::fs::write(&audit, text_log.replace("\"lat\":1.0", "\"lat\":2.0")).expect("tamper");
+
+    let (passed, report) = doctor(&config, &[]);
+    assert!(!passed, "{report}");
+    let fails = failures(&report).join("\n");
+    for needle in [ops_key.display().to_string(), creds.display().to_string(), "sharing".into(), "audit".into()] {
+        assert!(fails.contains(&needle), "no FAIL line names {needle}:\n{report}");
+    }
+    assert!(fails.contains("line 1"), "the tampered audit line is named:\n{report}");
+
+    // Repaired: each of these checks passes.
+    let keys = tempfile::tempdir().expect("tempdir");
+    let generated = outpost_package::keygen(keys.path(), "ops-eu").expect("keygen");
+    std::fs::copy(&generated.public_path, &ops_key).expect("copy key");
+    std::fs::write(&creds, "test-gw:secret\n").expect("creds");
+    std::fs::write(&policy, "version = 1\n").expect("policy");
+    std::fs::remove_file(&audit).expect("rm audit");
+    let (_, report) = doctor(&config, &[]);
+    let fails = failures(&report).join("\n");
+    for needle in ["ops.pub", "fleet.credentials", "sharing", "audit"] {
+        assert!(!fails.contains(needle), "{needle} still fails:\n{report}");
+    }
+    assert!(report.lines().any(|l| l.contains("ops-eu")), "the key's operations center is named:\n{report}");
+}

@@ -104,6 +104,92 @@ fn examine(args: &DoctorArgs) -> Vec<Finding> {
         out.extend(port_checks(&cfg));
     }
     out.push(clock_check(args));
+    if let Some(fleet) = &cfg.fleet {
+        out.extend(fleet_checks(&cfg, fleet));
+    }
+    out
+}
+
+/// The operations center's link and the customer's sharing policy: the
+/// files the uplink needs, the policy valid, the export audit intact, and
+/// (with the agent running) the link up with nothing piling up.
+fn fleet_checks(cfg: &AgentConfig, fleet: &outpost::config::FleetConfig) -> Vec<Finding> {
+    let mut out = Vec::new();
+    match outpost_package::ProviderKey::load(&fleet.ops_key) {
+        Ok(k) => out.push(ok("fleet", format!("operations center key {} ({}, key {})", fleet.ops_key.display(), k.provider, k.key_id))),
+        Err(e) => out.push(fail(
+            "fleet",
+            e.to_string(),
+            "without it every desired state is refused: no rollout reaches this gateway",
+            format!("copy the operations center's public key to {} (outpost-ops prints it)", fleet.ops_key.display()),
+        )),
+    }
+    match std::fs::read_to_string(&fleet.credentials_file) {
+        Ok(t) if t.lines().any(|l| l.contains(':')) => {
+            out.push(ok("fleet", format!("credentials {}", fleet.credentials_file.display())))
+        }
+        Ok(_) | Err(_) => out.push(fail(
+            "fleet",
+            format!("{} is missing or not `user:password`", fleet.credentials_file.display()),
+            "the operations center's broker refuses the gateway; reports pile up in the outbox",
+            format!("write this gateway's credentials from `outpost-ops gateway add {}` into it", cfg.gateway),
+        )),
+    }
+    match &fleet.sharing_policy {
+        Some(path) if path.exists() => match outpost_sharing::Policy::load(path) {
+            Ok(p) => out.push(ok("sharing", format!("policy {} is valid ({} export rules, sha256 {})", path.display(), p.rules().len(), &p.sha256()[..12]))),
+            Err(e) => out.push(fail(
+                "sharing",
+                e.to_string().replace('\n', " "),
+                "the agent keeps all site data on site until the customer's policy is valid",
+                format!("edit {} (see sharing/README.md)", path.display()),
+            )),
+        },
+        Some(path) => out.push(ok("sharing", format!("no policy file at {}: no site data leaves", path.display()))),
+        None => out.push(ok("sharing", "no sharing policy configured: no site data leaves")),
+    }
+    let audit = cfg.state_dir.join("sharing-audit.jsonl");
+    if audit.exists() {
+        match outpost_sharing::verify(&audit) {
+            Ok(s) => out.push(ok("audit", format!("export audit intact: {} batches, head {}", s.entries, &s.head[..16]))),
+            Err(e) => out.push(fail(
+                "audit",
+                e.to_string(),
+                "the record of what left the site can no longer be trusted past the line named",
+                format!("keep {} as evidence, tell the customer, and run `outpostctl audit verify --file {}`", audit.display(), audit.display()),
+            )),
+        }
+    }
+    if let Some(addr) = cfg.metrics.listen {
+        if let Ok(text) = http_get(addr, "/metrics") {
+            let value = |name: &str| {
+                text.lines()
+                    .filter(|l| l.split(['{', ' ']).next() == Some(name))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum::<f64>()
+            };
+            let (connected, queued, dropped) =
+                (value("outpost_fleet_connected"), value("outpost_uplink_queued"), value("outpost_uplink_dropped_total"));
+            if connected >= 1.0 {
+                out.push(ok("fleet", format!("connected to {} ({queued} queued)", fleet.broker)));
+            } else {
+                out.push(fail(
+                    "fleet",
+                    format!("not connected to {} ({queued} messages queued in the outbox)", fleet.broker),
+                    "reports and approved data wait on the gateway; the oldest are dropped when the outbox is full",
+                    "check the uplink (`ping`), the broker address in [fleet] broker, the credentials and the CA file".to_string(),
+                ));
+            }
+            if dropped > 0.0 {
+                out.push(fail(
+                    "fleet",
+                    format!("{dropped} uplink messages were dropped by the outbox bound"),
+                    "the operations center misses reports from that time",
+                    "raise [fleet] outbox_max_messages / outbox_max_bytes, or restore the uplink sooner",
+                ));
+            }
+        }
+    }
     out
 }
 
