@@ -10,47 +10,6 @@ use outpost_tests::*;
 use std::path::Path;
 use std::process::Command;
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl (Debian's openssl) runs");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A CA (`{name}-ca.pem`) and, signed by it, a certificate for localhost
-/// and 127.0.0.1 (`{name}.pem`, `{name}.key`).
-fn site_ca(dir: &Path, name: &str) {
-    let ca_key = format!("{name}-ca.key");
-    let ca = format!("{name}-ca.pem");
-    let (key, csr, cert) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"));
-    openssl(dir, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &ca_key]);
-    openssl(
-        dir,
-        &["req", "-x509", "-new", "-key", &ca_key, "-subj", &format!("/CN={name} site CA"), "-days", "30", "-out", &ca],
-    );
-    openssl(dir, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &key]);
-    openssl(dir, &["req", "-new", "-key", &key, "-subj", "/CN=localhost", "-out", &csr]);
-    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").expect("write san.ext");
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-days",
-            "30",
-            "-extfile",
-            "san.ext",
-            "-out",
-            &cert,
-        ],
-    );
-}
-
 #[test]
 fn the_api_over_tls_admits_clients_that_trust_the_site_ca_only() {
     let dir = AgentDir::new();

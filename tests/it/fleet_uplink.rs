@@ -306,3 +306,53 @@ fn desired_state_reports_sharing_policy_audit_and_store_and_forward() {
     assert_eq!(reports(&got)[0]["outbox_dropped"], 0);
     agent.stop().expect("agent stops cleanly");
 }
+
+/// The link over TLS (`mqtts://` and the operations center's CA): a gateway
+/// that trusts the CA reports; one given another CA never connects and
+/// says why in its metrics.
+#[test]
+fn the_fleet_link_over_tls_trusts_the_configured_ca_only() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    outpost_tests::site_ca(certs.path(), "ops");
+    outpost_tests::site_ca(certs.path(), "stranger");
+    make_world_accessible(certs.path(), 0o755);
+    for f in ["ops-ca.pem", "ops.pem", "ops.key"] {
+        make_world_accessible(&certs.path().join(f), 0o644);
+    }
+    let mut ops = Ops::start();
+    let tls_port = outpost_tests::free_port();
+    let conf = std::fs::read_to_string(&ops.broker.conf).expect("conf");
+    std::fs::write(
+        &ops.broker.conf,
+        format!(
+            "{conf}\nlistener {tls_port} 127.0.0.1\ncafile {0}/ops-ca.pem\ncertfile {0}/ops.pem\nkeyfile {0}/ops.key\n",
+            certs.path().display()
+        ),
+    )
+    .expect("add TLS listener");
+    ops.broker.restart();
+    assert!(outpost_tests::wait_for_port(tls_port, Duration::from_secs(10)), "TLS listener not up");
+    let sub = ops.subscriber();
+
+    let start_gateway = |ca: &str| {
+        let dir = AgentDir::new();
+        let policy = dir.path().join("sharing.toml");
+        let fleet = fleet_section(&ops, dir.path(), &policy)
+            .replace(&format!("mqtt://127.0.0.1:{}", ops.broker.port), &format!("mqtts://127.0.0.1:{tls_port}"))
+            + &format!("ca_file = \"{}\"\n", certs.path().join(ca).display());
+        let agent = TestAgent::start_with(&dir, None, "", &fleet);
+        (dir, agent)
+    };
+    let (_dir, trusted) = start_gateway("ops-ca.pem");
+    let got = sub.wait_until(Duration::from_secs(15), |got| !reports(got).is_empty());
+    assert!(!reports(&got).is_empty(), "a gateway that trusts the CA reports over TLS");
+    assert_eq!(trusted.metric("outpost_fleet_connected", &[]), 1.0);
+    drop(trusted);
+
+    let seen = reports(&sub.received()).len();
+    let (_dir2, stranger) = start_gateway("stranger-ca.pem");
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(stranger.metric("outpost_fleet_connected", &[]), 0.0, "a CA that did not sign the broker's certificate is refused");
+    assert!(stranger.metric("outpost_uplink_queued", &[]) >= 1.0, "its reports wait in the outbox");
+    assert_eq!(reports(&sub.received()).len(), seen, "nothing arrives from it");
+}

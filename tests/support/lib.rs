@@ -95,7 +95,7 @@ pub struct Mosquitto {
     pub port: u16,
     child: Child,
     _dir: tempfile::TempDir,
-    conf: PathBuf,
+    pub conf: PathBuf,
 }
 
 impl Mosquitto {
@@ -703,4 +703,46 @@ impl Default for TrustedProvider {
 /// A current-thread runtime for a test's own async clients.
 pub fn client_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+/// Runs Debian's openssl CLI in `dir`; a failure fails the test with its stderr.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl (Debian's openssl) runs");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CA (`{name}-ca.pem`) and, signed by it, a certificate for localhost
+/// and 127.0.0.1 (`{name}.pem`, `{name}.key`).
+pub fn site_ca(dir: &Path, name: &str) {
+    let ca_key = format!("{name}-ca.key");
+    let ca = format!("{name}-ca.pem");
+    let (key, csr, cert) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"));
+    openssl(dir, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &ca_key]);
+    openssl(
+        dir,
+        &["req", "-x509", "-new", "-key", &ca_key, "-subj", &format!("/CN={name} site CA"), "-days", "30", "-out", &ca],
+    );
+    openssl(dir, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &key]);
+    openssl(dir, &["req", "-new", "-key", &key, "-subj", "/CN=localhost", "-out", &csr]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").expect("write san.ext");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-extfile",
+            "san.ext",
+            "-out",
+            &cert,
+        ],
+    );
 }
