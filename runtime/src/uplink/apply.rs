@@ -77,6 +77,13 @@ async fn apply_one(
         (Step::Remove, _) => retry_busy(|| lifecycle.remove(name)).await,
         (Step::Rollback, _) => retry_busy(|| lifecycle.rollback(name)).await,
         (step @ (Step::Install | Step::Upgrade), Some(t)) => {
+            if t.size > outpost_package::MAX_PACKAGE_BYTES {
+                return Err(format!(
+                    "the package is said to be {} bytes, above the {}-byte limit of a package",
+                    t.size,
+                    outpost_package::MAX_PACKAGE_BYTES
+                ));
+            }
             let url = fetch::artifact_url(artifacts_url, &t.artifact).map_err(|e| e.to_string())?;
             let bytes = fetch::fetch(&url, &t.digest, t.size, downloads).await.map_err(|e| e.to_string())?;
             let dir = lifecycle.intake(&bytes).await.map_err(|e| e.to_string())?;

@@ -381,15 +381,22 @@ async fn applier(
     let downloads = shared.cfg.state_dir.join("downloads");
     let approved_by = format!("operations center ({})", shared.fleet.provider);
     let mut retry: Option<DesiredState> = None;
+    // 10 s after a failure, doubling to 5 min: a broken package is not
+    // fetched in a tight loop, a cut download resumes soon.
+    let mut retry_after = Duration::from_secs(10);
     loop {
         let want = match retry.take() {
             Some(w) => {
                 tokio::select! {
                     changed = desired_rx.changed() => {
                         if changed.is_err() { return; }
+                        retry_after = Duration::from_secs(10);
                         desired_rx.borrow_and_update().clone()
                     }
-                    _ = tokio::time::sleep(Duration::from_secs(10)) => Some(w),
+                    _ = tokio::time::sleep(retry_after) => {
+                        retry_after = (retry_after * 2).min(Duration::from_secs(300));
+                        Some(w)
+                    }
                 }
             }
             None => {
@@ -409,6 +416,7 @@ async fn applier(
         }
         let errors = apply::apply(&lifecycle, &want, shared.fleet.artifacts_url.as_deref(), &downloads, &approved_by).await;
         if errors.is_empty() {
+            retry_after = Duration::from_secs(10);
             if let Err(e) = shared.outbox.set_meta(APPLIED_REVISION, want.revision) {
                 tracing::error!(error = %e, "cannot record the applied desired-state revision");
             }
