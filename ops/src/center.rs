@@ -14,7 +14,7 @@ use outpost_package::SigningKey;
 use rumqttc::{AsyncClient, QoS};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::desired::{apply_pins, check_plan, pins_of, pins_of_rollout, to_model_reports, Catalogue, Pin};
+use crate::desired::{apply_pins, check_plan, pins_of, pins_of_rollout, to_model_reports_managed, Catalogue, Pin};
 use crate::engine::Engine;
 use crate::model::{Plan, Report};
 use crate::rollout::{Action, SystemClock};
@@ -275,7 +275,12 @@ impl Core {
         if reports.is_empty() {
             return;
         }
-        let per_service: Vec<Report> = reports.iter().flat_map(to_model_reports).collect();
+        let per_service: Vec<Report> =
+            reports.iter().flat_map(|r| to_model_reports_managed(r, self.desired.get(&r.gateway))).collect();
+        // A gateway with nothing to report about a service is still alive.
+        let silent: Vec<&str> =
+            reports.iter().filter(|r| !per_service.iter().any(|p| p.gateway == r.gateway)).map(|r| r.gateway.as_str()).collect();
+        self.touch(&silent);
         let batch = per_service.iter().map(|r| (r.gateway.as_str(), r));
         match self.engine.on_reports_from(batch) {
             Ok(verdicts) => {
@@ -287,6 +292,31 @@ impl Core {
                 }
             }
             Err(e) => tracing::error!(error = %e, "could not store a batch of reports"),
+        }
+    }
+
+    /// Records that these gateways were heard from (unknown ones are refused).
+    fn touch(&mut self, gateways: &[&str]) {
+        if gateways.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        let mut known = Vec::new();
+        for id in gateways {
+            match self.store.gateway(id) {
+                Ok(Some(mut g)) => {
+                    g.last_seen_ms = now;
+                    known.push(g);
+                }
+                Ok(None) => {
+                    bump(&self.counters.refused_reports);
+                    tracing::warn!(gateway = id, "report from a gateway this operations center does not know");
+                }
+                Err(e) => tracing::error!(error = %e, "cannot read a gateway record"),
+            }
+        }
+        if let Err(e) = self.store.put_gateways(&known) {
+            tracing::error!(error = %e, "cannot store gateways' last-seen time");
         }
     }
 

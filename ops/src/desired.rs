@@ -26,6 +26,30 @@ pub fn to_model_reports(r: &GatewayReport) -> Vec<model::Report> {
         .collect()
 }
 
+/// As [`to_model_reports`], plus a "not installed" report for every service
+/// the gateway's desired state manages but the report leaves out: a report
+/// lists what is installed, so a managed service missing from it is gone
+/// (that is how a rollback to nothing is confirmed).
+pub fn to_model_reports_managed(r: &GatewayReport, desired: Option<&DesiredState>) -> Vec<model::Report> {
+    let mut out = to_model_reports(r);
+    if let Some(d) = desired {
+        for svc in d.services.keys() {
+            if !r.services.iter().any(|s| &s.service == svc) {
+                out.push(model::Report {
+                    gateway: r.gateway.clone(),
+                    service: svc.clone(),
+                    version: None,
+                    health: model::Health::Unknown,
+                    crash_loop: false,
+                    apply_error: None,
+                    kpis: BTreeMap::new(),
+                });
+            }
+        }
+    }
+    out
+}
+
 fn health(h: outpost_fleet::Health) -> model::Health {
     match h {
         outpost_fleet::Health::Unknown => model::Health::Unknown,
@@ -327,6 +351,24 @@ mod tests {
         assert_eq!(m[0].kpis["k"], 1.5);
         assert_eq!(m[1].service, "other");
         assert_eq!(m[1].version, None);
+    }
+
+    #[test]
+    fn a_managed_service_left_out_of_a_report_is_not_installed() {
+        let r = GatewayReport {
+            gateway: "gw".into(),
+            site: "s".into(),
+            seq: 1,
+            at_ms: 1,
+            applied_revision: Some(2),
+            services: vec![],
+            outbox_dropped: 0,
+        };
+        assert!(to_model_reports_managed(&r, None).is_empty());
+        let d = DesiredState { gateway: "gw".into(), revision: 2, issued_ms: 1, services: BTreeMap::from([("svc".to_string(), None)]) };
+        let m = to_model_reports_managed(&r, Some(&d));
+        assert_eq!(m.len(), 1);
+        assert_eq!((m[0].service.as_str(), m[0].version.as_ref()), ("svc", None));
     }
 
     #[test]

@@ -21,5 +21,13 @@ pub fn run_bench(root: &Path, args: &[String]) -> Result<()> {
         .env("OUTPOST_BIN_DIR", host_target_dir(root).join("release"));
     run(&mut cmd)?;
     done(t);
+    // The fleet over real MQTT: outpost-ops, Mosquitto with password file and
+    // ACL, 1,000 and 10,000 simulated gateways (time to 100 %, gateways per
+    // second, broker messages per gateway, time to rolled back).
+    let t = step("running the fleet bench (release)");
+    let mut cmd = cargo();
+    cmd.args(["bench", "-p", "outpost-ops", "--bench", "fleet"]);
+    run(&mut cmd)?;
+    done(t);
     Ok(())
 }

@@ -53,7 +53,7 @@ pub struct World {
     pub api_token: String,
 }
 
-fn pack(provider: &ProviderSigningKey, version: &str) -> Vec<u8> {
+pub fn pack(provider: &ProviderSigningKey, version: &str) -> Vec<u8> {
     let manifest = format!("[service]\nname = \"{SVC}\"\nversion = \"{version}\"\nprovider = \"{}\"\n", provider.provider);
     // A fake component of a realistic size, different per version.
     let component: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(31) as u8) ^ version.len() as u8 ^ version.as_bytes()[version.len() - 1]).collect();

@@ -166,6 +166,17 @@ impl Mosquitto {
         format!("mqtts://localhost:{}", self.tls_port.expect("started with TLS"))
     }
 
+    pub fn passwd_path(&self) -> PathBuf {
+        self.dir.path().join("passwd")
+    }
+
+    /// SIGHUP: Mosquitto rereads its password file and ACL.
+    pub fn reload(&self) {
+        // SAFETY: kill with a pid we started and a valid signal number.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGHUP) };
+        assert_eq!(rc, 0, "SIGHUP to mosquitto");
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
