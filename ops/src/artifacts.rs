@@ -60,7 +60,13 @@ impl Artifacts {
 
     /// Verifies a package against `trust` and stores it; returns its
     /// catalogue record (the digest is of the bytes as given and served).
-    pub fn add(&self, name: &str, bytes: &[u8], trust: &TrustStore, now_ms: u64) -> Result<PackageRecord, ArtifactError> {
+    pub fn add(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        trust: &TrustStore,
+        now_ms: u64,
+    ) -> Result<PackageRecord, ArtifactError> {
         let verified = outpost_package::verify(name, bytes, trust)?;
         let head: Head = toml::from_str(&verified.manifest_toml)
             .map_err(|e| ArtifactError::Manifest { label: verified.label.clone(), why: e.to_string() })?;
@@ -162,7 +168,9 @@ mod tests {
         assert_eq!(std::fs::read(arts.path_of(&rec.digest).unwrap()).unwrap(), bytes);
         assert_eq!(arts.path_of("../x"), None);
         // An unsigned package is refused and nothing is stored.
-        let unsigned = outpost_package::pack(b"[service]\nname = \"svc\"\nversion = \"9\"\nprovider = \"acme\"\n", b"x", None).unwrap();
+        let unsigned =
+            outpost_package::pack(b"[service]\nname = \"svc\"\nversion = \"9\"\nprovider = \"acme\"\n", b"x", None)
+                .unwrap();
         assert!(arts.add("u.opkg", &unsigned, &trust, 5).is_err());
         assert_eq!(arts.path_of(&outpost_package::format::sha256_hex(&unsigned)), None);
     }

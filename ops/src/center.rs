@@ -121,7 +121,10 @@ pub struct CenterHandle {
 }
 
 impl CenterHandle {
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, CenterError>>) -> Command) -> Result<T, CenterError> {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, CenterError>>) -> Command,
+    ) -> Result<T, CenterError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(make(reply)).await.map_err(|_| CenterError::Stopped)?;
         rx.await.map_err(|_| CenterError::Stopped)?
@@ -173,7 +176,10 @@ struct Core {
 /// engine persisted but whose desired state was not written) is rebuilt from
 /// the active rollouts first; every gateway's desired state is republished
 /// (retained) on the first connection.
-pub fn spawn(store: SharedStore, cfg: CenterConfig) -> Result<(CenterHandle, tokio::task::JoinHandle<()>), CenterError> {
+pub fn spawn(
+    store: SharedStore,
+    cfg: CenterConfig,
+) -> Result<(CenterHandle, tokio::task::JoinHandle<()>), CenterError> {
     let subs = topic::OPS_SUBSCRIPTIONS.iter().map(|s| s.to_string()).collect();
     let (client, inbound, link) = transport::spawn(&cfg.link, subs, MAX_BATCH * 2)?;
     let engine = Engine::resume(store.clone(), SystemClock)?;
@@ -204,7 +210,12 @@ fn now_ms() -> u64 {
 }
 
 impl Core {
-    async fn run(&mut self, mut inbound: mpsc::Receiver<Inbound>, mut commands: mpsc::Receiver<Command>, tick: Duration) {
+    async fn run(
+        &mut self,
+        mut inbound: mpsc::Receiver<Inbound>,
+        mut commands: mpsc::Receiver<Command>,
+        tick: Duration,
+    ) {
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -278,8 +289,11 @@ impl Core {
         let per_service: Vec<Report> =
             reports.iter().flat_map(|r| to_model_reports_managed(r, self.desired.get(&r.gateway))).collect();
         // A gateway with nothing to report about a service is still alive.
-        let silent: Vec<&str> =
-            reports.iter().filter(|r| !per_service.iter().any(|p| p.gateway == r.gateway)).map(|r| r.gateway.as_str()).collect();
+        let silent: Vec<&str> = reports
+            .iter()
+            .filter(|r| !per_service.iter().any(|p| p.gateway == r.gateway))
+            .map(|r| r.gateway.as_str())
+            .collect();
         self.touch(&silent);
         let batch = per_service.iter().map(|r| (r.gateway.as_str(), r));
         match self.engine.on_reports_from(batch) {

@@ -61,11 +61,19 @@ pub async fn request(
     }
 }
 
-async fn request_inner(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Response, ClientError> {
+async fn request_inner(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Response, ClientError> {
     let (authority, path) = split_url(url)?;
     let io = |source| ClientError::Io { url: url.to_string(), source };
     let mut s = tokio::net::TcpStream::connect(&authority).await.map_err(io)?;
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -132,10 +140,15 @@ mod tests {
 
     #[test]
     fn responses_with_length_or_chunks() {
-        let r = parse_response(b"HTTP/1.1 206 Partial Content\r\nContent-Length: 3\r\nContent-Range: bytes 0-2/9\r\n\r\nabcdef").unwrap();
+        let r = parse_response(
+            b"HTTP/1.1 206 Partial Content\r\nContent-Length: 3\r\nContent-Range: bytes 0-2/9\r\n\r\nabcdef",
+        )
+        .unwrap();
         assert_eq!((r.status, r.body.as_slice()), (206, &b"abc"[..]));
         assert_eq!(r.headers["content-range"], "bytes 0-2/9");
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap();
+        let r =
+            parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+                .unwrap();
         assert_eq!(r.body, b"abcde");
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc").is_err());
         assert!(parse_response(b"garbage").is_err());

@@ -119,7 +119,11 @@ impl OpsConfig {
         if !self.ops.trust.is_dir() {
             p.push(format!("ops.trust: {} is not a folder of provider .pub keys", self.ops.trust.display()));
         }
-        for (k, v) in [("ops.store", &self.ops.store), ("ops.artifacts", &self.ops.artifacts), ("http.token_file", &self.http.token_file)] {
+        for (k, v) in [
+            ("ops.store", &self.ops.store),
+            ("ops.artifacts", &self.ops.artifacts),
+            ("http.token_file", &self.http.token_file),
+        ] {
             if v.as_os_str().is_empty() {
                 p.push(format!("{k} is empty"));
             }
@@ -177,7 +181,8 @@ mod tests {
         let cfg: OpsConfig = toml::from_str(text).unwrap();
         let e = cfg.validate(Path::new("ops.toml")).unwrap_err();
         let all = e.problems.join("\n");
-        for want in ["tls_ca: required", "broker.user is empty", "password_file", "ops.key", "ops.trust", "http.listen"] {
+        for want in ["tls_ca: required", "broker.user is empty", "password_file", "ops.key", "ops.trust", "http.listen"]
+        {
             assert!(all.contains(want), "missing `{want}` in:\n{all}");
         }
         assert_eq!(e.problems.len(), 6, "{all}");

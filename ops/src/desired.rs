@@ -125,10 +125,7 @@ pub fn pins_of(actions: &[Action]) -> Vec<Pin> {
 /// the engine's write and ours (a crash) is made good at start.
 pub fn pins_of_rollout(r: &Rollout) -> Vec<Pin> {
     let service = &r.state.plan.service;
-    r.desired()
-        .into_iter()
-        .map(|(gateway, version)| Pin { gateway, service: service.clone(), version })
-        .collect()
+    r.desired().into_iter().map(|(gateway, version)| Pin { gateway, service: service.clone(), version }).collect()
 }
 
 /// A pin that names a version the catalogue does not hold: it cannot be
@@ -365,7 +362,12 @@ mod tests {
             outbox_dropped: 0,
         };
         assert!(to_model_reports_managed(&r, None).is_empty());
-        let d = DesiredState { gateway: "gw".into(), revision: 2, issued_ms: 1, services: BTreeMap::from([("svc".to_string(), None)]) };
+        let d = DesiredState {
+            gateway: "gw".into(),
+            revision: 2,
+            issued_ms: 1,
+            services: BTreeMap::from([("svc".to_string(), None)]),
+        };
         let m = to_model_reports_managed(&r, Some(&d));
         assert_eq!(m.len(), 1);
         assert_eq!((m[0].service.as_str(), m[0].version.as_ref()), ("svc", None));
@@ -386,7 +388,12 @@ mod tests {
         assert!(changed.is_empty());
         assert_eq!(d["gw-1"].revision, 1);
         // Rollback to the version before: revision 2, that version's digest.
-        let back = Action::Rollback { rollout: "r".into(), gateway: "gw-1".into(), service: "svc".into(), to: Some("1".into()) };
+        let back = Action::Rollback {
+            rollout: "r".into(),
+            gateway: "gw-1".into(),
+            service: "svc".into(),
+            to: Some("1".into()),
+        };
         let (changed, _) = apply_pins(&mut d, &pins_of(&[back]), &cat(), 10);
         assert_eq!(changed.len(), 1);
         assert_eq!(d["gw-1"].revision, 2);

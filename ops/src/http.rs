@@ -93,7 +93,8 @@ async fn page() -> Html<&'static str> {
 }
 
 async fn artifact(State(s): State<Shared>, Path(hex): Path<String>, h: HeaderMap) -> ApiResult {
-    let path = s.artifacts.path_of(&hex).ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no artifact {hex}")))?;
+    let path =
+        s.artifacts.path_of(&hex).ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no artifact {hex}")))?;
     let bytes = tokio::fs::read(&path).await.map_err(internal)?;
     let len = bytes.len() as u64;
     let range = h.get(header::RANGE).and_then(|v| v.to_str().ok());
@@ -184,12 +185,16 @@ async fn fleet(State(s): State<Shared>, h: HeaderMap) -> ApiResult {
     let mut versions: BTreeMap<String, BTreeMap<String, BTreeMap<String, usize>>> = BTreeMap::new();
     for g in &gateways {
         for (svc, v) in &g.services {
-            *versions.entry(g.site.clone()).or_default().entry(svc.clone()).or_default().entry(v.clone()).or_default() +=
-                1;
+            *versions
+                .entry(g.site.clone())
+                .or_default()
+                .entry(svc.clone())
+                .or_default()
+                .entry(v.clone())
+                .or_default() += 1;
         }
     }
-    let rollouts =
-        s.store.rollouts().map_err(internal)?.iter().filter(|r| r.phase.is_active()).map(view).collect();
+    let rollouts = s.store.rollouts().map_err(internal)?.iter().filter(|r| r.phase.is_active()).map(view).collect();
     Ok(Json(FleetView { gateways, versions, rollouts, counters: s.center.counters.snapshot() }).into_response())
 }
 
@@ -276,7 +281,8 @@ async fn add_gateway(State(s): State<Shared>, h: HeaderMap, Json(n): Json<NewGat
     let mut g = Gateway::new(n.id.clone(), n.site.clone());
     g.tags.extend(n.tags.iter().cloned());
     s.store.put_gateway(&g).map_err(internal)?;
-    let creds = Credentials { gateway: n.id.clone(), user: n.id, password, password_file: s.gateway_password_file.clone() };
+    let creds =
+        Credentials { gateway: n.id.clone(), user: n.id, password, password_file: s.gateway_password_file.clone() };
     Ok((StatusCode::CREATED, Json(creds)).into_response())
 }
 

@@ -304,7 +304,11 @@ impl Gw {
 /// Downloads an artifact in two ranged halves (what a resumed download
 /// does) and checks its size and sha256.
 pub async fn download(base: &str, artifact: &str, digest: &str, size: u64) -> Result<Vec<u8>, String> {
-    let url = if artifact.starts_with("http://") { artifact.to_string() } else { format!("{}{artifact}", base.trim_end_matches('/')) };
+    let url = if artifact.starts_with("http://") {
+        artifact.to_string()
+    } else {
+        format!("{}{artifact}", base.trim_end_matches('/'))
+    };
     let t = Duration::from_secs(30);
     let half = size / 2;
     let mut bytes = Vec::with_capacity(size as usize);

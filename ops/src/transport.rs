@@ -120,10 +120,15 @@ pub fn mqtt_options(cfg: &LinkConfig) -> Result<MqttOptions, TransportError> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound {
     /// CONNACK; `session_present` false means the broker forgot us.
-    Connected { session_present: bool },
+    Connected {
+        session_present: bool,
+    },
     /// The connection failed or dropped (the loop retries).
     Down(String),
-    Message { topic: String, payload: Vec<u8> },
+    Message {
+        topic: String,
+        payload: Vec<u8>,
+    },
 }
 
 /// Starts the event-loop task. On every CONNACK it (re)subscribes to

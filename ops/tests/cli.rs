@@ -111,7 +111,11 @@ async fn serve_and_the_cli_run_a_rollout_pause_resume_and_abort() {
     // A bad config names every problem at once.
     let bad = d.join("bad.toml");
     let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&bad, text.replace(&listen, "nowhere").replace("mqtt://", "mqtts://").replace("tick_ms = 50", "tick_ms = 0")).unwrap();
+    std::fs::write(
+        &bad,
+        text.replace(&listen, "nowhere").replace("mqtt://", "mqtts://").replace("tick_ms = 50", "tick_ms = 0"),
+    )
+    .unwrap();
     let why = fails(&bad, &["serve"]).await;
     for want in ["broker.tls_ca", "http.listen", "ops.tick_ms"] {
         assert!(why.contains(want), "`{want}` missing from:\n{why}");
@@ -193,7 +197,11 @@ async fn serve_and_the_cli_run_a_rollout_pause_resume_and_abort() {
     assert!(watched.contains("wave 2/2: 2 gateways: succeeded 2 [passed]"), "{watched}");
     assert!(watched.trim_end().ends_with("rollout p1 succeeded"), "{watched}");
     let table = ok(&config, &["gateways"]).await;
-    assert_eq!(table.lines().filter(|l| l.contains("weight-loading=1.4.0") && l.contains("healthy")).count(), 3, "{table}");
+    assert_eq!(
+        table.lines().filter(|l| l.contains("weight-loading=1.4.0") && l.contains("healthy")).count(),
+        3,
+        "{table}"
+    );
     assert!(fleet.stats.installed().values().all(|s| s[SVC] == "1.4.0"));
     assert_eq!(fleet.stats.get(&fleet.stats.downloads), 3);
 
@@ -219,15 +227,26 @@ async fn serve_and_the_cli_run_a_rollout_pause_resume_and_abort() {
     .await;
 
     // The fleet page and its data (token required for the data).
-    let page = outpost_ops::client::request("GET", &format!("http://{listen}/"), &[], b"", Duration::from_secs(5)).await.unwrap();
+    let page = outpost_ops::client::request("GET", &format!("http://{listen}/"), &[], b"", Duration::from_secs(5))
+        .await
+        .unwrap();
     assert!(page.status == 200 && page.text().contains("/api/fleet"));
-    let anon = outpost_ops::client::request("GET", &format!("http://{listen}/api/fleet"), &[], b"", Duration::from_secs(5)).await.unwrap();
+    let anon =
+        outpost_ops::client::request("GET", &format!("http://{listen}/api/fleet"), &[], b"", Duration::from_secs(5))
+            .await
+            .unwrap();
     assert_eq!(anon.status, 401);
     let token = std::fs::read_to_string(&token_file).unwrap();
     let auth = format!("Bearer {}", token.trim());
-    let data = outpost_ops::client::request("GET", &format!("http://{listen}/api/fleet"), &[("Authorization", &auth)], b"", Duration::from_secs(5))
-        .await
-        .unwrap();
+    let data = outpost_ops::client::request(
+        "GET",
+        &format!("http://{listen}/api/fleet"),
+        &[("Authorization", &auth)],
+        b"",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&data.body).unwrap();
     assert_eq!(v["versions"]["south"][SVC]["1.4.0"], 2, "{v}");
     assert_eq!(v["versions"]["north"][SVC]["1.4.0"], 1, "{v}");

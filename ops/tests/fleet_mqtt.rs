@@ -2,6 +2,9 @@
 //! broker ACL, rollouts over MQTT with simulated gateways (success, failure
 //! and rollback, a restart mid-rollout), TLS, resumable artifact downloads.
 
+// rumqttc::ConnectionError is large; it is what the event loop returns.
+#![allow(clippy::result_large_err)]
+
 mod support;
 
 use std::collections::BTreeSet;
@@ -123,7 +126,9 @@ async fn the_broker_acl_keeps_each_gateway_to_its_own_topics() {
     // gw-a forges a report on gw-b's topic. Mosquitto denies it (2.0.11
     // also drops a 3.1.1 client after a denied QoS 1 publish); either way
     // the connection answers or ends.
-    a.publish(topic::reported("gw-b"), QoS::AtLeastOnce, false, "{\"gateway\":\"gw-b\",\"forged\":true}").await.unwrap();
+    a.publish(topic::reported("gw-b"), QoS::AtLeastOnce, false, "{\"gateway\":\"gw-b\",\"forged\":true}")
+        .await
+        .unwrap();
     loop {
         match tokio::time::timeout(Duration::from_secs(10), a_el.poll()).await.expect("broker answers the forgery") {
             Ok(Event::Incoming(Packet::PubAck(_))) | Err(_) => break,
@@ -136,9 +141,7 @@ async fn the_broker_acl_keeps_each_gateway_to_its_own_topics() {
     let (a2, mut a2_el, r) = connect(opts(broker.port, "gw-a", &password("gw-a"))).await;
     r.expect("gw-a reconnects");
     a2.publish(topic::reported("gw-a"), QoS::AtLeastOnce, false, "from gw-a").await.unwrap();
-    let a_driver = tokio::spawn(async move {
-        while a2_el.poll().await.is_ok() {}
-    });
+    let a_driver = tokio::spawn(async move { while a2_el.poll().await.is_ok() {} });
     let seen = tokio::time::timeout(Duration::from_secs(20), ops_task)
         .await
         .expect("gw-a's own report reaches ops within 20 s")
@@ -151,7 +154,10 @@ async fn the_broker_acl_keeps_each_gateway_to_its_own_topics() {
     match r {
         Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
             assert!(
-                matches!(code, rumqttc::ConnectReturnCode::BadUserNamePassword | rumqttc::ConnectReturnCode::NotAuthorized),
+                matches!(
+                    code,
+                    rumqttc::ConnectReturnCode::BadUserNamePassword | rumqttc::ConnectReturnCode::NotAuthorized
+                ),
                 "{code:?}"
             );
         }
@@ -288,7 +294,12 @@ async fn tls_connects_with_the_ca_and_fails_without_it() {
     cfg.tls_ca = None;
     assert!(matches!(transport::spawn(&cfg, vec![], 1), Err(transport::TransportError::NoCa(_))));
     // Plain MQTT to the TLS port does not get a CONNACK either.
-    let mut plain = LinkConfig::new(&format!("mqtt://127.0.0.1:{}", w.broker.tls_port.unwrap()), "ops-plain", OPS_USER, OPS_PASSWORD);
+    let mut plain = LinkConfig::new(
+        &format!("mqtt://127.0.0.1:{}", w.broker.tls_port.unwrap()),
+        "ops-plain",
+        OPS_USER,
+        OPS_PASSWORD,
+    );
     plain.keep_alive = Duration::from_secs(5);
     assert!(matches!(first_link_event(&plain).await, Inbound::Down(_)));
 }
@@ -327,9 +338,15 @@ async fn artifacts_resume_with_range_and_match_their_digest() {
     assert_eq!(joined, full.body);
     let past = get(Some(format!("bytes={}-", pkg.size))).await;
     assert_eq!(past.status, 416);
-    let missing = outpost_ops::client::request("GET", &format!("{base}/artifacts/sha256/{}", "0".repeat(64)), &[], b"", t).await.unwrap();
+    let missing =
+        outpost_ops::client::request("GET", &format!("{base}/artifacts/sha256/{}", "0".repeat(64)), &[], b"", t)
+            .await
+            .unwrap();
     assert_eq!(missing.status, 404);
-    let traversal = outpost_ops::client::request("GET", &format!("{base}/artifacts/sha256/..%2Ffleet.redb"), &[], b"", t).await.unwrap();
+    let traversal =
+        outpost_ops::client::request("GET", &format!("{base}/artifacts/sha256/..%2Ffleet.redb"), &[], b"", t)
+            .await
+            .unwrap();
     assert_eq!(traversal.status, 404);
     // The simulated agent's downloader (two ranged halves) agrees.
     let bytes = outpost_ops::sim::download(&base, &pkg.artifact_path(), &pkg.digest, pkg.size).await.unwrap();

@@ -19,7 +19,11 @@ use outpost_ops::transport::LinkConfig;
 use outpost_ops::{Gateway, PackageRecord, RedbStore};
 
 #[derive(Parser)]
-#[command(name = "outpost-ops", version, about = "The Outpost operations center: fleet, packages and rollouts over MQTT")]
+#[command(
+    name = "outpost-ops",
+    version,
+    about = "The Outpost operations center: fleet, packages and rollouts over MQTT"
+)]
 struct Cli {
     /// The operations center's config (ops.toml).
     #[arg(long, global = true, env = "OUTPOST_OPS_CONFIG", default_value = "ops.toml")]
@@ -83,13 +87,23 @@ enum PackageCmd {
 #[derive(Subcommand)]
 enum RolloutCmd {
     /// Start a rollout from a plan (JSON).
-    Start { plan: PathBuf },
+    Start {
+        plan: PathBuf,
+    },
     List,
-    Show { id: String },
+    Show {
+        id: String,
+    },
     /// Print progress per wave, one line per change, until it ends.
-    Watch { id: String },
-    Pause { id: String },
-    Resume { id: String },
+    Watch {
+        id: String,
+    },
+    Pause {
+        id: String,
+    },
+    Resume {
+        id: String,
+    },
     Abort {
         id: String,
         #[arg(long)]
@@ -142,7 +156,9 @@ fn token(path: &Path, create: bool) -> Result<String> {
             Ok(t)
         }
         Ok(_) => bail!("{} is empty; `outpost-ops serve` writes the API token there", path.display()),
-        Err(e) => bail!("cannot read the API token {}: {e} (`outpost-ops serve` writes it at first start)", path.display()),
+        Err(e) => {
+            bail!("cannot read the API token {}: {e} (`outpost-ops serve` writes it at first start)", path.display())
+        }
     }
 }
 
@@ -384,7 +400,8 @@ async fn rollout(api: &Api, cmd: RolloutCmd) -> Result<()> {
         }
         RolloutCmd::Abort { id, reason } => {
             let body = serde_json::to_vec(&serde_json::json!({ "reason": reason }))?;
-            api.call("POST", &format!("/api/rollouts/{id}/abort"), &[("Content-Type", "application/json")], &body).await?;
+            api.call("POST", &format!("/api/rollouts/{id}/abort"), &[("Content-Type", "application/json")], &body)
+                .await?;
             println!("aborted {id}: rolling back");
         }
     }

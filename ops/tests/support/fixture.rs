@@ -54,9 +54,12 @@ pub struct World {
 }
 
 pub fn pack(provider: &ProviderSigningKey, version: &str) -> Vec<u8> {
-    let manifest = format!("[service]\nname = \"{SVC}\"\nversion = \"{version}\"\nprovider = \"{}\"\n", provider.provider);
+    let manifest =
+        format!("[service]\nname = \"{SVC}\"\nversion = \"{version}\"\nprovider = \"{}\"\n", provider.provider);
     // A fake component of a realistic size, different per version.
-    let component: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(31) as u8) ^ version.len() as u8 ^ version.as_bytes()[version.len() - 1]).collect();
+    let component: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(31) as u8) ^ version.len() as u8 ^ version.as_bytes()[version.len() - 1])
+        .collect();
     outpost_package::pack(manifest.as_bytes(), &component, Some(&provider.key)).expect("pack")
 }
 

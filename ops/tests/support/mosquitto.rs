@@ -51,10 +51,26 @@ pub fn make_tls(dir: &Path, name: &str) -> TlsFiles {
     let ca_key = format!("{name}-ca.key");
     let ca = format!("{name}-ca.pem");
     openssl(dir, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &ca_key]);
-    openssl(dir, &[
-        "req", "-x509", "-new", "-key", &ca_key, "-out", &ca, "-days", "2", "-subj", &format!("/CN={name} test CA"),
-        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            &ca_key,
+            "-out",
+            &ca,
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name} test CA"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
     let key = format!("{name}-server.key");
     openssl(dir, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &key]);
     openssl(dir, &["req", "-new", "-key", &key, "-out", "server.csr", "-subj", "/CN=localhost"]);
@@ -64,10 +80,26 @@ pub fn make_tls(dir: &Path, name: &str) -> TlsFiles {
     )
     .expect("ext.cnf");
     let cert = format!("{name}-server.pem");
-    openssl(dir, &[
-        "x509", "-req", "-in", "server.csr", "-CA", &ca, "-CAkey", &ca_key, "-CAcreateserial", "-out", &cert, "-days",
-        "2", "-extfile", "ext.cnf",
-    ]);
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &cert,
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
     TlsFiles { ca: dir.join(ca), cert: dir.join(cert), key: dir.join(key) }
 }
 
@@ -148,14 +180,20 @@ impl Mosquitto {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("mosquitto exited at start ({status}): {}", std::fs::read_to_string(&self.log).unwrap_or_default());
+                panic!(
+                    "mosquitto exited at start ({status}): {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
             }
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("mosquitto did not listen on {port} within 10 s: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
+        panic!(
+            "mosquitto did not listen on {port} within 10 s: {}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
     }
 
     pub fn url(&self) -> String {
