@@ -193,9 +193,37 @@ pub fn start(
 fn read_credentials(fleet: &FleetConfig) -> Result<(String, String), UplinkError> {
     let err = |message: String| UplinkError::Credentials { path: fleet.credentials_file.clone(), message };
     let text = std::fs::read_to_string(&fleet.credentials_file).map_err(|e| err(e.to_string()))?;
-    let line = text.lines().find(|l| !l.trim().is_empty()).ok_or_else(|| err("the file is empty".into()))?;
-    let (user, password) = line.trim().split_once(':').ok_or_else(|| err("expected one line `user:password`".into()))?;
-    Ok((user.to_owned(), password.to_owned()))
+    parse_credentials(&text).map_err(err)
+}
+
+/// One line `user:password`, or what `outpost-ops gateway add --out` writes
+/// (`user = "..."` and `password = "..."` lines, TOML).
+fn parse_credentials(text: &str) -> Result<(String, String), String> {
+    if let Ok(table) = text.parse::<toml::Table>() {
+        if let (Some(u), Some(p)) = (table.get("user"), table.get("password")) {
+            return match (u.as_str(), p.as_str()) {
+                (Some(u), Some(p)) if !u.is_empty() => Ok((u.to_owned(), p.to_owned())),
+                _ => Err("`user` and `password` must be non-empty strings".into()),
+            };
+        }
+    }
+    let line = text.lines().find(|l| !l.trim().is_empty()).ok_or("the file is empty")?;
+    match line.trim().split_once(':') {
+        Some((u, p)) if !u.is_empty() => Ok((u.to_owned(), p.to_owned())),
+        _ => Err("expected one line `user:password`, or the file `outpost-ops gateway add --out` writes".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn credentials_in_either_format() {
+        assert_eq!(super::parse_credentials("gw-1:s3cr:et\n"), Ok(("gw-1".into(), "s3cr:et".into())));
+        let ops = "gateway = \"gw-1\"\nuser = \"gw-1\"\npassword = \"abc\"\n";
+        assert_eq!(super::parse_credentials(ops), Ok(("gw-1".into(), "abc".into())));
+        assert!(super::parse_credentials("").is_err());
+        assert!(super::parse_credentials("nocolon").is_err());
+    }
 }
 
 fn mqtt_options(cfg: &AgentConfig, fleet: &FleetConfig, user: &str, password: &str) -> Result<MqttOptions, UplinkError> {
