@@ -12,7 +12,7 @@
 //!
 //! [ops]
 //! key = "/var/lib/outpost-ops/keys/ops-eu.key"   # outpost_package::keygen
-//! store = "/var/lib/outpost-ops/fleet.redb"
+//! store = "/var/lib/outpost-ops/fleet.redb"     # or postgresql://user@host/db (replicas)
 //! artifacts = "/var/lib/outpost-ops/artifacts"
 //! trust = "/etc/outpost-ops/trust"       # provider keys packages must verify against
 //!
@@ -55,6 +55,7 @@ pub struct BrokerConfig {
 #[serde(deny_unknown_fields)]
 pub struct CoreConfig {
     pub key: PathBuf,
+    /// A redb file, or a `postgresql://` URL for a store replicas share.
     pub store: PathBuf,
     pub artifacts: PathBuf,
     pub trust: PathBuf,

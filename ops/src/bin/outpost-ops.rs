@@ -169,7 +169,13 @@ async fn serve(path: &Path, cfg: OpsConfig) -> Result<()> {
         .with_context(|| format!("reading {}", cfg.broker.password_file.display()))?
         .trim()
         .to_string();
-    let store: SharedStore = Arc::new(RedbStore::open(&cfg.ops.store)?);
+    // A postgresql:// URL selects the shared store (replicas); else a redb file.
+    let store_text = cfg.ops.store.to_string_lossy().into_owned();
+    let store: SharedStore = if store_text.starts_with("postgresql://") || store_text.starts_with("postgres://") {
+        Arc::new(outpost_ops::PgStore::connect(&store_text)?)
+    } else {
+        Arc::new(RedbStore::open(&cfg.ops.store)?)
+    };
     let artifacts = Artifacts::open(&cfg.ops.artifacts)?;
     let token = token(&cfg.http.token_file, true)?;
     let mut link = LinkConfig::new(&cfg.broker.url, &cfg.broker.client_id, &cfg.broker.user, &password);
