@@ -1,0 +1,230 @@
+//! Delivery: service to service inside the agent, end to end through a
+//! broker, and the cost of a new instance, each beside its raw baseline.
+
+use crate::mqtt::{ping_pong, pub_sub, raw_mqtt, receive};
+use crate::report::{Figure, Report, RUNS};
+use crate::{context, load, packages, test_packages, Null};
+use outpost::config::DispatchConfig;
+use outpost::dispatch::{Dispatcher, Inbound, ServiceSpec};
+use outpost::host::{EngineOptions, HostEngine};
+use outpost::telemetry::Metrics;
+use rumqttc::QoS;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A dispatcher with the testbed as `relay` (bench/in -> bench/mid) and
+/// `sink` (bench/mid -> bench/out), echoing, not mirrored to a broker.
+fn two_hops(host: &Arc<HostEngine>, metrics: &Arc<Metrics>) -> Dispatcher {
+    let testbed = test_packages().join("testbed");
+    let mut d = Dispatcher::new(host.clone(), DispatchConfig::default(), "bench", Box::new(Null));
+    for (name, sub, out) in [("relay", "bench/in/#", "bench/mid"), ("sink", "bench/mid/#", "bench/out")] {
+        let (mut manifest, loaded) = load(host, &testbed);
+        manifest.service.name = name.into();
+        manifest.bus.subscribe = vec![sub.into()];
+        manifest.bus.publish = vec![format!("{out}/#")];
+        manifest.bus.mirror = false;
+        let ctx = context(name, &manifest, metrics);
+        d.add_service(ServiceSpec {
+            config_json: format!("{{\"out\": \"{out}\", \"echo_only\": true}}"),
+            instances: 1,
+            manifest,
+            loaded,
+            context: ctx,
+        })
+        .expect("add service");
+    }
+    d
+}
+
+/// (b) service -> service inside the agent vs raw publish -> subscribe through Mosquitto.
+pub fn bench_in_agent(r: &mut Report, mosquitto_port: u16, rt: &tokio::runtime::Runtime) {
+    println!("\n(b) service-to-service delivery: in-agent routing vs Mosquitto publish -> subscribe");
+    let host = Arc::new(HostEngine::new(&EngineOptions::default()).expect("engine"));
+    let metrics = Metrics::new();
+    let mut d = two_hops(&host, &metrics);
+    let sink = metrics.service("sink");
+    let (mut agent_rates, mut agent_p99, mut raw_rates, mut raw_p99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..RUNS {
+        // Throughput: bursts of 1024 (the dispatcher hands batches of up to 256).
+        let n = 100_000u64;
+        let before = sink.messages_in.get();
+        let t = Instant::now();
+        let mut sent = 0;
+        while sent < n {
+            for _ in 0..1024 {
+                d.accept(Arc::new(Inbound::new("bench/in/a", vec![b'x'; 100])));
+            }
+            d.run_until_idle();
+            sent += 1024;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        assert_eq!(sink.messages_in.get() - before, sent, "sink saw every message");
+        agent_rates.push(sent as f64 / secs);
+        // Latency: one message at a time through both services.
+        let mut latencies = Vec::new();
+        for _ in 0..2000 {
+            let t0 = Instant::now();
+            d.accept(Arc::new(Inbound::new("bench/in/a", vec![b'x'; 100])));
+            d.run_until_idle();
+            latencies.push(t0.elapsed().as_secs_f64() * 1e6);
+        }
+        agent_p99.push(crate::report::percentile(&mut latencies, 0.99));
+        let (rate, _) = rt.block_on(raw_mqtt(mosquitto_port, QoS::AtMostOnce, 100_000, &format!("bench/raw0/{i}")));
+        raw_rates.push(rate);
+        raw_p99.push(rt.block_on(ping_pong(
+            mosquitto_port,
+            QoS::AtMostOnce,
+            &format!("bench/pp0/{i}"),
+            &format!("bench/pp0/{i}"),
+            1000,
+        )));
+    }
+    r.push(
+        Figure::new("in-agent.rate", "in-agent service->service (2 WASM hops), msgs/s", "msgs/s", agent_rates)
+            .baseline("Mosquitto QoS0 pub->sub", raw_rates)
+            .target(">= 10x"),
+    );
+    r.push(
+        Figure::new("in-agent.p99", "in-agent service->service, p99 latency (one message at a time)", "us", agent_p99)
+            .baseline("Mosquitto QoS0", raw_p99)
+            .target("<= 0.1x"),
+    );
+}
+
+/// (c) publish -> service -> subscriber through the agent vs raw through the same broker.
+pub fn bench_end_to_end(r: &mut Report, mosquitto_port: u16, rt: &tokio::runtime::Runtime) {
+    println!(
+        "\n(c) end to end: publish -> agent service -> subscriber vs raw publish -> subscribe (QoS1, same Mosquitto)"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let services = dir.path().join("services/testbed");
+    std::fs::create_dir_all(&services).expect("mkdir");
+    let testbed = test_packages().join("testbed");
+    for f in ["service.toml", "service.wasm"] {
+        std::fs::copy(testbed.join(f), services.join(f)).expect("copy");
+    }
+    let text = format!(
+        "gateway = \"bench\"\nsite = \"b\"\nservices_dir = \"{}\"\nstate_dir = \"{}\"\n[broker]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:{mosquitto_port}\"\n[metrics]\n[api]\n",
+        dir.path().join("services").display(),
+        dir.path().join("state").display()
+    );
+    let config = outpost::config::AgentConfig::parse(&text, Path::new("bench.toml")).expect("config");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let agent = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("rt");
+        rt.block_on(outpost::agent::Agent::new(config).run(async move {
+            let _ = stop_rx.await;
+        }))
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let n = 20_000;
+    let (mut agent_rates, mut agent_p99, mut raw_rates, mut raw_p99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..RUNS {
+        agent_rates.push(rt.block_on(through_agent(mosquitto_port, n)).0);
+        agent_p99.push(rt.block_on(ping_pong(
+            mosquitto_port,
+            QoS::AtLeastOnce,
+            &format!("test/in/pp{i}"),
+            &format!("test/out/pp{i}"),
+            1000,
+        )));
+        raw_rates.push(rt.block_on(raw_mqtt(mosquitto_port, QoS::AtLeastOnce, n, &format!("bench/raw1/{i}"))).0);
+        raw_p99.push(rt.block_on(ping_pong(
+            mosquitto_port,
+            QoS::AtLeastOnce,
+            &format!("bench/pp1/{i}"),
+            &format!("bench/pp1/{i}"),
+            1000,
+        )));
+    }
+    let _ = stop_tx.send(());
+    let _ = agent.join();
+    r.push(
+        Figure::new("e2e.rate", &format!("end to end through the agent ({n} msgs, QoS1), msgs/s"), "msgs/s", agent_rates)
+            .baseline("raw pub->sub, same broker", raw_rates)
+            .target(">= 0.8x"),
+    );
+    r.push(
+        Figure::new("e2e.p99", "end to end p99 latency (one message at a time)", "us", agent_p99)
+            .baseline("raw", raw_p99)
+            .target("-"),
+    );
+}
+
+async fn through_agent(port: u16, n: usize) -> (f64, f64) {
+    let start = Instant::now();
+    let (pub_, _sub, mut sub_loop) = pub_sub(port, "test/out/#", QoS::AtLeastOnce).await;
+    let publisher = tokio::spawn(async move {
+        for _ in 0..n {
+            // The testbed echoes the payload: a decimal send time in ns.
+            let payload = start.elapsed().as_nanos().to_string().into_bytes();
+            pub_.publish("test/in/bench", QoS::AtLeastOnce, false, payload).await.expect("publish");
+        }
+    });
+    let (rate, p99, got) = receive(&mut sub_loop, n, start, Duration::from_secs(10), |payload| {
+        std::str::from_utf8(payload).ok().and_then(|t| t.parse().ok())
+    })
+    .await;
+    let _ = publisher.await;
+    if got < n {
+        println!("    (agent path delivered {got} of {n})");
+    }
+    (rate, p99)
+}
+
+struct RawState {
+    wasi: wasmtime_wasi::WasiCtx,
+    table: wasmtime::component::ResourceTable,
+}
+impl wasmtime_wasi::WasiView for RawState {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        wasmtime_wasi::WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// (d) instantiate cost vs raw wasmtime on the same engine config.
+pub fn bench_instantiate(r: &mut Report) {
+    println!("\n(d) instantiate: Outpost instance (store, limits, WASI, init) vs raw wasmtime (same engine config)");
+    let host = HostEngine::new(&EngineOptions::default()).expect("engine");
+    let (manifest, loaded) = load(&host, &packages().join("positioning"));
+    let metrics = Metrics::new();
+    let ctx = context("positioning", &manifest, &metrics);
+    let mut linker = wasmtime::component::Linker::<RawState>::new(host.engine());
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).expect("wasi");
+    linker.define_unknown_imports_as_traps(loaded.component()).expect("stubs");
+    let pre = linker.instantiate_pre(loaded.component()).expect("pre");
+    let mk = || {
+        let mut s = wasmtime::Store::new(
+            host.engine(),
+            RawState { wasi: wasmtime_wasi::WasiCtx::builder().build(), table: Default::default() },
+        );
+        s.set_epoch_deadline(u64::MAX / 2);
+        s
+    };
+    for _ in 0..50 {
+        drop(host.instantiate(&loaded, &manifest, ctx.clone(), "{}").expect("warm"));
+        let mut s = mk();
+        pre.instantiate(&mut s).expect("raw warm");
+    }
+    let n = 1000;
+    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        let t = Instant::now();
+        for _ in 0..n {
+            drop(host.instantiate(&loaded, &manifest, ctx.clone(), "{}").expect("instantiate"));
+        }
+        ours.push(t.elapsed().as_secs_f64() * 1e6 / n as f64);
+        let t = Instant::now();
+        for _ in 0..n {
+            let mut s = mk();
+            pre.instantiate(&mut s).expect("raw instantiate");
+        }
+        raw.push(t.elapsed().as_secs_f64() * 1e6 / n as f64);
+    }
+    r.push(
+        Figure::new("instantiate.with_init", "instantiate + init (pooling)", "us", ours)
+            .baseline("raw wasmtime instantiate", raw)
+            .target("< 20 us"),
+    );
+}

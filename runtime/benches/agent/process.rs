@@ -1,0 +1,91 @@
+//! The release agent as a process: start it, read its memory, status and metrics.
+
+use crate::mqtt::{free_port, Proc};
+use crate::env_dir;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+pub fn http_status(port: u16) -> Option<serde_json::Value> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(s, "GET /status HTTP/1.0\r\n\r\n").ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    serde_json::from_str(raw.split_once("\r\n\r\n")?.1).ok()
+}
+
+/// Starts the release agent binary; returns it with (wall ms to ready, agent's own ready_ms).
+pub fn start_agent(dir: &Path, extra: &str) -> (Proc, f64, f64) {
+    let (mqtt, http, api) = (free_port(), free_port(), free_port());
+    let config = dir.join("outpost.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "gateway = \"bench\"\nsite = \"b\"\nservices_dir = \"{}\"\nstate_dir = \"{}\"\n[broker]\nlisten = \"127.0.0.1:{mqtt}\"\n[metrics]\nlisten = \"127.0.0.1:{http}\"\n[api]\nlisten = \"127.0.0.1:{api}\"\n{extra}",
+            dir.join("services").display(),
+            dir.join("state").display()
+        ),
+    )
+    .expect("config");
+    let bin = env_dir("OUTPOST_BIN_DIR", "target/release").join("outpost");
+    let t = Instant::now();
+    let child = Command::new(&bin)
+        .arg("--config")
+        .arg(&config)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    let proc_ = Proc(child);
+    loop {
+        if let Some(s) = http_status(http) {
+            if s["state"] == "ready" {
+                return (proc_, t.elapsed().as_secs_f64() * 1e3, s["ready_ms"].as_f64().unwrap_or(f64::NAN));
+            }
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "agent not ready");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+pub fn install(dir: &Path, package: &Path, name: &str) {
+    let dest = dir.join("services").join(name);
+    std::fs::create_dir_all(&dest).expect("mkdir");
+    std::fs::copy(package.join("service.wasm"), dest.join("service.wasm")).expect("copy");
+    let manifest = std::fs::read_to_string(package.join("service.toml")).expect("manifest");
+    let manifest = manifest.replacen(
+        &format!("name = \"{}\"", package.file_name().and_then(|n| n.to_str()).unwrap_or("")),
+        &format!("name = \"{name}\""),
+        1,
+    );
+    std::fs::write(dest.join("service.toml"), manifest).expect("write");
+}
+
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    Some(raw.split_once("\r\n\r\n")?.1.to_owned())
+}
+
+/// `outpost_queue_depth` summed over the agent's services (from /metrics).
+pub fn queue_depth(http: u16) -> f64 {
+    http_get(http, "/metrics")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("outpost_queue_depth"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+

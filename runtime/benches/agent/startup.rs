@@ -1,0 +1,69 @@
+//! Agent start to ready, and resident memory, with the release binary.
+
+use crate::mqtt::start_mosquitto;
+use crate::process::{install, rss_kib, start_agent};
+use crate::report::{Figure, Report, RUNS};
+use crate::{packages, test_packages};
+use std::time::Duration;
+
+/// (d) start to ready, and (e) memory.
+pub fn bench_start_and_memory(r: &mut Report) {
+    println!("\n(d) agent start to ready with 4 services, and (e) resident memory");
+    let (pkgs, tests) = (packages(), test_packages());
+    let dir = tempfile::tempdir().expect("tempdir");
+    install(dir.path(), &pkgs.join("positioning"), "positioning");
+    for name in ["testbed", "relay", "sink"] {
+        install(dir.path(), &tests.join("testbed"), name);
+    }
+    let (mut cold, mut warm, mut four) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        // Without the precompiled cache (the agent's state folder), then with it.
+        let _ = std::fs::remove_dir_all(dir.path().join("state"));
+        let (agent, _, ms) = start_agent(dir.path(), "");
+        drop(agent);
+        cold.push(ms);
+        let (agent, _, ms) = start_agent(dir.path(), "");
+        warm.push(ms);
+        std::thread::sleep(Duration::from_secs(1));
+        four.push(rss_kib(agent.0.id()) as f64 / 1024.0);
+        drop(agent);
+    }
+    r.push(
+        Figure::new("start.ready_cached", "start to ready, 4 services, precompiled cache (agent's ready_ms)", "ms", warm)
+            .baseline("without the cache", cold)
+            .target("< 5 ms cached, < 100 ms without"),
+    );
+
+    let idle_dir = tempfile::tempdir().expect("tempdir");
+    install(idle_dir.path(), &pkgs.join("positioning"), "positioning");
+    // First start compiles; later ones load from the cache, as on a gateway.
+    drop(start_agent(idle_dir.path(), ""));
+    let (mut idle, mut mosq) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        let (agent, _, _) = start_agent(idle_dir.path(), "");
+        // A fresh Mosquitto, idle, settling for the same second.
+        let mdir = tempfile::tempdir().expect("tempdir");
+        let (fresh, _) = start_mosquitto(mdir.path());
+        std::thread::sleep(Duration::from_secs(1));
+        idle.push(rss_kib(agent.0.id()) as f64 / 1024.0);
+        mosq.push(rss_kib(fresh.0.id()) as f64 / 1024.0);
+    }
+    r.push(
+        Figure::new("memory.idle", "idle RSS, agent + embedded broker + positioning", "MiB", idle)
+            .baseline("idle Mosquitto", mosq)
+            .target("<= 1.5x"),
+    );
+    let mut hundred = Vec::new();
+    for _ in 0..RUNS {
+        let (agent, _, _) = start_agent(dir.path(), "[services.testbed]\ninstances = 97\n");
+        std::thread::sleep(Duration::from_secs(1));
+        hundred.push(rss_kib(agent.0.id()) as f64 / 1024.0);
+    }
+    let per: Vec<f64> = hundred.iter().zip(&four).map(|(h, f)| (h - f) * 1024.0 / 96.0).collect();
+    r.push(
+        Figure::new("memory.instances100", "RSS with 100 service instances (97 testbed + 3 others)", "MiB", hundred)
+            .baseline("4 instances", four)
+            .target("< 64 MB")
+            .note(format!("{} per extra instance", crate::report::with_spread(&per, "KiB"))),
+    );
+}
