@@ -355,3 +355,27 @@ async fn artifacts_resume_with_range_and_match_their_digest() {
     assert!(wrong.unwrap_err().contains("sha256"));
     w.stop_center().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_lost_in_a_crash_are_made_good_from_the_rollout_state() {
+    let mut w = World::new(8, &[V1, V2], false);
+    // An engine asks wave 1 and "crashes" before any desired state is
+    // written or published: the actions exist only in the stored rollout.
+    {
+        let mut engine = outpost_ops::Engine::resume(w.store().clone(), outpost_ops::rollout::SystemClock).unwrap();
+        let plan = w.plan("lost", V2, vec![WaveSize::Count(2), WaveSize::Percent(100.0)], Gates::default());
+        engine.start(plan, "tester").unwrap();
+        let lost = engine.tick().unwrap();
+        assert_eq!(lost.iter().filter(|a| matches!(a, outpost_ops::Action::Apply { .. })).count(), 2);
+    }
+    assert!(w.store().desired_states().unwrap().is_empty());
+    // The core rebuilds wave 1's desired state from the rollout and
+    // publishes it; the rollout then runs to the end.
+    w.start_center();
+    let fleet = w.sim(always_ok(), false, Duration::from_millis(100));
+    let done = w.wait_rollout("lost", Duration::from_secs(30), |p| !p.is_active()).await;
+    assert_eq!(done.phase, Phase::Succeeded, "{:?}", done.phase);
+    assert!(fleet.stats.installed().values().all(|s| s[SVC] == V2));
+    assert!(w.store().desired_states().unwrap().iter().all(|d| d.revision == 1));
+    w.stop_center().await;
+}
