@@ -2,7 +2,8 @@
 //! service deployed; real GNSS captures, the mine's real haul cycles and
 //! refuels, and a scene of vehicles and a person around a pit replayed
 //! through it, with traffic warnings printed live; then a water network
-//! (L-Town, simulated with EPANET) calibrated and a burst found; KPIs at the end.
+//! (L-Town, simulated with EPANET) calibrated and a burst found; KPIs; and
+//! last a small fleet rolled out from `outpost-ops` (`fleet_demo.rs`).
 
 use crate::{build_packages, cargo, done, packages_dir, run as run_cmd, step, toolchain};
 use anyhow::{bail, Context, Result};
@@ -161,7 +162,7 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
-struct KillOnDrop(Child);
+pub struct KillOnDrop(pub Child);
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -209,7 +210,7 @@ fn wait_for_line(path: &Path, skip: usize, limit: Duration, pred: impl Fn(&str) 
 /// The testbed service (echoes each payload to `{out}/{tail}`) as a signed
 /// package at `version`; v2 writes under test/out/v2/ so the subscriber sees
 /// which version handled each message.
-fn testbed_package(root: &Path, bin: &Path, work: &Path, key: &Path, version: &str, out: &str) -> Result<PathBuf> {
+pub fn testbed_package(root: &Path, bin: &Path, work: &Path, key: &Path, version: &str, out: &str) -> Result<PathBuf> {
     let src = crate::test_packages_dir(root).join("testbed");
     let dir = work.join(format!("testbed-{version}"));
     std::fs::create_dir_all(&dir)?;
@@ -223,6 +224,26 @@ fn testbed_package(root: &Path, bin: &Path, work: &Path, key: &Path, version: &s
     c.arg("package").arg(&dir).arg("--key").arg(key).arg("--out").arg(&opkg).stdout(Stdio::null());
     run_cmd(&mut c)?;
     Ok(opkg)
+}
+
+/// `cargo xtask demo fleet`: only the fleet part at the end of the demo.
+fn fleet_only(root: &Path) -> Result<()> {
+    let guest = toolchain::setup(false)?;
+    build_packages(root, &guest)?;
+    build_bins(false)?;
+    let bin = crate::host_target_dir(root).join("debug");
+    let work = root.join("target/outpost/demo-fleet");
+    let _ = std::fs::remove_dir_all(&work);
+    let trust = work.join("trust");
+    std::fs::create_dir_all(&trust)?;
+    let mut keygen = Command::new(bin.join("outpostctl"));
+    keygen.arg("keygen").arg("--out").arg(work.join("keys")).args(["--name", "outpost-tests"]).stdout(Stdio::null());
+    run_cmd(&mut keygen)?;
+    std::fs::copy(work.join("keys/outpost-tests.pub"), trust.join("outpost-tests.pub"))?;
+    let t = step("a fleet: outpost-ops rolls a signed service out to four agents on two sites, in waves");
+    crate::fleet_demo::run(root, &bin, &work, &work.join("keys/outpost-tests.key"), &trust)?;
+    done(t);
+    Ok(())
 }
 
 /// A service upgraded v1 -> v2 and rolled back through the management API
@@ -410,6 +431,9 @@ fn live_upgrade(root: &Path, bin: &Path, work: &Path, api: u16, mqtt: u16, key: 
 }
 
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
+    if args.iter().any(|a| a == "fleet") {
+        return fleet_only(root);
+    }
     let speed = match args.iter().position(|a| a == "--speed") {
         Some(i) => {
             args.get(i + 1).context("--speed needs a number")?.parse::<f64>().context("--speed needs a number")?
@@ -598,6 +622,10 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     println!("    agent stopped (SIGTERM, drained)");
+    done(t);
+
+    let t = step("a fleet: outpost-ops rolls a signed service out to four agents on two sites, in waves");
+    crate::fleet_demo::run(root, &bin, &work, &provider_key, &trust)?;
     done(t);
     Ok(())
 }

@@ -5,6 +5,7 @@ mod bench;
 mod demo;
 mod dist;
 mod eval;
+mod fleet_demo;
 mod toolchain;
 
 use anyhow::{bail, Context, Result};
