@@ -78,6 +78,7 @@ async fn measure(n: usize) -> Figures {
     });
     let t = Instant::now();
     let ramp = Duration::from_millis((n as u64 / 2).max(100));
+    w.wait_subscribed().await;
     let fleet = w.sim(behaviour, false, ramp);
     w.wait_all_seen(Duration::from_secs(300)).await;
     let connect_ms = t.elapsed().as_millis() as u64;

@@ -51,6 +51,9 @@ pub struct Counters {
     pub publish_errors: AtomicU64,
     pub link_down: AtomicU64,
     pub connected: AtomicU64,
+    /// Subscription filters the broker granted (all three after a CONNACK).
+    pub subscribed: AtomicU64,
+    pub subscribe_refused: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -67,6 +70,8 @@ pub struct CountersSnapshot {
     pub publish_errors: u64,
     pub link_down: u64,
     pub connected: u64,
+    pub subscribed: u64,
+    pub subscribe_refused: u64,
 }
 
 impl Counters {
@@ -85,6 +90,8 @@ impl Counters {
             publish_errors: g(&self.publish_errors),
             link_down: g(&self.link_down),
             connected: g(&self.connected),
+            subscribed: g(&self.subscribed),
+            subscribe_refused: g(&self.subscribe_refused),
         }
     }
 }
@@ -277,6 +284,10 @@ impl Core {
                     self.connected_once = true;
                 }
                 Inbound::Down(_) => bump(&self.counters.link_down),
+                Inbound::Subscribed { granted, refused } => {
+                    self.counters.subscribed.fetch_add(granted as u64, Ordering::Relaxed);
+                    self.counters.subscribe_refused.fetch_add(refused as u64, Ordering::Relaxed);
+                }
                 Inbound::Message { topic, payload } => {
                     bump(&self.counters.received);
                     self.on_message(&topic, &payload, &mut reports);

@@ -125,6 +125,11 @@ pub enum Inbound {
     },
     /// The connection failed or dropped (the loop retries).
     Down(String),
+    /// A SUBACK: how many filters were granted and refused.
+    Subscribed {
+        granted: usize,
+        refused: usize,
+    },
     Message {
         topic: String,
         payload: Vec<u8>,
@@ -163,10 +168,14 @@ async fn drive(client: AsyncClient, mut el: EventLoop, subs: Vec<String>, tx: mp
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                for rc in &ack.return_codes {
-                    if matches!(rc, rumqttc::SubscribeReasonCode::Failure) {
-                        tracing::warn!(pkid = ack.pkid, "the broker refused a subscription (ACL?)");
-                    }
+                let refused =
+                    ack.return_codes.iter().filter(|rc| matches!(rc, rumqttc::SubscribeReasonCode::Failure)).count();
+                if refused > 0 {
+                    tracing::warn!(pkid = ack.pkid, "the broker refused a subscription (ACL?)");
+                }
+                let granted = ack.return_codes.len() - refused;
+                if tx.send(Inbound::Subscribed { granted, refused }).await.is_err() {
+                    return;
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {

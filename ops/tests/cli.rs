@@ -169,7 +169,9 @@ async fn serve_and_the_cli_run_a_rollout_pause_resume_and_abort() {
         tls_ca: None,
         ops_key: ops_pub,
         artifacts_url: Some(format!("http://{listen}")),
-        report_every: None,
+        // Periodic reports, as the agent sends: none is lost to a
+        // subscription `serve` has not made yet.
+        report_every: Some(Duration::from_secs(1)),
         behaviour: always_ok(),
     };
     let fleet = sim::spawn_fleet(&cfg, gateways, Duration::from_millis(100)).unwrap();

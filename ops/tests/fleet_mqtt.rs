@@ -180,6 +180,7 @@ async fn a_rollout_over_mqtt_reaches_every_gateway_then_a_failing_one_rolls_back
             Outcome::Ok
         }
     });
+    w.wait_subscribed().await;
     let fleet = w.sim(behaviour, true, Duration::from_millis(200));
     w.wait_all_seen(Duration::from_secs(20)).await;
 
@@ -238,6 +239,7 @@ async fn a_rollout_over_mqtt_reaches_every_gateway_then_a_failing_one_rolls_back
 async fn a_restart_of_the_operations_center_mid_rollout_carries_on() {
     let mut w = World::new(20, &[V1, V2], false);
     w.start_center();
+    w.wait_subscribed().await;
     let fleet = w.sim(always_ok(), false, Duration::from_millis(200));
     w.wait_all_seen(Duration::from_secs(20)).await;
     // One second of bake per wave leaves room to stop between waves.
@@ -372,10 +374,63 @@ async fn actions_lost_in_a_crash_are_made_good_from_the_rollout_state() {
     // The core rebuilds wave 1's desired state from the rollout and
     // publishes it; the rollout then runs to the end.
     w.start_center();
+    w.wait_subscribed().await;
     let fleet = w.sim(always_ok(), false, Duration::from_millis(100));
     let done = w.wait_rollout("lost", Duration::from_secs(30), |p| !p.is_active()).await;
     assert_eq!(done.phase, Phase::Succeeded, "{:?}", done.phase);
     assert!(fleet.stats.installed().values().all(|s| s[SVC] == V2));
     assert!(w.store().desired_states().unwrap().iter().all(|d| d.revision == 1));
+    w.stop_center().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_and_impersonating_reports_are_counted_and_change_nothing() {
+    let mut w = World::new(2, &[V1], false);
+    w.start_center();
+    let gw = w.gateways[0].id.clone();
+    let other = w.gateways[1].id.clone();
+    let mut o = opts(w.broker.port, &gw, &password(&gw));
+    o.set_max_packet_size(2 << 20, 2 << 20);
+    let (c, mut el, r) = connect(o).await;
+    r.expect("gateway connects");
+    let claim_other = serde_json::json!({
+        "gateway": other, "site": "site-1", "seq": 1, "at_ms": 1,
+        "services": [{ "service": SVC, "version": "6.6.6", "health": "healthy" }]
+    });
+    let unknown_version = serde_json::json!({
+        "gateway": gw, "site": "site-0", "seq": 2, "at_ms": 2,
+        "services": [{ "service": SVC, "version": V1, "health": "healthy", "kpis": { "latency_ms": 9.0 } }]
+    });
+    let driver = tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    let counters = w.center().counters.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // A valid report until one arrives: the operations center is subscribed.
+    while counters.snapshot().reports == 0 {
+        c.publish(topic::reported(&gw), QoS::AtLeastOnce, false, unknown_version.to_string()).await.unwrap();
+        assert!(std::time::Instant::now() < deadline, "the operations center never got a report");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let before = counters.snapshot();
+    for payload in [b"{".to_vec(), vec![b'x'; 600 * 1024], claim_other.to_string().into_bytes()] {
+        c.publish(topic::reported(&gw), QoS::AtLeastOnce, false, payload).await.unwrap();
+    }
+    c.publish(topic::events(&gw), QoS::AtLeastOnce, false, "not json").await.unwrap();
+    // Then a good one: once it is counted, everything before it was.
+    c.publish(topic::reported(&gw), QoS::AtLeastOnce, false, unknown_version.to_string()).await.unwrap();
+    loop {
+        let s = counters.snapshot();
+        if s.reports > before.reports {
+            assert_eq!(s.reports, before.reports + 1, "{s:?}");
+            assert_eq!(s.bad_reports - before.bad_reports, 3, "garbage, too large, impersonation: {s:?}");
+            assert_eq!(s.bad_events - before.bad_events, 1, "{s:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "counters never moved: {s:?}\n{}", w.broker.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The impersonation changed nothing for the other gateway.
+    let o = w.store().gateway(&other).unwrap().unwrap();
+    assert_eq!((o.services[SVC].as_str(), o.last_seen_ms), (V1, 0));
+    driver.abort();
     w.stop_center().await;
 }

@@ -156,6 +156,21 @@ impl World {
         self.center_task = Some(t);
     }
 
+    /// Waits until the core's subscriptions are granted, so no report sent
+    /// from now on is lost to a subscription not yet in place.
+    pub async fn wait_subscribed(&self) {
+        let want = outpost_fleet::topic::OPS_SUBSCRIPTIONS.len() as u64;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let c = self.center().counters.snapshot();
+            if c.subscribed >= want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the operations center is not subscribed after 10 s: {c:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Stops the core, closes the store (nothing of it stays in memory).
     pub async fn stop_center(&mut self) {
         if let Some(h) = self.center.take() {
