@@ -177,6 +177,9 @@ struct Core {
     key: SigningKey,
     counters: Arc<Counters>,
     connected_once: bool,
+    /// Desired state could not be stored: rebuild it from the rollouts at
+    /// the next turn (the engine already persisted the actions).
+    rebuild: bool,
 }
 
 /// Starts the link and the core. Desired state lost in a crash (actions the
@@ -201,10 +204,12 @@ pub fn spawn(
         key: cfg.key,
         counters: counters.clone(),
         connected_once: false,
+        rebuild: false,
     };
     let (tx, rx) = mpsc::channel(64);
     let task = tokio::spawn(async move {
-        core.reconcile().await;
+        // Published with everything else on the first connection.
+        let _ = core.reconcile().await;
         core.run(inbound, rx, cfg.tick).await;
         link.abort();
     });
@@ -253,15 +258,18 @@ impl Core {
         }
     }
 
-    /// Pins implied by every active rollout, made good in desired state.
-    async fn reconcile(&mut self) {
+    /// Pins implied by every active rollout, made good in desired state;
+    /// returns the states that changed (stored, not yet published).
+    async fn reconcile(&mut self) -> Vec<DesiredState> {
         let pins: Vec<Pin> = self.engine.active().flat_map(pins_of_rollout).collect();
-        if !pins.is_empty() {
-            let changed = self.apply(&pins);
-            if !changed.is_empty() {
-                tracing::info!(gateways = changed.len(), "desired state rebuilt from rollouts after a restart");
-            }
+        if pins.is_empty() {
+            return Vec::new();
         }
+        let changed = self.apply(&pins);
+        if !changed.is_empty() {
+            tracing::info!(gateways = changed.len(), "desired state rebuilt from the rollouts' state");
+        }
+        changed
     }
 
     async fn republish_all(&mut self) {
@@ -408,6 +416,12 @@ impl Core {
 
     /// Ticks the engine and publishes what its actions changed.
     async fn advance(&mut self) {
+        if self.rebuild {
+            self.rebuild = false;
+            for d in self.reconcile().await {
+                self.publish(&d).await;
+            }
+        }
         let actions = match self.engine.tick() {
             Ok(a) => a,
             Err(e) => {
@@ -446,8 +460,9 @@ impl Core {
             tracing::error!(error = %p, "desired state not changed");
         }
         if let Err(e) = self.store.put_desired(&changed) {
-            tracing::error!(error = %e, "cannot store desired state; not published");
+            tracing::error!(error = %e, "cannot store desired state; not published, retried from the rollouts");
             self.desired = before;
+            self.rebuild = true;
             return Vec::new();
         }
         changed
