@@ -62,6 +62,28 @@ async fn fails(config: &Path, args: &[&str]) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
+fn chromium() -> PathBuf {
+    for p in ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!("chromium not found: the fleet page is rendered in headless Chromium; cargo xtask setup installs it")
+}
+
+/// The page at `url` after its script ran, as Chromium serializes the DOM.
+fn rendered_dom(url: &str) -> String {
+    let profile = tempfile::tempdir().expect("profile dir");
+    let out = Command::new(chromium())
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--virtual-time-budget=5000"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--dump-dom", url])
+        .output()
+        .expect("run chromium");
+    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("DOM is UTF-8")
+}
+
 async fn until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
@@ -217,6 +239,17 @@ async fn serve_and_the_cli_run_a_rollout_pause_resume_and_abort() {
     assert!(ok(&config, &["rollout", "pause", "p2"]).await.contains("paused p2"));
     assert!(ok(&config, &["rollout", "show", "p2"]).await.contains("p2 weight-loading 1.5.0: paused"));
     assert!(fails(&config, &["rollout", "pause", "p2"]).await.contains("cannot pause"));
+    // The fleet page, rendered by headless Chromium with the token in the
+    // fragment: versions per site and the paused rollout with its waves.
+    let token = std::fs::read_to_string(&token_file).unwrap().trim().to_string();
+    let page_url = format!("http://{listen}/#token={token}");
+    let dom = tokio::task::spawn_blocking(move || rendered_dom(&page_url)).await.unwrap();
+    assert!(dom.contains("3 gateways, updated"), "{dom}");
+    assert!(dom.contains("<td>north</td><td>weight-loading</td>"), "{dom}");
+    assert!(dom.contains("<td>south</td><td>weight-loading</td>"), "{dom}");
+    assert_eq!(dom.matches("1.5.0 (1)").count(), 1, "wave 1's gateway runs 1.5.0: {dom}");
+    assert!(dom.contains("p2: weight-loading 1.5.0 <span class=\"\">paused</span>"), "{dom}");
+    assert!(dom.contains("<td>wave 1</td><td>1</td>"), "{dom}");
     ok(&config, &["rollout", "resume", "p2"]).await;
     ok(&config, &["rollout", "abort", "p2", "--reason", "operator test"]).await;
     let watched = fails(&config, &["rollout", "watch", "p2"]).await;
@@ -238,8 +271,7 @@ async fn serve_and_the_cli_run_a_rollout_pause_resume_and_abort() {
             .await
             .unwrap();
     assert_eq!(anon.status, 401);
-    let token = std::fs::read_to_string(&token_file).unwrap();
-    let auth = format!("Bearer {}", token.trim());
+    let auth = format!("Bearer {token}");
     let data = outpost_ops::client::request(
         "GET",
         &format!("http://{listen}/api/fleet"),
