@@ -9,6 +9,8 @@
 //!
 //! `cargo bench -p outpost-ops --bench fleet [-- SIZES [RUNS]]`, e.g.
 //! `-- 1000,10000 3`. Defaults: sizes 1000,10000, 3 runs (median printed).
+//! `OUTPOST_FLEET_BENCH_MEMSTORE=1` runs the core over the in-memory store
+//! instead of redb, to see what storage costs.
 
 #[path = "../tests/support/fixture.rs"]
 mod fixture;
@@ -137,7 +139,8 @@ fn main() {
     let runs: usize = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(3).max(1);
     let nofile = raise_nofile();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    println!("fleet bench: Mosquitto with password file + ACL, one redb-backed outpost-ops, N simulated gateways (one MQTT connection each), waves [1, 10%, 50%, 100%], no bake; open-files limit {nofile}");
+    let store = if std::env::var_os("OUTPOST_FLEET_BENCH_MEMSTORE").is_some() { "in-memory" } else { "redb" };
+    println!("fleet bench: Mosquitto with password file + ACL, one {store}-backed outpost-ops, N simulated gateways (one MQTT connection each), waves [1, 10%, 50%, 100%], no bake; open-files limit {nofile}");
     for n in sizes {
         // Each gateway holds a socket here and one in the broker.
         if (n as u64) + 200 > nofile {

@@ -77,7 +77,12 @@ impl World {
         let trust = TrustStore::load(&trust_dir).unwrap();
         let artifacts = Artifacts::open(&dir.path().join("artifacts")).unwrap();
         let store_path = dir.path().join("fleet.redb");
-        let store: SharedStore = Arc::new(RedbStore::open(&store_path).expect("store"));
+        // The bench can compare against the in-memory store (no restart then).
+        let store: SharedStore = if std::env::var_os("OUTPOST_FLEET_BENCH_MEMSTORE").is_some() {
+            Arc::new(outpost_ops::MemStore::default())
+        } else {
+            Arc::new(RedbStore::open(&store_path).expect("store"))
+        };
         let mut packages = BTreeMap::new();
         for v in versions {
             let rec = artifacts.add(&format!("{SVC}-{v}.opkg"), &pack(&provider, v), &trust, 1).expect("package");
