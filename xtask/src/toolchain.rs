@@ -94,7 +94,7 @@ pub fn setup(servers: bool) -> Result<Guest> {
     println!("    using {}", guest.describe());
     done(t);
     if servers {
-        let t = step("checking test servers and tools (mosquitto, mosquitto_sub, promtool, shellcheck, chromium)");
+        let t = step("checking test servers and tools (mosquitto, mosquitto_sub, promtool, shellcheck, chromium, postgresql, ip)");
         let mut missing = Vec::new();
         if !has_command("mosquitto") {
             missing.push("mosquitto");
@@ -110,6 +110,16 @@ pub fn setup(servers: bool) -> Result<Guest> {
         }
         if !has_command("chromium") {
             missing.push("chromium"); // the status page test renders the page in headless Chromium
+        }
+        // outpost-ops' PostgreSQL store is tested against a server its test starts.
+        let has_initdb = std::fs::read_dir("/usr/lib/postgresql")
+            .map(|d| d.filter_map(|e| e.ok()).any(|e| e.path().join("bin/initdb").is_file()))
+            .unwrap_or(false);
+        if !has_initdb {
+            missing.push("postgresql");
+        }
+        if !has_command("ip") {
+            missing.push("iproute2"); // the fleet test puts gateways in their own network namespace
         }
         if missing.is_empty() {
             println!("    all present");
