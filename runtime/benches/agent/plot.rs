@@ -32,7 +32,7 @@ pub fn curve(path: &Path, title: &str, x_desc: &str, y_desc: &str, series: &[Ser
         .configure_mesh()
         .x_desc(x_desc)
         .y_desc(y_desc)
-        .x_label_formatter(&|x| crate::report::num(*x))
+        .x_label_formatter(&|x| if x.fract() == 0.0 { format!("{x:.0}") } else { crate::report::num(*x) })
         .y_label_formatter(&|y| crate::report::num(*y))
         .draw()
         .map_err(|e| e.to_string())?;
