@@ -274,6 +274,23 @@ fn desired_state_reports_sharing_policy_audit_and_store_and_forward() {
     assert!(got.iter().any(|(t, p)| t == &topic::events(GW) && p.contains("desired_refused")), "the refusal is reported");
     assert_eq!(agent.metric("outpost_fleet_desired_refused_total", &[]), 1.0);
 
+    // 5b. Signed desired state naming an unsigned package: the agent's own
+    // check of the provider's signature refuses it; nothing changes.
+    let dir_pkg = outpost_tests::test_package("testbed");
+    let manifest = std::fs::read_to_string(dir_pkg.join("service.toml")).expect("manifest").replace("0.1.0", "3.0.0");
+    let wasm = std::fs::read(dir_pkg.join("service.wasm")).expect("component");
+    let unsigned = outpost_package::pack(manifest.as_bytes(), &wasm, None).expect("pack unsigned");
+    let v3 = ops.artifact("3.0.0", &unsigned);
+    ops.publish_desired(BTreeMap::from([("testbed".to_string(), Some(v3))]), &key);
+    let got = sub.wait_until(Duration::from_secs(15), |got| {
+        got.iter().any(|(t, p)| t == &topic::events(GW) && p.contains("apply_failed"))
+    });
+    let failed = got.iter().find(|(t, p)| t == &topic::events(GW) && p.contains("apply_failed")).map(|(_, p)| p.clone());
+    let failed = failed.expect("the refusal of an unsigned package is reported");
+    assert!(failed.to_lowercase().contains("unsigned") || failed.contains("signature"), "{failed}");
+    let last = reports(&sub.received()).last().cloned().expect("reports");
+    assert_eq!(version_of(&last, "testbed").as_deref(), Some("1.0.0"), "nothing changed: {last}");
+
     // 6. Upgrade, then roll back, through desired state.
     ops.publish_desired(BTreeMap::from([("testbed".to_string(), Some(v2))]), &key);
     wait_version(&sub, "testbed", "2.0.0", "upgrade");
