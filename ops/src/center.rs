@@ -3,10 +3,20 @@
 //! per batch), ticks the engine, turns its actions into signed, retained
 //! desired state, and answers operator commands. Everything it decides is
 //! in [`crate::desired`] (pure); this is the thin async shell around it.
+//!
+//! Several replicas may share one store ([`crate::PgStore`]): only the
+//! replica holding the store's lease ([`LEASE`]) acts (ticks the engine,
+//! feeds it reports, publishes desired state, takes operator commands);
+//! the others stand by, keep their MQTT link and remember each gateway's
+//! latest report, and try the lease every third of its ttl. A replica that
+//! takes the lease reloads rollouts and desired state from the store,
+//! rebuilds what the last leader lost, replays the reports it remembered
+//! and republishes every desired state. A leader that cannot renew stops
+//! acting before its lease can expire.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use outpost_fleet::{topic, DesiredState, FleetEvent, GatewayReport};
@@ -27,6 +37,9 @@ pub type SharedStore = Arc<dyn FleetStore + Send + Sync>;
 /// Most messages taken from the link per engine turn.
 const MAX_BATCH: usize = 4096;
 
+/// The store lease whose holder is the one replica that acts.
+pub const LEASE: &str = "outpost-ops-core";
+
 pub struct CenterConfig {
     /// The operations center's name, as signed into desired state.
     pub ops_name: String,
@@ -34,6 +47,39 @@ pub struct CenterConfig {
     pub link: LinkConfig,
     /// How often the engine ticks when nothing arrives (timeouts, bake).
     pub tick: Duration,
+    /// This replica's name in the lease; unique among replicas.
+    pub replica_id: String,
+    /// How long the lease lasts unrenewed; renewed every third of it.
+    pub lease_ttl: Duration,
+}
+
+/// Whether this replica leads, and who does; read at any time (HTTP API).
+#[derive(Debug)]
+pub struct Role {
+    replica: String,
+    leading: AtomicBool,
+    leader: Mutex<Option<String>>,
+}
+
+impl Role {
+    fn new(replica: String) -> Role {
+        Role { replica, leading: AtomicBool::new(false), leader: Mutex::new(None) }
+    }
+    fn set(&self, leading: bool, leader: Option<String>) {
+        self.leading.store(leading, Ordering::SeqCst);
+        *self.leader.lock().unwrap_or_else(|e| e.into_inner()) = leader;
+    }
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+    pub fn leading(&self) -> bool {
+        self.leading.load(Ordering::SeqCst)
+    }
+    /// The lease holder last seen in the store (None before the first try
+    /// or when the store could not be read).
+    pub fn leader(&self) -> Option<String> {
+        self.leader.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// What the core counted since it started; read at any time.
@@ -54,6 +100,10 @@ pub struct Counters {
     /// Subscription filters the broker granted (all three after a CONNACK).
     pub subscribed: AtomicU64,
     pub subscribe_refused: AtomicU64,
+    /// Times this replica took the lease (became the acting leader).
+    pub leader_terms: AtomicU64,
+    /// Reports a standby kept for a takeover instead of acting on them.
+    pub standby_reports: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -72,6 +122,10 @@ pub struct CountersSnapshot {
     pub connected: u64,
     pub subscribed: u64,
     pub subscribe_refused: u64,
+    #[serde(default)]
+    pub leader_terms: u64,
+    #[serde(default)]
+    pub standby_reports: u64,
 }
 
 impl Counters {
@@ -92,6 +146,8 @@ impl Counters {
             connected: g(&self.connected),
             subscribed: g(&self.subscribed),
             subscribe_refused: g(&self.subscribe_refused),
+            leader_terms: g(&self.leader_terms),
+            standby_reports: g(&self.standby_reports),
         }
     }
 }
@@ -108,6 +164,8 @@ pub enum CenterError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Refused(String),
+    #[error("this replica is on standby; the leader is {}", .leader.as_deref().unwrap_or("unknown"))]
+    Standby { leader: Option<String> },
     #[error("the operations center has stopped")]
     Stopped,
 }
@@ -125,6 +183,7 @@ enum Command {
 pub struct CenterHandle {
     tx: mpsc::Sender<Command>,
     pub counters: Arc<Counters>,
+    pub role: Arc<Role>,
 }
 
 impl CenterHandle {
@@ -180,6 +239,16 @@ struct Core {
     /// Desired state could not be stored: rebuild it from the rollouts at
     /// the next turn (the engine already persisted the actions).
     rebuild: bool,
+    role: Arc<Role>,
+    lease_ttl: Duration,
+    /// Holding the lease and acting on it.
+    leading: bool,
+    /// Local time after which this replica must not act on its lease: the
+    /// lease's expiry less a fifth of the ttl for clock skew between replicas.
+    act_until_ms: u64,
+    /// The latest report of each gateway heard while on standby, replayed at
+    /// a takeover: the last leader may have taken it and died before storing.
+    held_reports: BTreeMap<String, GatewayReport>,
 }
 
 /// Starts the link and the core. Desired state lost in a crash (actions the
@@ -195,6 +264,7 @@ pub fn spawn(
     let engine = Engine::resume(store.clone(), SystemClock)?;
     let desired = store.desired_states()?.into_iter().map(|d| (d.gateway.clone(), d)).collect();
     let counters = Arc::new(Counters::default());
+    let role = Arc::new(Role::new(cfg.replica_id.clone()));
     let mut core = Core {
         engine,
         store,
@@ -205,15 +275,22 @@ pub fn spawn(
         counters: counters.clone(),
         connected_once: false,
         rebuild: false,
+        role: role.clone(),
+        lease_ttl: cfg.lease_ttl,
+        leading: false,
+        act_until_ms: 0,
+        held_reports: BTreeMap::new(),
     };
     let (tx, rx) = mpsc::channel(64);
     let task = tokio::spawn(async move {
-        // Published with everything else on the first connection.
-        let _ = core.reconcile().await;
+        // Leading from the start if the lease is free (one replica, or the
+        // first of several); rebuilt desired state goes out with everything
+        // else on the first connection.
+        core.lease_turn().await;
         core.run(inbound, rx, cfg.tick).await;
         link.abort();
     });
-    Ok((CenterHandle { tx, counters }, task))
+    Ok((CenterHandle { tx, counters, role }, task))
 }
 
 fn now_ms() -> u64 {
@@ -230,6 +307,8 @@ impl Core {
     ) {
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut lease = tokio::time::interval(self.lease_ttl / 3);
+        lease.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 m = inbound.recv() => {
@@ -246,6 +325,12 @@ impl Core {
                 c = commands.recv() => match c {
                     None => return,
                     Some(Command::Shutdown { reply }) => {
+                        if self.leading {
+                            self.step_down();
+                            if let Err(e) = self.store.release_lease(LEASE, self.role.replica()) {
+                                tracing::warn!(error = %e, "cannot release the lease; it expires by itself");
+                            }
+                        }
                         let _ = self.client.disconnect().await;
                         let _ = reply.send(());
                         return;
@@ -253,8 +338,89 @@ impl Core {
                     Some(c) => self.on_command(c),
                 },
                 _ = interval.tick() => {}
+                _ = lease.tick() => self.lease_turn().await,
             }
             self.advance().await;
+        }
+    }
+
+    /// Takes or renews the lease; takes over when newly leading, stops
+    /// acting when the lease is lost or cannot be renewed.
+    async fn lease_turn(&mut self) {
+        let asked = now_ms();
+        let ttl = self.lease_ttl.as_millis() as u64;
+        match self.store.try_lease(LEASE, self.role.replica(), ttl, asked) {
+            Ok(l) if l.holder == self.role.replica() => {
+                // Counted from before the request: the store's expiry is later.
+                self.act_until_ms = asked + ttl - ttl / 5;
+                if !self.leading {
+                    self.take_over().await;
+                }
+                self.role.set(self.leading, Some(l.holder));
+            }
+            Ok(l) => {
+                if self.leading {
+                    tracing::warn!(leader = %l.holder, "lease lost; standing by");
+                }
+                self.step_down();
+                self.role.set(false, Some(l.holder));
+            }
+            Err(e) => {
+                if self.leading {
+                    tracing::error!(error = %e, "cannot renew the lease; standing by");
+                }
+                self.step_down();
+                self.role.set(false, None);
+            }
+        }
+    }
+
+    fn step_down(&mut self) {
+        self.leading = false;
+        self.act_until_ms = 0;
+        self.role.leading.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether this replica may act now: it holds a lease that has not run
+    /// out on its own clock (a renewal can be late when a turn was long).
+    fn acting(&mut self) -> bool {
+        if self.leading && now_ms() >= self.act_until_ms {
+            tracing::warn!("lease not renewed in time; standing by");
+            self.step_down();
+        }
+        self.leading
+    }
+
+    /// Newly leading: everything the last leader knew is in the store.
+    async fn take_over(&mut self) {
+        let loaded = Engine::resume(self.store.clone(), SystemClock)
+            .and_then(|e| Ok((e, self.store.desired_states()?)));
+        let (engine, desired) = match loaded {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(error = %e, "lease taken but the store cannot be read; not acting");
+                return;
+            }
+        };
+        self.engine = engine;
+        self.desired = desired.into_iter().map(|d| (d.gateway.clone(), d)).collect();
+        self.leading = true;
+        self.role.leading.store(true, Ordering::SeqCst);
+        bump(&self.counters.leader_terms);
+        tracing::info!(
+            replica = %self.role.replica(),
+            rollouts = self.engine.active().count(),
+            held_reports = self.held_reports.len(),
+            "leading"
+        );
+        // Actions the last leader persisted but whose desired state it never
+        // wrote are rebuilt here (stored; published below with the rest).
+        self.reconcile().await;
+        let held: Vec<GatewayReport> = std::mem::take(&mut self.held_reports).into_values().collect();
+        self.on_reports(held);
+        // Before the first connection, `Connected` publishes everything.
+        if self.connected_once {
+            self.republish_all().await;
         }
     }
 
@@ -286,7 +452,7 @@ impl Core {
             match m {
                 Inbound::Connected { session_present } => {
                     bump(&self.counters.connected);
-                    if !self.connected_once || !session_present {
+                    if self.acting() && (!self.connected_once || !session_present) {
                         self.republish_all().await;
                     }
                     self.connected_once = true;
@@ -302,6 +468,21 @@ impl Core {
                 }
             }
         }
+        if reports.is_empty() {
+            return;
+        }
+        if !self.acting() {
+            self.counters.standby_reports.fetch_add(reports.len() as u64, Ordering::Relaxed);
+            for r in reports {
+                self.held_reports.insert(r.gateway.clone(), r);
+            }
+            return;
+        }
+        self.on_reports(reports);
+    }
+
+    /// Feeds reports to the engine (leading only).
+    fn on_reports(&mut self, reports: Vec<GatewayReport>) {
         if reports.is_empty() {
             return;
         }
@@ -386,6 +567,17 @@ impl Core {
     }
 
     fn on_command(&mut self, c: Command) {
+        if !self.acting() {
+            let refused = || CenterError::Standby { leader: self.role.leader() };
+            let _ = match c {
+                Command::Start { reply, .. }
+                | Command::Pause { reply, .. }
+                | Command::Resume { reply, .. }
+                | Command::Abort { reply, .. } => reply.send(Err(refused())),
+                Command::Shutdown { .. } => Ok(()),
+            };
+            return;
+        }
         match c {
             Command::Start { plan, actor, reply } => {
                 let _ = reply.send(self.start(*plan, &actor));
@@ -416,6 +608,9 @@ impl Core {
 
     /// Ticks the engine and publishes what its actions changed.
     async fn advance(&mut self) {
+        if !self.acting() {
+            return;
+        }
         if self.rebuild {
             self.rebuild = false;
             for d in self.reconcile().await {

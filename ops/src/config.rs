@@ -15,6 +15,8 @@
 //! store = "/var/lib/outpost-ops/fleet.redb"     # or postgresql://user@host/db (replicas)
 //! artifacts = "/var/lib/outpost-ops/artifacts"
 //! trust = "/etc/outpost-ops/trust"       # provider keys packages must verify against
+//! replica_id = "ops-1"                   # default: hostname-pid; unique per replica
+//! lease_ttl_ms = 5000                    # leader lease; a standby takes over within it
 //!
 //! [http]
 //! listen = "127.0.0.1:8470"
@@ -62,6 +64,28 @@ pub struct CoreConfig {
     /// Milliseconds between engine ticks when nothing arrives (default 200).
     #[serde(default = "default_tick_ms")]
     pub tick_ms: u64,
+    /// This replica's name in the leader lease (default: hostname-pid).
+    #[serde(default)]
+    pub replica_id: Option<String>,
+    /// How long the leader's lease lasts unrenewed (default 5000); it is
+    /// renewed every third of that, and a standby takes over within it.
+    #[serde(default = "default_lease_ttl_ms")]
+    pub lease_ttl_ms: u64,
+}
+
+impl CoreConfig {
+    /// `replica_id`, or hostname-pid.
+    pub fn replica_id(&self) -> String {
+        if let Some(id) = &self.replica_id {
+            return id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "outpost-ops".to_string());
+        format!("{host}-{}", std::process::id())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -78,6 +102,9 @@ fn default_client_id() -> String {
 }
 fn default_tick_ms() -> u64 {
     200
+}
+fn default_lease_ttl_ms() -> u64 {
+    5000
 }
 
 /// Every problem with a config file, one per line.
@@ -132,6 +159,15 @@ impl OpsConfig {
         if self.ops.tick_ms == 0 || self.ops.tick_ms > 60_000 {
             p.push(format!("ops.tick_ms {} is outside 1..=60000", self.ops.tick_ms));
         }
+        if let Some(id) = &self.ops.replica_id {
+            if id.is_empty() || id.len() > 128 || !id.chars().all(|c| c.is_ascii_graphic()) {
+                p.push(format!("ops.replica_id `{id}` is not 1-128 printable ASCII characters without spaces"));
+            }
+        }
+        // A third of the ttl must leave room for a renewal round trip.
+        if !(300..=600_000).contains(&self.ops.lease_ttl_ms) {
+            p.push(format!("ops.lease_ttl_ms {} is outside 300..=600000", self.ops.lease_ttl_ms));
+        }
         if self.http.listen.parse::<SocketAddr>().is_err() {
             p.push(format!("http.listen `{}` is not an address like 127.0.0.1:8470", self.http.listen));
         }
@@ -175,6 +211,8 @@ mod tests {
             store = "s.redb"
             artifacts = "a"
             trust = "/nonexistent/trust"
+            replica_id = "two words"
+            lease_ttl_ms = 10
             [http]
             listen = "localhost"
             token_file = "t"
@@ -182,12 +220,44 @@ mod tests {
         let cfg: OpsConfig = toml::from_str(text).unwrap();
         let e = cfg.validate(Path::new("ops.toml")).unwrap_err();
         let all = e.problems.join("\n");
-        for want in ["tls_ca: required", "broker.user is empty", "password_file", "ops.key", "ops.trust", "http.listen"]
-        {
+        for want in [
+            "tls_ca: required",
+            "broker.user is empty",
+            "password_file",
+            "ops.key",
+            "ops.trust",
+            "http.listen",
+            "ops.replica_id `two words`",
+            "ops.lease_ttl_ms 10",
+        ] {
             assert!(all.contains(want), "missing `{want}` in:\n{all}");
         }
-        assert_eq!(e.problems.len(), 6, "{all}");
+        assert_eq!(e.problems.len(), 8, "{all}");
         let unknown = toml::from_str::<OpsConfig>(&text.replace("[http]", "[http]\nport = 1"));
         assert!(unknown.unwrap_err().to_string().contains("unknown field"));
+    }
+
+    #[test]
+    fn replica_defaults() {
+        let text = r#"
+            [broker]
+            url = "mqtt://h:1"
+            user = "ops"
+            password_file = "p"
+            [ops]
+            key = "k"
+            store = "s.redb"
+            artifacts = "a"
+            trust = "t"
+            [http]
+            listen = "127.0.0.1:1"
+            token_file = "t"
+        "#;
+        let cfg: OpsConfig = toml::from_str(text).unwrap();
+        assert_eq!(cfg.ops.lease_ttl_ms, 5000);
+        let id = cfg.ops.replica_id();
+        assert!(id.ends_with(&format!("-{}", std::process::id())), "{id}");
+        let named: OpsConfig = toml::from_str(&text.replace("[http]", "replica_id = \"ops-2\"\n[http]")).unwrap();
+        assert_eq!(named.ops.replica_id(), "ops-2");
     }
 }

@@ -50,10 +50,23 @@ impl From<CenterError> for ApiError {
     fn from(e: CenterError) -> Self {
         match e {
             CenterError::Refused(m) => ApiError(StatusCode::CONFLICT, m),
-            CenterError::Stopped => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            CenterError::Stopped | CenterError::Standby { .. } => {
+                ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
             other => internal(other),
         }
     }
+}
+
+/// Writes go to the leading replica only (503 naming the leader on a
+/// standby): a gateway's credentials land in the leader's broker password
+/// file and a package in its artifacts folder, and rollout commands are the
+/// leader's to act on. Reads answer on every replica, from the store.
+fn leader_only(s: &ApiState) -> Result<(), ApiError> {
+    if s.center.role.leading() {
+        return Ok(());
+    }
+    Err(CenterError::Standby { leader: s.center.role.leader() }.into())
 }
 
 pub fn router(state: Shared) -> Router {
@@ -177,6 +190,16 @@ pub struct FleetView {
     pub versions: BTreeMap<String, BTreeMap<String, BTreeMap<String, usize>>>,
     pub rollouts: Vec<RolloutView>,
     pub counters: CountersSnapshot,
+    #[serde(default)]
+    pub replica: ReplicaView,
+}
+
+/// This replica and the lease holder it last saw.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReplicaView {
+    pub id: String,
+    pub leading: bool,
+    pub leader: Option<String>,
 }
 
 async fn fleet(State(s): State<Shared>, h: HeaderMap) -> ApiResult {
@@ -195,7 +218,9 @@ async fn fleet(State(s): State<Shared>, h: HeaderMap) -> ApiResult {
         }
     }
     let rollouts = s.store.rollouts().map_err(internal)?.iter().filter(|r| r.phase.is_active()).map(view).collect();
-    Ok(Json(FleetView { gateways, versions, rollouts, counters: s.center.counters.snapshot() }).into_response())
+    let role = &s.center.role;
+    let replica = ReplicaView { id: role.replica().to_string(), leading: role.leading(), leader: role.leader() };
+    Ok(Json(FleetView { gateways, versions, rollouts, counters: s.center.counters.snapshot(), replica }).into_response())
 }
 
 async fn gateways(State(s): State<Shared>, h: HeaderMap) -> ApiResult {
@@ -251,6 +276,7 @@ pub fn mosquitto_passwd(file: &std::path::Path, user: &str, password: &str) -> R
 
 async fn add_gateway(State(s): State<Shared>, h: HeaderMap, Json(n): Json<NewGateway>) -> ApiResult {
     auth(&s, &h)?;
+    leader_only(&s)?;
     let mut problems = Vec::new();
     if !outpost_fleet::topic::valid_gateway_id(&n.id) {
         problems.push(format!("gateway id `{}` is not 1-64 of [A-Za-z0-9._-]", n.id));
@@ -293,6 +319,7 @@ async fn packages(State(s): State<Shared>, h: HeaderMap) -> ApiResult {
 
 async fn add_package(State(s): State<Shared>, h: HeaderMap, body: Bytes) -> ApiResult {
     auth(&s, &h)?;
+    leader_only(&s)?;
     let name = h.get("x-package-name").and_then(|v| v.to_str().ok()).unwrap_or("upload.opkg").to_string();
     let trust_dir = s.trust_dir.clone();
     let arts = s.artifacts.clone();

@@ -27,4 +27,4 @@ pub use engine::{Engine, EngineError};
 pub use model::{Gateway, PackageRecord, Plan, Report};
 pub use pg_store::PgStore;
 pub use rollout::{Action, Clock, ManualClock, Rollout};
-pub use store::{FleetStore, MemStore, RedbStore};
+pub use store::{FleetStore, Lease, MemStore, RedbStore};

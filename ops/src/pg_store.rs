@@ -3,7 +3,9 @@
 //! `UPDATE ... WHERE revision = n - 1` (or an insert for revision 1), so of
 //! two replicas acting on the same transition only one commits; the other
 //! gets [`StoreError::Conflict`] and the engine reloads instead of handing
-//! its actions out.
+//! its actions out. A lease row (`ops_leases`) taken with one
+//! `INSERT ... ON CONFLICT DO UPDATE ... WHERE` elects the one replica that
+//! acts ([`FleetStore::try_lease`]).
 //!
 //! The client (`postgres`, the blocking face of tokio-postgres) lives on a
 //! thread of its own: the trait is synchronous and is called from inside the
@@ -16,7 +18,7 @@ use outpost_fleet::DesiredState;
 use postgres::{Client, NoTls};
 
 use crate::model::{AuditEntry, Gateway, PackageRecord, RolloutState};
-use crate::store::{FleetStore, StoreError};
+use crate::store::{FleetStore, Lease, StoreError};
 
 type Job = Box<dyn FnOnce(&mut Client) + Send>;
 
@@ -36,12 +38,17 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(be)
 }
 
+// Under an advisory lock: replicas starting together would otherwise race
+// on CREATE TABLE IF NOT EXISTS (a unique violation in the catalogue).
 const SCHEMA: &str = "
+SELECT pg_advisory_lock(7419021);
 CREATE TABLE IF NOT EXISTS ops_gateways (id TEXT PRIMARY KEY, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS ops_rollouts (id TEXT PRIMARY KEY, revision BIGINT NOT NULL, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS ops_audit (seq BIGSERIAL PRIMARY KEY, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS ops_packages (key TEXT PRIMARY KEY, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS ops_desired (gateway TEXT PRIMARY KEY, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ops_leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_ms BIGINT NOT NULL);
+SELECT pg_advisory_unlock(7419021);
 ";
 
 impl PgStore {
@@ -221,5 +228,37 @@ impl FleetStore for PgStore {
     }
     fn desired_states(&self) -> Result<Vec<DesiredState>, StoreError> {
         self.all("SELECT gateway, record FROM ops_desired ORDER BY gateway")
+    }
+    fn try_lease(&self, name: &str, holder: &str, ttl_ms: u64, now_ms: u64) -> Result<Lease, StoreError> {
+        let (name, holder) = (name.to_string(), holder.to_string());
+        let ms = |v: u64| i64::try_from(v).map_err(|_| be(format!("lease time {v} out of range")));
+        let (now, expires) = (ms(now_ms)?, ms(now_ms.saturating_add(ttl_ms))?);
+        self.run(move |c| {
+            // One statement: taken if free, expired or ours; concurrent
+            // attempts serialise on the row, so exactly one replica wins.
+            let won = c
+                .query_opt(
+                    "INSERT INTO ops_leases (name, holder, expires_ms) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, expires_ms = EXCLUDED.expires_ms \
+                     WHERE ops_leases.expires_ms <= $4 OR ops_leases.holder = $2 \
+                     RETURNING holder, expires_ms",
+                    &[&name, &holder, &expires, &now],
+                )
+                .map_err(be)?;
+            let row = match won {
+                Some(r) => r,
+                None => c
+                    .query_opt("SELECT holder, expires_ms FROM ops_leases WHERE name = $1", &[&name])
+                    .map_err(be)?
+                    .ok_or_else(|| be(format!("lease `{name}` vanished")))?,
+            };
+            Ok(Lease { holder: row.get(0), expires_ms: row.get::<_, i64>(1).max(0) as u64 })
+        })
+    }
+    fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let (name, holder) = (name.to_string(), holder.to_string());
+        self.run(move |c| {
+            c.execute("DELETE FROM ops_leases WHERE name = $1 AND holder = $2", &[&name, &holder]).map(|_| ()).map_err(be)
+        })
     }
 }

@@ -1,9 +1,9 @@
 //! Fleet storage behind one trait, so the engine does not care where state
 //! lives. [`RedbStore`] is the embedded default (one file); [`MemStore`] is
-//! for tests. A PostgreSQL implementation of the same trait is planned for
-//! fleets shared by several `outpost-ops` replicas: `put_rollout` already
-//! takes the revision the writer read, so two replicas cannot both commit a
-//! transition of the same rollout.
+//! for tests; [`crate::PgStore`] is for fleets shared by several
+//! `outpost-ops` replicas: `put_rollout` takes the revision the writer read,
+//! so two replicas cannot both commit a transition of the same rollout, and
+//! [`FleetStore::try_lease`] elects the one replica that acts at all.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -23,6 +23,23 @@ pub enum StoreError {
     Corrupt { key: String, err: String },
     #[error("rollout `{id}` changed under us: expected revision {expected}, found {found}")]
     Conflict { id: String, expected: u64, found: u64 },
+}
+
+/// A named lease and who holds it until when (ms since the epoch, the
+/// clock of the replica that took it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Lease {
+    pub holder: String,
+    pub expires_ms: u64,
+}
+
+/// The one lease rule every store applies inside its own transaction: the
+/// lease goes to `holder` if it is free, expired, or already `holder`'s.
+fn lease_after(current: Option<&Lease>, holder: &str, ttl_ms: u64, now_ms: u64) -> Option<Lease> {
+    match current {
+        Some(l) if l.holder != holder && l.expires_ms > now_ms => None,
+        _ => Some(Lease { holder: holder.to_string(), expires_ms: now_ms.saturating_add(ttl_ms) }),
+    }
 }
 
 pub trait FleetStore {
@@ -51,6 +68,14 @@ pub trait FleetStore {
     fn put_desired(&self, states: &[DesiredState]) -> Result<(), StoreError>;
     /// Every gateway's last desired state, ordered by gateway id.
     fn desired_states(&self) -> Result<Vec<DesiredState>, StoreError>;
+    /// Takes or renews the lease `name` for `holder` until `now_ms + ttl_ms`
+    /// if it is free, expired (`expires_ms <= now_ms`) or already
+    /// `holder`'s, atomically; returns the lease as it stands afterwards
+    /// (`holder` has it iff `lease.holder == holder`).
+    fn try_lease(&self, name: &str, holder: &str, ttl_ms: u64, now_ms: u64) -> Result<Lease, StoreError>;
+    /// Gives the lease up if `holder` has it (a clean stop: the next replica
+    /// need not wait for it to expire).
+    fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 }
 
 /// A shared store is a store: the transport's engine and the HTTP API read
@@ -95,6 +120,12 @@ impl<T: FleetStore + ?Sized> FleetStore for std::sync::Arc<T> {
     fn desired_states(&self) -> Result<Vec<DesiredState>, StoreError> {
         (**self).desired_states()
     }
+    fn try_lease(&self, name: &str, holder: &str, ttl_ms: u64, now_ms: u64) -> Result<Lease, StoreError> {
+        (**self).try_lease(name, holder, ttl_ms, now_ms)
+    }
+    fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        (**self).release_lease(name, holder)
+    }
 }
 
 fn check_revision(id: &str, stored: Option<u64>, new: u64) -> Result<(), StoreError> {
@@ -118,6 +149,7 @@ struct Mem {
     audit: Vec<AuditEntry>,
     packages: BTreeMap<String, PackageRecord>,
     desired: BTreeMap<String, DesiredState>,
+    leases: BTreeMap<String, Lease>,
 }
 
 impl MemStore {
@@ -175,6 +207,20 @@ impl FleetStore for MemStore {
     fn desired_states(&self) -> Result<Vec<DesiredState>, StoreError> {
         Ok(self.lock().desired.values().cloned().collect())
     }
+    fn try_lease(&self, name: &str, holder: &str, ttl_ms: u64, now_ms: u64) -> Result<Lease, StoreError> {
+        let mut m = self.lock();
+        if let Some(l) = lease_after(m.leases.get(name), holder, ttl_ms, now_ms) {
+            m.leases.insert(name.to_string(), l);
+        }
+        m.leases.get(name).cloned().ok_or_else(|| StoreError::Backend(format!("lease `{name}` vanished")))
+    }
+    fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let mut m = self.lock();
+        if m.leases.get(name).is_some_and(|l| l.holder == holder) {
+            m.leases.remove(name);
+        }
+        Ok(())
+    }
 }
 
 const GATEWAYS: TableDefinition<&str, &[u8]> = TableDefinition::new("gateways");
@@ -182,6 +228,7 @@ const ROLLOUTS: TableDefinition<&str, &[u8]> = TableDefinition::new("rollouts");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const PACKAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("packages");
 const DESIRED: TableDefinition<&str, &[u8]> = TableDefinition::new("desired");
+const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
 
 /// The embedded store: one redb file, records as JSON.
 pub struct RedbStore {
@@ -209,6 +256,7 @@ impl RedbStore {
         w.open_table(AUDIT).map_err(be)?;
         w.open_table(PACKAGES).map_err(be)?;
         w.open_table(DESIRED).map_err(be)?;
+        w.open_table(LEASES).map_err(be)?;
         w.commit().map_err(be)?;
         Ok(RedbStore { db })
     }
@@ -327,6 +375,39 @@ impl FleetStore for RedbStore {
     fn desired_states(&self) -> Result<Vec<DesiredState>, StoreError> {
         self.all(DESIRED)
     }
+    fn try_lease(&self, name: &str, holder: &str, ttl_ms: u64, now_ms: u64) -> Result<Lease, StoreError> {
+        let w = self.db.begin_write().map_err(be)?;
+        let lease = {
+            let mut t = w.open_table(LEASES).map_err(be)?;
+            let current: Option<Lease> = match t.get(name).map_err(be)? {
+                Some(v) => Some(decode(name, v.value())?),
+                None => None,
+            };
+            match lease_after(current.as_ref(), holder, ttl_ms, now_ms) {
+                Some(l) => {
+                    t.insert(name, encode(&l).as_slice()).map_err(be)?;
+                    l
+                }
+                None => current.ok_or_else(|| StoreError::Backend(format!("lease `{name}` vanished")))?,
+            }
+        };
+        w.commit().map_err(be)?;
+        Ok(lease)
+    }
+    fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let w = self.db.begin_write().map_err(be)?;
+        {
+            let mut t = w.open_table(LEASES).map_err(be)?;
+            let ours = match t.get(name).map_err(be)? {
+                Some(v) => decode::<Lease>(name, v.value())?.holder == holder,
+                None => false,
+            };
+            if ours {
+                t.remove(name).map_err(be)?;
+            }
+        }
+        w.commit().map_err(be)
+    }
 }
 
 impl RedbStore {
@@ -393,9 +474,48 @@ mod tests {
         assert_eq!(store.rollouts().unwrap().len(), 1);
     }
 
+    /// The lease contract every store keeps (tests/postgres.rs checks the
+    /// same on a live PostgreSQL).
+    fn leases_elect_one_holder(store: &dyn FleetStore) {
+        let l = store.try_lease("core", "a", 1_000, 10_000).unwrap();
+        assert_eq!(l, Lease { holder: "a".into(), expires_ms: 11_000 });
+        // B cannot take a lease A holds, and is told who holds it.
+        let l = store.try_lease("core", "b", 1_000, 10_500).unwrap();
+        assert_eq!(l, Lease { holder: "a".into(), expires_ms: 11_000 });
+        // A renews before expiry: the lease moves forward.
+        let l = store.try_lease("core", "a", 1_000, 10_900).unwrap();
+        assert_eq!(l, Lease { holder: "a".into(), expires_ms: 11_900 });
+        assert_eq!(store.try_lease("core", "b", 1_000, 11_899).unwrap().holder, "a");
+        // Another name is another lease.
+        assert_eq!(store.try_lease("other", "b", 1_000, 11_000).unwrap().holder, "b");
+        // Expired (at its expiry instant): B takes it; A's late renewal fails.
+        let l = store.try_lease("core", "b", 1_000, 11_900).unwrap();
+        assert_eq!(l, Lease { holder: "b".into(), expires_ms: 12_900 });
+        assert_eq!(store.try_lease("core", "a", 1_000, 12_000).unwrap().holder, "b");
+        // A release by someone else changes nothing; B's own frees it at once.
+        store.release_lease("core", "a").unwrap();
+        assert_eq!(store.try_lease("core", "a", 1_000, 12_100).unwrap().holder, "b");
+        store.release_lease("core", "b").unwrap();
+        assert_eq!(store.try_lease("core", "a", 1_000, 12_100).unwrap().holder, "a");
+    }
+
     #[test]
     fn mem_store_checks_revisions() {
         revisions_are_checked(&MemStore::default());
+    }
+
+    #[test]
+    fn mem_store_leases() {
+        leases_elect_one_holder(&MemStore::default());
+    }
+
+    #[test]
+    fn redb_store_leases_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleet.redb");
+        leases_elect_one_holder(&RedbStore::open(&path).unwrap());
+        let again = RedbStore::open(&path).unwrap();
+        assert_eq!(again.try_lease("core", "b", 1_000, 12_200).unwrap().holder, "a", "held across reopen");
     }
 
     #[test]

@@ -189,6 +189,8 @@ async fn serve(path: &Path, cfg: OpsConfig) -> Result<()> {
         key: key.key,
         link,
         tick: Duration::from_millis(cfg.ops.tick_ms),
+        replica_id: cfg.ops.replica_id(),
+        lease_ttl: Duration::from_millis(cfg.ops.lease_ttl_ms),
     };
     let (center, core) = center::spawn(store.clone(), ccfg)?;
     let state = Arc::new(ApiState {
@@ -207,6 +209,7 @@ async fn serve(path: &Path, cfg: OpsConfig) -> Result<()> {
         listen = %cfg.http.listen,
         broker = %cfg.broker.url,
         key_id = %key_id,
+        replica = %cfg.ops.replica_id(),
         "outpost-ops serving; fleet page at http://{}/#token=<http.token_file>",
         cfg.http.listen
     );

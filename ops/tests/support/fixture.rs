@@ -155,6 +155,8 @@ impl World {
             key: key.key,
             link: self.ops_link(),
             tick: Duration::from_millis(50),
+            replica_id: "ops-test".into(),
+            lease_ttl: Duration::from_secs(5),
         };
         let (h, t) = center::spawn(self.store().clone(), cfg).expect("center");
         self.center = Some(h);
