@@ -76,6 +76,11 @@ pub struct SimStats {
     pub installed: Mutex<BTreeMap<String, BTreeMap<String, String>>>,
     /// gateway -> last applied desired revision.
     pub revisions: Mutex<BTreeMap<String, u64>>,
+    /// gateway -> every desired revision it acted on, in order (a double
+    /// action shows as a revision too many).
+    pub revisions_applied: Mutex<BTreeMap<String, Vec<u64>>>,
+    /// gateway -> "service version" -> times installed (ok or not).
+    pub applies: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
 }
 
 impl SimStats {
@@ -197,6 +202,13 @@ impl Gw {
         }
         self.apply(&state).await;
         self.applied_revision = Some(state.revision);
+        self.stats
+            .revisions_applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(self.g.id.clone())
+            .or_default()
+            .push(state.revision);
         self.stats.revisions.lock().unwrap_or_else(|e| e.into_inner()).insert(self.g.id.clone(), state.revision);
         self.stats
             .installed
@@ -224,6 +236,15 @@ impl Gw {
                         self.stats.downloads.fetch_add(1, Ordering::Relaxed);
                     }
                     let outcome = (self.cfg.behaviour)(&self.g.id, svc, &d.version);
+                    *self
+                        .stats
+                        .applies
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(self.g.id.clone())
+                        .or_default()
+                        .entry(format!("{svc} {}", d.version))
+                        .or_default() += 1;
                     match outcome {
                         Outcome::ApplyError(_) => {
                             self.stats.apply_failed.fetch_add(1, Ordering::Relaxed);

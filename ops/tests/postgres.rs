@@ -1,97 +1,17 @@
 //! The PostgreSQL store against a server this test starts (initdb + pg_ctl
 //! on a free port in a temp folder): the store contract, and two engines
-//! sharing one rollout where the revision check lets only one of them act.
+//! sharing one rollout where the revision check lets only one of them act;
+//! the leader lease on two connections.
+
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use outpost_ops::model::{AuditEntry, Gates, Health, Selector, WaveSize};
 use outpost_ops::store::StoreError;
-use outpost_ops::{Action, Engine, FleetStore, Gateway, ManualClock, PackageRecord, PgStore, Plan, Report};
+use outpost_ops::{Action, Engine, FleetStore, Gateway, Lease, ManualClock, PackageRecord, PgStore, Plan, Report};
 
-const HINT: &str = "`cargo xtask setup` installs PostgreSQL (Debian package `postgresql`)";
-
-fn pg_bin() -> PathBuf {
-    let root = Path::new("/usr/lib/postgresql");
-    let mut versions: Vec<PathBuf> = std::fs::read_dir(root)
-        .unwrap_or_else(|e| panic!("no {} ({e}): {HINT}", root.display()))
-        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-        .filter(|p| p.join("initdb").is_file())
-        .collect();
-    versions.sort();
-    versions.pop().unwrap_or_else(|| panic!("no initdb under {}: {HINT}", root.display()))
-}
-
-struct Postgres {
-    _dir: tempfile::TempDir,
-    data: PathBuf,
-    bin: PathBuf,
-    port: u16,
-    root: bool,
-}
-
-/// Runs a PostgreSQL tool, as the `postgres` user when we are root
-/// (initdb refuses to run as root).
-fn pg(root: bool, bin: &Path, args: &[&str]) {
-    let out = if root {
-        Command::new("runuser").args(["-u", "postgres", "--"]).arg(bin).args(args).output()
-    } else {
-        Command::new(bin).args(args).output()
-    }
-    .unwrap_or_else(|e| panic!("cannot run {} ({e}): {HINT}", bin.display()));
-    assert!(
-        out.status.success(),
-        "{} {args:?}: {}{}",
-        bin.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl Postgres {
-    fn start() -> Postgres {
-        let bin = pg_bin();
-        let dir = tempfile::tempdir().unwrap();
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
-        let data = dir.path().join("data");
-        std::fs::create_dir(&data).unwrap();
-        if root {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-            let st = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&data).status().unwrap();
-            assert!(st.success(), "chown the data folder to postgres");
-        }
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let d = data.to_str().unwrap();
-        pg(root, &bin.join("initdb"), &["-D", d, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]);
-        let opts = format!("-p {port} -k {d} -c listen_addresses=127.0.0.1 -c fsync=off");
-        let log = format!("{d}/log");
-        pg(root, &bin.join("pg_ctl"), &["-D", d, "-o", &opts, "-l", &log, "-w", "start"]);
-        Postgres { _dir: dir, data, bin, port, root }
-    }
-
-    fn params(&self) -> String {
-        format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port)
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let d = self.data.to_str().unwrap_or_default().to_string();
-        let bin = self.bin.join("pg_ctl");
-        let args = ["-D", d.as_str(), "-m", "immediate", "stop"];
-        let _ = if self.root {
-            Command::new("runuser").args(["-u", "postgres", "--"]).arg(&bin).args(args).output()
-        } else {
-            Command::new(&bin).args(args).output()
-        };
-    }
-}
+use support::postgres::Postgres;
 
 fn fleet(n: usize) -> Vec<Gateway> {
     (0..n)
@@ -198,4 +118,46 @@ fn postgres_store_keeps_the_contract_and_two_engines_never_both_act() {
     assert_eq!(all.len(), 10, "each gateway asked exactly once");
     let audit: Vec<String> = b.store().audit().unwrap().into_iter().map(|e| e.action).collect();
     assert_eq!(audit.iter().filter(|a| *a == "wave_started").count(), 2, "{audit:?}");
+}
+
+#[test]
+fn postgres_lease_elects_one_holder_across_connections() {
+    let pg = Postgres::start();
+    let a = PgStore::connect(&pg.params()).expect("connect");
+    let b = PgStore::connect(&pg.params()).expect("second connection");
+    assert_eq!(a.try_lease("core", "a", 1_000, 10_000).unwrap(), Lease { holder: "a".into(), expires_ms: 11_000 });
+    // B is refused while A's lease runs, and told who holds it.
+    assert_eq!(b.try_lease("core", "b", 1_000, 10_999).unwrap(), Lease { holder: "a".into(), expires_ms: 11_000 });
+    // A renews; B still cannot take it before the new expiry.
+    assert_eq!(a.try_lease("core", "a", 1_000, 10_900).unwrap().expires_ms, 11_900);
+    assert_eq!(b.try_lease("core", "b", 1_000, 11_500).unwrap().holder, "a");
+    // Expired: B takes it, and A's late renewal is refused.
+    assert_eq!(b.try_lease("core", "b", 1_000, 11_900).unwrap(), Lease { holder: "b".into(), expires_ms: 12_900 });
+    assert_eq!(a.try_lease("core", "a", 1_000, 12_000).unwrap().holder, "b");
+    // Released by its holder (only): free at once.
+    a.release_lease("core", "a").unwrap();
+    assert_eq!(a.try_lease("core", "a", 1_000, 12_100).unwrap().holder, "b");
+    b.release_lease("core", "b").unwrap();
+    assert_eq!(a.try_lease("core", "a", 1_000, 12_100).unwrap().holder, "a");
+
+    // Racing for a free lease from 8 connections at once: exactly one wins.
+    let stores: Vec<PgStore> = (0..8).map(|_| PgStore::connect(&pg.params()).unwrap()).collect();
+    let barrier = std::sync::Barrier::new(stores.len());
+    let winners: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = stores
+            .iter()
+            .enumerate()
+            .map(|(i, st)| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    barrier.wait();
+                    let me = format!("r{i}");
+                    let l = st.try_lease("race", &me, 60_000, 20_000).unwrap();
+                    (l.holder == me).then_some(me)
+                })
+            })
+            .collect();
+        handles.into_iter().filter_map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(winners.len(), 1, "exactly one winner: {winners:?}");
 }

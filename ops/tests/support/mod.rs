@@ -1,2 +1,3 @@
 pub mod fixture;
 pub mod mosquitto;
+pub mod postgres;
