@@ -159,30 +159,17 @@ async fn two_serve_replicas_one_leader_failover_mid_rollout_without_double_actio
     let a = Replica { base: format!("http://{listen_a}"), token_file: d.join("api.token") };
     let b = Replica { base: format!("http://{listen_b}"), token_file: d.join("api.token") };
 
-    // A first (it takes the free lease), then B, which stands by.
+    // A first: it takes the free lease.
     let mut serve_a = Serve::start(&cfg_a, &d.join("a.log"));
     until_async("A leads", Duration::from_secs(20), || async {
         a.fleet().await.is_some_and(|f| f["replica"]["leading"] == true)
     })
     .await;
-    let _serve_b = Serve::start(&cfg_b, &d.join("b.log"));
-    until_async("B answers", Duration::from_secs(20), || async { b.fleet().await.is_some() }).await;
-    // B has tried the lease once at start; give it a renewal round too.
-    tokio::time::sleep(Duration::from_millis(LEASE_TTL_MS / 2)).await;
-    let fb = b.fleet().await.unwrap();
-    assert_eq!(fb["replica"]["leading"], false, "{}", fb["replica"]);
-    assert_eq!(fb["replica"]["leader"], "ops-a", "{}", fb["replica"]);
-
     // Writes: only the leader takes them; the standby names it.
     let mut gateways = Vec::new();
     for i in 0..GATEWAYS {
         let id = format!("gw-{i:02}");
         let body = serde_json::json!({ "id": id, "site": "mine-a", "tags": ["loader"] }).to_string();
-        if i == 0 {
-            let refused = b.call("POST", "/api/gateways", &[("Content-Type", "application/json")], body.as_bytes()).await;
-            assert_eq!(refused.status, 503, "{}", refused.body);
-            assert!(refused.body["error"].as_str().unwrap().contains("the leader is ops-a"), "{}", refused.body);
-        }
         let r = a.call("POST", "/api/gateways", &[("Content-Type", "application/json")], body.as_bytes()).await;
         assert_eq!(r.status, 201, "{}", r.body);
         gateways.push(SimGateway {
@@ -195,29 +182,22 @@ async fn two_serve_replicas_one_leader_failover_mid_rollout_without_double_actio
     }
     broker.reload();
     let opkg = std::fs::read(d.join("1.4.0.opkg")).unwrap();
-    let refused = b.call("POST", "/api/packages", &[("X-Package-Name", "1.4.0.opkg")], &opkg).await;
-    assert_eq!(refused.status, 503, "{}", refused.body);
     let pkg = a.call("POST", "/api/packages", &[("X-Package-Name", "1.4.0.opkg")], &opkg).await;
     assert_eq!(pkg.status, 201, "{}", pkg.body);
     let digest = format!("sha256:{}", pkg.body["digest"].as_str().unwrap());
-    // Reads answer on the standby, from the store.
-    let listed = b.call("GET", "/api/gateways", &[], b"").await;
-    assert_eq!(listed.body.as_array().map(Vec::len), Some(GATEWAYS), "{}", listed.body);
-
-    // Both replicas subscribed before the gateways send their one report.
-    for r in [&a, &b] {
-        until_async("subscribed", Duration::from_secs(10), || async {
-            r.fleet().await.is_some_and(|f| f["counters"]["subscribed"].as_u64() >= Some(3))
-        })
-        .await;
-    }
+    // A subscribed before the gateways send their one report.
+    until_async("subscribed", Duration::from_secs(10), || async {
+        a.fleet().await.is_some_and(|f| f["counters"]["subscribed"].as_u64() >= Some(3))
+    })
+    .await;
     let ops_pub = outpost_package::ProviderKey::load(&ops_key.public_path).unwrap();
     let sim_cfg = SimConfig {
         broker_url: broker.url(),
         tls_ca: None,
         ops_key: ops_pub,
-        // Artifacts from B: a standby serves reads (shared artifacts folder).
-        artifacts_url: Some(b.base.clone()),
+        // Not downloaded here (A dies): B's serving of the shared artifacts
+        // folder is checked below.
+        artifacts_url: None,
         // One report per change, none periodic: a report the dead leader
         // took and never stored must come from the standby's copy.
         report_every: None,
@@ -225,7 +205,7 @@ async fn two_serve_replicas_one_leader_failover_mid_rollout_without_double_actio
     };
     let fleet = sim::spawn_fleet(&sim_cfg, gateways, Duration::from_millis(100)).unwrap();
     until_async("every gateway seen", Duration::from_secs(20), || async {
-        let g = b.call("GET", "/api/gateways", &[], b"").await;
+        let g = a.call("GET", "/api/gateways", &[], b"").await;
         g.body.as_array().is_some_and(|v| v.iter().all(|g| g["last_seen_ms"].as_u64() > Some(0)))
     })
     .await;
@@ -234,13 +214,29 @@ async fn two_serve_replicas_one_leader_failover_mid_rollout_without_double_actio
     let plan = serde_json::json!({
         "id": "r1", "service": SVC, "version": "1.4.0", "digest": digest,
         "selector": { "tags": ["loader"] }, "waves": [2, "50%", "100%"],
-        "gates": [{ "bake_secs": 1 }, { "bake_secs": 1 }, { "bake_secs": 0 }],
+        "gates": [{ "bake_secs": 3 }, { "bake_secs": 2 }, { "bake_secs": 0 }],
     })
     .to_string();
-    let refused = b.call("POST", "/api/rollouts", &[("Content-Type", "application/json")], plan.as_bytes()).await;
-    assert_eq!(refused.status, 503, "{}", refused.body);
     let started = a.call("POST", "/api/rollouts", &[("Content-Type", "application/json")], plan.as_bytes()).await;
     assert_eq!(started.status, 201, "{}", started.body);
+
+    // B starts with the rollout under way (its engine loads it) and stands by.
+    let _serve_b = Serve::start(&cfg_b, &d.join("b.log"));
+    until_async("B answers", Duration::from_secs(20), || async { b.fleet().await.is_some() }).await;
+    // B has tried the lease once at start; give it a renewal round too.
+    tokio::time::sleep(Duration::from_millis(LEASE_TTL_MS / 2)).await;
+    let fb = b.fleet().await.unwrap();
+    assert_eq!(fb["replica"]["leading"], false, "{}", fb["replica"]);
+    assert_eq!(fb["replica"]["leader"], "ops-a", "{}", fb["replica"]);
+
+    // Reads answer on the standby, from the store; so do artifacts.
+    let listed = b.call("GET", "/api/gateways", &[], b"").await;
+    assert_eq!(listed.body.as_array().map(Vec::len), Some(GATEWAYS), "{}", listed.body);
+    let hex = digest.trim_start_matches("sha256:");
+    let art = outpost_ops::client::request("GET", &format!("{}/artifacts/sha256/{hex}", b.base), &[], b"", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!((art.status, art.body.len()), (200, opkg.len()));
 
     // Mid-rollout: wave 2 asked (seen through the standby's reads).
     until_async("wave 2 started", Duration::from_secs(30), || async {
@@ -251,9 +247,28 @@ async fn two_serve_replicas_one_leader_failover_mid_rollout_without_double_actio
     let published_a = fa["counters"]["desired_published"].as_u64().unwrap();
     assert!(published_a >= 2, "A published wave 1 and 2's desired state: {}", fa["counters"]);
     assert_eq!(fb["counters"]["desired_published"], 0, "the standby published nothing: {}", fb["counters"]);
-    assert!(fb["counters"]["standby_reports"].as_u64() > Some(0), "the standby kept reports: {}", fb["counters"]);
-    let pause = b.call("POST", "/api/rollouts/r1/pause", &[], b"").await;
-    assert_eq!(pause.status, 503, "{}", pause.body);
+    // Writes: only the leader takes them; the standby names it.
+    let json = [("Content-Type", "application/json")];
+    let new_gw = serde_json::json!({ "id": "gw-late", "site": "mine-a", "tags": [] }).to_string();
+    let plan2 = plan.replace("\"r1\"", "\"r2\"");
+    for (path, body, headers) in [
+        ("/api/gateways", new_gw.as_bytes(), &json[..]),
+        ("/api/packages", opkg.as_slice(), &[("X-Package-Name", "1.4.0.opkg")][..]),
+        ("/api/rollouts", plan2.as_bytes(), &json[..]),
+        ("/api/rollouts/r1/pause", b"".as_slice(), &[][..]),
+    ] {
+        let refused = b.call("POST", path, headers, body).await;
+        assert_eq!(refused.status, 503, "POST {path}: {}", refused.body);
+        assert!(refused.body["error"].as_str().unwrap_or_default().contains("the leader is ops-a"), "{}", refused.body);
+    }
+    assert_eq!(a.call("GET", "/api/gateways", &[], b"").await.body.as_array().map(Vec::len), Some(GATEWAYS));
+    // Wave 2's gateways report; the standby keeps them, does not act.
+    until_async("the standby kept reports", Duration::from_secs(10), || async {
+        b.fleet().await.is_some_and(|f| f["counters"]["standby_reports"].as_u64() > Some(0))
+    })
+    .await;
+    let fb = b.fleet().await.unwrap();
+    assert_eq!(fb["counters"]["desired_published"], 0, "the standby published nothing: {}", fb["counters"]);
     let before_kill = b.rollout("r1").await;
     assert_eq!(before_kill["summary"]["phase"], "running", "{before_kill}");
 
