@@ -307,7 +307,8 @@ impl Core {
     ) {
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut lease = tokio::time::interval(self.lease_ttl / 3);
+        // interval() refuses a zero period.
+        let mut lease = tokio::time::interval((self.lease_ttl / 3).max(Duration::from_millis(1)));
         lease.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -393,8 +394,8 @@ impl Core {
 
     /// Newly leading: everything the last leader knew is in the store.
     async fn take_over(&mut self) {
-        let loaded = Engine::resume(self.store.clone(), SystemClock)
-            .and_then(|e| Ok((e, self.store.desired_states()?)));
+        let loaded =
+            Engine::resume(self.store.clone(), SystemClock).and_then(|e| Ok((e, self.store.desired_states()?)));
         let (engine, desired) = match loaded {
             Ok(x) => x,
             Err(e) => {

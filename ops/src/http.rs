@@ -220,7 +220,8 @@ async fn fleet(State(s): State<Shared>, h: HeaderMap) -> ApiResult {
     let rollouts = s.store.rollouts().map_err(internal)?.iter().filter(|r| r.phase.is_active()).map(view).collect();
     let role = &s.center.role;
     let replica = ReplicaView { id: role.replica().to_string(), leading: role.leading(), leader: role.leader() };
-    Ok(Json(FleetView { gateways, versions, rollouts, counters: s.center.counters.snapshot(), replica }).into_response())
+    Ok(Json(FleetView { gateways, versions, rollouts, counters: s.center.counters.snapshot(), replica })
+        .into_response())
 }
 
 async fn gateways(State(s): State<Shared>, h: HeaderMap) -> ApiResult {

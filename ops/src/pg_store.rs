@@ -258,7 +258,9 @@ impl FleetStore for PgStore {
     fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
         let (name, holder) = (name.to_string(), holder.to_string());
         self.run(move |c| {
-            c.execute("DELETE FROM ops_leases WHERE name = $1 AND holder = $2", &[&name, &holder]).map(|_| ()).map_err(be)
+            c.execute("DELETE FROM ops_leases WHERE name = $1 AND holder = $2", &[&name, &holder])
+                .map(|_| ())
+                .map_err(be)
         })
     }
 }

@@ -233,9 +233,15 @@ async fn two_serve_replicas_one_leader_failover_mid_rollout_without_double_actio
     let listed = b.call("GET", "/api/gateways", &[], b"").await;
     assert_eq!(listed.body.as_array().map(Vec::len), Some(GATEWAYS), "{}", listed.body);
     let hex = digest.trim_start_matches("sha256:");
-    let art = outpost_ops::client::request("GET", &format!("{}/artifacts/sha256/{hex}", b.base), &[], b"", Duration::from_secs(5))
-        .await
-        .unwrap();
+    let art = outpost_ops::client::request(
+        "GET",
+        &format!("{}/artifacts/sha256/{hex}", b.base),
+        &[],
+        b"",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
     assert_eq!((art.status, art.body.len()), (200, opkg.len()));
 
     // Mid-rollout: wave 2 asked (seen through the standby's reads).

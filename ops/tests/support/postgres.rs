@@ -90,7 +90,6 @@ impl Drop for Postgres {
     }
 }
 
-
 impl Postgres {
     /// The same server as a `postgresql://` URL (what `ops.store` takes).
     pub fn url(&self) -> String {
