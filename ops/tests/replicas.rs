@@ -4,7 +4,8 @@
 //! but answers reads); the leader is killed with SIGKILL mid-rollout, the
 //! standby takes over within the lease ttl and the rollout reaches 100 %,
 //! every gateway acting on one desired revision once and installing the
-//! version once, and the audit holding each wave start once.
+//! version once, and the audit holding each wave start once. Then B's lease
+//! is taken from under it and B stops acting at its next renewal.
 
 mod support;
 
@@ -331,4 +332,20 @@ async fn two_serve_replicas_one_leader_failover_mid_rollout_without_double_actio
     assert_eq!(waves.len(), 3, "no wave start twice: {audit:#?}");
     // The store's lease names B.
     assert_eq!(store.try_lease(outpost_ops::center::LEASE, "probe", 1, 0).unwrap().holder, "ops-b");
+
+    // A leader whose lease is gone stops acting at its next renewal: the
+    // lease is taken from under B (a "now" an hour ahead makes B's look
+    // expired), and B stands by and refuses writes naming the new holder.
+    let ahead = outpost_ops::rollout::Clock::now_ms(&outpost_ops::rollout::SystemClock) + 3_600_000;
+    let stolen = Instant::now();
+    assert_eq!(store.try_lease(outpost_ops::center::LEASE, "thief", 60_000, ahead).unwrap().holder, "thief");
+    until_async("B stands by", Duration::from_millis(LEASE_TTL_MS), || async {
+        b.fleet().await.is_some_and(|f| f["replica"]["leading"] == false && f["replica"]["leader"] == "thief")
+    })
+    .await;
+    eprintln!("step-down: B stood by {} ms after losing its lease", stolen.elapsed().as_millis());
+    let refused = b.call("POST", "/api/rollouts", &[("Content-Type", "application/json")], plan2.as_bytes()).await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(refused.body["error"].as_str().unwrap_or_default().contains("the leader is thief"), "{}", refused.body);
+    assert_eq!(b.fleet().await.unwrap()["counters"]["leader_terms"], 1);
 }
