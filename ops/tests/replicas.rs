@@ -12,9 +12,11 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use outpost_ops::sim::{self, always_ok, SimConfig, SimGateway};
+use outpost_ops::transport::{self, Inbound, LinkConfig};
 use outpost_ops::{FleetStore, PgStore};
 use outpost_package::ProviderSigningKey;
 use serde_json::Value;
@@ -111,6 +113,44 @@ where
     }
 }
 
+/// Every desired state the broker delivers, as (gateway, revision), seen by
+/// a subscriber of its own: who published is not its business, how often
+/// each revision went out is.
+type Observed = Arc<Mutex<Vec<(String, u64)>>>;
+
+async fn observe(
+    broker: &Mosquitto,
+    ops_key: &outpost_package::ProviderKey,
+) -> (Observed, tokio::task::JoinHandle<()>) {
+    let link = LinkConfig::new(&broker.url(), "observer", OPS_USER, OPS_PASSWORD);
+    let (_client, mut inbound, task) = transport::spawn(&link, vec!["outpost/fleet/+/desired".into()], 1024).unwrap();
+    let seen: Observed = Arc::default();
+    let (sub_tx, sub_rx) = tokio::sync::oneshot::channel();
+    let (key, out) = (ops_key.clone(), seen.clone());
+    let collector = tokio::spawn(async move {
+        let _keep = (_client, task);
+        let mut sub_tx = Some(sub_tx);
+        while let Some(m) = inbound.recv().await {
+            match m {
+                Inbound::Subscribed { granted: 1, .. } => {
+                    if let Some(tx) = sub_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Inbound::Message { topic, payload } => {
+                    let gw = topic.split('/').nth(2).unwrap_or_default().to_string();
+                    let state = outpost_fleet::desired::verify(&payload, &gw, &key)
+                        .unwrap_or_else(|e| panic!("desired state on {topic} does not verify: {e}"));
+                    out.lock().unwrap().push((gw, state.revision));
+                }
+                _ => {}
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), sub_rx).await.expect("observer subscribed").unwrap();
+    (seen, collector)
+}
+
 fn config(d: &Path, name: &str, broker: &Mosquitto, pg: &Postgres, listen: &str) -> std::path::PathBuf {
     let path = d.join(format!("{name}.toml"));
     // One store, one artifacts folder (shared storage) and one API token;
@@ -195,7 +235,7 @@ async fn two_serve_replicas_one_leader_failover_mid_rollout_without_double_actio
     let sim_cfg = SimConfig {
         broker_url: broker.url(),
         tls_ca: None,
-        ops_key: ops_pub,
+        ops_key: ops_pub.clone(),
         // Not downloaded here (A dies): B's serving of the shared artifacts
         // folder is checked below.
         artifacts_url: None,
@@ -210,6 +250,8 @@ async fn two_serve_replicas_one_leader_failover_mid_rollout_without_double_actio
         g.body.as_array().is_some_and(|v| v.iter().all(|g| g["last_seen_ms"].as_u64() > Some(0)))
     })
     .await;
+
+    let (observed, _observer) = observe(&broker, &ops_pub).await;
 
     // One rollout in three waves (2, 5, 10) with a bake, started through A.
     let plan = serde_json::json!({
@@ -278,6 +320,14 @@ async fn two_serve_replicas_one_leader_failover_mid_rollout_without_double_actio
     assert_eq!(fb["counters"]["desired_published"], 0, "the standby published nothing: {}", fb["counters"]);
     let before_kill = b.rollout("r1").await;
     assert_eq!(before_kill["summary"]["phase"], "running", "{before_kill}");
+    // While both ran, each asked gateway's desired state went out once.
+    let while_both: Vec<(String, u64)> = observed.lock().unwrap().clone();
+    let mut per_gw: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (gw, rev) in &while_both {
+        per_gw.entry(gw.clone()).or_default().push(*rev);
+    }
+    assert_eq!(per_gw.len(), 5, "waves 1 and 2 asked 5 gateways: {per_gw:?}");
+    assert!(per_gw.values().all(|r| r == &vec![1]), "one publish per gateway and revision: {per_gw:?}");
 
     serve_a.kill();
     let killed = Instant::now();
@@ -310,6 +360,12 @@ async fn two_serve_replicas_one_leader_failover_mid_rollout_without_double_actio
         assert_eq!(revs, &vec![1], "{gw} acted on desired revisions {revs:?}");
         assert_eq!(applies[gw], BTreeMap::from([(format!("{SVC} 1.4.0"), 1)]), "{gw}");
     }
+    // After the takeover B republished (the same revision 1) and asked wave 3:
+    // no other revision ever went out.
+    let all: Vec<(String, u64)> = observed.lock().unwrap().clone();
+    let gws: std::collections::BTreeSet<&String> = all.iter().map(|(g, _)| g).collect();
+    assert_eq!(gws.len(), GATEWAYS, "{all:?}");
+    assert!(all.iter().all(|(_, r)| *r == 1), "{all:?}");
     let fb = b.fleet().await.unwrap();
     assert_eq!(fb["counters"]["leader_terms"], 1, "{}", fb["counters"]);
     assert!(fb["counters"]["desired_published"].as_u64() >= Some(GATEWAYS as u64), "republished: {}", fb["counters"]);
