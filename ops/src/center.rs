@@ -400,6 +400,8 @@ impl Core {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "lease taken but the store cannot be read; not acting");
+                // Let another replica lead rather than hold a lease unused.
+                let _ = self.store.release_lease(LEASE, self.role.replica());
                 return;
             }
         };
