@@ -141,9 +141,14 @@ pub fn bench_end_to_end(r: &mut Report, mosquitto_port: u16, rt: &tokio::runtime
     let _ = stop_tx.send(());
     let _ = agent.join();
     r.push(
-        Figure::new("e2e.rate", &format!("end to end through the agent ({n} msgs, QoS1), msgs/s"), "msgs/s", agent_rates)
-            .baseline("raw pub->sub, same broker", raw_rates)
-            .target(">= 0.8x"),
+        Figure::new(
+            "e2e.rate",
+            &format!("end to end through the agent ({n} msgs, QoS1), msgs/s"),
+            "msgs/s",
+            agent_rates,
+        )
+        .baseline("raw pub->sub, same broker", raw_rates)
+        .target(">= 0.8x"),
     );
     r.push(
         Figure::new("e2e.p99", "end to end p99 latency (one message at a time)", "us", agent_p99)

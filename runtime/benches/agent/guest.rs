@@ -223,8 +223,9 @@ pub fn bench_leak(r: &mut Report) {
         .unwrap_or_else(|| PathBuf::from("/var/tmp/outpost-data/battledim"));
     let (cal_start, cal_end) = ("2019-01-01 00:00", "2019-01-14 23:55");
     let topic = "site/bench/ltown";
-    let as_messages =
-        |payloads: Vec<String>| -> Vec<(String, Vec<u8>)> { payloads.into_iter().map(|p| (format!("{topic}/scada"), p.into_bytes())).collect() };
+    let as_messages = |payloads: Vec<String>| -> Vec<(String, Vec<u8>)> {
+        payloads.into_iter().map(|p| (format!("{topic}/scada"), p.into_bytes())).collect()
+    };
     let mut setup = Vec::new();
     let (source, calibration, stream) = if cache.join("evaluation/pressures.csv").is_file()
         && cache.join("leak-model.json").is_file()
@@ -333,7 +334,12 @@ pub fn synthetic_scada(steps: usize) -> Vec<String> {
         let demand = 1.0 + 0.35 * (2.0 * std::f64::consts::PI * (hour - 7.0) / 24.0).sin();
         let mut s = format!("{{\"time\":\"{time}\",\"pressure_m\":{{");
         for i in 0..33 {
-            s.push_str(&format!("{}\"n{}\":{:.3}", if i > 0 { "," } else { "" }, i * 13 + 1, 60.0 - 8.0 * demand + noise() * 0.2));
+            s.push_str(&format!(
+                "{}\"n{}\":{:.3}",
+                if i > 0 { "," } else { "" },
+                i * 13 + 1,
+                60.0 - 8.0 * demand + noise() * 0.2
+            ));
         }
         s.push_str(&format!(
             "}},\"flow_m3h\":{{\"p227\":{:.3},\"p235\":{:.3},\"PUMP_1\":{:.3}}},\"demand_lph\":{{",
@@ -342,7 +348,12 @@ pub fn synthetic_scada(steps: usize) -> Vec<String> {
             30.0 + noise()
         ));
         for i in 0..82 {
-            s.push_str(&format!("{}\"n{}\":{:.2}", if i > 0 { "," } else { "" }, i * 7 + 2, 20.0 * demand + noise() * 2.0));
+            s.push_str(&format!(
+                "{}\"n{}\":{:.2}",
+                if i > 0 { "," } else { "" },
+                i * 7 + 2,
+                20.0 * demand + noise() * 2.0
+            ));
         }
         s.push_str(&format!("}},\"level_m\":{{\"T1\":{:.3}}}}}", 3.0 + 0.5 * demand + noise() * 0.01));
         out.push(s);

@@ -65,6 +65,9 @@ fn context(name: &str, manifest: &Manifest, metrics: &Arc<Metrics>) -> ServiceCo
     }
 }
 
+/// One section of the bench: measures and adds its figures.
+type Section<'a> = dyn Fn(&mut Report) + 'a;
+
 /// Harness arguments after `--`: section filters and `--compare OLD.json`
 /// (cargo adds `--bench`).
 struct Args {
@@ -116,7 +119,7 @@ fn main() {
     );
     let mut r = Report::default();
     let mut ran = Vec::new();
-    let sections: [(&str, &dyn Fn(&mut Report)); 11] = [
+    let sections: [(&str, &Section); 11] = [
         ("handler", &guest::bench_handler),
         ("weight-loading", &guest::bench_weight_loading),
         ("traffic", &guest::bench_traffic),

@@ -133,4 +133,3 @@ pub fn start_mosquitto(dir: &Path) -> (Proc, u16) {
     }
     (Proc(child), port)
 }
-

@@ -15,7 +15,8 @@ pub struct Series {
 pub fn curve(path: &Path, title: &str, x_desc: &str, y_desc: &str, series: &[Series]) -> Result<(), String> {
     let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
     let (x_lo, x_hi) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(x), b.max(x)));
-    let y_hi = series.iter().flat_map(|s| s.points.iter().map(|p| p.3.max(p.1))).filter(|y| y.is_finite()).fold(0.0, f64::max);
+    let y_hi =
+        series.iter().flat_map(|s| s.points.iter().map(|p| p.3.max(p.1))).filter(|y| y.is_finite()).fold(0.0, f64::max);
     if !(x_lo.is_finite() && x_hi > x_lo && y_hi > 0.0) {
         return Err(format!("{title}: nothing to draw"));
     }

@@ -1,7 +1,7 @@
 //! The release agent as a process: start it, read its memory, status and metrics.
 
-use crate::mqtt::{free_port, Proc};
 use crate::env_dir;
+use crate::mqtt::{free_port, Proc};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -88,4 +88,3 @@ pub fn queue_depth(http: u16) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
-

@@ -116,9 +116,10 @@ pub struct Report {
 
 impl Report {
     pub fn push(&mut self, f: Figure) {
-        let base = f.baseline.as_ref().map_or(String::new(), |b| {
-            format!("  |  baseline {} ({})", with_spread(&b.runs, &f.unit), b.what)
-        });
+        let base = f
+            .baseline
+            .as_ref()
+            .map_or(String::new(), |b| format!("  |  baseline {} ({})", with_spread(&b.runs, &f.unit), b.what));
         let ratio = f.ratio().map_or(String::new(), |r| format!("  |  {r:.2}x"));
         let note = if f.note.is_empty() { String::new() } else { format!("  [{}]", f.note) };
         println!("  {}: {}{base}{ratio}  (target {}){note}", f.what, with_spread(&f.runs, &f.unit), f.target);
@@ -234,7 +235,12 @@ pub fn compare(report: &Report, old: &Value) -> String {
     for o in old_rows {
         let id = o["id"].as_str().unwrap_or("");
         if report.get(id).is_none() {
-            s.push_str(&format!("| {} | {} {} | - | not measured now |\n", o["what"].as_str().unwrap_or(id), num(o["value"].as_f64().unwrap_or(f64::NAN)), o["unit"].as_str().unwrap_or("")));
+            s.push_str(&format!(
+                "| {} | {} {} | - | not measured now |\n",
+                o["what"].as_str().unwrap_or(id),
+                num(o["value"].as_f64().unwrap_or(f64::NAN)),
+                o["unit"].as_str().unwrap_or("")
+            ));
         }
     }
     s

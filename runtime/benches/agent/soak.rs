@@ -77,7 +77,14 @@ pub fn bench_soak(r: &mut Report, rt: &tokio::runtime::Runtime) {
 }
 
 /// Drives the stream; returns the samples, messages sent, distinct ones seen.
-async fn run(port: u16, http: u16, pid: u32, rate: usize, total: usize, every: Duration) -> (Vec<Sample>, usize, usize) {
+async fn run(
+    port: u16,
+    http: u16,
+    pid: u32,
+    rate: usize,
+    total: usize,
+    every: Duration,
+) -> (Vec<Sample>, usize, usize) {
     let (sub, mut sub_loop) = client("soak-sub", port);
     sub.subscribe("test/out/#", QoS::AtLeastOnce).await.expect("subscribe");
     loop {
@@ -194,8 +201,13 @@ fn summarise(r: &mut Report, samples: &[Sample], sent: usize, seen: usize, rate:
             .note(format!("{verdict}: {:+.1} % growth", growth * 100.0)),
     );
     r.push(
-        Figure::new("soak.lost", &format!("soak: messages lost of {sent} at {rate}/s"), "msgs", vec![(sent - seen) as f64])
-            .target("0"),
+        Figure::new(
+            "soak.lost",
+            &format!("soak: messages lost of {sent} at {rate}/s"),
+            "msgs",
+            vec![(sent - seen) as f64],
+        )
+        .target("0"),
     );
     let f = |g: &dyn Fn(&Sample) -> f64| samples.iter().map(g).collect::<Vec<f64>>();
     r.push(

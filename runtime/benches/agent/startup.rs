@@ -29,9 +29,14 @@ pub fn bench_start_and_memory(r: &mut Report) {
         drop(agent);
     }
     r.push(
-        Figure::new("start.ready_cached", "start to ready, 4 services, precompiled cache (agent's ready_ms)", "ms", warm)
-            .baseline("without the cache", cold)
-            .target("< 5 ms cached, < 100 ms without"),
+        Figure::new(
+            "start.ready_cached",
+            "start to ready, 4 services, precompiled cache (agent's ready_ms)",
+            "ms",
+            warm,
+        )
+        .baseline("without the cache", cold)
+        .target("< 5 ms cached, < 100 ms without"),
     );
 
     let idle_dir = tempfile::tempdir().expect("tempdir");
