@@ -18,7 +18,7 @@ pub fn to_model_reports(r: &GatewayReport) -> Vec<model::Report> {
             gateway: r.gateway.clone(),
             service: s.service.clone(),
             version: s.version.clone(),
-            health: health(s.health),
+            health: s.health,
             crash_loop: s.crash_loop,
             apply_error: s.apply_error.clone(),
             kpis: s.kpis.clone(),
@@ -48,15 +48,6 @@ pub fn to_model_reports_managed(r: &GatewayReport, desired: Option<&DesiredState
         }
     }
     out
-}
-
-fn health(h: outpost_fleet::Health) -> model::Health {
-    match h {
-        outpost_fleet::Health::Unknown => model::Health::Unknown,
-        outpost_fleet::Health::Healthy => model::Health::Healthy,
-        outpost_fleet::Health::Degraded => model::Health::Degraded,
-        outpost_fleet::Health::Unhealthy => model::Health::Unhealthy,
-    }
 }
 
 /// The packages the operations center can name in desired state.

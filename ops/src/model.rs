@@ -10,16 +10,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub type GatewayId = String;
 
-/// Health a gateway reports for a service (the agent's own verdict).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Health {
-    #[default]
-    Unknown,
-    Healthy,
-    Degraded,
-    Unhealthy,
-}
+/// Health a gateway reports for a service (the agent's own verdict): the
+/// fleet protocol's type, so the wire and the model cannot drift apart.
+pub use outpost_fleet::Health;
 
 /// One gateway as the operations center knows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
