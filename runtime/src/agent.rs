@@ -60,7 +60,12 @@ impl Agent {
         } else {
             None
         };
-        let host = Arc::new(HostEngine::new(&EngineOptions::default())?);
+        let pool = EngineOptions {
+            max_instances: cfg.dispatch.max_instances.unwrap_or_else(crate::host::default_max_instances),
+            ..EngineOptions::default()
+        };
+        tracing::debug!(slots = pool.max_instances, "instance pool");
+        let host = Arc::new(HostEngine::new(&pool)?);
 
         let (host_name, port) = cfg.broker.client_target().map_err(AgentError::Config)?;
         let status_topic = format!("outpost/{}/status", cfg.gateway);

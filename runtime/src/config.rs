@@ -345,6 +345,11 @@ pub struct DispatchConfig {
     /// On SIGTERM, how long to keep handling accepted messages before exiting.
     #[serde(default = "default_drain")]
     pub drain_timeout_ms: u64,
+    /// Instance slots for all services together (wasmtime's pooling
+    /// allocator, reserved at start). Default: one per 16 MiB of the
+    /// machine's memory, 64 to 8192.
+    #[serde(default)]
+    pub max_instances: Option<u32>,
 }
 
 fn default_max_batch() -> usize {
@@ -371,6 +376,7 @@ impl Default for DispatchConfig {
             initial_backoff_ms: default_backoff(),
             max_backoff_ms: default_max_backoff(),
             drain_timeout_ms: default_drain(),
+            max_instances: None,
         }
     }
 }
@@ -452,6 +458,11 @@ impl AgentConfig {
                 "dispatch.initial_backoff_ms ({}) must be at least 1 and at most dispatch.max_backoff_ms ({})",
                 d.initial_backoff_ms, d.max_backoff_ms
             ));
+        }
+        if let Some(n) = d.max_instances {
+            if n == 0 || n > crate::host::MAX_POOL_INSTANCES {
+                p.push(format!("dispatch.max_instances is {n}; it must be 1 to {}", crate::host::MAX_POOL_INSTANCES));
+            }
         }
         if self.api.tls_cert.is_some() != self.api.tls_key.is_some() {
             p.push("api.tls_cert and api.tls_key go together: set both (PEM files) or neither".into());

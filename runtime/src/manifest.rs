@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 pub const SUPPORTED_WORLD: &str = "outpost:service@1.1.0";
 
 /// Most instances of one service on one gateway.
-pub const MAX_INSTANCES: u32 = 256;
+pub const MAX_INSTANCES: u32 = 1024;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -245,5 +245,10 @@ fn fault(e: wasmtime::Error) -> CallError {
     // trap when growing memory ...") is what an operator needs; the guest
     // backtrace goes to debug logs.
     tracing::debug!(error = ?e, "instance fault details");
-    CallError::Fault { kind, message: e.root_cause().to_string() }
+    let mut message = e.root_cause().to_string();
+    if message.contains("concurrent") && message.contains("limit") {
+        // Every slot of the pooling allocator is taken: a config matter, not the guest's.
+        message.push_str(" (the agent's instance pool is full: raise [dispatch] max_instances, or run fewer instances)");
+    }
+    CallError::Fault { kind, message }
 }

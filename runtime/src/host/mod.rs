@@ -180,8 +180,28 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { pooling: true, max_instances: 256 }
+        EngineOptions { pooling: true, max_instances: default_max_instances() }
     }
+}
+
+/// Fewest and most instance slots the pool gets by default.
+pub const MIN_POOL_INSTANCES: u32 = 64;
+pub const MAX_POOL_INSTANCES: u32 = 8192;
+
+/// Instance slots for all services together when the config does not say:
+/// one per 16 MiB of the machine's memory (a slot costs address space, not
+/// memory, until an instance runs in it; an idle instance holds about
+/// 75 KiB), from 64 on a 1 GiB gateway to 1,536 on 24 GiB.
+pub fn default_max_instances() -> u32 {
+    let total_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(4 << 20);
+    ((total_kib / (16 << 10)) as u32).clamp(MIN_POOL_INSTANCES, MAX_POOL_INSTANCES)
 }
 
 /// The agent's wasmtime engine plus a linker with the Outpost and WASI imports.
