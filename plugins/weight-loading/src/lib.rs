@@ -47,6 +47,7 @@ pub mod aggregate;
 pub mod config;
 pub mod input;
 pub mod report;
+mod site_kpis;
 pub mod store;
 pub mod time;
 
@@ -84,6 +85,8 @@ pub struct WeightLoading {
     /// JSON without a shift, bucket junk, expired shifts, capacity.
     unattributed: BTreeMap<String, u64>,
     dirty: Dirty,
+    /// Running totals behind the site KPIs.
+    site_totals: site_kpis::SiteTotals,
     out: Vec<(String, Vec<u8>)>,
     counters: BTreeMap<String, u64>,
 }
@@ -840,60 +843,18 @@ impl WeightLoading {
         self.site_kpis();
     }
 
-    fn site_kpis(&self) {
-        let mut total = TruckShift::default();
-        // Per shift: earliest start and latest end over every truck.
-        let mut spans: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
-        let (mut fuel_l, mut fuel_t) = (0.0, 0.0);
-        let mut rejected_cycles: u64 =
-            self.unattributed.iter().filter(|(k, _)| is_cycle_reason(k)).map(|(_, n)| n).sum();
-        for shifts in self.trucks.values() {
-            for (s, r) in shifts {
-                total.cycles += r.cycles;
-                total.tonnes += r.tonnes;
-                total.ratio_sum += r.ratio_sum;
-                total.class[0] += r.class[0];
-                total.class[3] += r.class[3];
-                total.dur[0].merge(&r.dur[0]);
-                rejected_cycles += r.rejected.iter().filter(|(k, _)| is_cycle_reason(k)).map(|(_, n)| n).sum::<u64>();
-                if let (Some(a), Some(b)) = (r.first_start, r.last_end) {
-                    let e = spans.entry(s).or_insert((a, b));
-                    *e = (e.0.min(a), e.1.max(b));
-                }
-            }
-            if let Some((litres, tonnes)) = fuel_share(shifts.values()) {
-                fuel_l += litres;
-                fuel_t += tonnes;
-            }
-        }
-        // Shifts spanning at least min_span_s, with their tonnes.
+    /// Site-wide KPIs from running totals: a call re-reads only the
+    /// records it touched (all of them after init or an eviction).
+    fn site_kpis(&mut self) {
         let min_span = self.config.min_span_s;
-        let (mut hours, mut tonnes) = (0.0, 0.0);
-        for (s, (a, b)) in &spans {
-            let span = (b - a) as f64;
-            if span >= min_span && span > 0.0 {
-                hours += span / 3600.0;
-                tonnes += self.trucks.values().filter_map(|m| m.get(*s)).map(|r| r.tonnes).sum::<f64>();
-            }
+        if self.dirty.all_kpis {
+            self.site_totals = site_kpis::SiteTotals::rebuild(&self.trucks, min_span);
+        } else {
+            self.site_totals.update(&self.trucks, &self.dirty.truck_shifts, min_span);
         }
-        if hours > 0.0 {
-            host::kpi("tonnes_per_hour", tonnes / hours);
-        }
-        if total.cycles > 0 {
-            let n = total.cycles as f64;
-            host::kpi("payload_ratio", total.ratio_sum / n);
-            host::kpi("overload_share", total.class[3] as f64 / n);
-            host::kpi("underload_share", total.class[0] as f64 / n);
-        }
-        if let Some(q) = total.dur[0].mean() {
-            host::kpi("loader_queue_s", q);
-        }
-        if fuel_t > 0.0 {
-            host::kpi("fuel_per_tonne", fuel_l / fuel_t);
-        }
-        let records = total.cycles + rejected_cycles;
-        if records > 0 {
-            host::kpi("rejected_share", rejected_cycles as f64 / records as f64);
+        let unattributed: u64 = self.unattributed.iter().filter(|(k, _)| is_cycle_reason(k)).map(|(_, n)| n).sum();
+        for (name, value) in self.site_totals.kpis(unattributed) {
+            host::kpi(name, value);
         }
     }
 
@@ -994,6 +955,7 @@ impl Service for WeightLoading {
             expired: loaded.index.expired,
             unattributed: loaded.index.unattributed,
             dirty: Dirty::default(),
+            site_totals: site_kpis::SiteTotals::default(),
             out: Vec::new(),
             counters: BTreeMap::new(),
         };
