@@ -811,7 +811,7 @@ impl WeightLoading {
             if cycles > 0 {
                 host::kpi_for("payload_ratio", truck, ratio / cycles as f64);
             }
-            if let Some((litres, tonnes)) = fuel_share(shifts.values()) {
+            if let Some((litres, tonnes)) = site_kpis::fuel_share(shifts.values()) {
                 host::kpi_for("fuel_per_tonne", truck, litres / tonnes);
             }
         }
@@ -915,26 +915,6 @@ impl WeightLoading {
             None => Ok(()),
         }
     }
-}
-
-/// A truck's refuelled litres charged to its weighed tonnes, as
-/// (litres, tonnes): over shifts with cycle records, litres times the share
-/// of its cycles whose payload is known (accepted / (accepted + rejected
-/// for a zero, sentinel or implausible payload)), so a truck whose scale
-/// fails is not charged the fuel of its unweighed cycles. None without both.
-fn fuel_share<'a>(shifts: impl Iterator<Item = &'a TruckShift>) -> Option<(f64, f64)> {
-    let (mut litres, mut tonnes, mut weighed, mut unweighed) = (0.0, 0.0, 0u64, 0u64);
-    for r in shifts {
-        let junk = r.payload_junk();
-        if r.cycles + junk == 0 {
-            continue;
-        }
-        litres += r.litres;
-        tonnes += r.tonnes;
-        weighed += r.cycles;
-        unweighed += junk;
-    }
-    (litres > 0.0 && tonnes > 0.0).then(|| (litres * weighed as f64 / (weighed + unweighed) as f64, tonnes))
 }
 
 /// Cycle rejection names carry no `fuel_`/`bucket_` prefix.

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 type Trucks = BTreeMap<String, BTreeMap<String, TruckShift>>;
 
-/// Inputs of one truck's fuel share (see `fuel_share` in lib.rs).
+/// Inputs of one truck's fuel share ([`fuel_share`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Fuel {
     litres: f64,
@@ -21,6 +21,15 @@ struct Fuel {
 }
 
 impl Fuel {
+    /// A record's inputs: none for a shift without cycle records.
+    fn of(r: &TruckShift) -> Fuel {
+        let junk = r.payload_junk();
+        if r.cycles + junk == 0 {
+            return Fuel::default();
+        }
+        Fuel { litres: r.litres, tonnes: r.tonnes, weighed: r.cycles, unweighed: junk }
+    }
+
     fn add(&mut self, o: &Fuel, sign: f64) {
         self.litres += sign * o.litres;
         self.tonnes += sign * o.tonnes;
@@ -33,11 +42,24 @@ impl Fuel {
         }
     }
 
-    /// (litres, tonnes) charged, as `fuel_share` computes it.
+    /// (litres, tonnes) charged; None without both.
     fn share(&self) -> Option<(f64, f64)> {
         (self.litres > 0.0 && self.tonnes > 0.0)
             .then(|| (self.litres * self.weighed as f64 / (self.weighed + self.unweighed) as f64, self.tonnes))
     }
+}
+
+/// A truck's refuelled litres charged to its weighed tonnes, as
+/// (litres, tonnes): over shifts with cycle records, litres times the share
+/// of its cycles whose payload is known (accepted / (accepted + rejected
+/// for a zero, sentinel or implausible payload)), so a truck whose scale
+/// fails is not charged the fuel of its unweighed cycles. None without both.
+pub(crate) fn fuel_share<'a>(shifts: impl Iterator<Item = &'a TruckShift>) -> Option<(f64, f64)> {
+    let mut fuel = Fuel::default();
+    for r in shifts {
+        fuel.add(&Fuel::of(r), 1.0);
+    }
+    fuel.share()
 }
 
 /// One record's part of the site totals.
@@ -56,12 +78,6 @@ struct Part {
 
 impl Part {
     fn of(r: &TruckShift) -> Part {
-        let junk = r.payload_junk();
-        let fuel = if r.cycles + junk == 0 {
-            Fuel::default()
-        } else {
-            Fuel { litres: r.litres, tonnes: r.tonnes, weighed: r.cycles, unweighed: junk }
-        };
         Part {
             cycles: r.cycles,
             tonnes: r.tonnes,
@@ -71,7 +87,7 @@ impl Part {
             queue_n: r.dur[0].n,
             queue_sum: r.dur[0].sum,
             rejected_cycles: r.rejected.iter().filter(|(k, _)| crate::is_cycle_reason(k)).map(|(_, n)| n).sum(),
-            fuel,
+            fuel: Fuel::of(r),
         }
     }
 
@@ -220,7 +236,7 @@ pub fn full(trucks: &Trucks, unattributed_cycles: u64, min_span_s: f64) -> Kpis 
                 *e = (e.0.min(a), e.1.max(b));
             }
         }
-        if let Some((litres, tonnes)) = crate::fuel_share(shifts.values()) {
+        if let Some((litres, tonnes)) = fuel_share(shifts.values()) {
             fuel_l += litres;
             fuel_t += tonnes;
         }
