@@ -162,12 +162,7 @@ fn fleet_checks(cfg: &AgentConfig, fleet: &outpost::config::FleetConfig) -> Vec<
     }
     if let Some(addr) = cfg.metrics.listen {
         if let Ok(text) = http_get(addr, "/metrics") {
-            let value = |name: &str| {
-                text.lines()
-                    .filter(|l| l.split(['{', ' ']).next() == Some(name))
-                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                    .sum::<f64>()
-            };
+            let value = |name: &str| metric_sum(&text, name, None);
             let (connected, queued, dropped) =
                 (value("outpost_fleet_connected"), value("outpost_uplink_queued"), value("outpost_uplink_dropped_total"));
             if connected >= 1.0 {
@@ -250,8 +245,8 @@ fn agent_checks(cfg: &AgentConfig, status: Option<&serde_json::Value>) -> Vec<Fi
     for svc in s["services"].as_array().into_iter().flatten() {
         let name = svc["name"].as_str().unwrap_or("?");
         let (instances, running) = (svc["instances"].as_u64().unwrap_or(0), svc["running"].as_u64().unwrap_or(0));
-        let traps = metric_sum(&metrics, "outpost_traps_total", name);
-        let dead = metric_sum(&metrics, "outpost_dead_letters_total", name);
+        let traps = metric_sum(&metrics, "outpost_traps_total", Some(name));
+        let dead = metric_sum(&metrics, "outpost_dead_letters_total", Some(name));
         let restarts = svc["restarts"].as_u64().unwrap_or(0);
         if running < instances {
             out.push(fail(
@@ -603,10 +598,12 @@ fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
 }
 
 /// Sum of a counter family's samples for one service (all versions).
-fn metric_sum(text: &str, family: &str, service: &str) -> f64 {
-    let label = format!("service=\"{service}\"");
+/// Sum of a metric family's samples, of one service's when `service` is given.
+fn metric_sum(text: &str, family: &str, service: Option<&str>) -> f64 {
+    let label = service.map(|s| format!("service=\"{s}\""));
     text.lines()
-        .filter(|l| l.starts_with(family) && l[family.len()..].starts_with('{') && l.contains(&label))
+        .filter(|l| l.split(['{', ' ']).next() == Some(family))
+        .filter(|l| label.as_ref().is_none_or(|label| l.contains(label.as_str())))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
