@@ -305,6 +305,8 @@ async fn link(
         let (client, mut events) = AsyncClient::new(options.clone(), WINDOW * 2);
         let mut in_flight: VecDeque<u64> = VecDeque::new();
         let mut last_sent: Option<u64> = None;
+        // Acknowledged by the broker, not yet removed from the outbox.
+        let mut acked: Option<u64> = None;
         let mut connected = false;
         loop {
             tokio::select! {
@@ -340,18 +342,19 @@ async fn link(
                     Ok(Event::Incoming(Packet::PubAck(_))) => {
                         // Mosquitto and rumqttd acknowledge QoS 1 in order.
                         if let Some(seq) = in_flight.pop_front() {
-                            match shared.outbox.delivered(seq) {
-                                Ok(()) => {
-                                    metrics.uplink_sent.inc();
-                                }
-                                Err(e) => tracing::error!(error = %e, "cannot mark uplink messages delivered; they will be sent again"),
-                            }
-                            shared.refresh_gauge();
+                            metrics.uplink_sent.inc();
+                            acked = Some(seq);
                         }
-                        fill(&shared, &client, &mut in_flight, &mut last_sent);
+                        // One outbox commit and one refill per half window,
+                        // not a durable write and a read per acknowledgement.
+                        if in_flight.len() <= WINDOW / 2 {
+                            forget_delivered(&shared, &mut acked);
+                            fill(&shared, &client, &mut in_flight, &mut last_sent);
+                        }
                     }
                     Ok(_) => {}
                     Err(e) => {
+                        forget_delivered(&shared, &mut acked);
                         metrics.fleet_connected.set(0);
                         failures += 1;
                         if connected || failures == 1 || failures.is_multiple_of(20) {
@@ -363,6 +366,7 @@ async fn link(
                 },
                 _ = shared.wake_link.notified(), if connected => fill(&shared, &client, &mut in_flight, &mut last_sent),
                 _ = stop.changed() => {
+                    forget_delivered(&shared, &mut acked);
                     let _ = client.try_disconnect();
                     return;
                 }
@@ -374,6 +378,17 @@ async fn link(
             _ = stop.changed() => return,
         }
     }
+}
+
+/// Removes what the broker acknowledged from the outbox. A failure only
+/// means those messages are sent again (the operations center sees their
+/// sequence numbers twice), never that one is lost.
+fn forget_delivered(shared: &Shared, acked: &mut Option<u64>) {
+    let Some(seq) = acked.take() else { return };
+    if let Err(e) = shared.outbox.delivered(seq) {
+        tracing::error!(error = %e, "cannot mark uplink messages delivered; they will be sent again");
+    }
+    shared.refresh_gauge();
 }
 
 /// Publishes queued messages after `last_sent` until the window is full.
