@@ -37,11 +37,18 @@ pub fn start_agent(dir: &Path, extra: &str) -> (Proc, f64, f64) {
         ),
     )
     .expect("config");
+    let (proc_, elapsed, status) = spawn_ready(&config, http);
+    (proc_, elapsed.as_secs_f64() * 1e3, status["ready_ms"].as_f64().unwrap_or(f64::NAN))
+}
+
+/// Starts the release agent on `config` and waits until `/status` on
+/// `http` says ready; returns it, the time that took, and that status.
+pub fn spawn_ready(config: &Path, http: u16) -> (Proc, Duration, serde_json::Value) {
     let bin = env_dir("OUTPOST_BIN_DIR", "target/release").join("outpost");
     let t = Instant::now();
     let child = Command::new(&bin)
         .arg("--config")
-        .arg(&config)
+        .arg(config)
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
@@ -49,7 +56,7 @@ pub fn start_agent(dir: &Path, extra: &str) -> (Proc, f64, f64) {
     loop {
         if let Some(s) = http_status(http) {
             if s["state"] == "ready" {
-                return (proc_, t.elapsed().as_secs_f64() * 1e3, s["ready_ms"].as_f64().unwrap_or(f64::NAN));
+                return (proc_, t.elapsed(), s);
             }
         }
         assert!(t.elapsed() < Duration::from_secs(120), "agent not ready");

@@ -3,12 +3,11 @@
 //! (`OUTPOST_SOAK_SECS`), RSS, queue depth and latency sampled every few
 //! seconds; memory must not grow after warm-up.
 
-use crate::mqtt::{client, free_port, start_mosquitto, Proc};
-use crate::process::{http_status, queue_depth, rss_kib};
+use crate::mqtt::{client, free_port, start_mosquitto};
+use crate::process::{queue_depth, rss_kib};
 use crate::report::{median, percentile, Figure, Report};
-use crate::{env_dir, test_packages};
+use crate::test_packages;
 use rumqttc::{Event, Packet, QoS};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -55,20 +54,7 @@ pub fn bench_soak(r: &mut Report, rt: &tokio::runtime::Runtime) {
         ),
     )
     .expect("config");
-    let bin = env_dir("OUTPOST_BIN_DIR", "target/release").join("outpost");
-    let agent = Proc(
-        Command::new(&bin)
-            .arg("--config")
-            .arg(&config)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{}: {e}", bin.display())),
-    );
-    let t = Instant::now();
-    while http_status(http).is_none_or(|s| s["state"] != "ready") {
-        assert!(t.elapsed() < Duration::from_secs(120), "agent not ready");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let (agent, _, _) = crate::process::spawn_ready(&config, http);
     let pid = agent.0.id();
     let total = rate * secs as usize;
     let (samples, sent, seen) = rt.block_on(run(port, http, pid, rate, total, Duration::from_secs(every)));

@@ -1,11 +1,10 @@
 //! A live upgrade and rollback under load, beside steady streams.
 
-use crate::mqtt::{client, free_port, start_mosquitto, Proc};
-use crate::process::{http_status, queue_depth};
+use crate::mqtt::{client, free_port, start_mosquitto};
+use crate::process::queue_depth;
 use crate::report::{percentile, with_spread, Figure, Report, RUNS};
-use crate::{env_dir, test_packages};
+use crate::test_packages;
 use rumqttc::{Event, Packet, QoS};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The testbed package at `version` (v2 writes under `test/out/v2/`, so a
@@ -245,20 +244,7 @@ pub fn bench_upgrade(r: &mut Report, rt: &tokio::runtime::Runtime) {
     )
     .expect("config");
     std::fs::create_dir_all(dir.path().join("services")).expect("mkdir");
-    let bin = env_dir("OUTPOST_BIN_DIR", "target/release").join("outpost");
-    let _agent = Proc(
-        Command::new(&bin)
-            .arg("--config")
-            .arg(&config)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{}: {e}", bin.display())),
-    );
-    let t = Instant::now();
-    while http_status(http).is_none_or(|s| s["state"] != "ready") {
-        assert!(t.elapsed() < Duration::from_secs(120), "agent not ready");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let (_agent, _, _) = crate::process::spawn_ready(&config, http);
     let token = outpost::client::read_token(&dir.path().join("state/api.token")).expect("token");
     let mut control = rt.block_on(async {
         let mut c = outpost::client::connect(&format!("http://127.0.0.1:{api}"), &token).await.expect("connect");
