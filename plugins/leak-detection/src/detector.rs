@@ -1,6 +1,7 @@
 //! Hourly leak detection (flow-balance CUSUM), localisation (pressure residual change matched
 //! to the model's pipe signatures) and the leak lifecycle (start, growth, repair).
 
+use crate::linalg::{cholesky, forward_solve};
 use crate::model::{hour_of_week, pressure_features, Calibration, Hour, NetModel};
 use std::collections::VecDeque;
 
@@ -28,6 +29,9 @@ pub struct Params {
     pub min_growth_m3h: f64,
     /// Hours over which the time-of-week profile's scale follows the inflow (no AMR meters).
     pub profile_adapt_h: f64,
+    /// Weight (0..1) of the sensors' residual correlation in the matching: 0 takes each
+    /// sensor alone (diagonal), 1 uses the calibration's correlation as it is.
+    pub residual_correlation: f64,
 }
 
 /// One hour as the detector keeps it.
@@ -107,6 +111,9 @@ pub struct Detector {
     /// Calibration pressure sensor ids and their hourly residual sigma (m).
     pub sensor_ids: Vec<String>,
     pub sensor_sigma: Vec<f64>,
+    /// Their residual correlation (calibration's `pressure_corr`; empty: unknown).
+    #[serde(default)]
+    pub sensor_corr: Vec<Vec<f64>>,
     /// Scale of the time-of-week consumption profile (no AMR meters), tracked while no leak
     /// is open or pending.
     #[serde(default)]
@@ -180,6 +187,7 @@ impl Detector {
         if self.sensor_ids != cal.pressure_ids {
             self.sensor_ids = cal.pressure_ids.clone();
             self.sensor_sigma = cal.pressure.iter().map(|m| m.as_ref().map(|m| m.sigma).unwrap_or(1.0)).collect();
+            self.sensor_corr = cal.pressure_corr.clone();
         }
         if self.base_r.len() != cal.pressure_ids.len() {
             self.base_r = vec![Some(0.0); cal.pressure_ids.len()];
@@ -349,12 +357,13 @@ impl Detector {
         events: &mut Vec<Event>,
     ) {
         let now = self.ring.back().map(|r| r.hour).unwrap_or(pend.crossed);
-        let sigma = self.sigmas(dr.len(), p);
-        let ranked = model.map(|m| rank(m, &self.map_sensors(m), dr, de, &sigma, None)).unwrap_or_default();
+        let noise = self.noise(dr.len(), p);
+        let map = model.map(|m| self.map_sensors(m)).unwrap_or_default();
+        let ranked = model.map(|m| rank(m, &map, dr, de, &noise, None)).unwrap_or_default();
         // Growth of an open leak (incipient leaks grow for weeks) or a new one?
         if !self.open.is_empty() {
             let best_err = ranked.first().map(|c| c.err).unwrap_or(f64::INFINITY);
-            let null = null_err(dr, de, &sigma);
+            let null = null_err(&map, dr, de, &noise);
             let best_conf = ranked.first().map(|c| 1.0 - c.err / null).unwrap_or(0.0);
             // An abrupt rise is growth only of a leak still being refined (the CUSUM crossing
             // twice on one ramp); later it is a new leak: taken as growth of an older leak,
@@ -362,7 +371,7 @@ impl Detector {
             let young = p.refine_after_h.iter().copied().max().unwrap_or(p.locate_after_h);
             let own: Vec<usize> =
                 self.open.iter().filter(|l| slow || now - l.onset <= young).filter_map(|l| l.pipe).collect();
-            let by_open = model.map(|m| rank(m, &self.map_sensors(m), dr, de, &sigma, Some(&own))).unwrap_or_default();
+            let by_open = model.map(|m| rank(m, &map, dr, de, &noise, Some(&own))).unwrap_or_default();
             // A located open leak explains the change about as well as the best pipe.
             let own_fit =
                 by_open.first().filter(|c| best_conf >= p.min_confidence && c.err <= p.merge_ratio * best_err);
@@ -392,12 +401,14 @@ impl Detector {
             Some(m) if startup && p.max_startup_leaks > 1 => {
                 // A baseline shift present from the first hour: leaks that began before the
                 // service. Greedy decomposition: best pipe, subtract its effect, repeat.
-                let map = self.map_sensors(m);
+                // The change is against the calibration, months earlier: the hourly residuals'
+                // correlation says nothing of that drift, so each sensor is taken alone.
+                let noise = Noise { corr: None, ..noise };
                 let mut rem_r = dr.to_vec();
                 let mut rem_e = de;
-                let mut null = null_err(&rem_r, rem_e, &sigma);
+                let mut null = null_err(&map, &rem_r, rem_e, &noise);
                 while picks.len() < p.max_startup_leaks && rem_e >= p.min_leak_m3h {
-                    let Some(c) = rank(m, &map, &rem_r, rem_e, &sigma, None).into_iter().next() else { break };
+                    let Some(c) = rank(m, &map, &rem_r, rem_e, &noise, None).into_iter().next() else { break };
                     let conf = (1.0 - c.err / null).clamp(0.0, 1.0);
                     // A pipe is named only as confidently as for any other leak: the third
                     // startup pick (0.2 of the remaining misfit explained) was a false
@@ -421,7 +432,7 @@ impl Detector {
                 }
             }
             Some(_) => {
-                let null = null_err(dr, de, &sigma);
+                let null = null_err(&map, dr, de, &noise);
                 let c = ranked.first();
                 let conf = c.map(|c| (1.0 - c.err / null).clamp(0.0, 1.0)).unwrap_or(0.0);
                 // A poor fit names no pipe (the alarm says "leak, location unknown").
@@ -476,7 +487,7 @@ impl Detector {
         if size < p.min_leak_m3h || self.open.is_empty() {
             return;
         }
-        let sigma = self.sigmas(dr.len(), p);
+        let noise = self.noise(dr.len(), p);
         let neg: Vec<Option<f64>> = dr.iter().map(|v| v.map(|v| -v)).collect();
         // The repaired leak: its signature explains the pressure rise and its size the drop.
         let mut best: Option<(usize, f64)> = None;
@@ -485,9 +496,9 @@ impl Detector {
             if let Some(m) = model {
                 let map = self.map_sensors(m);
                 err += match l.pipe {
-                    Some(pipe) => fit_err(&m.pipe_sig[pipe], &map, &neg, size, &sigma),
+                    Some(pipe) => fit_err(&m.pipe_sig[pipe], &map, &neg, size, &noise),
                     // Unplaced: wherever fits best (without a term it won every repair).
-                    None => rank(m, &map, &neg, size, &sigma, None).first().map_or(0.0, |c| c.err),
+                    None => rank(m, &map, &neg, size, &noise, None).first().map_or(0.0, |c| c.err),
                 };
             }
             if best.is_none_or(|(_, b)| err < b) {
@@ -516,7 +527,7 @@ impl Detector {
 
     fn refine(&mut self, now: i64, model: Option<&NetModel>, p: &Params, events: &mut Vec<Event>) {
         let Some(m) = model else { return };
-        let sigma = self.sigmas(self.base_r.len(), p);
+        let noise = self.noise(self.base_r.len(), p);
         let map = self.map_sensors(m);
         let last_onset = self.open.iter().map(|l| l.onset).max();
         let mut updates = Vec::new();
@@ -561,9 +572,9 @@ impl Detector {
                         }
                     }
                 }
-                let ranked = rank(m, &map, &dr, de, &sigma, None);
+                let ranked = rank(m, &map, &dr, de, &noise, None);
                 if let Some(c) = ranked.first() {
-                    let conf = (1.0 - c.err / null_err(&dr, de, &sigma)).clamp(0.0, 1.0);
+                    let conf = (1.0 - c.err / null_err(&map, &dr, de, &noise)).clamp(0.0, 1.0);
                     let least = if unlocated { p.locate_min_m3h } else { p.min_leak_m3h };
                     let named = (conf >= p.min_confidence && de >= least).then_some(c.pipe);
                     updates.push((k, named, de, conf));
@@ -598,8 +609,11 @@ impl Detector {
         self.sensor_ids.iter().map(|id| m.sensor_index.get(id).copied()).collect()
     }
 
-    fn sigmas(&self, n: usize, p: &Params) -> Vec<f64> {
-        (0..n).map(|k| self.sensor_sigma.get(k).copied().unwrap_or(0.1).max(p.residual_floor)).collect()
+    fn noise(&self, n: usize, p: &Params) -> Noise {
+        let sigma = (0..n).map(|k| self.sensor_sigma.get(k).copied().unwrap_or(0.1).max(p.residual_floor)).collect();
+        let known = self.sensor_corr.len() == n && self.sensor_corr.iter().all(|r| r.len() == n);
+        let corr = (known && p.residual_correlation > 0.0).then(|| (self.sensor_corr.clone(), p.residual_correlation));
+        Noise { sigma, corr }
     }
 }
 
@@ -607,36 +621,97 @@ fn diff(a: &[Option<f64>], b: &[Option<f64>]) -> Vec<Option<f64>> {
     a.iter().zip(b).map(|(x, y)| Some((*x)? - (*y)?)).collect()
 }
 
-fn null_err(dr: &[Option<f64>], de: f64, sigma: &[f64]) -> f64 {
-    let tau = (0.5 * de.abs()).max(1.0);
-    dr.iter().zip(sigma).filter_map(|(v, s)| v.map(|v| (v / s).powi(2))).sum::<f64>() + (de / tau).powi(2)
+/// The sensors' residual noise in the matching: per-sensor sigma (m) and, when known, their
+/// correlation, shrunk toward independence by a weight (0..1).
+pub struct Noise {
+    pub sigma: Vec<f64>,
+    pub corr: Option<(Vec<Vec<f64>>, f64)>,
+}
+
+/// A residual change in whitened coordinates over the sensors that have a value and that the
+/// model knows: `y = L⁻¹ dr`, `L Lᵀ` their covariance (diagonal: each divided by its sigma).
+struct Whitened {
+    /// (calibration sensor, model sensor) of each used sensor.
+    idx: Vec<(usize, usize)>,
+    l: Vec<f64>,
+    y: Vec<f64>,
+}
+
+impl Whitened {
+    fn new(dr: &[Option<f64>], map: &[Option<usize>], noise: &Noise) -> Whitened {
+        let idx: Vec<(usize, usize)> = dr
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.is_some())
+            .filter_map(|(k, _)| Some((k, (*map.get(k)?)?)))
+            .filter(|(k, _)| *k < noise.sigma.len())
+            .collect();
+        let n = idx.len();
+        let diag = |idx: &[(usize, usize)]| {
+            let mut l = vec![0.0; n * n];
+            for (a, (k, _)) in idx.iter().enumerate() {
+                l[a * n + a] = noise.sigma[*k];
+            }
+            l
+        };
+        let l = match &noise.corr {
+            Some((corr, w)) => {
+                let mut l = vec![0.0; n * n];
+                for (a, (ka, _)) in idx.iter().enumerate() {
+                    for (b, (kb, _)) in idx.iter().enumerate().take(a + 1) {
+                        let r = if a == b { 1.0 } else { w * corr[*ka][*kb] };
+                        l[a * n + b] = r * noise.sigma[*ka] * noise.sigma[*kb];
+                    }
+                }
+                // Not positive definite (a degenerate calibration): each sensor alone.
+                if cholesky(&mut l, n) {
+                    l
+                } else {
+                    diag(&idx)
+                }
+            }
+            None => diag(&idx),
+        };
+        let v: Vec<f64> = idx.iter().map(|(k, _)| dr[*k].unwrap_or(0.0)).collect();
+        let y = forward_solve(&l, n, &v);
+        Whitened { idx, l, y }
+    }
+
+    /// A pipe signature in the same coordinates.
+    fn white(&self, sig: &[f64]) -> Vec<f64> {
+        let v: Vec<f64> = self.idx.iter().map(|(_, si)| sig.get(*si).copied().unwrap_or(0.0)).collect();
+        forward_solve(&self.l, self.idx.len(), &v)
+    }
+
+    /// Misfit of "no leak": the whole change unexplained.
+    fn null(&self, de: f64) -> f64 {
+        let tau = (0.5 * de.abs()).max(1.0);
+        self.y.iter().map(|v| v * v).sum::<f64>() + (de / tau).powi(2)
+    }
+
+    /// The leak size `q` (least squares, prior `de`) at a pipe with signature `sig`, and its
+    /// whitened misfit.
+    fn fit(&self, sig: &[f64], de: f64) -> (f64, f64) {
+        let s = self.white(sig);
+        let tau = (0.5 * de.abs()).max(1.0);
+        let (mut ds, mut ss) = (de / (tau * tau), 1.0 / (tau * tau));
+        for (y, s) in self.y.iter().zip(&s) {
+            ds += y * s;
+            ss += s * s;
+        }
+        let q = (ds / ss).max(0.0);
+        let err = ((q - de) / tau).powi(2) + self.y.iter().zip(&s).map(|(y, s)| (y - q * s).powi(2)).sum::<f64>();
+        (q, err)
+    }
+}
+
+fn null_err(map: &[Option<usize>], dr: &[Option<f64>], de: f64, noise: &Noise) -> f64 {
+    Whitened::new(dr, map, noise).null(de)
 }
 
 /// Whitened misfit of a leak of size fitted near `de` at a pipe with signature `sig`.
-fn fit_err(sig: &[f64], map: &[Option<usize>], dr: &[Option<f64>], de: f64, sigma: &[f64]) -> f64 {
-    fit(sig, map, dr, de, sigma).1
-}
-
-/// The leak size `q` (least squares, prior `de`) at a pipe with signature
-/// `sig`, and its whitened misfit.
-fn fit(sig: &[f64], map: &[Option<usize>], dr: &[Option<f64>], de: f64, sigma: &[f64]) -> (f64, f64) {
-    let tau = (0.5 * de.abs()).max(1.0);
-    let (mut ds, mut ss) = (de / (tau * tau), 1.0 / (tau * tau));
-    for (k, v) in dr.iter().enumerate() {
-        if let (Some(v), Some(si)) = (v, map[k]) {
-            let s = sig[si] / sigma[k];
-            ds += v / sigma[k] * s;
-            ss += s * s;
-        }
-    }
-    let q = (ds / ss).max(0.0);
-    let mut err = ((q - de) / tau).powi(2);
-    for (k, v) in dr.iter().enumerate() {
-        if let (Some(v), Some(si)) = (v, map[k]) {
-            err += ((v - q * sig[si]) / sigma[k]).powi(2);
-        }
-    }
-    (q, err)
+fn fit_err(sig: &[f64], map: &[Option<usize>], dr: &[Option<f64>], de: f64, noise: &Noise) -> f64 {
+    Whitened::new(dr, map, noise).fit(sig, de).1
 }
 
 /// Pipes ranked by misfit (best first); `only` restricts to some pipes.
@@ -645,16 +720,82 @@ pub fn rank(
     map: &[Option<usize>],
     dr: &[Option<f64>],
     de: f64,
-    sigma: &[f64],
+    noise: &Noise,
     only: Option<&[usize]>,
 ) -> Vec<Candidate> {
+    let w = Whitened::new(dr, map, noise);
     let mut out: Vec<Candidate> = (0..m.pipe_ids.len())
         .filter(|j| only.is_none_or(|o| o.contains(j)))
         .map(|j| {
-            let (q, err) = fit(&m.pipe_sig[j], map, dr, de, sigma);
+            let (q, err) = w.fit(&m.pipe_sig[j], de);
             Candidate { pipe: j, q, err }
         })
         .collect();
     out.sort_by(|a, b| a.err.total_cmp(&b.err));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two pipes, three sensors of sigma 0.1 m: A's signature is local, B's spread out.
+    fn two_pipes() -> NetModel {
+        NetModel {
+            sensors: vec!["s0".into(), "s1".into(), "s2".into()],
+            sensor_index: [("s0".into(), 0), ("s1".into(), 1), ("s2".into(), 2)].into_iter().collect(),
+            pipe_ids: vec!["A".into(), "B".into()],
+            pipe_xy: vec![(0.0, 0.0), (500.0, 0.0)],
+            pipe_sig: vec![vec![-0.10, -0.02, -0.02], vec![-0.08, -0.06, -0.06]],
+        }
+    }
+
+    #[test]
+    fn diagonal_noise_weighs_each_sensor_by_its_sigma() {
+        let m = two_pipes();
+        let map = vec![Some(0), Some(1), Some(2)];
+        let dr = vec![Some(-1.0), Some(-0.2), None];
+        let noise = Noise { sigma: vec![0.1, 0.2, 0.1], corr: None };
+        let ranked = rank(&m, &map, &dr, 10.0, &noise, None);
+        let a = ranked.iter().find(|c| c.pipe == 0).expect("pipe A ranked");
+        // By hand: q from the normal equations with the size prior (tau = 5), then the misfit.
+        let (ys, ss) = (10.0 / 25.0 + 10.0 * 1.0 + 1.0 * 0.1, 1.0 / 25.0 + 1.0 + 0.01);
+        let q: f64 = ys / ss;
+        let err = ((q - 10.0) / 5.0).powi(2) + ((-1.0 + 0.1 * q) / 0.1).powi(2) + ((-0.2 + 0.02 * q) / 0.2).powi(2);
+        assert!((a.q - q).abs() < 1e-9 && (a.err - err).abs() < 1e-9, "{a:?} vs q {q} err {err}");
+        assert!((null_err(&map, &dr, 10.0, &noise) - (100.0 + 1.0 + 4.0)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn correlated_noise_discounts_a_shift_common_to_all_sensors() {
+        // A 10 m³/h leak at A plus a 0.5 m drop every sensor shares (demand the meters miss):
+        // taken alone, the sensors make the spread-out B fit better; with their correlation
+        // (0.9, as the calibration would learn it) the shared part costs little and A wins.
+        let m = two_pipes();
+        let map = vec![Some(0), Some(1), Some(2)];
+        let dr: Vec<Option<f64>> = m.pipe_sig[0].iter().map(|s| Some(10.0 * s - 0.5)).collect();
+        let corr = vec![vec![1.0, 0.9, 0.9], vec![0.9, 1.0, 0.9], vec![0.9, 0.9, 1.0]];
+        let alone = Noise { sigma: vec![0.1; 3], corr: None };
+        assert_eq!(rank(&m, &map, &dr, 10.0, &alone, None)[0].pipe, 1);
+        let together = Noise { sigma: vec![0.1; 3], corr: Some((corr.clone(), 1.0 - 1e-9)) };
+        assert_eq!(rank(&m, &map, &dr, 10.0, &together, None)[0].pipe, 0);
+        // Weight 0 is the diagonal case exactly.
+        let zero = Noise { sigma: vec![0.1; 3], corr: Some((corr, 0.0)) };
+        let (a, b) = (rank(&m, &map, &dr, 10.0, &alone, None), rank(&m, &map, &dr, 10.0, &zero, None));
+        assert!(a.iter().zip(&b).all(|(x, y)| x.pipe == y.pipe && (x.err - y.err).abs() < 1e-9));
+    }
+
+    #[test]
+    fn a_degenerate_correlation_falls_back_to_each_sensor_alone() {
+        let m = two_pipes();
+        let map = vec![Some(0), Some(1), Some(2)];
+        let dr = vec![Some(-1.0), Some(-0.2), Some(-0.2)];
+        // Not positive definite (pairwise estimates can disagree): no panic, no NaN.
+        let bad = vec![vec![1.0, 1.0, -1.0], vec![1.0, 1.0, 1.0], vec![-1.0, 1.0, 1.0]];
+        let noise = Noise { sigma: vec![0.1; 3], corr: Some((bad, 0.99)) };
+        let alone = Noise { sigma: vec![0.1; 3], corr: None };
+        let (a, b) = (rank(&m, &map, &dr, 10.0, &noise, None), rank(&m, &map, &dr, 10.0, &alone, None));
+        assert!(a.iter().all(|c| c.err.is_finite()));
+        assert!(a.iter().zip(&b).all(|(x, y)| x.pipe == y.pipe && (x.err - y.err).abs() < 1e-9));
+    }
 }

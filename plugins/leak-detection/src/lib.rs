@@ -101,6 +101,9 @@ pub struct Config {
     pub size_hours: i64,
     /// Least fit quality (0..1) for an alarm to name a pipe.
     pub min_confidence: f64,
+    /// Weight (0 ≤ w < 1) of the pressure sensors' residual correlation (learnt in the
+    /// calibration) in the matching; 0 takes each sensor alone.
+    pub residual_correlation: f64,
     pub ridge: f64,
     pub pressure_range_m: (f64, f64),
     pub flow_range_m3h: (f64, f64),
@@ -148,6 +151,7 @@ impl Default for Config {
             residual_floor_m: 0.05,
             size_hours: 3,
             min_confidence: 0.5,
+            residual_correlation: 0.0,
             ridge: 1e-6,
             pressure_range_m: (0.0, 200.0),
             flow_range_m3h: (-50.0, 5000.0),
@@ -183,6 +187,9 @@ impl Config {
         let per_hour = (60 / c.step_minutes) as u32;
         if c.max_networks == 0 || c.max_calibration_days < 1 || !(1..=per_hour).contains(&c.min_steps_per_hour) {
             return bad(format!("max_networks ≥ 1, max_calibration_days ≥ 1, min_steps_per_hour 1..{per_hour}"));
+        }
+        if !(0.0..1.0).contains(&c.residual_correlation) {
+            return bad("residual_correlation must be at least 0 and below 1".into());
         }
         if !(c.profile_adapt_h >= 1.0 && c.profile_adapt_h.is_finite()) {
             return bad("profile_adapt_h ≥ 1".into());
@@ -220,6 +227,7 @@ impl Config {
             locate_min_m3h: self.locate_min_m3h,
             min_growth_m3h: self.min_growth_m3h,
             profile_adapt_h: self.profile_adapt_h,
+            residual_correlation: self.residual_correlation,
         }
     }
 

@@ -74,13 +74,29 @@ impl LinModel {
 }
 
 fn cholesky_solve(a: &mut [f64], b: &[f64], p: usize) -> Option<Vec<f64>> {
+    if !cholesky(a, p) {
+        return None;
+    }
+    let mut x = forward_solve(a, p, b);
+    for i in (0..p).rev() {
+        for k in i + 1..p {
+            x[i] -= a[k * p + i] * x[k];
+        }
+        x[i] /= a[i * p + i];
+    }
+    Some(x)
+}
+
+/// In-place lower Cholesky factor of the symmetric `p × p` matrix `a` (row-major, lower
+/// triangle read); false when it is not positive definite.
+pub fn cholesky(a: &mut [f64], p: usize) -> bool {
     for j in 0..p {
         let mut d = a[j * p + j];
         for k in 0..j {
             d -= a[j * p + k] * a[j * p + k];
         }
         if d <= 1e-12 || !d.is_finite() {
-            return None;
+            return false;
         }
         let d = d.sqrt();
         a[j * p + j] = d;
@@ -92,20 +108,19 @@ fn cholesky_solve(a: &mut [f64], b: &[f64], p: usize) -> Option<Vec<f64>> {
             a[i * p + j] = s / d;
         }
     }
+    true
+}
+
+/// `L⁻¹ b` for the lower factor `l` from [`cholesky`].
+pub fn forward_solve(l: &[f64], p: usize, b: &[f64]) -> Vec<f64> {
     let mut x = b.to_vec();
     for i in 0..p {
         for k in 0..i {
-            x[i] -= a[i * p + k] * x[k];
+            x[i] -= l[i * p + k] * x[k];
         }
-        x[i] /= a[i * p + i];
+        x[i] /= l[i * p + i];
     }
-    for i in (0..p).rev() {
-        for k in i + 1..p {
-            x[i] -= a[k * p + i] * x[k];
-        }
-        x[i] /= a[i * p + i];
-    }
-    Some(x)
+    x
 }
 
 #[cfg(test)]

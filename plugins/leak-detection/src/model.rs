@@ -157,6 +157,11 @@ pub struct Calibration {
     /// the consumption model; empty when the AMR model `inflow` is used.
     #[serde(default)]
     pub profile: Vec<f64>,
+    /// Correlation of the pressure sensors' hourly residuals in the calibration window
+    /// (`pressure_ids` order; empty: not known, each sensor is taken alone). Demand the AMR
+    /// meters do not see moves whole areas of the network together.
+    #[serde(default)]
+    pub pressure_corr: Vec<Vec<f64>>,
 }
 
 /// Hour of the week (0 = Monday 00:00..01:00) of an hour index since 1970-01-01 (a Thursday).
@@ -230,6 +235,7 @@ impl Calibration {
             inflow: LinModel { mu: vec![], sd: vec![], beta: vec![], b0: 0.0, sigma: 0.0 },
             pressure: vec![],
             profile: vec![],
+            pressure_corr: vec![],
         };
         if partial.amr_ids.is_empty() {
             return Self::fit_profile(partial, hours);
@@ -268,7 +274,53 @@ impl Calibration {
             pressure.push(LinModel::fit(&rows, &y, ridge));
         }
         partial.pressure = pressure;
+        partial.pressure_corr = partial.residual_correlation(hours, &amrs);
         Ok(partial)
+    }
+
+    /// Pairwise correlation of the fitted pressure models' hourly residuals (over the hours both
+    /// sensors have); 0 where a pair has fewer than 24 such hours or a sensor has no model.
+    fn residual_correlation(&self, hours: &[Hour], amrs: &[Vec<f64>]) -> Vec<Vec<f64>> {
+        let n = self.pressure_ids.len();
+        let res: Vec<Vec<Option<f64>>> = hours
+            .iter()
+            .zip(amrs)
+            .map(|(h, amr)| {
+                let c = self.consumption(amr);
+                self.pressure_ids
+                    .iter()
+                    .zip(&self.pressure)
+                    .map(|(id, m)| match (m, h.pressure.get(id), h.level_mean, h.pump) {
+                        (Some(m), Some(v), Some(l), Some(pu)) => Some(v - m.predict(&pressure_features(c, l, pu))),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut corr = vec![vec![0.0; n]; n];
+        for i in 0..n {
+            corr[i][i] = 1.0;
+            for j in 0..i {
+                let pairs: Vec<(f64, f64)> = res.iter().filter_map(|r| Some((r[i]?, r[j]?))).collect();
+                if pairs.len() < 24 {
+                    continue;
+                }
+                let k = pairs.len() as f64;
+                let (mi, mj) = pairs.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x / k, b + y / k));
+                let (mut sij, mut sii, mut sjj) = (0.0, 0.0, 0.0);
+                for (x, y) in &pairs {
+                    sij += (x - mi) * (y - mj);
+                    sii += (x - mi).powi(2);
+                    sjj += (y - mj).powi(2);
+                }
+                let r = sij / (sii * sjj).sqrt();
+                if r.is_finite() {
+                    corr[i][j] = r;
+                    corr[j][i] = r;
+                }
+            }
+        }
+        corr
     }
 
     /// No AMR meters: the consumption model is the time-of-week profile of the inlet flow
@@ -295,5 +347,50 @@ impl Calibration {
         c.inflow = LinModel { mu: vec![], sd: vec![], beta: vec![], b0: mean, sigma };
         c.pressure = vec![None; c.pressure_ids.len()];
         Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calibration_learns_which_sensors_share_their_residuals() {
+        // A deterministic generator in [-0.5, 0.5).
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        };
+        let hours: Vec<Hour> = (0..240)
+            .map(|k| {
+                let amr = 20.0 + 10.0 * ((k % 24) as f64 / 24.0 * std::f64::consts::TAU).sin() + rnd();
+                let c = 2.0 * amr;
+                // What the meters miss moves s0 and s1 together; s2 has only its own noise.
+                let shared = 0.3 * rnd();
+                let mut h = Hour {
+                    hour: 430_000 + k,
+                    flow_steps: 12,
+                    inflow: Some(c + 0.1 * rnd()),
+                    pump: Some(40.0 + rnd()),
+                    level_mean: Some(3.0 + 0.5 * rnd()),
+                    level_end: Some(3.0),
+                    ..Hour::default()
+                };
+                h.amr.insert("m1".into(), amr);
+                h.pressure.insert("s0".into(), 50.0 - 0.1 * c + shared + 0.05 * rnd());
+                h.pressure.insert("s1".into(), 40.0 - 0.2 * c + shared + 0.05 * rnd());
+                h.pressure.insert("s2".into(), 30.0 - 0.05 * c + 0.1 * rnd());
+                h
+            })
+            .collect();
+        let cal = Calibration::fit("a", "b", &hours, 1e-6).expect("fit");
+        assert_eq!(cal.pressure_ids, ["s0", "s1", "s2"]);
+        let r = &cal.pressure_corr;
+        assert!(r[0][1] > 0.8 && (r[0][1] - r[1][0]).abs() < 1e-12, "{r:?}");
+        assert!(r[0][2].abs() < 0.25 && r[1][2].abs() < 0.25, "{r:?}");
+        assert!((0..3).all(|i| r[i][i] == 1.0));
     }
 }
