@@ -102,10 +102,11 @@ fn leakdb(args: &[String]) -> Result<()> {
 
 /// Seeds `leak-eval` reports (never used while choosing settings) and the seeds the settings
 /// were chosen on; keep equal to `eval/src/bin/leak-eval.rs`.
-const LEAK_REPORT_SEEDS: [&str; 6] = ["8811", "8812", "8813", "8814", "8815", "8816"];
-const LEAK_TUNING_SEEDS: [&str; 4] = ["2020", "2021", "2022", "2023"];
-/// Report seeds of the previous round (already read): `--set retired`.
-const LEAK_RETIRED_SEEDS: [&str; 6] = ["7301", "7302", "7303", "7304", "7305", "7306"];
+const LEAK_REPORT_SEEDS: [&str; 6] = ["9501", "9502", "9503", "9504", "9505", "9506"];
+const LEAK_TUNING_SEEDS: [&str; 8] = ["2020", "2021", "2022", "2023", "2024", "2025", "2026", "2027"];
+/// Report seeds of earlier rounds (already read): `--set retired`.
+const LEAK_RETIRED_SEEDS: [&str; 12] =
+    ["7301", "7302", "7303", "7304", "7305", "7306", "8811", "8812", "8813", "8814", "8815", "8816"];
 
 /// The BattLeDIM protocol: per seed a 2018 historical run (calibration, labels) and a 2019
 /// evaluation run (scored), simulated when missing (cached per seed, resumable: a run is kept

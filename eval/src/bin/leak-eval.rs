@@ -17,14 +17,14 @@
 //!
 //! Seeds are of three kinds, printed as such: `--tuning` seeds (settings were chosen on them; never
 //! reported as results), `--report` seeds (simulated fresh for the report and never used while
-//! choosing settings) and `retired` seeds (7301-7306: report seeds of an earlier round, whose
+//! choosing settings) and `retired` seeds (7301-7306 and 8811-8816: report seeds of earlier rounds, whose
 //! figures were already read; they choose nothing and report nothing any more, `--set retired`). The table
 //! gives each seed's TP/FP/FN, F1 = 2TP/(2TP+FP+FN) and € total, then the mean and the sample
 //! standard deviation over the report seeds.
 //!
 //! ```sh
 //! cargo run --release -p outpost-eval --bin leak-eval -- [--set report|tuning|all] \
-//!     [--report 8811,...,8816] [--tuning 2020,2021,2022,2023] [--cache DIR] [--data DIR] [--model FILE] \
+//!     [--report 9501,...,9506] [--tuning 2020,...,2027] [--cache DIR] [--data DIR] [--model FILE] \
 //!     [--cal-start T] [--cal-days D] [--leak-free-only] [--config JSON] [--verbose] [--out DIR]
 //! ```
 //! `--out DIR` writes each seed's alarms (`alarms-seedN.jsonl`) and submission
@@ -42,7 +42,7 @@ use std::time::Instant;
 
 const TOPIC: &str = "site/eval/ltown";
 const USAGE: &str =
-    "leak-eval [--set report|tuning|retired|all] [--report 8811,...,8816] [--tuning 2020,2021,2022,2023] \
+    "leak-eval [--set report|tuning|retired|all] [--report 9501,...,9506] [--tuning 2020,...,2027] \
 [--cache DIR] [--data DIR] [--model FILE] [--cal-start T] [--cal-days D] [--leak-free-only] [--config JSON] \
 [--verbose] [--out DIR]\n\
 Calibrates leak-detection on each seed's simulated 2018 (labelled leaks taken out; --leak-free-only: \
@@ -50,12 +50,12 @@ the days before the first), replays \
 its 2019 and scores it with the BattLeDIM rules; prints per-seed TP/FP/FN/F1/€ and the mean ± sd over \
 the report seeds. Runs: CACHE/historical-seedN and CACHE/evaluation-seedN (tools/simulate_ltown.py).";
 /// Seeds the defaults were chosen on (never reported as results).
-pub const TUNING_SEEDS: [u64; 4] = [2020, 2021, 2022, 2023];
+pub const TUNING_SEEDS: [u64; 8] = [2020, 2021, 2022, 2023, 2024, 2025, 2026, 2027];
 /// Seeds never used while choosing settings: the reported figures.
-pub const REPORT_SEEDS: [u64; 6] = [8811, 8812, 8813, 8814, 8815, 8816];
-/// Report seeds of the previous round: their scores were read, so they are neither tuning nor
+pub const REPORT_SEEDS: [u64; 6] = [9501, 9502, 9503, 9504, 9505, 9506];
+/// Report seeds of earlier rounds: their scores were read, so they are neither tuning nor
 /// report seeds any more.
-pub const RETIRED_SEEDS: [u64; 6] = [7301, 7302, 7303, 7304, 7305, 7306];
+pub const RETIRED_SEEDS: [u64; 12] = [7301, 7302, 7303, 7304, 7305, 7306, 8811, 8812, 8813, 8814, 8815, 8816];
 
 fn main() -> ExitCode {
     match run() {
