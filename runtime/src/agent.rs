@@ -51,21 +51,36 @@ impl Agent {
     /// Runs until `shutdown` completes, then drains and returns.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
         let started = Instant::now();
+        let mut phase = Phases::new(started);
         let cfg = Arc::new(self.config);
         let metrics = Metrics::new();
-        private_dir(&cfg.state_dir);
-        let state = Arc::new(StateStore::open(&cfg.state_dir.join("state.redb"))?);
-        let embedded_secret = if cfg.broker.mode == BrokerMode::Embedded {
-            Some(crate::broker::start_embedded(&cfg.broker, &cfg.state_dir, &cfg.gateway)?)
-        } else {
-            None
-        };
         let pool = EngineOptions {
             max_instances: cfg.dispatch.max_instances.unwrap_or_else(crate::host::default_max_instances),
             ..EngineOptions::default()
         };
         tracing::debug!(slots = pool.max_instances, "instance pool");
-        let host = Arc::new(HostEngine::new(&pool)?);
+        // The engine (instance pool, linker) needs nothing from the state
+        // store, the broker or the package scan: it is built beside them.
+        let engine = std::thread::Builder::new()
+            .name("outpost-engine".into())
+            .spawn(move || HostEngine::new(&pool))
+            .map_err(|e| AgentError::Thread(e.to_string()))?;
+        private_dir(&cfg.state_dir);
+        let state = Arc::new(StateStore::open(&cfg.state_dir.join("state.redb"))?);
+        phase.done("state store open");
+        let embedded_secret = if cfg.broker.mode == BrokerMode::Embedded {
+            Some(crate::broker::start_embedded(&cfg.broker, &cfg.state_dir, &cfg.gateway)?)
+        } else {
+            None
+        };
+        phase.done("broker start");
+        let (desired, mut rejected) = control::boot_desired(&cfg, &state)?;
+        phase.done("package scan");
+        let host = match engine.join() {
+            Ok(host) => Arc::new(host?),
+            Err(_) => return Err(AgentError::Thread("the thread building the wasmtime engine panicked".into())),
+        };
+        phase.done("engine, pool and linker (waited for)");
 
         let (host_name, port) = cfg.broker.client_target().map_err(AgentError::Config)?;
         let status_topic = format!("outpost/{}/status", cfg.gateway);
@@ -73,8 +88,8 @@ impl Agent {
         // Services start before the link connects, so the subscriptions
         // are known; init outputs before then are discarded.
         let mut dispatcher = Dispatcher::new(host.clone(), cfg.dispatch.clone(), &cfg.gateway, Box::new(NullEgress));
-        let (desired, mut rejected) = control::boot_desired(&cfg, &state)?;
         start_desired(&cfg, &host, &state, &metrics, &desired, &mut dispatcher, &mut rejected);
+        phase.done("services loaded and started");
         for name in cfg.services.keys() {
             if !desired.services.contains_key(name) {
                 tracing::warn!(service = %name, "config has [services.{name}] but no such service is installed");
@@ -154,6 +169,7 @@ impl Agent {
                 .await
                 .map_err(|e| AgentError::Api { addr: addr.to_string(), message: e.to_string() })?;
         }
+        phase.done("HTTP and API listening");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         if crate::uplink::enabled(&cfg) {
             let tap = crate::uplink::start(cfg.clone(), lifecycle.clone(), board.clone(), hub.clone(), stop_rx.clone())
@@ -186,6 +202,7 @@ impl Agent {
                 })
                 .map_err(|e| AgentError::Thread(e.to_string()))?
         };
+        phase.done("I/O thread started");
         let mut ended_rx = ended_rx;
         let ended_early = tokio::select! {
             _ = shutdown => false,
@@ -221,6 +238,24 @@ impl Agent {
     }
 }
 
+/// Debug-level timings of the start path, one line per phase, so that
+/// `RUST_LOG=outpost::agent=debug` shows where start-up time goes.
+struct Phases {
+    last: Instant,
+}
+
+impl Phases {
+    fn new(started: Instant) -> Phases {
+        Phases { last: started }
+    }
+
+    fn done(&mut self, phase: &'static str) {
+        let now = Instant::now();
+        tracing::debug!(phase, ms = format!("{:.2}", (now - self.last).as_secs_f64() * 1e3), "start phase");
+        self.last = now;
+    }
+}
+
 /// The state directory holds the precompiled code cache and the API token:
 /// only the agent's user may read or write it.
 fn private_dir(dir: &std::path::Path) {
@@ -245,6 +280,11 @@ fn turn_budget(cfg: &AgentConfig) -> Duration {
 /// Starts every service the desired state names. One that cannot start
 /// falls back to its previous version if it has one; otherwise it is
 /// reported and the others still run.
+///
+/// Reading, checking and compiling (or loading the precompiled code of)
+/// each service's package is independent of the others, so it runs on
+/// every core at once; the instances then start service after service, in
+/// name order, as before.
 fn start_desired(
     cfg: &Arc<AgentConfig>,
     host: &Arc<HostEngine>,
@@ -254,46 +294,93 @@ fn start_desired(
     dispatcher: &mut Dispatcher,
     rejected: &mut Vec<(String, String)>,
 ) {
-    for (name, want) in &desired.services {
-        if want.removed {
-            continue;
-        }
-        if cfg.services.get(name).is_some_and(|s| !s.enabled) {
-            tracing::info!(service = %name, "disabled by site config");
-            continue;
-        }
+    let wanted: Vec<(&String, &control::DesiredService)> = desired
+        .services
+        .iter()
+        .filter(|(name, want)| {
+            if want.removed {
+                return false;
+            }
+            if cfg.services.get(*name).is_some_and(|s| !s.enabled) {
+                tracing::info!(service = %name, "disabled by site config");
+                return false;
+            }
+            true
+        })
+        .collect();
+    let build = |want: &control::DesiredService, package: &std::path::Path| {
         let t0 = Instant::now();
-        let overrides = DesiredOverrides::of(want);
-        let mut candidates = vec![(want.version.clone(), want.package.clone())];
-        if let Some(p) = &want.previous {
-            candidates.push((p.version.clone(), p.package.clone()));
-        }
+        let def = control::build_def(cfg, host, state, metrics, package, &DesiredOverrides::of(want));
+        (def, t0.elapsed())
+    };
+    let first_tries = parallel_map(&wanted, |(_, want)| build(want, &want.package));
+    for ((name, want), first) in wanted.iter().zip(first_tries) {
         let mut errors = Vec::new();
-        for (version, package) in candidates {
-            let def = match control::build_def(cfg, host, state, metrics, &package, &overrides) {
-                Ok(def) => def,
+        let mut attempt = Some((want.version.clone(), first));
+        let mut fallback = want.previous.as_ref();
+        while let Some((version, (built, load_time))) = attempt.take() {
+            let t0 = Instant::now();
+            let outcome = match built {
+                Ok(def) => dispatcher.install(def).map_err(|e| {
+                    tracing::error!(service = %name, %version, error = %e, "service failed to start");
+                    e.to_string()
+                }),
                 Err(e) => {
                     tracing::error!(service = %name, %version, error = %e, "service not loaded");
-                    errors.push(e.to_string());
-                    continue;
+                    Err(e.to_string())
                 }
             };
-            match dispatcher.install(def) {
+            match outcome {
                 Ok(()) => {
-                    tracing::info!(service = %name, %version, load_ms = t0.elapsed().as_millis() as u64, "service started");
+                    let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1e3);
+                    tracing::debug!(service = %name, load_ms = ms(load_time), instances_ms = ms(t0.elapsed()), "service loaded and its instances started");
+                    tracing::info!(service = %name, %version, load_ms = (load_time + t0.elapsed()).as_millis() as u64, "service started");
                     errors.clear();
-                    break;
                 }
                 Err(e) => {
-                    tracing::error!(service = %name, %version, error = %e, "service failed to start");
-                    errors.push(e.to_string());
+                    errors.push(e);
+                    if let Some(p) = fallback.take() {
+                        attempt = Some((p.version.clone(), build(want, &p.package)));
+                    }
                 }
             }
         }
         if !errors.is_empty() {
-            rejected.push((name.clone(), errors.join("; ")));
+            rejected.push(((*name).clone(), errors.join("; ")));
         }
     }
+}
+
+/// `f` over `items` on up to as many threads as there are cores; results
+/// in the order of `items`.
+fn parallel_map<I: Sync, R: Send>(items: &[I], f: impl Fn(&I) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(items.len());
+    if threads <= 1 {
+        return items.iter().map(&f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<R>>> = items.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let work = || loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(item) = items.get(i) else { break };
+        let r = f(item);
+        if let Ok(mut slot) = slots[i].lock() {
+            *slot = Some(r);
+        }
+    };
+    std::thread::scope(|s| {
+        // The calling thread works too; a helper that cannot be started
+        // leaves its share to the others.
+        for _ in 1..threads {
+            if std::thread::Builder::new().name("outpost-load".into()).spawn_scoped(s, work).is_err() {
+                break;
+            }
+        }
+        work();
+    });
+    // Every slot is filled unless a worker panicked, which the scope has
+    // already propagated; the fallback only keeps this free of unwrap.
+    slots.into_iter().zip(items).map(|(m, item)| m.into_inner().ok().flatten().unwrap_or_else(|| f(item))).collect()
 }
 
 /// The I/O thread: the MQTT link, the dispatcher and lifecycle commands,

@@ -581,7 +581,7 @@ pub fn build_def(
         config_json: effective_config(&pkg.manifest.config, config),
         instances,
         metrics: context.metrics.clone(),
-        factory: Arc::new(WasmFactory { host: host.clone(), loaded, context }),
+        factory: Arc::new(WasmFactory { host: host.clone(), loaded, context: Arc::new(context) }),
         manifest: pkg.manifest,
     })
 }
@@ -680,6 +680,23 @@ pub fn boot_desired(
     let mut seeded = std::collections::BTreeSet::new();
     for dir in dirs {
         let label = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        // The component is read only for a service to seed: on later
+        // starts every folder is already in the desired state.
+        let name = match Package::load_manifest(&dir) {
+            Ok((manifest, _)) => manifest.service.name,
+            Err(e) => {
+                tracing::error!(package = %dir.display(), error = %e, "service not loaded");
+                rejected.push((label, e.to_string()));
+                continue;
+            }
+        };
+        if desired.services.contains_key(&name) {
+            if seeded.contains(&name) {
+                rejected
+                    .push((label, format!("another folder already installs service '{name}'; this one is ignored")));
+            }
+            continue;
+        }
         let pkg = match Package::load(&dir) {
             Ok(p) => p,
             Err(e) => {
@@ -688,14 +705,6 @@ pub fn boot_desired(
                 continue;
             }
         };
-        let name = pkg.manifest.service.name.clone();
-        if desired.services.contains_key(&name) {
-            if seeded.contains(&name) {
-                rejected
-                    .push((label, format!("another folder already installs service '{name}'; this one is ignored")));
-            }
-            continue;
-        }
         // A folder whose component is not one must not claim the name.
         if let Err(e) = crate::host::check_component_bytes(&pkg.wasm) {
             tracing::error!(package = %dir.display(), error = %e, "service not loaded");

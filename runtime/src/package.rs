@@ -29,6 +29,15 @@ pub struct Package {
 
 impl Package {
     pub fn load(dir: &Path) -> Result<Package, PackageError> {
+        let (manifest, wasm_path) = Self::load_manifest(dir)?;
+        let wasm =
+            std::fs::read(&wasm_path).map_err(|source| PackageError::Read { path: wasm_path.clone(), source })?;
+        Ok(Package { dir: dir.to_owned(), manifest, wasm_path, wasm })
+    }
+
+    /// The manifest and the component's path, with the same checks as
+    /// [`Package::load`] but without reading the component.
+    pub fn load_manifest(dir: &Path) -> Result<(Manifest, PathBuf), PackageError> {
         let manifest_path = dir.join(MANIFEST_FILE);
         if !manifest_path.is_file() {
             return Err(PackageError::NoManifest { dir: dir.to_owned() });
@@ -38,9 +47,7 @@ impl Package {
         if !wasm_path.is_file() {
             return Err(PackageError::NoComponent { dir: dir.to_owned() });
         }
-        let wasm =
-            std::fs::read(&wasm_path).map_err(|source| PackageError::Read { path: wasm_path.clone(), source })?;
-        Ok(Package { dir: dir.to_owned(), manifest, wasm_path, wasm })
+        Ok((manifest, wasm_path))
     }
 
     /// Every package folder under `root` (sorted, so start-up order is stable).

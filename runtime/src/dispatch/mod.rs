@@ -193,7 +193,7 @@ impl Dispatcher {
         })?;
         Ok(ServiceDef {
             metrics: spec.context.metrics.clone(),
-            factory: Arc::new(WasmFactory { host, loaded: spec.loaded, context: spec.context }),
+            factory: Arc::new(WasmFactory { host, loaded: spec.loaded, context: Arc::new(spec.context) }),
             manifest: spec.manifest,
             config_json: spec.config_json,
             instances: spec.instances,

@@ -33,7 +33,8 @@ pub trait InstanceFactory: Send + Sync {
 pub struct WasmFactory {
     pub host: Arc<HostEngine>,
     pub loaded: LoadedComponent,
-    pub context: ServiceContext,
+    /// Shared by every instance of the service.
+    pub context: Arc<ServiceContext>,
 }
 
 impl InstanceFactory for WasmFactory {

@@ -79,7 +79,9 @@ pub struct InstanceState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(crate) limits: TrackedLimits,
-    ctx: ServiceContext,
+    /// Shared by every instance of the service: a new instance takes a
+    /// reference, not a copy of each of its handles.
+    ctx: Arc<ServiceContext>,
     pub(crate) output: CallOutput,
     pub(crate) txn: StateTxn,
     /// A state read that failed during this call: the call fails with it
@@ -88,7 +90,7 @@ pub struct InstanceState {
 }
 
 impl InstanceState {
-    pub(crate) fn new(ctx: ServiceContext, limits: StoreLimits) -> Self {
+    pub(crate) fn new(ctx: Arc<ServiceContext>, limits: StoreLimits) -> Self {
         let limits = TrackedLimits { inner: limits, memory_bytes: 0 };
         let wasi = wasi_context();
         InstanceState {

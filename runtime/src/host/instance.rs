@@ -6,6 +6,7 @@ use super::bindings_1_0::outpost::service::types as types_1_0;
 use super::imports::{CallOutput, InstanceState, ServiceContext};
 use super::{bindings, bindings_1_0, LoadedComponent, ServicePre, EPOCH_TICK};
 use crate::manifest::Manifest;
+use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap};
 
@@ -119,8 +120,21 @@ impl ServiceInstance {
         engine: &Engine,
         loaded: &LoadedComponent,
         manifest: &Manifest,
-        ctx: ServiceContext,
+        ctx: Arc<ServiceContext>,
         config_json: &str,
+    ) -> Result<ServiceInstance, CallError> {
+        let mut instance = Self::create(engine, loaded, manifest, ctx)?;
+        instance.call(|s, store| s.init(store, config_json))?;
+        instance.store.data_mut().output = CallOutput::default();
+        Ok(instance)
+    }
+
+    /// The instance before its `init`.
+    pub(crate) fn create(
+        engine: &Engine,
+        loaded: &LoadedComponent,
+        manifest: &Manifest,
+        ctx: Arc<ServiceContext>,
     ) -> Result<ServiceInstance, CallError> {
         let limits = StoreLimitsBuilder::new()
             .memory_size((manifest.limits.memory_mib as usize) << 20)
@@ -139,10 +153,7 @@ impl ServiceInstance {
             ServicePre::V1_0(pre) => Service::V1_0(pre.instantiate(&mut store).map_err(fault)?),
             ServicePre::V1_1(pre) => Service::V1_1(pre.instantiate(&mut store).map_err(fault)?),
         };
-        let mut instance = ServiceInstance { store, service, deadline_ticks };
-        instance.call(|s, store| s.init(store, config_json))?;
-        instance.store.data_mut().output = CallOutput::default();
-        Ok(instance)
+        Ok(ServiceInstance { store, service, deadline_ticks })
     }
 
     /// Hands a batch to the service; returns what it published.
@@ -248,7 +259,8 @@ fn fault(e: wasmtime::Error) -> CallError {
     let mut message = e.root_cause().to_string();
     if message.contains("concurrent") && message.contains("limit") {
         // Every slot of the pooling allocator is taken: a config matter, not the guest's.
-        message.push_str(" (the agent's instance pool is full: raise [dispatch] max_instances, or run fewer instances)");
+        message
+            .push_str(" (the agent's instance pool is full: raise [dispatch] max_instances, or run fewer instances)");
     }
     CallError::Fault { kind, message }
 }

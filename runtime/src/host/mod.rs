@@ -16,9 +16,10 @@ pub use bindings::outpost::service::types::Message as WitMessage;
 
 use crate::manifest::{Manifest, WasiCapability};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -209,6 +210,11 @@ pub struct HostEngine {
     engine: Engine,
     linker: Linker<InstanceState>,
     stop_ticker: Arc<AtomicBool>,
+    /// Components by digest, so that the same bytes installed as several
+    /// services (or loaded by two at once) are checked, compiled and held
+    /// in memory once. An entry no service uses any more is dropped at the
+    /// next load.
+    loaded: Mutex<HashMap<String, Arc<OnceLock<Option<LoadedComponent>>>>>,
 }
 
 impl HostEngine {
@@ -257,7 +263,7 @@ impl HostEngine {
                 }
             })
             .map_err(|e| LoadError::Engine(format!("cannot start epoch thread: {e}")))?;
-        Ok(HostEngine { engine, linker, stop_ticker })
+        Ok(HostEngine { engine, linker, stop_ticker, loaded: Mutex::default() })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -267,13 +273,51 @@ impl HostEngine {
     /// Compiles (or loads from `cache_dir`) a component, checks it against the
     /// contract and pre-links it.
     pub fn load(&self, wasm_path: &Path, bytes: &[u8], cache_dir: Option<&Path>) -> Result<LoadedComponent, LoadError> {
+        let t0 = std::time::Instant::now();
         check_component_bytes(bytes)
             .map_err(|message| LoadError::NotAComponent { path: wasm_path.to_owned(), message })?;
         let digest = hex::encode(Sha256::digest(bytes));
+        let t_digest = t0.elapsed();
+        let cell = {
+            let mut memo = self.loaded.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            // Only the memo holds it (or its load failed): nobody runs it any more.
+            memo.retain(|_, cell| {
+                cell.get().is_none_or(|l| l.as_ref().is_some_and(|l| Arc::strong_count(&l.users) > 1))
+            });
+            memo.entry(digest.clone()).or_default().clone()
+        };
+        let mut error = None;
+        // A second load of the same bytes waits for the first, then shares it.
+        let shared =
+            cell.get_or_init(|| match self.load_new(wasm_path, bytes, digest.clone(), cache_dir, t0, t_digest) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    error = Some(e);
+                    None
+                }
+            });
+        match (shared, error) {
+            (Some(l), _) => Ok(l.clone()),
+            (None, Some(e)) => Err(e),
+            // Another load of these bytes failed: fail with this one's own error.
+            (None, None) => self.load_new(wasm_path, bytes, digest, cache_dir, t0, t_digest),
+        }
+    }
+
+    fn load_new(
+        &self,
+        wasm_path: &Path,
+        bytes: &[u8],
+        digest: String,
+        cache_dir: Option<&Path>,
+        t0: std::time::Instant,
+        t_digest: Duration,
+    ) -> Result<LoadedComponent, LoadError> {
         let component = match cache_dir {
             Some(dir) => self.compile_cached(wasm_path, bytes, &digest, dir)?,
             None => self.compile(wasm_path, bytes)?,
         };
+        let t_code = t0.elapsed();
         let info = check_contract(&self.engine, &component).map_err(|message| LoadError::Contract {
             path: wasm_path.to_owned(),
             world: crate::manifest::SUPPORTED_WORLD.into(),
@@ -300,7 +344,15 @@ impl HostEngine {
         } else {
             ServicePre::V1_0(bindings_1_0::ServicePre::new(pre).map_err(contract_error)?)
         };
-        Ok(LoadedComponent { pre, digest, capability_imports, wit_version: info.wit_version })
+        let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1e3);
+        tracing::debug!(
+            component = %wasm_path.display(),
+            digest_ms = ms(t_digest),
+            code_ms = ms(t_code - t_digest),
+            checks_and_link_ms = ms(t0.elapsed() - t_code),
+            "component loaded"
+        );
+        Ok(LoadedComponent { pre, digest, capability_imports, wit_version: info.wit_version, users: Arc::new(()) })
     }
 
     fn compile(&self, path: &Path, bytes: &[u8]) -> Result<Component, LoadError> {
@@ -318,14 +370,24 @@ impl HostEngine {
         }
         let engine = cache::engine_hash(&self.engine);
         let file = cache::entry_path(dir, digest, &engine);
+        let t0 = std::time::Instant::now();
         match cache::read_verified(&file, digest, &engine) {
             Ok(Some(code)) => {
+                let read = t0.elapsed();
                 // SAFETY: wasmtime runs these bytes as native code. They are
                 // the very bytes whose sha256 the agent recorded when it
                 // compiled `digest` with this engine configuration, read from
                 // a folder only the agent's user can write (checked above).
                 match unsafe { Component::deserialize(&self.engine, &code) } {
-                    Ok(c) => return Ok(c),
+                    Ok(c) => {
+                        tracing::debug!(
+                            bytes = code.len(),
+                            read_and_verify_ms = format!("{:.2}", read.as_secs_f64() * 1e3),
+                            deserialize_ms = format!("{:.2}", (t0.elapsed() - read).as_secs_f64() * 1e3),
+                            "precompiled code loaded"
+                        );
+                        return Ok(c);
+                    }
                     Err(e) => {
                         tracing::warn!(cache = %file.display(), error = %e, "precompiled cache entry unusable; recompiling")
                     }
@@ -338,7 +400,9 @@ impl HostEngine {
                 "precompiled cache entry not loaded; recompiling from the component"
             ),
         }
+        let t0 = std::time::Instant::now();
         let component = self.compile(path, bytes)?;
+        let compiled = t0.elapsed();
         match component.serialize() {
             Ok(data) => {
                 if let Err(e) = cache::write(&file, &data, digest, &engine) {
@@ -347,6 +411,8 @@ impl HostEngine {
             }
             Err(e) => tracing::warn!(error = %e, "cannot serialize compiled component"),
         }
+        let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1e3);
+        tracing::debug!(compile_ms = ms(compiled), cache_write_ms = ms(t0.elapsed() - compiled), "component compiled");
         Ok(component)
     }
 
@@ -355,15 +421,38 @@ impl HostEngine {
         &self,
         loaded: &LoadedComponent,
         manifest: &Manifest,
-        context: ServiceContext,
+        context: impl Into<Arc<ServiceContext>>,
         config_json: &str,
     ) -> Result<ServiceInstance, CallError> {
-        // The component's path is not known here; the manifest's id names it.
-        check_capabilities(loaded, manifest, Path::new(&manifest.id()))
-            .map_err(|e| CallError::Service(format!("refused by the host: {e}")))?;
+        Self::admit(loaded, manifest)?;
+        ServiceInstance::start(&self.engine, loaded, manifest, context.into(), config_json)
+    }
+
+    /// A new instance without its `init`: what instantiation itself costs
+    /// (checks, store, limits, WASI context, linking), for the benchmarks to
+    /// set beside raw wasmtime. The agent never runs an instance that skipped `init`.
+    #[doc(hidden)]
+    pub fn instantiate_without_init(
+        &self,
+        loaded: &LoadedComponent,
+        manifest: &Manifest,
+        context: impl Into<Arc<ServiceContext>>,
+    ) -> Result<ServiceInstance, CallError> {
+        Self::admit(loaded, manifest)?;
+        ServiceInstance::create(&self.engine, loaded, manifest, context.into())
+    }
+
+    /// What every new instance is checked for: the WASI capabilities its
+    /// manifest declares, and the manifest's world.
+    fn admit(loaded: &LoadedComponent, manifest: &Manifest) -> Result<(), CallError> {
+        // Only a refusal needs the manifest's id (an allocation) for its message.
+        if loaded.capability_imports.iter().any(|(_, c)| !manifest.capabilities.allows(*c)) {
+            // The component's path is not known here; the manifest's id names it.
+            check_capabilities(loaded, manifest, Path::new(&manifest.id()))
+                .map_err(|e| CallError::Service(format!("refused by the host: {e}")))?;
+        }
         check_world_matches(&manifest.service.world, &loaded.wit_version)
-            .map_err(|e| CallError::Service(format!("refused by the host: {}: {e}", manifest.id())))?;
-        ServiceInstance::start(&self.engine, loaded, manifest, context, config_json)
+            .map_err(|e| CallError::Service(format!("refused by the host: {}: {e}", manifest.id())))
     }
 }
 
@@ -392,6 +481,8 @@ pub struct LoadedComponent {
     pub digest: String,
     /// Imports that need a declared WASI capability (see [`check_capabilities`]).
     capability_imports: Vec<(String, WasiCapability)>,
+    /// One count per copy: the engine's memo holds one, every user another.
+    users: Arc<()>,
 }
 
 impl LoadedComponent {
