@@ -503,3 +503,23 @@ impl IoLoop {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parallel_map;
+
+    #[test]
+    fn parallel_map_keeps_the_order_and_runs_every_item_once() {
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let items: Vec<u64> = (0..37).collect();
+        let out = parallel_map(&items, |&i| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Uneven work, so the threads finish out of order.
+            std::thread::sleep(std::time::Duration::from_micros((37 - i) * 50));
+            i * i
+        });
+        assert_eq!(out, items.iter().map(|i| i * i).collect::<Vec<_>>());
+        assert_eq!(calls.into_inner(), 37);
+        assert!(parallel_map(&[] as &[u64], |&i| i).is_empty());
+    }
+}

@@ -499,3 +499,33 @@ impl LoadedComponent {
         matches!(self.pre, ServicePre::V1_1(_))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A component, but not a service (no exports): refused by the contract.
+    const NOT_A_SERVICE: &str = "(component (core module (func (export \"f\") (result i32) i32.const 1)))";
+
+    #[test]
+    fn a_refused_component_is_refused_again_not_remembered() {
+        let host = HostEngine::new(&EngineOptions { pooling: false, max_instances: 1 }).expect("engine");
+        let bytes = wat::parse_str(NOT_A_SERVICE).expect("wat");
+        let path = Path::new("svc/service.wasm");
+        // Two loads at once (one waits for the other's verdict), then one more.
+        let errors: Vec<String> = std::thread::scope(|s| {
+            let a = s.spawn(|| host.load(path, &bytes, None).err().map(|e| e.to_string()));
+            let b = s.spawn(|| host.load(path, &bytes, None).err().map(|e| e.to_string()));
+            [a.join().expect("a"), b.join().expect("b")]
+        })
+        .into_iter()
+        .chain([host.load(path, &bytes, None).err().map(|e| e.to_string())])
+        .map(|e| e.expect("refused"))
+        .collect();
+        for e in &errors {
+            assert!(e.contains("does not fit the contract") && e.contains("svc/service.wasm"), "{e}");
+        }
+        // The failed entry is dropped at the next load; only the last one's is left.
+        assert_eq!(host.loaded.lock().expect("memo").len(), 1);
+    }
+}
