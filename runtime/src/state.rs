@@ -45,7 +45,8 @@ impl StateStore {
             read.open_table(STATE).is_err() || read.open_table(AGENT).is_err()
         };
         if missing {
-            let txn = db.begin_write().map_err(|e| open_err(&e))?;
+            let mut txn = db.begin_write().map_err(|e| open_err(&e))?;
+            txn.set_quick_repair(true);
             txn.open_table(STATE).map_err(|e| open_err(&e))?;
             txn.open_table(AGENT).map_err(|e| open_err(&e))?;
             txn.commit().map_err(|e| open_err(&e))?;
@@ -97,7 +98,11 @@ impl StateStore {
 
     /// Writes one of the agent's own records durably (committed before it returns).
     pub fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StateError> {
-        let w = self.db.begin_write().map_err(io)?;
+        let mut w = self.db.begin_write().map_err(io)?;
+        // These records are rare (lifecycle changes): they also save redb's
+        // allocator state, so that reopening after a crash with no service
+        // write since loads it instead of rebuilding it from the whole file.
+        w.set_quick_repair(true);
         {
             let mut table = w.open_table(AGENT).map_err(io)?;
             table.insert(key, value).map_err(io)?;
