@@ -164,8 +164,9 @@ pub struct Link {
     /// Causes of QoS 1 publishes on the wire, in order; a PUBACK lets the
     /// oldest go (MQTT 3.1.1 4.6: acks come in publish order).
     in_flight: InFlight,
-    /// Filters subscribed and waiting for their SUBACK, in order.
-    pending_subacks: VecDeque<String>,
+    /// SUBSCRIBE packets waiting for their SUBACK, in order, each with its
+    /// filters (a SUBACK has one return code per filter, in their order).
+    pending_subacks: VecDeque<Vec<String>>,
     connected_at: Option<std::time::Instant>,
     retry_at: Option<tokio::time::Instant>,
 }
@@ -258,8 +259,29 @@ impl Link {
 
     fn subscribe(&mut self, filter: String) {
         match self.client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
-            Ok(()) => self.pending_subacks.push_back(filter),
+            Ok(()) => self.pending_subacks.push_back(vec![filter]),
             Err(e) => tracing::error!(filter = %filter, error = %e, "cannot subscribe"),
+        }
+    }
+
+    /// Subscribes to `filters` in one SUBSCRIBE packet, so one SUBACK comes
+    /// back: several small SUBACKs in a row from a broker without
+    /// TCP_NODELAY (rumqttd) can wait for the agent's delayed ACK, 40 ms on
+    /// Linux, before the agent is ready. Falls back to one packet per filter
+    /// if the client refuses the batch.
+    fn subscribe_all(&mut self, filters: Vec<String>) {
+        if filters.is_empty() {
+            return;
+        }
+        let batch = filters.iter().map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
+        match self.client.try_subscribe_many(batch) {
+            Ok(()) => self.pending_subacks.push_back(filters),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot subscribe to every filter at once; one by one");
+                for f in filters {
+                    self.subscribe(f);
+                }
+            }
         }
     }
 
@@ -326,18 +348,17 @@ impl Link {
                 if self.opts.subscriptions.is_empty() {
                     self.state.mark_ready();
                 }
-                for f in self.opts.subscriptions.clone() {
-                    self.subscribe(f);
-                }
+                self.subscribe_all(self.opts.subscriptions.clone());
                 None
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                let filter = self.pending_subacks.pop_front().unwrap_or_default();
-                let refused = ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure));
-                if refused {
-                    tracing::error!(filter = %filter, "the broker refused the subscription (check its ACL); the agent is degraded");
-                    if let Ok(mut r) = self.state.refused.lock() {
-                        r.push(filter);
+                let filters = self.pending_subacks.pop_front().unwrap_or_default();
+                for (i, filter) in filters.into_iter().enumerate() {
+                    if matches!(ack.return_codes.get(i), Some(rumqttc::SubscribeReasonCode::Failure)) {
+                        tracing::error!(filter = %filter, "the broker refused the subscription (check its ACL); the agent is degraded");
+                        if let Ok(mut r) = self.state.refused.lock() {
+                            r.push(filter);
+                        }
                     }
                 }
                 let all_refused_known = self.state.refused.lock().map(|r| r.is_empty()).unwrap_or(false);
