@@ -416,7 +416,6 @@ impl IoLoop {
         let mut draining_since: Option<Instant> = None;
         let mut local_outputs = self.dispatcher.output_filters();
         loop {
-            self.link.flush_outbox();
             if draining_since.is_none() && *self.stop.borrow() {
                 draining_since = Some(Instant::now());
                 self.link.state.stop_input.store(true, Ordering::Release);

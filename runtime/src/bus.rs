@@ -11,7 +11,7 @@
 
 use crate::dispatch::{now_ms, AckToken, Cause, Egress, Inbound};
 use crate::telemetry::Metrics;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS, Request};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,8 +31,9 @@ pub const MAX_PACKET: usize = 4 << 20;
 pub const MAX_INCOMING_PACKET: usize = 268_435_455;
 /// A connection that stayed up this long resets the reconnect backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
-/// Requests (publishes, acks) queued towards the event loop.
-const REQUEST_CAPACITY: usize = 100_000;
+/// Requests queued towards rumqttc's own event loop: only (un)subscribes and
+/// the final disconnect go that way; publishes and acks the link writes itself.
+const REQUEST_CAPACITY: usize = 1_000;
 
 /// Settings of one MQTT connection.
 #[derive(Debug, Clone)]
@@ -87,8 +88,9 @@ impl LinkState {
     }
 }
 
-/// Publishes waiting for room in the client's request queue.
-type Outbox = Arc<Mutex<VecDeque<(String, Vec<u8>, bool, Option<Cause>)>>>;
+/// Publishes waiting for the link's next write turn (or for room in the
+/// in-flight window), each with the inputs it holds unacknowledged.
+type Outbox = Arc<Mutex<VecDeque<(rumqttc::Publish, Option<Cause>)>>>;
 
 /// QoS 1 acknowledgements go out in the order the publishes arrived,
 /// whatever order the services finish them in: MQTT 3.1.1 (4.6) requires
@@ -106,8 +108,10 @@ struct AckQueueInner {
     /// Bumped on every new connection: acks of an earlier connection are void
     /// (the broker redelivers those messages).
     generation: u64,
-    /// (publish, handled) in arrival order.
-    pending: VecDeque<(rumqttc::Publish, bool)>,
+    /// (the message's ack, handled) in arrival order.
+    pending: VecDeque<(Request, bool)>,
+    /// Acks released in order and not yet written by the link.
+    due: Vec<Request>,
 }
 
 impl AckQueue {
@@ -118,16 +122,18 @@ impl AckQueue {
         }
     }
 
-    /// Registers an arrival; returns its (generation, sequence number).
-    fn arrived(&self, p: rumqttc::Publish) -> (u64, u64) {
+    /// Registers the arrival of a QoS 1 or 2 message; returns its
+    /// (generation, sequence number).
+    fn arrived(&self, ack: Request) -> (u64, u64) {
         let mut q = self.lock();
         let seq = q.head + q.pending.len() as u64;
-        q.pending.push_back((p, false));
+        q.pending.push_back((ack, false));
         (q.generation, seq)
     }
 
-    /// Marks a message handled and sends every ack now due, in order.
-    fn handled(&self, generation: u64, seq: u64, mut send: impl FnMut(&rumqttc::Publish)) {
+    /// Marks a message handled and releases every ack now due, in order, for
+    /// the link's next write turn.
+    fn handled(&self, generation: u64, seq: u64) {
         let mut q = self.lock();
         if generation != q.generation || seq < q.head {
             return;
@@ -137,18 +143,27 @@ impl AckQueue {
             entry.1 = true;
         }
         while q.pending.front().is_some_and(|e| e.1) {
-            if let Some((p, _)) = q.pending.pop_front() {
+            if let Some((ack, _)) = q.pending.pop_front() {
                 q.head += 1;
-                send(&p);
+                q.due.push(ack);
             }
         }
     }
 
+    /// Moves the acks due into `into` (kept in order).
+    fn take_due(&self, into: &mut Vec<Request>) {
+        into.append(&mut self.lock().due);
+    }
+
+    /// The connection is gone: its acks, sent or not, are void (the broker
+    /// redelivers those messages, and an ack for a packet id it did not send
+    /// on the new connection would confuse it).
     fn new_connection(&self) {
         let mut q = self.lock();
         q.generation += 1;
         q.head += q.pending.len() as u64;
         q.pending.clear();
+        q.due.clear();
     }
 }
 
@@ -163,15 +178,18 @@ pub struct Link {
     failures: u32,
     /// Causes of QoS 1 publishes on the wire, in order; a PUBACK lets the
     /// oldest go (MQTT 3.1.1 4.6: acks come in publish order).
-    in_flight: InFlight,
+    in_flight: VecDeque<Option<Cause>>,
+    /// What a lost connection left unacknowledged (publishes, in publish
+    /// order, their causes still in `in_flight`): written first on the next.
+    resend: VecDeque<Request>,
+    /// Acks taken from `acks` for the current write turn (kept for its capacity).
+    due: Vec<Request>,
     /// SUBSCRIBE packets waiting for their SUBACK, in order, each with its
     /// filters (a SUBACK has one return code per filter, in their order).
     pending_subacks: VecDeque<Vec<String>>,
     connected_at: Option<std::time::Instant>,
     retry_at: Option<tokio::time::Instant>,
 }
-
-type InFlight = Arc<Mutex<VecDeque<Option<Cause>>>>;
 
 impl Link {
     pub fn new(opts: LinkOptions, metrics: Arc<Metrics>) -> Link {
@@ -211,7 +229,9 @@ impl Link {
             outbox: Arc::default(),
             acks: Arc::default(),
             failures: 0,
-            in_flight: Arc::default(),
+            in_flight: VecDeque::new(),
+            resend: VecDeque::new(),
+            due: Vec::new(),
             pending_subacks: VecDeque::new(),
             connected_at: None,
             retry_at: None,
@@ -220,13 +240,7 @@ impl Link {
 
     /// An egress for the dispatcher running on this link's thread.
     pub fn egress(&self) -> LinkEgress {
-        LinkEgress {
-            client: self.client.clone(),
-            state: self.state.clone(),
-            outbox: self.outbox.clone(),
-            in_flight: self.in_flight.clone(),
-            hold: self.opts.hold_acks_for_outputs,
-        }
+        LinkEgress { state: self.state.clone(), outbox: self.outbox.clone(), hold: self.opts.hold_acks_for_outputs }
     }
 
     /// Subscribes to filters added since the last call and unsubscribes
@@ -290,25 +304,82 @@ impl Link {
         !self.eventloop.state.events.is_empty()
     }
 
-    /// Moves waiting publishes into the client's queue as far as it has room.
-    pub fn flush_outbox(&self) {
-        let Ok(mut outbox) = self.outbox.lock() else { return };
-        if outbox.is_empty() {
-            return;
-        }
-        while let Some((topic, payload, retain, cause)) = outbox.pop_front() {
-            match self.client.try_publish(topic.as_str(), QoS::AtLeastOnce, retain, payload.clone()) {
-                Ok(()) => lock(&self.in_flight).push_back(cause),
-                Err(rumqttc::ClientError::TryRequest(_)) => {
-                    outbox.push_front((topic, payload, retain, cause));
-                    break;
-                }
-                Err(e) => {
-                    tracing::error!(%topic, error = %e, "publish refused by the MQTT client");
-                    self.state.unacked_out.fetch_sub(1, Ordering::AcqRel);
+    /// Writes in one turn, and flushes once: what a lost connection left
+    /// unacknowledged, then the queued publishes as far as the in-flight
+    /// window allows, then the acks now due (after the outputs they may have
+    /// waited for). rumqttc's event loop takes one request per `poll` and
+    /// flushes after each, a write syscall per ack and per publish; here the
+    /// protocol state (packet ids, in-flight accounting, what to resend) is
+    /// still rumqttc's, only the batching is ours.
+    async fn write_queued(&mut self) -> Result<(), ConnectionError> {
+        let Some(network) = self.eventloop.network.as_mut() else { return Ok(()) };
+        let state = &mut self.eventloop.state;
+        let window = self.eventloop.mqtt_options.inflight();
+        // Each packet handed to the state leaves an `Outgoing` event that
+        // nobody reads; left buffered, it would pass for input (`has_buffered`).
+        let events_before = state.events.len();
+        let written: Result<bool, ConnectionError> = 'turn: {
+            let mut wrote = false;
+            while let Some(request) = self.resend.pop_front() {
+                match state.handle_outgoing_packet(request) {
+                    Ok(Some(packet)) => {
+                        if let Err(e) = network.write(packet).await {
+                            break 'turn Err(e.into());
+                        }
+                        wrote = true;
+                    }
+                    Ok(None) => {}
+                    Err(e) => break 'turn Err(e.into()),
                 }
             }
+            // Past the window or after a packet-id collision rumqttc would stop
+            // taking publishes too; the rest wait for PUBACKs.
+            while state.inflight() < window && state.collision.is_none() {
+                let Some((publish, cause)) = lock(&self.outbox).pop_front() else { break };
+                match state.handle_outgoing_packet(Request::Publish(publish)) {
+                    Ok(packet) => {
+                        // On the wire (or held by the state until its packet
+                        // id is free, sent before any later one): in order.
+                        self.in_flight.push_back(cause);
+                        if let Some(packet) = packet {
+                            if let Err(e) = network.write(packet).await {
+                                break 'turn Err(e.into());
+                            }
+                            wrote = true;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "publish refused by the MQTT client state");
+                        self.state.unacked_out.fetch_sub(1, Ordering::AcqRel);
+                        break 'turn Err(e.into());
+                    }
+                }
+            }
+            self.acks.take_due(&mut self.due);
+            for request in self.due.drain(..) {
+                match state.handle_outgoing_packet(request) {
+                    Ok(Some(packet)) => {
+                        if let Err(e) = network.write(packet).await {
+                            break 'turn Err(e.into());
+                        }
+                        wrote = true;
+                    }
+                    Ok(None) => {}
+                    Err(e) => break 'turn Err(e.into()),
+                }
+            }
+            Ok(wrote)
+        };
+        state.events.truncate(events_before);
+        self.due.clear();
+        if written? {
+            let limit = Duration::from_secs(self.eventloop.network_options.connection_timeout());
+            match tokio::time::timeout(limit, network.flush()).await {
+                Ok(flushed) => flushed?,
+                Err(_) => return Err(ConnectionError::FlushTimeout),
+            }
         }
+        Ok(())
     }
 
     /// Drives the connection until a message arrives (returned) or `wait`
@@ -323,6 +394,17 @@ impl Link {
                 return None;
             }
             self.retry_at = None;
+        }
+        // Write once the buffered input is taken: the acks and publishes it
+        // released go out together.
+        if self.eventloop.network.is_some() && !self.has_buffered() {
+            if let Err(e) = self.write_queued().await {
+                // What the state holds unacknowledged moves to `pending`, as
+                // rumqttc does after its own failed writes.
+                self.eventloop.clean();
+                self.connection_lost(e);
+                return None;
+            }
         }
         let event = if self.has_buffered() {
             // Already read from the socket: returns at once, no timer needed.
@@ -370,7 +452,7 @@ impl Link {
             Ok(Event::Incoming(Packet::PubAck(_))) => {
                 self.state.unacked_out.fetch_sub(1, Ordering::AcqRel);
                 // The oldest publish is safe: what caused it may be acked.
-                drop(lock(&self.in_flight).pop_front());
+                drop(self.in_flight.pop_front());
                 None
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -381,18 +463,12 @@ impl Link {
                 self.metrics.ingress.inc();
                 let reliable = p.qos != QoS::AtMostOnce;
                 let bad_topic = crate::topic::validate_topic(&p.topic).err();
-                let (topic, payload) = (p.topic.clone(), p.payload.to_vec());
-                let ack = reliable.then(|| {
-                    let (generation, seq) = self.acks.arrived(p);
-                    let (acks, client) = (self.acks.clone(), self.client.clone());
-                    AckToken::new(move || {
-                        acks.handled(generation, seq, |p| {
-                            if let Err(e) = client.try_ack(p) {
-                                tracing::warn!(error = %e, "cannot queue MQTT acknowledgement");
-                            }
-                        })
-                    })
+                let ack = ack_request(&p).map(|request| {
+                    let (generation, seq) = self.acks.arrived(request);
+                    let acks = self.acks.clone();
+                    AckToken::new(move || acks.handled(generation, seq))
                 });
+                let (topic, payload) = (p.topic, p.payload.to_vec());
                 if let Some(why) = bad_topic {
                     // Refused once (acknowledged, counted), never redelivered forever.
                     self.metrics.bad_input.inc();
@@ -408,45 +484,69 @@ impl Link {
             }
             Ok(_) => None,
             Err(e) => {
-                self.metrics.mqtt_connected.set(0);
-                // A broker that accepts and then drops us must not reset the
-                // backoff: only a connection that held counts as recovered.
-                if self.connected_at.take().is_some_and(|t| t.elapsed() >= STABLE_CONNECTION) {
-                    self.failures = 0;
-                }
-                self.failures += 1;
-                let backoff = Duration::from_millis((100u64 << self.failures.min(6)).min(5_000));
-                let oversized = matches!(
-                    &e,
-                    rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
-                        rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(_)
-                    ))
-                );
-                if oversized {
-                    tracing::error!(
-                        limit = MAX_INCOMING_PACKET,
-                        "the broker sent a message larger than the agent accepts; \
-                        set the broker's message_size_limit to at most this (Mosquitto: message_size_limit)"
-                    );
-                    self.metrics.bad_input.inc();
-                }
-                if self.failures == 1 || self.failures.is_multiple_of(20) || oversized {
-                    tracing::warn!(broker = %format!("{}:{}", self.opts.host, self.opts.port), error = %e,
-                        retry_ms = backoff.as_millis() as u64, attempt = self.failures, "MQTT connection lost or refused; retrying");
-                }
-                self.retry_at = Some(tokio::time::Instant::now() + backoff);
+                self.connection_lost(e);
                 None
             }
         }
     }
 
+    /// After rumqttc's `clean()`: keeps what the broker has not acknowledged
+    /// for the next connection, voids this connection's acks and schedules
+    /// the reconnect.
+    fn connection_lost(&mut self, e: ConnectionError) {
+        // `pending` holds the unacknowledged publishes in publish order (and
+        // requests still in the client's queue). The link writes them itself,
+        // first, whatever the next session: rumqttc would drop them if the
+        // broker lost the session, leaving their causes in `in_flight` for
+        // the PUBACKs of later publishes to pop.
+        let mut resend: VecDeque<Request> = VecDeque::new();
+        for request in self.eventloop.pending.drain(..) {
+            match request {
+                Request::Publish(mut p) => {
+                    p.dup = true;
+                    resend.push_back(Request::Publish(p));
+                }
+                r @ (Request::PubRel(_) | Request::Unsubscribe(_)) => resend.push_back(r),
+                // Acks of this connection are void; subscriptions are renewed
+                // on connect (a stale SUBSCRIBE would take another's SUBACK).
+                _ => {}
+            }
+        }
+        resend.append(&mut self.resend);
+        self.resend = resend;
+        self.acks.new_connection();
+        self.metrics.mqtt_connected.set(0);
+        // A broker that accepts and then drops us must not reset the
+        // backoff: only a connection that held counts as recovered.
+        if self.connected_at.take().is_some_and(|t| t.elapsed() >= STABLE_CONNECTION) {
+            self.failures = 0;
+        }
+        self.failures += 1;
+        let backoff = Duration::from_millis((100u64 << self.failures.min(6)).min(5_000));
+        let oversized = matches!(
+            &e,
+            rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+                rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(_)
+            ))
+        );
+        if oversized {
+            tracing::error!(
+                limit = MAX_INCOMING_PACKET,
+                "the broker sent a message larger than the agent accepts; \
+                set the broker's message_size_limit to at most this (Mosquitto: message_size_limit)"
+            );
+            self.metrics.bad_input.inc();
+        }
+        if self.failures == 1 || self.failures.is_multiple_of(20) || oversized {
+            tracing::warn!(broker = %format!("{}:{}", self.opts.host, self.opts.port), error = %e,
+                retry_ms = backoff.as_millis() as u64, attempt = self.failures, "MQTT connection lost or refused; retrying");
+        }
+        self.retry_at = Some(tokio::time::Instant::now() + backoff);
+    }
+
     /// Publishes a retained message (status updates), counted like any other.
     pub fn publish_retained(&self, topic: &str, payload: Vec<u8>) {
-        self.state.unacked_out.fetch_add(1, Ordering::AcqRel);
-        if let Ok(mut outbox) = self.outbox.lock() {
-            outbox.push_back((topic.to_owned(), payload, true, None));
-        }
-        self.flush_outbox();
+        queue_publish(&self.outbox, &self.state, topic, payload, true, None);
     }
 
     /// Waits (up to `timeout`) for outstanding publishes, then disconnects.
@@ -457,14 +557,20 @@ impl Link {
         // one, waiting would only delay the exit.
         while tokio::time::Instant::now() < deadline
             && self.eventloop.network.is_some()
-            && (self.state.unacked_out.load(Ordering::Acquire) > 0 || self.outbox.lock().is_ok_and(|o| !o.is_empty()))
+            && (self.state.unacked_out.load(Ordering::Acquire) > 0 || !lock(&self.outbox).is_empty())
         {
-            self.flush_outbox();
             let _ = self.next(Duration::from_millis(20), &never).await;
         }
         let left = self.state.unacked_out.load(Ordering::Acquire);
         if left > 0 {
             tracing::warn!(unacked = left, "closing MQTT link with publishes not yet acknowledged by the broker");
+        }
+        // The acks released while draining go out before the DISCONNECT.
+        if self.eventloop.network.is_some() && !self.has_buffered() {
+            if let Err(e) = self.write_queued().await {
+                tracing::warn!(error = %e, "cannot write the last acknowledgements before disconnecting");
+                self.eventloop.clean();
+            }
         }
         if self.eventloop.network.is_some() && self.client.try_disconnect().is_ok() {
             let _ =
@@ -475,40 +581,46 @@ impl Link {
     }
 }
 
-/// The dispatcher's way out: straight into the client's request queue, or
-/// the outbox when the queue is full (never blocks the I/O thread).
+/// The dispatcher's way out: into the link's outbox, written in the link's
+/// next turn (never blocks the I/O thread).
 pub struct LinkEgress {
-    client: AsyncClient,
     state: Arc<LinkState>,
     outbox: Outbox,
-    in_flight: InFlight,
     hold: bool,
 }
 
 impl LinkEgress {
     fn send(&mut self, topic: &str, payload: &[u8], cause: Option<Cause>) {
-        self.state.unacked_out.fetch_add(1, Ordering::AcqRel);
-        let queued_before = self.outbox.lock().is_ok_and(|o| !o.is_empty());
-        if !queued_before {
-            // The in-flight entry goes in under the same lock order as the
-            // wire order: PUBACKs pop them oldest first.
-            let mut in_flight = lock(&self.in_flight);
-            match self.client.try_publish(topic, QoS::AtLeastOnce, false, payload.to_vec()) {
-                Ok(()) => {
-                    in_flight.push_back(cause);
-                    return;
-                }
-                Err(rumqttc::ClientError::TryRequest(_)) => {}
-                Err(e) => {
-                    tracing::error!(%topic, error = %e, "publish refused by the MQTT client");
-                    self.state.unacked_out.fetch_sub(1, Ordering::AcqRel);
-                    return;
-                }
-            }
-        }
-        if let Ok(mut outbox) = self.outbox.lock() {
-            outbox.push_back((topic.to_owned(), payload.to_vec(), false, cause));
-        }
+        queue_publish(&self.outbox, &self.state, topic, payload.to_vec(), false, cause);
+    }
+}
+
+/// Queues a QoS 1 publish, counted in `unacked_out` until its PUBACK.
+fn queue_publish(
+    outbox: &Outbox,
+    state: &LinkState,
+    topic: &str,
+    payload: Vec<u8>,
+    retain: bool,
+    cause: Option<Cause>,
+) {
+    if !rumqttc::valid_topic(topic) {
+        // Refused, as the client would: its cause is released with it.
+        tracing::error!(topic = %topic.escape_debug(), "publish refused: not a valid MQTT topic");
+        return;
+    }
+    let mut publish = rumqttc::Publish::new(topic, QoS::AtLeastOnce, payload);
+    publish.retain = retain;
+    state.unacked_out.fetch_add(1, Ordering::AcqRel);
+    lock(outbox).push_back((publish, cause));
+}
+
+/// The ack MQTT expects for a received publish (none for QoS 0).
+fn ack_request(p: &rumqttc::Publish) -> Option<Request> {
+    match p.qos {
+        QoS::AtMostOnce => None,
+        QoS::AtLeastOnce => Some(Request::PubAck(rumqttc::PubAck::new(p.pkid))),
+        QoS::ExactlyOnce => Some(Request::PubRec(rumqttc::PubRec::new(p.pkid))),
     }
 }
 
@@ -532,32 +644,363 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dispatch::Egress;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::mpsc;
+    use std::time::Instant;
 
-    fn publish(pkid: u16) -> rumqttc::Publish {
+    fn ack_of(pkid: u16) -> Request {
         let mut p = rumqttc::Publish::new("t", QoS::AtLeastOnce, vec![]);
         p.pkid = pkid;
-        p
+        ack_request(&p).expect("QoS 1 has an ack")
     }
 
-    /// Acks leave in arrival order, however the services finish, and acks
-    /// from before a reconnect are dropped.
+    fn pkids(requests: &[Request]) -> Vec<u16> {
+        requests
+            .iter()
+            .map(|r| match r {
+                Request::PubAck(a) => a.pkid,
+                other => panic!("not a PUBACK: {other:?}"),
+            })
+            .collect()
+    }
+
+    /// Acks are released in arrival order, however the services finish, and
+    /// acks from before a reconnect (released or not) are dropped.
     #[test]
     fn acks_are_sent_in_arrival_order() {
         let q = AckQueue::default();
-        let ids: Vec<(u64, u64)> = (1..=4).map(|pkid| q.arrived(publish(pkid))).collect();
-        let mut sent = Vec::new();
-        let handled = |i: (u64, u64)| {
+        let ids: Vec<(u64, u64)> = (1..=4).map(|pkid| q.arrived(ack_of(pkid))).collect();
+        let due = |q: &AckQueue| {
             let mut out = Vec::new();
-            q.handled(i.0, i.1, |p| out.push(p.pkid));
-            out
+            q.take_due(&mut out);
+            pkids(&out)
         };
-        sent.extend(handled(ids[2]));
-        sent.extend(handled(ids[1]));
-        assert_eq!(sent, Vec::<u16>::new(), "nothing before the first is handled");
-        assert_eq!(handled(ids[0]), vec![1, 2, 3]);
+        q.handled(ids[2].0, ids[2].1);
+        q.handled(ids[1].0, ids[1].1);
+        assert_eq!(due(&q), Vec::<u16>::new(), "nothing before the first is handled");
+        q.handled(ids[0].0, ids[0].1);
+        assert_eq!(due(&q), vec![1, 2, 3]);
+        let late = q.arrived(ack_of(5));
+        q.handled(ids[3].0, ids[3].1);
+        q.handled(late.0, late.1);
         q.new_connection();
-        assert_eq!(handled(ids[3]), Vec::<u16>::new(), "acks of an old connection are void");
-        let next = q.arrived(publish(9));
-        assert_eq!(handled(next), vec![9]);
+        assert_eq!(due(&q), Vec::<u16>::new(), "acks released but not written before a disconnect are void");
+        let next = q.arrived(ack_of(9));
+        q.handled(ids[3].0, ids[3].1);
+        assert_eq!(due(&q), Vec::<u16>::new(), "acks of an old connection are void");
+        q.handled(next.0, next.1);
+        assert_eq!(due(&q), vec![9]);
+    }
+
+    /// A scripted MQTT 3.1.1 broker on loopback: just enough protocol to
+    /// see what the link writes, byte for byte.
+    struct Peer(TcpStream);
+
+    #[derive(Debug, PartialEq)]
+    enum Seen {
+        Publish { pkid: u16, payload: String, dup: bool },
+        PubAck(u16),
+        Other(u8),
+    }
+
+    impl Peer {
+        fn accept(listener: &TcpListener, session_present: bool) -> Peer {
+            let (stream, _) = listener.accept().expect("accept");
+            stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+            let mut peer = Peer(stream);
+            let (header, _) = peer.read().expect("CONNECT");
+            assert_eq!(header >> 4, 1, "first packet is CONNECT");
+            peer.write(0x20, &[u8::from(session_present), 0]);
+            peer
+        }
+
+        fn read(&mut self) -> std::io::Result<(u8, Vec<u8>)> {
+            let mut byte = [0u8; 1];
+            self.0.read_exact(&mut byte)?;
+            let header = byte[0];
+            let (mut len, mut shift) = (0usize, 0);
+            loop {
+                self.0.read_exact(&mut byte)?;
+                len |= ((byte[0] & 0x7f) as usize) << shift;
+                shift += 7;
+                if byte[0] & 0x80 == 0 {
+                    break;
+                }
+            }
+            let mut body = vec![0; len];
+            self.0.read_exact(&mut body)?;
+            Ok((header, body))
+        }
+
+        /// The next packet the link wrote, PINGREQs answered and skipped.
+        fn next(&mut self) -> std::io::Result<Seen> {
+            loop {
+                let (header, body) = self.read()?;
+                let id = |at: usize| u16::from_be_bytes([body[at], body[at + 1]]);
+                return Ok(match header >> 4 {
+                    3 => {
+                        let topic_len = id(0) as usize;
+                        let pkid = id(2 + topic_len);
+                        let payload = String::from_utf8_lossy(&body[4 + topic_len..]).into_owned();
+                        Seen::Publish { pkid, payload, dup: header & 0x08 != 0 }
+                    }
+                    4 => Seen::PubAck(id(0)),
+                    12 => {
+                        self.write(0xd0, &[]);
+                        continue;
+                    }
+                    other => Seen::Other(other),
+                });
+            }
+        }
+
+        fn write(&mut self, header: u8, body: &[u8]) {
+            let mut frame = vec![header];
+            let mut len = body.len();
+            loop {
+                let byte = (len % 128) as u8;
+                len /= 128;
+                frame.push(if len > 0 { byte | 0x80 } else { byte });
+                if len == 0 {
+                    break;
+                }
+            }
+            frame.extend_from_slice(body);
+            self.0.write_all(&frame).expect("write to the link");
+        }
+
+        fn publish(&mut self, pkid: u16, topic: &str, payload: &[u8]) {
+            let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+            body.extend_from_slice(topic.as_bytes());
+            body.extend_from_slice(&pkid.to_be_bytes());
+            body.extend_from_slice(payload);
+            self.write(0x32, &body);
+        }
+
+        fn puback(&mut self, pkid: u16) {
+            self.write(0x40, &pkid.to_be_bytes());
+        }
+
+        /// Nothing more within `quiet` (PINGREQs aside)?
+        fn silent_for(&mut self, quiet: Duration) -> Result<(), Seen> {
+            self.0.set_read_timeout(Some(quiet)).expect("timeout");
+            let seen = self.next();
+            self.0.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+            match seen {
+                Ok(packet) => Err(packet),
+                Err(_) => Ok(()),
+            }
+        }
+    }
+
+    fn link_to(listener: &TcpListener, inflight: Option<u16>) -> Link {
+        let port = listener.local_addr().expect("addr").port();
+        let mut link = Link::new(
+            LinkOptions {
+                host: "127.0.0.1".into(),
+                port,
+                client_id: "link-test".into(),
+                keep_alive: Duration::from_secs(60),
+                subscriptions: Vec::new(),
+                last_will: None,
+                credentials: None,
+                hold_acks_for_outputs: true,
+            },
+            Metrics::new(),
+        );
+        if let Some(window) = inflight {
+            link.eventloop.mqtt_options.set_inflight(window);
+            link.eventloop.state = rumqttc::MqttState::new(window, true);
+        }
+        link
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    }
+
+    /// Drives the link (as the I/O thread does) until `done` or 10 s.
+    fn drive(
+        rt: &tokio::runtime::Runtime,
+        link: &mut Link,
+        inbound: &mut Vec<Inbound>,
+        mut done: impl FnMut(&mut Link, &mut Vec<Inbound>) -> bool,
+    ) {
+        let never = |_: &str| false;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done(link, inbound) {
+            assert!(Instant::now() < deadline, "the link did not get there in 10 s");
+            if let Some(m) = rt.block_on(link.next(Duration::from_millis(5), &never)) {
+                inbound.push(m);
+            }
+        }
+    }
+
+    fn payloads(seen: &[Seen]) -> Vec<String> {
+        seen.iter()
+            .filter_map(|s| match s {
+                Seen::Publish { payload, .. } => Some(payload.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Inputs handled out of order are acknowledged on the wire in arrival
+    /// order, and only once each.
+    #[test]
+    fn the_write_turn_sends_acks_in_arrival_order() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let (tx, rx) = mpsc::channel();
+        let broker = std::thread::spawn({
+            let listener = listener.try_clone().expect("listener");
+            move || {
+                let mut peer = Peer::accept(&listener, false);
+                for pkid in 1..=5 {
+                    peer.publish(pkid, "in/x", b"m");
+                }
+                let mut seen: Vec<Seen> = (0..5).map(|_| peer.next().expect("ack")).collect();
+                if let Err(extra) = peer.silent_for(Duration::from_millis(300)) {
+                    seen.push(extra);
+                }
+                tx.send(seen).expect("report");
+            }
+        });
+        let rt = runtime();
+        let mut link = link_to(&listener, None);
+        let mut inbound = Vec::new();
+        drive(&rt, &mut link, &mut inbound, |_, got| got.len() == 5);
+        let mut acks: Vec<Option<AckToken>> = inbound.iter_mut().map(|m| m.ack.take()).collect();
+        for i in [2, 0, 1, 4, 3] {
+            drop(acks[i].take());
+        }
+        let mut report = None;
+        drive(&rt, &mut link, &mut inbound, |_, _| {
+            report = rx.try_recv().ok();
+            report.is_some()
+        });
+        broker.join().expect("broker");
+        assert_eq!(report.expect("report"), (1..=5).map(Seen::PubAck).collect::<Vec<_>>());
+    }
+
+    /// Publishes beyond the in-flight window wait for PUBACKs, then leave
+    /// in order; each PUBACK releases the oldest cause.
+    #[test]
+    fn the_write_turn_respects_the_in_flight_window() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let (tx, rx) = mpsc::channel();
+        let broker = std::thread::spawn({
+            let listener = listener.try_clone().expect("listener");
+            move || {
+                let mut peer = Peer::accept(&listener, false);
+                let mut seen = vec![peer.next().expect("first"), peer.next().expect("second")];
+                let quiet = peer.silent_for(Duration::from_millis(300));
+                while seen.len() < 5 {
+                    let oldest = seen.iter().filter(|s| matches!(s, Seen::Publish { .. })).count() - 2;
+                    if let Seen::Publish { pkid, .. } = seen[oldest] {
+                        peer.puback(pkid);
+                    }
+                    seen.push(peer.next().expect("next publish"));
+                }
+                for s in &seen[3..] {
+                    if let Seen::Publish { pkid, .. } = s {
+                        peer.puback(*pkid);
+                    }
+                }
+                tx.send((seen, quiet)).expect("report");
+                let _ = peer.silent_for(Duration::from_secs(1));
+            }
+        });
+        let rt = runtime();
+        let mut link = link_to(&listener, Some(2));
+        let mut egress = link.egress();
+        for i in 0..5 {
+            egress.publish("out/x", format!("m{i}").as_bytes());
+        }
+        assert_eq!(link.state.unacked_out.load(Ordering::Acquire), 5);
+        let mut inbound = Vec::new();
+        let mut report = None;
+        drive(&rt, &mut link, &mut inbound, |link, _| {
+            if report.is_none() {
+                report = rx.try_recv().ok();
+            }
+            report.is_some() && link.state.unacked_out.load(Ordering::Acquire) == 0
+        });
+        let (seen, quiet) = report.expect("report");
+        assert_eq!(quiet, Ok(()), "a third publish went out with two in flight and a window of two");
+        assert_eq!(payloads(&seen), ["m0", "m1", "m2", "m3", "m4"]);
+        assert!(link.in_flight.is_empty(), "every PUBACK popped one cause");
+        assert!(lock(&link.outbox).is_empty());
+        broker.join().expect("broker");
+    }
+
+    /// A connection lost with publishes unacknowledged: the next connection
+    /// gets exactly those (marked DUP), in order, before anything queued
+    /// since, whether or not the broker kept the session; an ack of the lost
+    /// connection is never written on the new one.
+    fn nothing_lost_or_duplicated_across_a_disconnect(session_present: bool) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let (tx, rx) = mpsc::channel();
+        let broker = std::thread::spawn({
+            let listener = listener.try_clone().expect("listener");
+            move || {
+                let mut first = Peer::accept(&listener, false);
+                first.publish(7, "in/x", b"held");
+                let before: Vec<Seen> = (0..3).map(|_| first.next().expect("publish")).collect();
+                if let Seen::Publish { pkid, .. } = before[0] {
+                    first.puback(pkid);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                drop(first);
+                let mut second = Peer::accept(&listener, session_present);
+                let after: Vec<Seen> = (0..3).map(|_| second.next().expect("resent publish")).collect();
+                for s in &after {
+                    if let Seen::Publish { pkid, .. } = s {
+                        second.puback(*pkid);
+                    }
+                }
+                let extra = second.silent_for(Duration::from_millis(300));
+                tx.send((before, after, extra)).expect("report");
+            }
+        });
+        let rt = runtime();
+        let mut link = link_to(&listener, None);
+        let mut egress = link.egress();
+        for i in 0..3 {
+            egress.publish("out/x", format!("m{i}").as_bytes());
+        }
+        let mut inbound = Vec::new();
+        // Connected, the held input read, then the connection lost.
+        drive(&rt, &mut link, &mut inbound, |link, got| !got.is_empty() && link.retry_at.is_some());
+        assert_eq!(link.state.unacked_out.load(Ordering::Acquire), 2, "m0 was acknowledged");
+        egress.publish("out/x", b"m3");
+        drop(inbound.pop().and_then(|mut m| m.ack.take()));
+        let mut report = None;
+        drive(&rt, &mut link, &mut inbound, |link, _| {
+            if report.is_none() {
+                report = rx.try_recv().ok();
+            }
+            report.is_some() && link.state.unacked_out.load(Ordering::Acquire) == 0
+        });
+        let (before, after, extra) = report.expect("report");
+        assert_eq!(payloads(&before), ["m0", "m1", "m2"]);
+        assert_eq!(payloads(&after), ["m1", "m2", "m3"], "resent in order, then the new one: {after:?}");
+        let dups: Vec<bool> =
+            after.iter().map(|s| matches!(s, Seen::Publish { dup: true, .. })).collect();
+        assert_eq!(dups, [true, true, false], "a resent publish carries DUP");
+        assert_eq!(extra, Ok(()), "nothing else on the new connection (no stale ack, no duplicate)");
+        assert!(link.in_flight.is_empty() && link.resend.is_empty());
+        broker.join().expect("broker");
+    }
+
+    #[test]
+    fn nothing_lost_or_duplicated_across_a_disconnect_with_the_session_kept() {
+        nothing_lost_or_duplicated_across_a_disconnect(true);
+    }
+
+    #[test]
+    fn nothing_lost_or_duplicated_across_a_disconnect_with_the_session_lost() {
+        nothing_lost_or_duplicated_across_a_disconnect(false);
     }
 }

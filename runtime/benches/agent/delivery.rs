@@ -120,8 +120,11 @@ pub fn bench_end_to_end(r: &mut Report, mosquitto_port: u16, rt: &tokio::runtime
     std::thread::sleep(Duration::from_millis(500));
     let n = 20_000;
     let (mut agent_rates, mut agent_p99, mut raw_rates, mut raw_p99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut agent_cpu, mut raw_cpu) = (CpuSplit::default(), CpuSplit::default());
     for i in 0..RUNS {
+        let before = CpuSample::now();
         agent_rates.push(rt.block_on(through_agent(mosquitto_port, n)).0);
+        agent_cpu.add(&before, &CpuSample::now(), n);
         agent_p99.push(rt.block_on(ping_pong(
             mosquitto_port,
             QoS::AtLeastOnce,
@@ -129,7 +132,9 @@ pub fn bench_end_to_end(r: &mut Report, mosquitto_port: u16, rt: &tokio::runtime
             &format!("test/out/pp{i}"),
             1000,
         )));
+        let before = CpuSample::now();
         raw_rates.push(rt.block_on(raw_mqtt(mosquitto_port, QoS::AtLeastOnce, n, &format!("bench/raw1/{i}"))).0);
+        raw_cpu.add(&before, &CpuSample::now(), n);
         raw_p99.push(rt.block_on(ping_pong(
             mosquitto_port,
             QoS::AtLeastOnce,
@@ -140,6 +145,9 @@ pub fn bench_end_to_end(r: &mut Report, mosquitto_port: u16, rt: &tokio::runtime
     }
     let _ = stop_tx.send(());
     let _ = agent.join();
+    println!("  CPU per message, us (all {RUNS} runs; wall = elapsed per message):");
+    println!("    through the agent: {}", agent_cpu.describe());
+    println!("    raw pub->sub:      {}", raw_cpu.describe());
     r.push(
         Figure::new(
             "e2e.rate",
@@ -176,6 +184,84 @@ async fn through_agent(port: u16, n: usize) -> (f64, f64) {
         println!("    (agent path delivered {got} of {n})");
     }
     (rate, p99)
+}
+
+/// CPU time so far (ns, from schedstat) of each thread of this process by
+/// name, and of the Mosquitto the bench started.
+struct CpuSample {
+    at: Instant,
+    threads: std::collections::BTreeMap<String, u64>,
+    mosquitto: u64,
+}
+
+impl CpuSample {
+    fn now() -> CpuSample {
+        let on_cpu = |dir: &Path| {
+            std::fs::read_to_string(dir.join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
+                .unwrap_or(0)
+        };
+        let name = |dir: &Path| std::fs::read_to_string(dir.join("comm")).map(|s| s.trim().to_owned()).unwrap_or_default();
+        let mut threads = std::collections::BTreeMap::new();
+        let mut children = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+            let dir = task.path();
+            *threads.entry(name(&dir)).or_insert(0) += on_cpu(&dir);
+            if let Ok(list) = std::fs::read_to_string(dir.join("children")) {
+                children.extend(list.split_whitespace().map(str::to_owned));
+            }
+        }
+        let mosquitto = children
+            .iter()
+            .map(|pid| Path::new("/proc").join(pid))
+            .filter(|dir| name(dir) == "mosquitto")
+            .flat_map(|dir| std::fs::read_dir(dir.join("task")).into_iter().flatten().flatten())
+            .map(|t| on_cpu(&t.path()))
+            .sum();
+        CpuSample { at: Instant::now(), threads, mosquitto }
+    }
+}
+
+/// CPU time per message of one path, summed over runs: the agent's I/O
+/// thread, the rest of the agent (`outpost-*` threads), Mosquitto, and the
+/// bench's own publisher and subscriber (every other thread).
+#[derive(Default)]
+struct CpuSplit {
+    messages: u64,
+    wall_ns: u64,
+    io: u64,
+    agent_other: u64,
+    mosquitto: u64,
+    clients: u64,
+}
+
+impl CpuSplit {
+    fn add(&mut self, a: &CpuSample, b: &CpuSample, messages: usize) {
+        self.messages += messages as u64;
+        self.wall_ns += (b.at - a.at).as_nanos() as u64;
+        self.mosquitto += b.mosquitto.saturating_sub(a.mosquitto);
+        for (name, ns) in &b.threads {
+            let d = ns.saturating_sub(a.threads.get(name).copied().unwrap_or(0));
+            match name.as_str() {
+                "outpost-io" => self.io += d,
+                n if n.starts_with("outpost-") => self.agent_other += d,
+                _ => self.clients += d,
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        let per = |ns: u64| ns as f64 / 1e3 / self.messages.max(1) as f64;
+        format!(
+            "wall {:.2}, Mosquitto {:.2}, agent I/O thread {:.2}, other agent threads {:.2}, bench publisher+subscriber {:.2}",
+            per(self.wall_ns),
+            per(self.mosquitto),
+            per(self.io),
+            per(self.agent_other),
+            per(self.clients)
+        )
+    }
 }
 
 struct RawState {
