@@ -13,6 +13,7 @@ use crate::dispatch::{now_ms, AckToken, Cause, Egress, Inbound};
 use crate::telemetry::Metrics;
 use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS, Request};
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,6 +30,9 @@ pub const MAX_PACKET: usize = 4 << 20;
 /// first, so the agent never has to hold one: Mosquitto
 /// `message_size_limit 16777216` (the largest payload a manifest may accept).
 pub const MAX_INCOMING_PACKET: usize = 268_435_455;
+/// Most packets taken from the socket in one turn (rumqttc's `poll` stops
+/// at 10): the services get up to one batch's worth per turn.
+const READ_BATCH: usize = 256;
 /// A connection that stayed up this long resets the reconnect backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 /// Requests queued towards rumqttc's own event loop: only (un)subscribes and
@@ -184,6 +188,13 @@ pub struct Link {
     resend: VecDeque<Request>,
     /// Acks taken from `acks` for the current write turn (kept for its capacity).
     due: Vec<Request>,
+    /// What the protocol state answered to packets `read_more` took (a
+    /// publish freed from a packet-id collision, QoS 2 steps): written first
+    /// in the next turn.
+    replies: Vec<Packet>,
+    /// A read error met by `read_more`, raised once the packets read before
+    /// it are handed over.
+    read_error: Option<ConnectionError>,
     /// SUBSCRIBE packets waiting for their SUBACK, in order, each with its
     /// filters (a SUBACK has one return code per filter, in their order).
     pending_subacks: VecDeque<Vec<String>>,
@@ -232,6 +243,8 @@ impl Link {
             in_flight: VecDeque::new(),
             resend: VecDeque::new(),
             due: Vec::new(),
+            replies: Vec::new(),
+            read_error: None,
             pending_subacks: VecDeque::new(),
             connected_at: None,
             retry_at: None,
@@ -320,6 +333,12 @@ impl Link {
         let events_before = state.events.len();
         let written: Result<bool, ConnectionError> = 'turn: {
             let mut wrote = false;
+            for packet in self.replies.drain(..) {
+                if let Err(e) = network.write(packet).await {
+                    break 'turn Err(e.into());
+                }
+                wrote = true;
+            }
             while let Some(request) = self.resend.pop_front() {
                 match state.handle_outgoing_packet(request) {
                     Ok(Some(packet)) => {
@@ -395,6 +414,13 @@ impl Link {
             }
             self.retry_at = None;
         }
+        if !self.has_buffered() {
+            if let Some(e) = self.read_error.take() {
+                self.eventloop.clean();
+                self.connection_lost(e);
+                return None;
+            }
+        }
         // Write once the buffered input is taken: the acks and publishes it
         // released go out together.
         if self.eventloop.network.is_some() && !self.has_buffered() {
@@ -411,7 +437,12 @@ impl Link {
             self.eventloop.poll().await
         } else if self.eventloop.network.is_some() {
             match tokio::time::timeout(wait, self.eventloop.poll()).await {
-                Ok(e) => e,
+                Ok(e) => {
+                    if e.is_ok() {
+                        self.read_more();
+                    }
+                    e
+                }
                 Err(_) => return None,
             }
         } else {
@@ -490,6 +521,37 @@ impl Link {
         }
     }
 
+    /// rumqttc's `poll` reads at most 10 packets; this takes what else the
+    /// socket already holds, without waiting, so that a turn hands the
+    /// services a bigger batch (bench e2e: the I/O thread's CPU per message
+    /// fell by a fifth, and the throughput no longer trails the
+    /// one-request-per-poll client's).
+    fn read_more(&mut self) {
+        let Some(network) = self.eventloop.network.as_mut() else { return };
+        let state = &mut self.eventloop.state;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        while state.events.len() < READ_BATCH {
+            // Framed keeps a partial packet buffered: a read not ready loses nothing.
+            let read = network.read();
+            let packet = match std::pin::pin!(read).poll(&mut cx) {
+                std::task::Poll::Pending => break,
+                std::task::Poll::Ready(Ok(packet)) => packet,
+                std::task::Poll::Ready(Err(e)) => {
+                    self.read_error = Some(e.into());
+                    break;
+                }
+            };
+            match state.handle_incoming_packet(packet) {
+                Ok(None) => {}
+                Ok(Some(reply)) => self.replies.push(reply),
+                Err(e) => {
+                    self.read_error = Some(e.into());
+                    break;
+                }
+            }
+        }
+    }
+
     /// After rumqttc's `clean()`: keeps what the broker has not acknowledged
     /// for the next connection, voids this connection's acks and schedules
     /// the reconnect.
@@ -514,6 +576,7 @@ impl Link {
         }
         resend.append(&mut self.resend);
         self.resend = resend;
+        self.replies.clear();
         self.acks.new_connection();
         self.metrics.mqtt_connected.set(0);
         // A broker that accepts and then drops us must not reset the
@@ -847,20 +910,21 @@ mod tests {
             .collect()
     }
 
-    /// Inputs handled out of order are acknowledged on the wire in arrival
-    /// order, and only once each.
+    /// Inputs (more than one read takes) are handed over in order, and,
+    /// handled out of order, acknowledged on the wire in arrival order, once.
     #[test]
     fn the_write_turn_sends_acks_in_arrival_order() {
+        const INPUTS: u16 = 300;
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let (tx, rx) = mpsc::channel();
         let broker = std::thread::spawn({
             let listener = listener.try_clone().expect("listener");
             move || {
                 let mut peer = Peer::accept(&listener, false);
-                for pkid in 1..=5 {
-                    peer.publish(pkid, "in/x", b"m");
+                for pkid in 1..=INPUTS {
+                    peer.publish(pkid, "in/x", format!("m{pkid}").as_bytes());
                 }
-                let mut seen: Vec<Seen> = (0..5).map(|_| peer.next().expect("ack")).collect();
+                let mut seen: Vec<Seen> = (0..INPUTS).map(|_| peer.next().expect("ack")).collect();
                 if let Err(extra) = peer.silent_for(Duration::from_millis(300)) {
                     seen.push(extra);
                 }
@@ -870,10 +934,18 @@ mod tests {
         let rt = runtime();
         let mut link = link_to(&listener, None);
         let mut inbound = Vec::new();
-        drive(&rt, &mut link, &mut inbound, |_, got| got.len() == 5);
+        drive(&rt, &mut link, &mut inbound, |_, got| got.len() == INPUTS as usize);
+        let read: Vec<String> = inbound.iter().map(|m| String::from_utf8_lossy(&m.payload).into_owned()).collect();
+        assert_eq!(read, (1..=INPUTS).map(|i| format!("m{i}")).collect::<Vec<_>>(), "handed over in order, once");
         let mut acks: Vec<Option<AckToken>> = inbound.iter_mut().map(|m| m.ack.take()).collect();
-        for i in [2, 0, 1, 4, 3] {
+        // Handled in a scrambled order, some in the same turn, some not.
+        let all: Vec<usize> = (0..INPUTS as usize).collect();
+        let order: Vec<usize> = all.chunks(7).flat_map(|c| c.iter().rev().copied()).collect();
+        for (n, i) in order.into_iter().enumerate() {
             drop(acks[i].take());
+            if n % 97 == 0 {
+                let _ = rt.block_on(link.next(Duration::from_millis(1), &|_: &str| false));
+            }
         }
         let mut report = None;
         drive(&rt, &mut link, &mut inbound, |_, _| {
@@ -881,7 +953,7 @@ mod tests {
             report.is_some()
         });
         broker.join().expect("broker");
-        assert_eq!(report.expect("report"), (1..=5).map(Seen::PubAck).collect::<Vec<_>>());
+        assert_eq!(report.expect("report"), (1..=INPUTS).map(Seen::PubAck).collect::<Vec<_>>());
     }
 
     /// Publishes beyond the in-flight window wait for PUBACKs, then leave
@@ -986,8 +1058,7 @@ mod tests {
         let (before, after, extra) = report.expect("report");
         assert_eq!(payloads(&before), ["m0", "m1", "m2"]);
         assert_eq!(payloads(&after), ["m1", "m2", "m3"], "resent in order, then the new one: {after:?}");
-        let dups: Vec<bool> =
-            after.iter().map(|s| matches!(s, Seen::Publish { dup: true, .. })).collect();
+        let dups: Vec<bool> = after.iter().map(|s| matches!(s, Seen::Publish { dup: true, .. })).collect();
         assert_eq!(dups, [true, true, false], "a resent publish carries DUP");
         assert_eq!(extra, Ok(()), "nothing else on the new connection (no stale ack, no duplicate)");
         assert!(link.in_flight.is_empty() && link.resend.is_empty());

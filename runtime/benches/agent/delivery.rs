@@ -202,7 +202,8 @@ impl CpuSample {
                 .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
                 .unwrap_or(0)
         };
-        let name = |dir: &Path| std::fs::read_to_string(dir.join("comm")).map(|s| s.trim().to_owned()).unwrap_or_default();
+        let name =
+            |dir: &Path| std::fs::read_to_string(dir.join("comm")).map(|s| s.trim().to_owned()).unwrap_or_default();
         let mut threads = std::collections::BTreeMap::new();
         let mut children = Vec::new();
         for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
