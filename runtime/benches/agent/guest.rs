@@ -360,3 +360,118 @@ pub fn synthetic_scada(steps: usize) -> Vec<String> {
     }
     out
 }
+
+/// One engine setting the WASM/native gap is checked against.
+struct Variant {
+    id: &'static str,
+    what: &'static str,
+    adjust: fn(&mut wasmtime::Config),
+}
+
+const VARIANTS: [Variant; 3] = [
+    Variant { id: "agent", what: "the agent's engine", adjust: |_| {} },
+    Variant {
+        id: "no_epoch",
+        what: "without epoch checks (calls could no longer be cut at their deadline)",
+        adjust: |c| {
+            c.epoch_interruption(false);
+        },
+    },
+    Variant {
+        id: "bounds_checked",
+        what: "with an explicit bounds check on every memory access (no guard region)",
+        adjust: |c| {
+            c.memory_reservation(u64::from(outpost::host::MAX_MEMORY_MIB) << 20);
+            c.memory_guard_size(0);
+        },
+    },
+];
+
+/// WASM ns per message of one run (`passes` passes, a fresh instance each).
+fn wasm_run(host: &HostEngine, w: &Workload) -> f64 {
+    let (manifest, loaded) = load(host, &packages().join(w.service));
+    let config = outpost::package::effective_config(&manifest.config, w.site.as_ref());
+    let metrics = Metrics::new();
+    let batches: Vec<Vec<outpost::host::WitMessage>> = w.messages.chunks(w.batch).map(wit_batch).collect();
+    let mut took = Duration::ZERO;
+    for _ in 0..w.passes {
+        let mut instance = host
+            .instantiate(&loaded, &manifest, context(w.service, &manifest, &metrics), &config)
+            .expect("instantiate");
+        let t = Instant::now();
+        for b in &batches {
+            instance.handle(b).expect("wasm handle");
+        }
+        took += t.elapsed();
+    }
+    took.as_nanos() as f64 / (w.passes * w.messages.len()) as f64
+}
+
+/// Where the WASM/native gap is not: each service's WASM cost per message
+/// with the agent's engine beside the same engine without epoch checks and
+/// with explicit bounds checks, run by run in turn so that noise falls on
+/// all three.
+pub fn bench_gap(r: &mut Report) {
+    println!("\n(a) the WASM/native gap: the cost of epoch checks and of bounds checks");
+    let csv = workspace().join("tests/data/mine-haul-dispatch/StdShiftLoadsDumpsFuel.train.csv");
+    let track = outpost_devtools::sim::haul::load_cycles("bench", &csv).expect("haul cycles");
+    let nmea: Vec<(String, Vec<u8>)> =
+        nmea_workload().into_iter().map(|l| ("site/bench/truck-1/gnss/nmea".to_owned(), l)).collect();
+    let workloads = [
+        Workload {
+            service: "positioning",
+            id: "gap.positioning".into(),
+            what: "positioning per message, batch 256".into(),
+            passes: (40_000 / nmea.len()).max(1),
+            messages: nmea,
+            batch: 256,
+            target: "-",
+            site: None,
+        },
+        Workload {
+            service: "weight-loading",
+            id: "gap.weight-loading".into(),
+            what: "weight-loading per record, batch 64".into(),
+            messages: track.messages.into_iter().map(|m| (m.topic, m.payload)).collect(),
+            batch: 64,
+            passes: 1,
+            target: "-",
+            site: None,
+        },
+        Workload {
+            service: "traffic-awareness",
+            id: "gap.traffic".into(),
+            what: "traffic-awareness per fix, 500 assets".into(),
+            messages: traffic_workload(500, 60),
+            batch: 500,
+            passes: 1,
+            target: "-",
+            site: Some(toml::from_str("max_assets = 4000").expect("site config")),
+        },
+    ];
+    let hosts: Vec<HostEngine> = VARIANTS
+        .iter()
+        .map(|v| HostEngine::with_config(&EngineOptions::default(), v.adjust).expect("engine variant"))
+        .collect();
+    for w in &workloads {
+        // runs[variant][run]
+        let mut runs = vec![Vec::new(); VARIANTS.len()];
+        for _ in 0..RUNS {
+            for (v, host) in hosts.iter().enumerate() {
+                runs[v].push(wasm_run(host, w));
+            }
+        }
+        for (v, variant) in VARIANTS.iter().enumerate().skip(1) {
+            r.push(
+                Figure::new(
+                    &format!("{}.{}", w.id, variant.id),
+                    &format!("{} {}", w.what, variant.what),
+                    "ns/msg",
+                    runs[v].clone(),
+                )
+                .baseline(VARIANTS[0].what, runs[0].clone())
+                .target("-"),
+            );
+        }
+    }
+}

@@ -5,7 +5,7 @@
 //! build`, release binaries, and Mosquitto (all provided by `cargo xtask bench`).
 //!
 //! Sections (filter by name: `cargo bench ... -- handler scaling`):
-//! handler, weight-loading, traffic, leak (guest.rs); in-agent, e2e,
+//! handler, weight-loading, traffic, leak, gap (guest.rs); in-agent, e2e,
 //! instantiate (delivery.rs); start (startup.rs); upgrade (upgrade.rs);
 //! scaling (scaling.rs, with SVG curves); soak (soak.rs, 30 min unless
 //! `OUTPOST_SOAK_SECS`, and only when named).
@@ -119,11 +119,12 @@ fn main() {
     );
     let mut r = Report::default();
     let mut ran = Vec::new();
-    let sections: [(&str, &Section); 11] = [
+    let sections: [(&str, &Section); 12] = [
         ("handler", &guest::bench_handler),
         ("weight-loading", &guest::bench_weight_loading),
         ("traffic", &guest::bench_traffic),
         ("leak", &guest::bench_leak),
+        ("gap", &guest::bench_gap),
         ("in-agent", &|r| delivery::bench_in_agent(r, mosquitto_port, &rt)),
         ("e2e", &|r| delivery::bench_end_to_end(r, mosquitto_port, &rt)),
         ("instantiate", &delivery::bench_instantiate),

@@ -219,9 +219,21 @@ pub struct HostEngine {
 
 impl HostEngine {
     pub fn new(options: &EngineOptions) -> Result<HostEngine, LoadError> {
+        Self::with_config(options, |_| {})
+    }
+
+    /// As [`HostEngine::new`], with wasmtime's config changed last by
+    /// `adjust`: for benchmarks that measure what one setting costs (epoch
+    /// checks, bounds checks). Code compiled here must not go to the agent's
+    /// cache: the cache is keyed by the agent's settings.
+    pub fn with_config(options: &EngineOptions, adjust: impl FnOnce(&mut Config)) -> Result<HostEngine, LoadError> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        // `perf record` then names guest functions (as `wasmtime run --profile perfmap`).
+        if std::env::var_os("OUTPOST_PERFMAP").is_some_and(|v| v == "1") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         // wasmtime's default 4 GiB reservation plus guard region lets
         // Cranelift drop bounds checks on memory accesses; it is address
         // space only (hundreds of instances fit in 47 bits), and the real
@@ -242,6 +254,7 @@ impl HostEngine {
             pool.table_elements(20_000);
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
+        adjust(&mut config);
         let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         link_wasi(&mut linker).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
