@@ -120,7 +120,8 @@ pub fn bench_end_to_end(r: &mut Report, mosquitto_port: u16, rt: &tokio::runtime
     std::thread::sleep(Duration::from_millis(500));
     let n = 20_000;
     let (mut agent_rates, mut agent_p99, mut raw_rates, mut raw_p99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut agent_cpu, mut raw_cpu) = (CpuSplit::default(), CpuSplit::default());
+    let (mut agent_cpu, mut raw_cpu, mut relay_cpu) = (CpuSplit::default(), CpuSplit::default(), CpuSplit::default());
+    let mut relay_rates = Vec::new();
     for i in 0..RUNS {
         let before = CpuSample::now();
         agent_rates.push(rt.block_on(through_agent(mosquitto_port, n)).0);
@@ -135,6 +136,9 @@ pub fn bench_end_to_end(r: &mut Report, mosquitto_port: u16, rt: &tokio::runtime
         let before = CpuSample::now();
         raw_rates.push(rt.block_on(raw_mqtt(mosquitto_port, QoS::AtLeastOnce, n, &format!("bench/raw1/{i}"))).0);
         raw_cpu.add(&before, &CpuSample::now(), n);
+        let before = CpuSample::now();
+        relay_rates.push(rt.block_on(raw_relay(mosquitto_port, n, i)));
+        relay_cpu.add(&before, &CpuSample::now(), n);
         raw_p99.push(rt.block_on(ping_pong(
             mosquitto_port,
             QoS::AtLeastOnce,
@@ -148,6 +152,17 @@ pub fn bench_end_to_end(r: &mut Report, mosquitto_port: u16, rt: &tokio::runtime
     println!("  CPU per message, us (all {RUNS} runs; wall = elapsed per message):");
     println!("    through the agent: {}", agent_cpu.describe());
     println!("    raw pub->sub:      {}", raw_cpu.describe());
+    println!("    raw relay:         {}", relay_cpu.describe());
+    // The broker handles each message twice through the agent (in, then
+    // out); a bare client relaying through the same broker shows what those
+    // two hops cost without any agent.
+    let med = |v: &[f64]| crate::report::percentile(&mut v.to_vec(), 0.5);
+    println!(
+        "  two hops without the agent (a bare rumqttc client relaying, auto-ack, same broker): {:.0} msgs/s; \
+         the agent path is {:.2}x of it (median of {RUNS})",
+        med(&relay_rates),
+        med(&agent_rates) / med(&relay_rates)
+    );
     r.push(
         Figure::new(
             "e2e.rate",
@@ -263,6 +278,56 @@ impl CpuSplit {
             per(self.clients)
         )
     }
+}
+
+/// publisher -> broker -> a bare rumqttc client that republishes each
+/// message (QoS 1, acked on receipt) -> broker -> subscriber; msgs/s.
+async fn raw_relay(port: u16, n: usize, run: usize) -> f64 {
+    let (inbound, outbound) = (format!("bench/relay-in/{run}"), format!("bench/relay-out/{run}"));
+    let (relay, mut relay_loop) = crate::mqtt::client("bench-relay", port);
+    relay.subscribe(inbound.as_str(), QoS::AtLeastOnce).await.expect("subscribe");
+    loop {
+        if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) = relay_loop.poll().await {
+            break;
+        }
+    }
+    // The relay's event loop keeps running while its publishes wait for room.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let poller = tokio::spawn(async move {
+        while let Ok(event) = relay_loop.poll().await {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = event {
+                if tx.send(p.payload).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let sender = tokio::spawn(async move {
+        while let Some(payload) = rx.recv().await {
+            if relay.publish(outbound.as_str(), QoS::AtLeastOnce, false, payload.to_vec()).await.is_err() {
+                break;
+            }
+        }
+    });
+    let start = Instant::now();
+    let (pub_, _sub, mut sub_loop) = pub_sub(port, &format!("bench/relay-out/{run}"), QoS::AtLeastOnce).await;
+    let publisher = tokio::spawn(async move {
+        for _ in 0..n {
+            let payload = start.elapsed().as_nanos().to_string().into_bytes();
+            pub_.publish(inbound.as_str(), QoS::AtLeastOnce, false, payload).await.expect("publish");
+        }
+    });
+    let (rate, _, got) = receive(&mut sub_loop, n, start, Duration::from_secs(10), |payload| {
+        std::str::from_utf8(payload).ok().and_then(|t| t.parse().ok())
+    })
+    .await;
+    let _ = publisher.await;
+    poller.abort();
+    sender.abort();
+    if got < n {
+        println!("    (relay path delivered {got} of {n})");
+    }
+    rate
 }
 
 struct RawState {
