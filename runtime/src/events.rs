@@ -59,8 +59,8 @@ impl Hub {
 
     /// A service output, for the status page's latest warnings, alarms,
     /// advice and shift reports (see `history`).
-    pub fn record_output(&self, service: &str, topic: &str, payload: &[u8]) {
-        self.recent.record_output(service, topic, payload, crate::dispatch::now_ms());
+    pub fn record_output(&self, service: &str, topic: &str, payload: &[u8], ts_ms: u64) {
+        self.recent.record_output(service, topic, payload, ts_ms);
         if let Some(tap) = self.uplink.get() {
             tap.offer(topic, payload);
         }

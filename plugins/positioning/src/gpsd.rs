@@ -496,12 +496,13 @@ impl GpsdNmea {
     /// nmea_parse: one sentence into `newdata`; returns gpsd's mask.
     fn parse(&mut self, line: &str) -> u32 {
         let body = line.strip_prefix(['$', '!']).unwrap_or(line);
-        let body: String = body.chars().take_while(|&c| c >= ' ').collect();
+        // Up to the first control character (always one byte).
+        let body = &body[..body.bytes().position(|b| b < b' ').unwrap_or(body.len())];
         let (text, had_star) = match body.find('*') {
             Some(i) => (&body[..i], true),
-            None => (body.as_str(), false),
+            None => (body, false),
         };
-        let fields: Vec<&str> = text.split(',').collect();
+        let fields = crate::nmea::fields(text);
         let count = fields.len() - usize::from(!had_star);
         let f = |i: usize| -> &str {
             if i <= count {

@@ -119,10 +119,15 @@ pub fn parse(line: &[u8]) -> Result<(String, Sentence), NmeaError> {
         return Err(NmeaError::Malformed);
     }
     let text = std::str::from_utf8(body).map_err(|_| NmeaError::Malformed)?;
-    let f: Vec<&str> = text.split(',').collect();
+    let f = fields(text);
     // NMEA numbers are plain decimals: one that reads as infinite or NaN
-    // (`1e400`, `inf`, `nan`) is a corrupt field, not a missing one.
-    if f.iter().any(|v| v.trim().parse::<f64>().is_ok_and(|x| !x.is_finite())) {
+    // (`1e400`, `inf`, `nan`) is a corrupt field, not a missing one. Only a
+    // field with a letter or over 300 characters can read so: the others
+    // are not parsed here.
+    if f.iter().any(|v| {
+        (v.len() > 300 || v.bytes().any(|b| b.is_ascii_alphabetic()))
+            && v.trim().parse::<f64>().is_ok_and(|x| !x.is_finite())
+    }) {
         return Err(NmeaError::Malformed);
     }
     let head = f[0];
@@ -241,9 +246,48 @@ fn position(lat: &str, ns: &str, lon: &str, ew: &str) -> Option<(f64, f64)> {
     ((-90.0..=90.0).contains(&la) && (-180.0..=180.0).contains(&lo)).then_some((la, lo))
 }
 
+/// The comma-separated fields of a sentence's text. Splits on the byte:
+/// `str::split(',')` searches with `memchr`, which compiled to wasm32 reads
+/// 4 bytes at a time and costs more than the short fields it skips (a comma
+/// is ASCII, so every piece is valid UTF-8).
+pub fn fields(text: &str) -> Vec<&str> {
+    let mut out = Vec::with_capacity(24);
+    let mut start = 0;
+    for (i, b) in text.bytes().enumerate() {
+        if b == b',' {
+            out.push(&text[start..i]);
+            start = i + 1;
+        }
+    }
+    out.push(&text[start..]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn fields_split_like_str_split(text in "[a-z0-9,.*é€ -]{0,40}") {
+            proptest::prop_assert_eq!(fields(&text), text.split(',').collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn fields_keep_empty_ends() {
+        assert_eq!(fields(""), vec![""]);
+        assert_eq!(fields(",a,,b,"), vec!["", "a", "", "b", ""]);
+    }
+
+    #[test]
+    fn huge_or_spelled_out_numbers_are_corrupt() {
+        for bad in ["$GPGGA,1e400,3747.0873,S", "$GPGGA,inf,3747.0873,S", "$GPGGA,NaN,3747.0873,S"] {
+            assert!(parse(bad.as_bytes()).is_err(), "{bad}");
+        }
+        let long = format!("$GPGGA,1{},3747.0873,S", "0".repeat(320));
+        assert!(parse(long.as_bytes()).is_err(), "a 321-digit number is infinite");
+    }
 
     #[test]
     fn gga_with_checksum() {
@@ -271,3 +315,4 @@ mod tests {
         }
     }
 }
+

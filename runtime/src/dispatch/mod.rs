@@ -479,16 +479,18 @@ impl Dispatcher {
     fn route_outputs(&mut self, s: usize, output: CallOutput, cause: &Cause) {
         let def = self.services[s].current.def.clone();
         let mirror = self.mirror_all || def.manifest.bus.mirror;
+        // One clock read per batch: its outputs were made in the same call.
+        let now = now_ms();
         for (topic_name, payload) in output.published {
             def.metrics.messages_out.inc();
-            self.events.record_output(def.name(), &topic_name, &payload);
+            self.events.record_output(def.name(), &topic_name, &payload, now);
             if mirror {
                 self.egress.publish_caused(&topic_name, &payload, cause);
             }
             let env = Arc::new(Inbound {
                 topic: topic_name,
                 payload,
-                received_ms: now_ms(),
+                received_ms: now,
                 reliable: true,
                 ack: None,
                 cause: (!cause.is_empty()).then(|| cause.clone()),
