@@ -339,17 +339,24 @@ impl Link {
                 }
                 wrote = true;
             }
-            while let Some(request) = self.resend.pop_front() {
-                match state.handle_outgoing_packet(request) {
-                    Ok(Some(packet)) => {
-                        if let Err(e) = network.write(packet).await {
-                            break 'turn Err(e.into());
+            // One request through the state (packet ids, in-flight count)
+            // onto the wire; `Network`'s type cannot be named, so no helper fn.
+            macro_rules! send {
+                ($turn:lifetime, $request:expr) => {
+                    match state.handle_outgoing_packet($request) {
+                        Ok(Some(packet)) => {
+                            if let Err(e) = network.write(packet).await {
+                                break $turn Err(e.into());
+                            }
+                            wrote = true;
                         }
-                        wrote = true;
+                        Ok(None) => {}
+                        Err(e) => break $turn Err(e.into()),
                     }
-                    Ok(None) => {}
-                    Err(e) => break 'turn Err(e.into()),
-                }
+                };
+            }
+            while let Some(request) = self.resend.pop_front() {
+                send!('turn, request);
             }
             // Past the window or after a packet-id collision rumqttc would stop
             // taking publishes too; the rest wait for PUBACKs.
@@ -376,16 +383,7 @@ impl Link {
             }
             self.acks.take_due(&mut self.due);
             for request in self.due.drain(..) {
-                match state.handle_outgoing_packet(request) {
-                    Ok(Some(packet)) => {
-                        if let Err(e) = network.write(packet).await {
-                            break 'turn Err(e.into());
-                        }
-                        wrote = true;
-                    }
-                    Ok(None) => {}
-                    Err(e) => break 'turn Err(e.into()),
-                }
+                send!('turn, request);
             }
             Ok(wrote)
         };
