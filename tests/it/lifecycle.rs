@@ -290,8 +290,18 @@ fn an_upgrade_with_a_worse_health_kpi_rolls_back_when_probation_ends() {
         let reason = rolled_back["reason"].as_str().unwrap_or_default();
         assert!(reason.contains("health KPI rate is 5 against 10 for 1.0.0"), "{rolled_back}");
         assert_eq!((rolled_back["from"].as_str(), rolled_back["to"].as_str()), (Some("2.0.0"), Some("1.0.0")));
-        let list = c.list_services(pb::ListServicesRequest {}).await.unwrap().into_inner();
-        assert_eq!(list.services[0].version, "1.0.0", "rolled back, and so recorded in the desired state");
+        // The control plane records the rollback in the desired state when
+        // the dispatcher's notice reaches it, just after the event is out.
+        let recorded = Instant::now();
+        let version = loop {
+            let list = c.list_services(pb::ListServicesRequest {}).await.unwrap().into_inner();
+            let version = list.services[0].version.clone();
+            if version == "1.0.0" || recorded.elapsed() > Duration::from_secs(2) {
+                break version;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(version, "1.0.0", "rolled back, and so recorded in the desired state within 2 s");
     });
 }
 
