@@ -88,7 +88,7 @@ impl Agent {
         // Services start before the link connects, so the subscriptions
         // are known; init outputs before then are discarded.
         let mut dispatcher = Dispatcher::new(host.clone(), cfg.dispatch.clone(), &cfg.gateway, Box::new(NullEgress));
-        start_desired(&cfg, &host, &state, &metrics, &desired, &mut dispatcher, &mut rejected);
+        let optimize = start_desired(&cfg, &host, &state, &metrics, &desired, &mut dispatcher, &mut rejected);
         phase.done("services loaded and started");
         for name in cfg.services.keys() {
             if !desired.services.contains_key(name) {
@@ -203,6 +203,19 @@ impl Agent {
                 .map_err(|e| AgentError::Thread(e.to_string()))?
         };
         phase.done("I/O thread started");
+        // Services that started on baseline code move to optimized code
+        // once it is compiled, in the background while they serve.
+        // It waits for the link so as not to slow the start it follows.
+        if !optimize.is_empty() {
+            let (lifecycle, ready) = (lifecycle.clone(), link_state.clone());
+            tokio::spawn(async move {
+                let waited = Instant::now();
+                while !ready.is_ready.load(Ordering::Acquire) && waited.elapsed() < Duration::from_secs(5) {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                lifecycle.optimize(optimize).await
+            });
+        }
         let mut ended_rx = ended_rx;
         let ended_early = tokio::select! {
             _ = shutdown => false,
@@ -293,7 +306,7 @@ fn start_desired(
     desired: &control::DesiredState,
     dispatcher: &mut Dispatcher,
     rejected: &mut Vec<(String, String)>,
-) {
+) -> Vec<control::PendingOptimization> {
     let wanted: Vec<(&String, &control::DesiredService)> = desired
         .services
         .iter()
@@ -308,10 +321,16 @@ fn start_desired(
             true
         })
         .collect();
+    let mut pending = Vec::new();
     let build = |want: &control::DesiredService, package: &std::path::Path| {
         let t0 = Instant::now();
-        let def = control::build_def(cfg, host, state, metrics, package, &DesiredOverrides::of(want));
-        (def, t0.elapsed())
+        let overrides = DesiredOverrides::of(want);
+        let built = if cfg.dispatch.fast_start {
+            control::build_def_for_start(cfg, host, state, metrics, package, &overrides)
+        } else {
+            control::build_def(cfg, host, state, metrics, package, &overrides).map(|def| (def, None))
+        };
+        (built, t0.elapsed())
     };
     let first_tries = parallel_map(&wanted, |(_, want)| build(want, &want.package));
     for ((name, want), first) in wanted.iter().zip(first_tries) {
@@ -321,7 +340,7 @@ fn start_desired(
         while let Some((version, (built, load_time))) = attempt.take() {
             let t0 = Instant::now();
             let outcome = match built {
-                Ok(def) => dispatcher.install(def).map_err(|e| {
+                Ok((def, optimize)) => dispatcher.install(def).map(|()| pending.extend(optimize)).map_err(|e| {
                     tracing::error!(service = %name, %version, error = %e, "service failed to start");
                     e.to_string()
                 }),
@@ -349,6 +368,7 @@ fn start_desired(
             rejected.push(((*name).clone(), errors.join("; ")));
         }
     }
+    pending
 }
 
 /// `f` over `items` on up to as many threads as there are cores; results

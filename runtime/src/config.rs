@@ -350,6 +350,17 @@ pub struct DispatchConfig {
     /// machine's memory, 64 to 8192.
     #[serde(default)]
     pub max_instances: Option<u32>,
+    /// At start, a service whose optimized code is not in the precompiled
+    /// cache (first start, new agent version) starts on code from the fast
+    /// baseline compiler (Winch) and is restarted on optimized code
+    /// (Cranelift) once that is compiled in the background. Off: start
+    /// waits for optimized code.
+    #[serde(default = "default_fast_start")]
+    pub fast_start: bool,
+}
+
+fn default_fast_start() -> bool {
+    true
 }
 
 fn default_max_batch() -> usize {
@@ -376,6 +387,7 @@ impl Default for DispatchConfig {
             initial_backoff_ms: default_backoff(),
             max_backoff_ms: default_max_backoff(),
             drain_timeout_ms: default_drain(),
+            fast_start: default_fast_start(),
             max_instances: None,
         }
     }

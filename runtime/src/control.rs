@@ -10,7 +10,7 @@
 
 use crate::config::AgentConfig;
 use crate::dispatch::{Dispatcher, LifecycleError, Notice, ProbationPolicy, ServiceDef, ShadowReport, WasmFactory};
-use crate::host::{HostEngine, ServiceContext, MAX_MEMORY_MIB};
+use crate::host::{CodeTier, HostEngine, ServiceContext, MAX_MEMORY_MIB};
 use crate::package::{effective_config, Package};
 use crate::state::StateStore;
 use crate::telemetry::Metrics;
@@ -100,23 +100,50 @@ impl From<LifecycleError> for ControlError {
 /// A change for the I/O thread, ready to apply.
 pub enum Command {
     Install(ServiceDef),
-    Upgrade { def: ServiceDef, probation: Option<ProbationPolicy> },
+    Upgrade {
+        def: ServiceDef,
+        probation: Option<ProbationPolicy>,
+    },
     Remove(String),
-    Scale { name: String, instances: u32 },
-    SetConfig { name: String, config_json: String },
-    Canary { def: ServiceDef, percent: u8 },
+    Scale {
+        name: String,
+        instances: u32,
+    },
+    SetConfig {
+        name: String,
+        config_json: String,
+    },
+    Canary {
+        def: ServiceDef,
+        percent: u8,
+    },
     Promote(String),
     AbortCanary(String),
     Shadow(ServiceDef),
-    ShadowReport { name: String, stop: bool },
+    ShadowReport {
+        name: String,
+        stop: bool,
+    },
+    /// After a fast start: restart a service on the optimized code of
+    /// component `digest`, if it still serves that component's baseline code.
+    RestartOnOptimizedCode {
+        name: String,
+        digest: String,
+    },
 }
 
 #[derive(Debug)]
 pub enum Reply {
     Done,
-    Removed { unhandled: usize },
-    Promoted { version: String },
+    Removed {
+        unhandled: usize,
+    },
+    Promoted {
+        version: String,
+    },
     Report(Box<ShadowReport>),
+    /// Whether the instances were restarted.
+    Restarted(bool),
 }
 
 pub type CommandEnvelope = (Command, oneshot::Sender<Result<Reply, LifecycleError>>);
@@ -134,6 +161,9 @@ pub fn apply(d: &mut Dispatcher, cmd: Command) -> Result<Reply, LifecycleError> 
         Command::AbortCanary(name) => d.abort_canary(&name).map(|_| Reply::Done),
         Command::Shadow(def) => d.start_shadow(def).map(|_| Reply::Done),
         Command::ShadowReport { name, stop } => d.shadow_report(&name, stop).map(|r| Reply::Report(Box::new(r))),
+        Command::RestartOnOptimizedCode { name, digest } => {
+            d.restart_on_optimized_code(&name, &digest).map(Reply::Restarted)
+        }
     }
 }
 
@@ -277,6 +307,46 @@ impl Lifecycle {
         tokio::task::spawn_blocking(move || build_def(&cfg, &host, &state, &metrics, &package, &overrides))
             .await
             .map_err(|e| ControlError::Failed(format!("package preparation stopped: {e}")))?
+    }
+
+    /// After a fast start: compiles the optimized code of each service that
+    /// started on baseline code (filling the precompiled cache), one after
+    /// another in the background, and restarts its instances on it.
+    pub async fn optimize(&self, pending: Vec<PendingOptimization>) {
+        for p in pending {
+            let (host, dir) = (self.host.clone(), self.cfg.state_dir.join("cache"));
+            let t0 = std::time::Instant::now();
+            let compiled =
+                tokio::task::spawn_blocking(move || host.load(&p.wasm_path, &p.wasm, Some(&dir)).map(|l| (l, p))).await;
+            let (loaded, p) = match compiled {
+                Ok(Ok(done)) => done,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "optimized code failed to compile; the service stays on baseline code");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "optimizing compile stopped");
+                    continue;
+                }
+            };
+            let digest = loaded.digest.clone();
+            if let Err(e) = p.factory.set_optimized_code(loaded) {
+                tracing::error!(service = %p.service, error = %e, "optimized code not taken");
+                continue;
+            }
+            let compile_ms = t0.elapsed().as_millis() as u64;
+            match self.send(Command::RestartOnOptimizedCode { name: p.service.clone(), digest }).await {
+                Ok(Reply::Restarted(true)) => {
+                    tracing::info!(service = %p.service, compile_ms, "service restarted on optimized code")
+                }
+                Ok(_) => tracing::debug!(service = %p.service, "changed meanwhile; no restart for optimized code"),
+                Err(e) => tracing::warn!(
+                    service = %p.service,
+                    error = %e,
+                    "could not restart on optimized code; instances keep baseline code until they restart"
+                ),
+            }
+        }
     }
 
     /// Installs a service that is not running yet.
@@ -558,12 +628,50 @@ pub fn build_def(
     dir: &Path,
     overrides: &DesiredOverrides,
 ) -> Result<ServiceDef, ControlError> {
+    build(cfg, host, state, metrics, dir, overrides, false).map(|(def, _)| def)
+}
+
+/// A service that started on baseline code, for [`Lifecycle::optimize`].
+pub struct PendingOptimization {
+    pub service: String,
+    factory: Arc<WasmFactory>,
+    wasm_path: PathBuf,
+    wasm: Vec<u8>,
+}
+
+/// As [`build_def`] at the agent's start: code from the precompiled cache,
+/// or else baseline code ([`HostEngine::load_for_start`]), returned with
+/// what [`Lifecycle::optimize`] needs to replace it.
+pub fn build_def_for_start(
+    cfg: &AgentConfig,
+    host: &Arc<HostEngine>,
+    state: &Arc<StateStore>,
+    metrics: &Arc<Metrics>,
+    dir: &Path,
+    overrides: &DesiredOverrides,
+) -> Result<(ServiceDef, Option<PendingOptimization>), ControlError> {
+    build(cfg, host, state, metrics, dir, overrides, true)
+}
+
+fn build(
+    cfg: &AgentConfig,
+    host: &Arc<HostEngine>,
+    state: &Arc<StateStore>,
+    metrics: &Arc<Metrics>,
+    dir: &Path,
+    overrides: &DesiredOverrides,
+    fast_start: bool,
+) -> Result<(ServiceDef, Option<PendingOptimization>), ControlError> {
     let pkg = Package::load(dir).map_err(|e| ControlError::Invalid(e.to_string()))?;
     check_fits(cfg, &pkg)?;
     let name = pkg.manifest.service.name.clone();
-    let loaded = host
-        .load(&pkg.wasm_path, &pkg.wasm, Some(&cfg.state_dir.join("cache")))
-        .map_err(|e| ControlError::Invalid(e.to_string()))?;
+    let cache = cfg.state_dir.join("cache");
+    let loaded = if fast_start {
+        host.load_for_start(&pkg.wasm_path, &pkg.wasm, &cache)
+    } else {
+        host.load(&pkg.wasm_path, &pkg.wasm, Some(&cache))
+    }
+    .map_err(|e| ControlError::Invalid(e.to_string()))?;
     // WASI the component imports but the manifest does not declare: refused
     // here, before anything starts, with the line to add.
     crate::host::check_capabilities(&loaded, &pkg.manifest, &pkg.wasm_path)
@@ -577,13 +685,19 @@ pub fn build_def(
         state: Some(state.clone()),
         metrics: metrics.service_version(&name, &pkg.manifest.service.version),
     };
-    Ok(ServiceDef {
+    let baseline = loaded.tier == CodeTier::Baseline;
+    let service_metrics = context.metrics.clone();
+    let factory = Arc::new(WasmFactory::new(host.clone(), loaded, Arc::new(context)));
+    let def = ServiceDef {
         config_json: effective_config(&pkg.manifest.config, config),
         instances,
-        metrics: context.metrics.clone(),
-        factory: Arc::new(WasmFactory { host: host.clone(), loaded, context: Arc::new(context) }),
+        metrics: service_metrics,
+        factory: factory.clone(),
         manifest: pkg.manifest,
-    })
+    };
+    let pending =
+        baseline.then(|| PendingOptimization { service: name, factory, wasm_path: pkg.wasm_path, wasm: pkg.wasm });
+    Ok((def, pending))
 }
 
 /// Limits a manifest may ask for that this agent cannot give.

@@ -10,6 +10,9 @@ pub struct ServiceStatus {
     pub name: String,
     pub version: String,
     pub digest: String,
+    /// Which compiler made the serving instances' code: `baseline` just
+    /// after a start that had to compile, `optimized` once replaced.
+    pub code: crate::host::CodeTier,
     pub instances: usize,
     pub running: usize,
     pub queued: usize,

@@ -103,6 +103,29 @@ impl Dispatcher {
         self.replace_current(s, def)
     }
 
+    /// Restarts a service's serving instances on the optimized code its
+    /// factory now holds, if they run baseline code of component `digest`
+    /// (a fast start); queued messages move over in order. `Ok(false)`
+    /// when there is nothing to do: the service was upgraded or removed
+    /// meanwhile, or already runs optimized code.
+    pub fn restart_on_optimized_code(&mut self, name: &str, digest: &str) -> Result<bool, LifecycleError> {
+        let Some(s) = self.find(name) else { return Ok(false) };
+        let current = &self.services[s].current;
+        if current.code != CodeTier::Baseline
+            || current.def.factory.digest() != digest
+            || current.def.factory.code_tier() != CodeTier::Optimized
+        {
+            return Ok(false);
+        }
+        let def = (*current.def).clone();
+        let version = def.version().to_owned();
+        self.replace_current(s, def)?;
+        let event = serde_json::json!({"event": "optimized_code", "service": name, "version": version,
+            "digest": digest, "ts_ms": now_ms()});
+        self.emit(&format!("outpost/{}/events", self.gateway), &event.to_string());
+        Ok(true)
+    }
+
     pub(super) fn replace_current(&mut self, s: usize, def: ServiceDef) -> Result<(), LifecycleError> {
         let deployment = self.deploy_strict(Arc::new(def))?;
         let slot = &mut self.services[s];

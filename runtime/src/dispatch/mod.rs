@@ -31,7 +31,7 @@ pub use seams::{Instance, InstanceFactory, WasmFactory};
 pub use shadow::{ShadowReport, TopicDiff};
 
 use crate::config::DispatchConfig;
-use crate::host::{CallError, CallOutput, HostEngine, LoadedComponent, ServiceContext};
+use crate::host::{CallError, CallOutput, CodeTier, HostEngine, LoadedComponent, ServiceContext};
 use crate::manifest::Manifest;
 use crate::status::ServiceStatus;
 use crate::telemetry::ServiceMetrics;
@@ -105,6 +105,8 @@ struct InstanceSlot {
 /// The running instances of one version.
 struct Deployment {
     def: Arc<ServiceDef>,
+    /// Which compiler made the code its instances started from.
+    code: CodeTier,
     instances: Vec<InstanceSlot>,
     started: Instant,
     /// Faults since this deployment started (probation counts these).
@@ -193,7 +195,7 @@ impl Dispatcher {
         })?;
         Ok(ServiceDef {
             metrics: spec.context.metrics.clone(),
-            factory: Arc::new(WasmFactory { host, loaded: spec.loaded, context: Arc::new(spec.context) }),
+            factory: Arc::new(WasmFactory::new(host, spec.loaded, Arc::new(spec.context))),
             manifest: spec.manifest,
             config_json: spec.config_json,
             instances: spec.instances,
@@ -241,7 +243,8 @@ impl Dispatcher {
             };
             instances.push(InstanceSlot::new(health));
         }
-        let d = Deployment { def, instances, started: Instant::now(), faults: 0 };
+        let code = def.factory.code_tier();
+        let d = Deployment { def, code, instances, started: Instant::now(), faults: 0 };
         d.def.metrics.instances.set(d.running() as i64);
         (d, first_error)
     }
@@ -673,6 +676,7 @@ impl Dispatcher {
                     name: d.def.name().to_owned(),
                     version: d.def.version().to_owned(),
                     digest: d.def.factory.digest(),
+                    code: d.code,
                     instances: d.instances.len(),
                     running: d.running(),
                     queued: d.queued(),
@@ -739,7 +743,13 @@ impl Deployment {
 
     /// The same version with no instances (to rebuild around).
     fn shell(&self) -> Deployment {
-        Deployment { def: self.def.clone(), instances: Vec::new(), started: self.started, faults: self.faults }
+        Deployment {
+            def: self.def.clone(),
+            code: self.code,
+            instances: Vec::new(),
+            started: self.started,
+            faults: self.faults,
+        }
     }
 }
 

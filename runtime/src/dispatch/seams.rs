@@ -4,9 +4,11 @@
 //! (`dispatch::tests`), the way rumqttc keeps protocol state apart from I/O.
 
 use super::envelope::Envelope;
-use crate::host::{CallError, CallOutput, HostEngine, LoadedComponent, ServiceContext, ServiceInstance, WitMessage};
+use crate::host::{
+    CallError, CallOutput, CodeTier, HostEngine, LoadedComponent, ServiceContext, ServiceInstance, WitMessage,
+};
 use crate::manifest::Manifest;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// One running instance of a service.
 pub trait Instance: Send {
@@ -27,24 +29,59 @@ pub trait InstanceFactory: Send + Sync {
     fn start(&self, manifest: &Manifest, config_json: &str) -> Result<Box<dyn Instance>, CallError>;
     /// sha256 of the component (shown in status).
     fn digest(&self) -> String;
+    /// Which compiler made the code new instances start from.
+    fn code_tier(&self) -> CodeTier {
+        CodeTier::Optimized
+    }
 }
 
 /// The real thing: a compiled component on the agent's engine.
 pub struct WasmFactory {
-    pub host: Arc<HostEngine>,
-    pub loaded: LoadedComponent,
+    host: Arc<HostEngine>,
+    /// The code new instances start from. Baseline code from a fast start
+    /// is replaced by the same component's optimized code once compiled.
+    code: Mutex<LoadedComponent>,
     /// Shared by every instance of the service.
-    pub context: Arc<ServiceContext>,
+    context: Arc<ServiceContext>,
+}
+
+impl WasmFactory {
+    pub fn new(host: Arc<HostEngine>, loaded: LoadedComponent, context: Arc<ServiceContext>) -> Self {
+        WasmFactory { host, code: Mutex::new(loaded), context }
+    }
+
+    fn with_code<R>(&self, f: impl FnOnce(&LoadedComponent) -> R) -> R {
+        f(&self.code.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    /// Instances started from now on run `optimized`, the same component's
+    /// optimized code; running instances keep theirs until restarted.
+    pub fn set_optimized_code(&self, optimized: LoadedComponent) -> Result<(), String> {
+        let mut code = self.code.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if optimized.digest != code.digest || optimized.tier != CodeTier::Optimized {
+            return Err(format!(
+                "code for {} ({:?}) cannot replace {} ({:?})",
+                optimized.digest, optimized.tier, code.digest, code.tier
+            ));
+        }
+        *code = optimized;
+        Ok(())
+    }
 }
 
 impl InstanceFactory for WasmFactory {
     fn start(&self, manifest: &Manifest, config_json: &str) -> Result<Box<dyn Instance>, CallError> {
-        let instance = self.host.instantiate(&self.loaded, manifest, self.context.clone(), config_json)?;
+        let code = self.with_code(LoadedComponent::clone);
+        let instance = self.host.instantiate(&code, manifest, self.context.clone(), config_json)?;
         Ok(Box::new(instance))
     }
 
     fn digest(&self) -> String {
-        self.loaded.digest.clone()
+        self.with_code(|c| c.digest.clone())
+    }
+
+    fn code_tier(&self) -> CodeTier {
+        self.with_code(|c| c.tier)
     }
 }
 

@@ -477,3 +477,74 @@ fn a_full_downstream_queue_holds_the_producer_back() {
     assert!(handled(&up).len() < 20, "the producer waits for room");
     assert_eq!(d.queued(), 20 + consumer_queue - handled(&up).len());
 }
+
+/// Starts instances of one version whose code moves from baseline to
+/// optimized (as `WasmFactory` after a fast start); the journal names the
+/// code each message ran on.
+struct TieredFactory {
+    journal: Arc<Journal>,
+    tier: Mutex<CodeTier>,
+}
+
+impl InstanceFactory for TieredFactory {
+    fn start(&self, _m: &Manifest, _c: &str) -> Result<Box<dyn Instance>, CallError> {
+        let version = format!("{:?}", self.code_tier()).to_lowercase();
+        Ok(Box::new(Fake { version, journal: self.journal.clone(), tick_faults: false }))
+    }
+    fn digest(&self) -> String {
+        "digest-1".into()
+    }
+    fn code_tier(&self) -> CodeTier {
+        *self.tier.lock().unwrap()
+    }
+}
+
+#[test]
+fn a_fast_start_moves_to_optimized_code_without_losing_or_reordering_a_message() {
+    let (sink, j, acked) = (Sink::default(), Arc::new(Journal::default()), Arc::new(AtomicUsize::new(0)));
+    let factory = Arc::new(TieredFactory { journal: j.clone(), tier: Mutex::new(CodeTier::Baseline) });
+    let mut d = dispatcher(&sink);
+    d.install(ServiceDef { factory: factory.clone(), ..def("svc", "1.0.0", 2, &j) }).expect("install");
+    assert_eq!(d.status()[0].code, CodeTier::Baseline);
+    let send = |d: &mut Dispatcher, range: std::ops::Range<usize>| {
+        for i in range {
+            d.accept(input(&format!("in/k{}", i % 3), &i.to_string(), &acked));
+        }
+    };
+    send(&mut d, 0..12);
+    d.run_for(Some(Duration::ZERO));
+    // Nothing to move to yet, another component, or another service: no restart.
+    assert!(!d.restart_on_optimized_code("svc", "digest-1").expect("no optimized code yet"));
+    *factory.tier.lock().unwrap() = CodeTier::Optimized;
+    assert!(!d.restart_on_optimized_code("svc", "digest-2").expect("other component"));
+    assert!(!d.restart_on_optimized_code("gone", "digest-1").expect("unknown service"));
+    send(&mut d, 12..24);
+    assert!(d.restart_on_optimized_code("svc", "digest-1").expect("restart"));
+    send(&mut d, 24..36);
+    d.run_until_idle();
+
+    let h = handled(&j);
+    assert_eq!(h.len(), 36, "every message handled exactly once: {h:?}");
+    for k in 0..3 {
+        let seq: Vec<usize> = h.iter().filter(|x| x.1 == format!("in/k{k}")).map(|x| x.2.parse().unwrap()).collect();
+        assert_eq!(seq, (0..36).filter(|i| i % 3 == k).collect::<Vec<_>>(), "key k{k} in order");
+    }
+    let code: Vec<&str> = h.iter().map(|x| x.0.as_str()).collect();
+    let first_optimized = code.iter().position(|c| *c == "optimized").expect("optimized code ran");
+    assert!(first_optimized > 0, "baseline code served first: {code:?}");
+    assert!(code[first_optimized..].iter().all(|c| *c == "optimized"), "no baseline after the move: {code:?}");
+    assert_eq!(d.status()[0].code, CodeTier::Optimized);
+    assert!(!d.restart_on_optimized_code("svc", "digest-1").expect("already optimized"), "restarts once");
+    let events: Vec<String> = sink
+        .published
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, _)| t == "outpost/gw/events")
+        .map(|(_, p)| p.clone())
+        .collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(events[0].contains("\"event\":\"optimized_code\"") && events[0].contains("\"service\":\"svc\""));
+    sink.release();
+    assert_eq!(acked.load(Ordering::SeqCst), 36);
+}

@@ -8,7 +8,7 @@ use super::{bindings, bindings_1_0, LoadedComponent, ServicePre, EPOCH_TICK};
 use crate::manifest::Manifest;
 use std::sync::Arc;
 use std::time::Duration;
-use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap};
+use wasmtime::{Store, StoreLimitsBuilder, Trap};
 
 /// Why a call did not complete normally.
 #[derive(Debug, thiserror::Error)]
@@ -117,21 +117,19 @@ pub struct ServiceInstance {
 
 impl ServiceInstance {
     pub(crate) fn start(
-        engine: &Engine,
         loaded: &LoadedComponent,
         manifest: &Manifest,
         ctx: Arc<ServiceContext>,
         config_json: &str,
     ) -> Result<ServiceInstance, CallError> {
-        let mut instance = Self::create(engine, loaded, manifest, ctx)?;
+        let mut instance = Self::create(loaded, manifest, ctx)?;
         instance.call(|s, store| s.init(store, config_json))?;
         instance.store.data_mut().output = CallOutput::default();
         Ok(instance)
     }
 
-    /// The instance before its `init`.
+    /// The instance before its `init`, on the engine that compiled its code.
     pub(crate) fn create(
-        engine: &Engine,
         loaded: &LoadedComponent,
         manifest: &Manifest,
         ctx: Arc<ServiceContext>,
@@ -143,7 +141,7 @@ impl ServiceInstance {
             .tables(64)
             .memories(4)
             .build();
-        let mut store = Store::new(engine, InstanceState::new(ctx, limits));
+        let mut store = Store::new(loaded.component().engine(), InstanceState::new(ctx, limits));
         store.limiter(|s| &mut s.limits);
         let tick = EPOCH_TICK.as_millis().max(1) as u64;
         let deadline_ticks = manifest.limits.call_deadline_ms.div_ceil(tick) + 1;

@@ -205,16 +205,71 @@ pub fn default_max_instances() -> u32 {
     ((total_kib / (16 << 10)) as u32).clamp(MIN_POOL_INSTANCES, MAX_POOL_INSTANCES)
 }
 
+/// Which compiler made a component's code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CodeTier {
+    /// Cranelift: the code services run on (and what the cache keeps).
+    Optimized,
+    /// Winch, a single-pass compiler about 4x faster to compile with and
+    /// slower to run: what a service runs on at start until its optimized
+    /// code is ready ([`HostEngine::load_for_start`]).
+    Baseline,
+}
+
 /// The agent's wasmtime engine plus a linker with the Outpost and WASI imports.
 pub struct HostEngine {
     engine: Engine,
     linker: Linker<InstanceState>,
+    /// The baseline tier, built at the first start-up load that needs it
+    /// (`None` inside if Winch cannot run here); the epoch thread ticks it too.
+    baseline: Arc<OnceLock<Option<Tier>>>,
     stop_ticker: Arc<AtomicBool>,
-    /// Components by digest, so that the same bytes installed as several
-    /// services (or loaded by two at once) are checked, compiled and held
-    /// in memory once. An entry no service uses any more is dropped at the
-    /// next load.
+    /// Components by digest (and tier), so that the same bytes installed as
+    /// several services (or loaded by two at once) are checked, compiled and
+    /// held in memory once. An entry no service uses any more is dropped at
+    /// the next load.
     loaded: Mutex<HashMap<String, Arc<OnceLock<Option<LoadedComponent>>>>>,
+}
+
+/// An engine with its own linker (a linker belongs to one engine).
+struct Tier {
+    engine: Engine,
+    linker: Linker<InstanceState>,
+}
+
+/// What every engine of the agent shares: components, epoch deadlines,
+/// and perf names for guest functions when asked.
+fn base_config() -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    // `perf record` then names guest functions (as `wasmtime run --profile perfmap`).
+    if std::env::var_os("OUTPOST_PERFMAP").is_some_and(|v| v == "1") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
+    config
+}
+
+/// A linker with the WASI and `outpost:service` imports on `engine`.
+fn service_linker(engine: &Engine) -> Result<Linker<InstanceState>, LoadError> {
+    let mut linker = Linker::new(engine);
+    link_wasi(&mut linker).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+    bindings::Service::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+        .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+    Ok(linker)
+}
+
+impl Tier {
+    /// Winch, without the pool: its instances live only until the
+    /// optimized code replaces them (the store's limiter still caps memory).
+    fn baseline() -> Result<Tier, LoadError> {
+        let mut config = base_config();
+        config.strategy(wasmtime::Strategy::Winch);
+        let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let linker = service_linker(&engine)?;
+        Ok(Tier { engine, linker })
+    }
 }
 
 impl HostEngine {
@@ -227,13 +282,7 @@ impl HostEngine {
     /// checks, bounds checks). Code compiled here must not go to the agent's
     /// cache: the cache is keyed by the agent's settings.
     pub fn with_config(options: &EngineOptions, adjust: impl FnOnce(&mut Config)) -> Result<HostEngine, LoadError> {
-        let mut config = Config::new();
-        config.wasm_component_model(true);
-        config.epoch_interruption(true);
-        // `perf record` then names guest functions (as `wasmtime run --profile perfmap`).
-        if std::env::var_os("OUTPOST_PERFMAP").is_some_and(|v| v == "1") {
-            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
-        }
+        let mut config = base_config();
         // wasmtime's default 4 GiB reservation plus guard region lets
         // Cranelift drop bounds checks on memory accesses; it is address
         // space only (hundreds of instances fit in 47 bits), and the real
@@ -256,14 +305,12 @@ impl HostEngine {
         }
         adjust(&mut config);
         let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
-        let mut linker = Linker::new(&engine);
-        link_wasi(&mut linker).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
-        bindings::Service::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
-            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let linker = service_linker(&engine)?;
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
+        let baseline: Arc<OnceLock<Option<Tier>>> = Arc::default();
         let weak = engine.weak();
-        let stop = stop_ticker.clone();
+        let (stop, tick_baseline) = (stop_ticker.clone(), baseline.clone());
         std::thread::Builder::new()
             .name("outpost-epoch".into())
             .spawn(move || {
@@ -273,10 +320,13 @@ impl HostEngine {
                         Some(engine) => engine.increment_epoch(),
                         None => break,
                     }
+                    if let Some(Some(tier)) = tick_baseline.get() {
+                        tier.engine.increment_epoch();
+                    }
                 }
             })
             .map_err(|e| LoadError::Engine(format!("cannot start epoch thread: {e}")))?;
-        Ok(HostEngine { engine, linker, stop_ticker, loaded: Mutex::default() })
+        Ok(HostEngine { engine, linker, baseline, stop_ticker, loaded: Mutex::default() })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -284,8 +334,33 @@ impl HostEngine {
     }
 
     /// Compiles (or loads from `cache_dir`) a component, checks it against the
-    /// contract and pre-links it.
+    /// contract and pre-links it. The code is always optimized.
     pub fn load(&self, wasm_path: &Path, bytes: &[u8], cache_dir: Option<&Path>) -> Result<LoadedComponent, LoadError> {
+        self.load_as(wasm_path, bytes, cache_dir, Wanted::Optimized)
+    }
+
+    /// As [`HostEngine::load`] for the agent's start: the cached optimized
+    /// code when `cache_dir` has it, else the component compiled by the
+    /// baseline compiler (several times faster), so services serve sooner.
+    /// The caller replaces baseline code with [`HostEngine::load`]'s later
+    /// (which also fills the cache). Falls back to optimized code where the
+    /// baseline compiler cannot run.
+    pub fn load_for_start(
+        &self,
+        wasm_path: &Path,
+        bytes: &[u8],
+        cache_dir: &Path,
+    ) -> Result<LoadedComponent, LoadError> {
+        self.load_as(wasm_path, bytes, Some(cache_dir), Wanted::Fast)
+    }
+
+    fn load_as(
+        &self,
+        wasm_path: &Path,
+        bytes: &[u8],
+        cache_dir: Option<&Path>,
+        wanted: Wanted,
+    ) -> Result<LoadedComponent, LoadError> {
         let t0 = std::time::Instant::now();
         check_component_bytes(bytes)
             .map_err(|message| LoadError::NotAComponent { path: wasm_path.to_owned(), message })?;
@@ -297,60 +372,80 @@ impl HostEngine {
             memo.retain(|_, cell| {
                 cell.get().is_none_or(|l| l.as_ref().is_some_and(|l| Arc::strong_count(&l.users) > 1))
             });
-            memo.entry(digest.clone()).or_default().clone()
+            // Optimized code already loaded serves a fast start too.
+            if let Some(Some(l)) = memo.get(&digest).and_then(|cell| cell.get()) {
+                return Ok(l.clone());
+            }
+            let key = match wanted {
+                Wanted::Optimized => digest.clone(),
+                Wanted::Fast => format!("{digest}+fast"),
+            };
+            memo.entry(key).or_default().clone()
         };
         let mut error = None;
+        let new = || self.load_new(wasm_path, bytes, digest.clone(), cache_dir, wanted, t0, t_digest);
         // A second load of the same bytes waits for the first, then shares it.
-        let shared =
-            cell.get_or_init(|| match self.load_new(wasm_path, bytes, digest.clone(), cache_dir, t0, t_digest) {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    error = Some(e);
-                    None
-                }
-            });
+        let shared = cell.get_or_init(|| match new() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                error = Some(e);
+                None
+            }
+        });
         match (shared, error) {
             (Some(l), _) => Ok(l.clone()),
             (None, Some(e)) => Err(e),
             // Another load of these bytes failed: fail with this one's own error.
-            (None, None) => self.load_new(wasm_path, bytes, digest, cache_dir, t0, t_digest),
+            (None, None) => new(),
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn load_new(
         &self,
         wasm_path: &Path,
         bytes: &[u8],
         digest: String,
         cache_dir: Option<&Path>,
+        wanted: Wanted,
         t0: std::time::Instant,
         t_digest: Duration,
     ) -> Result<LoadedComponent, LoadError> {
-        let component = match cache_dir {
-            Some(dir) => self.compile_cached(wasm_path, bytes, &digest, dir)?,
-            None => self.compile(wasm_path, bytes)?,
+        let (component, tier) = match (cache_dir, wanted) {
+            (Some(dir), Wanted::Fast) => match self.read_cache(&digest, dir) {
+                Some(c) => (c, CodeTier::Optimized),
+                None => self.compile_baseline(wasm_path, bytes)?,
+            },
+            (Some(dir), Wanted::Optimized) => {
+                (self.compile_cached(wasm_path, bytes, &digest, dir)?, CodeTier::Optimized)
+            }
+            (None, _) => (self.compile(wasm_path, bytes)?, CodeTier::Optimized),
+        };
+        let linker = match tier {
+            CodeTier::Optimized => &self.linker,
+            CodeTier::Baseline => match self.baseline.get() {
+                Some(Some(t)) => &t.linker,
+                _ => return Err(LoadError::Engine("baseline code without a baseline engine".into())),
+            },
         };
         let t_code = t0.elapsed();
-        let info = check_contract(&self.engine, &component).map_err(|message| LoadError::Contract {
-            path: wasm_path.to_owned(),
-            world: crate::manifest::SUPPORTED_WORLD.into(),
-            message,
-        })?;
-        let forbidden = forbidden_imports(&self.engine, &component);
-        if !forbidden.is_empty() {
-            return Err(LoadError::Forbidden { path: wasm_path.to_owned(), imports: forbidden });
-        }
-        let capability_imports = capability_imports(&self.engine, &component);
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::Contract {
-            path: wasm_path.to_owned(),
-            world: crate::manifest::SUPPORTED_WORLD.into(),
-            message: format!("{e:#}"),
-        })?;
+        let engine = component.engine();
         let contract_error = |e: wasmtime::Error| LoadError::Contract {
             path: wasm_path.to_owned(),
             world: crate::manifest::SUPPORTED_WORLD.into(),
             message: format!("{e:#}"),
         };
+        let info = check_contract(engine, &component).map_err(|message| LoadError::Contract {
+            path: wasm_path.to_owned(),
+            world: crate::manifest::SUPPORTED_WORLD.into(),
+            message,
+        })?;
+        let forbidden = forbidden_imports(engine, &component);
+        if !forbidden.is_empty() {
+            return Err(LoadError::Forbidden { path: wasm_path.to_owned(), imports: forbidden });
+        }
+        let capability_imports = capability_imports(engine, &component);
+        let pre = linker.instantiate_pre(&component).map_err(contract_error)?;
         // The exports decide the bindings: `migrate` means the 1.1.0 world.
         let pre = if info.migrate {
             ServicePre::V1_1(bindings::ServicePre::new(pre).map_err(contract_error)?)
@@ -360,12 +455,20 @@ impl HostEngine {
         let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1e3);
         tracing::debug!(
             component = %wasm_path.display(),
+            ?tier,
             digest_ms = ms(t_digest),
             code_ms = ms(t_code - t_digest),
             checks_and_link_ms = ms(t0.elapsed() - t_code),
             "component loaded"
         );
-        Ok(LoadedComponent { pre, digest, capability_imports, wit_version: info.wit_version, users: Arc::new(()) })
+        Ok(LoadedComponent {
+            pre,
+            digest,
+            tier,
+            capability_imports,
+            wit_version: info.wit_version,
+            users: Arc::new(()),
+        })
     }
 
     fn compile(&self, path: &Path, bytes: &[u8]) -> Result<Component, LoadError> {
@@ -373,13 +476,54 @@ impl HostEngine {
             .map_err(|e| LoadError::Compile { path: path.to_owned(), message: format!("{e:#}") })
     }
 
+    /// Compiles with Winch; where it cannot (no baseline engine on this
+    /// machine, or a feature Winch lacks), with Cranelift through the cache.
+    fn compile_baseline(&self, path: &Path, bytes: &[u8]) -> Result<(Component, CodeTier), LoadError> {
+        let tier = self.baseline.get_or_init(|| {
+            Tier::baseline()
+                .inspect_err(
+                    |e| tracing::info!(error = %e, "no baseline compiler here; services start on optimized code"),
+                )
+                .ok()
+        });
+        let t0 = std::time::Instant::now();
+        if let Some(tier) = tier {
+            // Winch is the younger compiler: should it panic on this input,
+            // the optimizing compiler gets its turn instead of the agent dying.
+            let compiled =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Component::new(&tier.engine, bytes)))
+                    .unwrap_or_else(|_| Err(wasmtime::Error::msg("the baseline compiler panicked")));
+            match compiled {
+                Ok(c) => {
+                    let ms = format!("{:.2}", t0.elapsed().as_secs_f64() * 1e3);
+                    tracing::debug!(component = %path.display(), compile_ms = ms, "baseline code compiled");
+                    return Ok((c, CodeTier::Baseline));
+                }
+                Err(e) => tracing::info!(
+                    component = %path.display(),
+                    error = %format!("{e:#}"),
+                    "the baseline compiler refused it; compiling optimized code"
+                ),
+            }
+        }
+        Ok((self.compile(path, bytes)?, CodeTier::Optimized))
+    }
+
     /// Compiles `bytes`, or loads the agent's own earlier compilation of them
     /// from `dir` when its record matches (see [`cache`]); anything else is
     /// compiled again from the component and the entry rewritten.
     fn compile_cached(&self, path: &Path, bytes: &[u8], digest: &str, dir: &Path) -> Result<Component, LoadError> {
+        match self.read_cache(digest, dir) {
+            Some(c) => Ok(c),
+            None => self.compile_into_cache(path, bytes, digest, dir),
+        }
+    }
+
+    /// The cached optimized code of `digest`, if `dir` holds a usable entry.
+    fn read_cache(&self, digest: &str, dir: &Path) -> Option<Component> {
         if let Err(e) = outpost_package::store::private_dir(dir) {
             tracing::warn!(cache = %dir.display(), error = %e, "precompiled cache unusable; compiling without it");
-            return self.compile(path, bytes);
+            return None;
         }
         let engine = cache::engine_hash(&self.engine);
         let file = cache::entry_path(dir, digest, &engine);
@@ -399,7 +543,7 @@ impl HostEngine {
                             deserialize_ms = format!("{:.2}", (t0.elapsed() - read).as_secs_f64() * 1e3),
                             "precompiled code loaded"
                         );
-                        return Ok(c);
+                        return Some(c);
                     }
                     Err(e) => {
                         tracing::warn!(cache = %file.display(), error = %e, "precompiled cache entry unusable; recompiling")
@@ -413,16 +557,25 @@ impl HostEngine {
                 "precompiled cache entry not loaded; recompiling from the component"
             ),
         }
+        None
+    }
+
+    /// Compiles optimized code and writes it to the cache (a cache that
+    /// cannot be written is logged, not fatal: the code is still good).
+    fn compile_into_cache(&self, path: &Path, bytes: &[u8], digest: &str, dir: &Path) -> Result<Component, LoadError> {
         let t0 = std::time::Instant::now();
         let component = self.compile(path, bytes)?;
         let compiled = t0.elapsed();
-        match component.serialize() {
-            Ok(data) => {
-                if let Err(e) = cache::write(&file, &data, digest, &engine) {
-                    tracing::warn!(cache = %file.display(), error = %e, "cannot write precompiled cache");
+        if outpost_package::store::private_dir(dir).is_ok() {
+            let file = cache::entry_path(dir, digest, &cache::engine_hash(&self.engine));
+            match component.serialize() {
+                Ok(data) => {
+                    if let Err(e) = cache::write(&file, &data, digest, &cache::engine_hash(&self.engine)) {
+                        tracing::warn!(cache = %file.display(), error = %e, "cannot write precompiled cache");
+                    }
                 }
+                Err(e) => tracing::warn!(error = %e, "cannot serialize compiled component"),
             }
-            Err(e) => tracing::warn!(error = %e, "cannot serialize compiled component"),
         }
         let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1e3);
         tracing::debug!(compile_ms = ms(compiled), cache_write_ms = ms(t0.elapsed() - compiled), "component compiled");
@@ -438,7 +591,7 @@ impl HostEngine {
         config_json: &str,
     ) -> Result<ServiceInstance, CallError> {
         Self::admit(loaded, manifest)?;
-        ServiceInstance::start(&self.engine, loaded, manifest, context.into(), config_json)
+        ServiceInstance::start(loaded, manifest, context.into(), config_json)
     }
 
     /// A new instance without its `init`: what instantiation itself costs
@@ -452,7 +605,7 @@ impl HostEngine {
         context: impl Into<Arc<ServiceContext>>,
     ) -> Result<ServiceInstance, CallError> {
         Self::admit(loaded, manifest)?;
-        ServiceInstance::create(&self.engine, loaded, manifest, context.into())
+        ServiceInstance::create(loaded, manifest, context.into())
     }
 
     /// What every new instance is checked for: the WASI capabilities its
@@ -475,6 +628,14 @@ impl Drop for HostEngine {
     }
 }
 
+/// What a load asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wanted {
+    Optimized,
+    /// Whatever serves soonest: cached optimized code, else baseline code.
+    Fast,
+}
+
 /// Pre-linked exports, by the world the component implements.
 #[derive(Clone)]
 pub(crate) enum ServicePre {
@@ -492,6 +653,8 @@ pub struct LoadedComponent {
     pub wit_version: semver::Version,
     /// sha256 of the component bytes.
     pub digest: String,
+    /// Which compiler made its code.
+    pub tier: CodeTier,
     /// Imports that need a declared WASI capability (see [`check_capabilities`]).
     capability_imports: Vec<(String, WasiCapability)>,
     /// One count per copy: the engine's memo holds one, every user another.

@@ -103,6 +103,7 @@ mod tests {
             name: name.into(),
             version: "1.0.0".into(),
             digest: String::new(),
+            code: crate::host::CodeTier::Optimized,
             instances: 2,
             running,
             queued: 0,
