@@ -26,6 +26,35 @@ pub fn http_status(port: u16) -> Option<serde_json::Value> {
 
 /// Starts the release agent binary; returns it with (wall ms to ready, agent's own ready_ms).
 pub fn start_agent(dir: &Path, extra: &str) -> (Proc, f64, f64) {
+    let (proc_, _, wall, ready) = start_agent_http(dir, extra);
+    (proc_, wall, ready)
+}
+
+/// Starts the agent once, to fill its precompiled cache, and stops it once
+/// every service runs optimized code (so later starts measure cached starts).
+pub fn fill_cache(dir: &Path) {
+    let (agent, http, _, _) = start_agent_http(dir, "");
+    until_optimized(http);
+    drop(agent);
+}
+
+/// How long until `/status` on `http` shows every service on optimized code.
+pub fn until_optimized(http: u16) -> Duration {
+    let t = Instant::now();
+    loop {
+        let all = http_status(http).and_then(|s| {
+            s["services"].as_array().map(|v| !v.is_empty() && v.iter().all(|s| s["code"] == "optimized"))
+        });
+        if all == Some(true) {
+            return t.elapsed();
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "services not on optimized code after 60 s");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// As [`start_agent`], also returning the agent's HTTP port.
+pub fn start_agent_http(dir: &Path, extra: &str) -> (Proc, u16, f64, f64) {
     let (mqtt, http, api) = (free_port(), free_port(), free_port());
     let config = dir.join("outpost.toml");
     std::fs::write(
@@ -38,7 +67,7 @@ pub fn start_agent(dir: &Path, extra: &str) -> (Proc, f64, f64) {
     )
     .expect("config");
     let (proc_, elapsed, status) = spawn_ready(&config, http);
-    (proc_, elapsed.as_secs_f64() * 1e3, status["ready_ms"].as_f64().unwrap_or(f64::NAN))
+    (proc_, http, elapsed.as_secs_f64() * 1e3, status["ready_ms"].as_f64().unwrap_or(f64::NAN))
 }
 
 /// Starts the release agent on `config` and waits until `/status` on

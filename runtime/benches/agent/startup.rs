@@ -1,7 +1,7 @@
 //! Agent start to ready, and resident memory, with the release binary.
 
 use crate::mqtt::start_mosquitto;
-use crate::process::{install, rss_kib, start_agent};
+use crate::process::{fill_cache, install, rss_kib, start_agent, start_agent_http, until_optimized};
 use crate::report::{Figure, Report, RUNS};
 use crate::{packages, test_packages};
 use std::time::Duration;
@@ -15,13 +15,20 @@ pub fn bench_start_and_memory(r: &mut Report) {
     for name in ["testbed", "relay", "sink"] {
         install(dir.path(), &tests.join("testbed"), name);
     }
-    let (mut cold, mut warm, mut four) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut cold, mut optimized_at, mut cranelift_only, mut warm, mut four) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..RUNS {
-        // Without the precompiled cache (the agent's state folder), then with it.
+        // Without the precompiled cache (the agent's state folder): with the
+        // fast start, and waiting for optimized code; then with the cache.
         let _ = std::fs::remove_dir_all(dir.path().join("state"));
-        let (agent, _, ms) = start_agent(dir.path(), "");
-        drop(agent);
+        let (agent, http, _, ms) = start_agent_http(dir.path(), "");
         cold.push(ms);
+        optimized_at.push(ms + until_optimized(http).as_secs_f64() * 1e3);
+        drop(agent);
+        let _ = std::fs::remove_dir_all(dir.path().join("state"));
+        let (agent, _, ms) = start_agent(dir.path(), "[dispatch]\nfast_start = false\n");
+        cranelift_only.push(ms);
+        drop(agent);
         let (agent, _, ms) = start_agent(dir.path(), "");
         warm.push(ms);
         std::thread::sleep(Duration::from_secs(1));
@@ -35,14 +42,28 @@ pub fn bench_start_and_memory(r: &mut Report) {
             "ms",
             warm,
         )
-        .baseline("without the cache", cold)
-        .target("< 5 ms cached, < 100 ms without"),
+        .baseline("without the cache, fast start", cold.clone())
+        .target("< 5 ms"),
+    );
+    r.push(
+        Figure::new(
+            "start.ready_uncached",
+            "start to ready, 4 services, nothing cached: baseline code (Winch) first",
+            "ms",
+            cold,
+        )
+        .baseline("waiting for optimized code (fast_start = false)", cranelift_only)
+        .target("< 100 ms")
+        .note(format!(
+            "every service on optimized code {} after start",
+            crate::report::with_spread(&optimized_at, "ms")
+        )),
     );
 
     let idle_dir = tempfile::tempdir().expect("tempdir");
     install(idle_dir.path(), &pkgs.join("positioning"), "positioning");
     // First start compiles; later ones load from the cache, as on a gateway.
-    drop(start_agent(idle_dir.path(), ""));
+    fill_cache(idle_dir.path());
     let (mut idle, mut mosq) = (Vec::new(), Vec::new());
     for _ in 0..RUNS {
         let (agent, _, _) = start_agent(idle_dir.path(), "");
@@ -72,3 +93,4 @@ pub fn bench_start_and_memory(r: &mut Report) {
             .note(format!("{} per extra instance", crate::report::with_spread(&per, "KiB"))),
     );
 }
+

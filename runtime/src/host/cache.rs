@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CacheMeta {
-    /// sha256 of the `.cwasm` bytes.
-    pub cwasm_sha256: String,
+    /// BLAKE3 of the `.cwasm` bytes.
+    pub cwasm_blake3: String,
     /// sha256 of the component it was compiled from.
     pub component_sha256: String,
     /// [`engine_hash`] of the engine that compiled it.
@@ -69,7 +69,7 @@ pub(crate) enum Refused {
     NoRecord(String),
     #[error("its record is unreadable: {0}")]
     BadRecord(String),
-    #[error("it has sha256 {actual}, but the agent recorded {recorded} (altered or replaced)")]
+    #[error("it has BLAKE3 {actual}, but the agent recorded {recorded} (altered or replaced)")]
     Altered { actual: String, recorded: String },
     #[error("it was recorded for component {recorded}, not {wanted}")]
     OtherComponent { recorded: String, wanted: String },
@@ -90,9 +90,9 @@ pub(crate) fn read_verified(entry: &Path, component_sha256: &str, engine: &str) 
     let meta_file = meta_path(entry);
     let text = std::fs::read(&meta_file).map_err(|e| Refused::NoRecord(format!("{}: {e}", meta_file.display())))?;
     let meta: CacheMeta = serde_json::from_slice(&text).map_err(|e| Refused::BadRecord(e.to_string()))?;
-    let actual = hex::encode(Sha256::digest(&code));
-    if actual != meta.cwasm_sha256 {
-        return Err(Refused::Altered { actual, recorded: meta.cwasm_sha256 });
+    let actual = blake3::hash(&code).to_hex().to_string();
+    if actual != meta.cwasm_blake3 {
+        return Err(Refused::Altered { actual, recorded: meta.cwasm_blake3 });
     }
     if meta.component_sha256 != component_sha256 {
         return Err(Refused::OtherComponent { recorded: meta.component_sha256, wanted: component_sha256.into() });
@@ -107,7 +107,7 @@ pub(crate) fn read_verified(entry: &Path, component_sha256: &str, engine: &str) 
 /// renamed into place: a record exists only for a complete entry.
 pub(crate) fn write(entry: &Path, code: &[u8], component_sha256: &str, engine: &str) -> std::io::Result<()> {
     let meta = CacheMeta {
-        cwasm_sha256: hex::encode(Sha256::digest(code)),
+        cwasm_blake3: blake3::hash(code).to_hex().to_string(),
         component_sha256: component_sha256.into(),
         engine: engine.into(),
     };
@@ -225,7 +225,7 @@ mod tests {
         let meta = meta_path(&entry);
         let recorded: CacheMeta = serde_json::from_slice(&std::fs::read(&meta).expect("meta")).expect("json");
         for (forged, want) in [
-            (CacheMeta { cwasm_sha256: "00".repeat(32), ..recorded.clone() }, "Altered"),
+            (CacheMeta { cwasm_blake3: "00".repeat(32), ..recorded.clone() }, "Altered"),
             (CacheMeta { component_sha256: "11".repeat(32), ..recorded.clone() }, "OtherComponent"),
             (CacheMeta { engine: "22".repeat(32), ..recorded.clone() }, "OtherEngine"),
         ] {

@@ -245,9 +245,14 @@ fn base_config() -> Config {
     config.wasm_component_model(true);
     config.epoch_interruption(true);
     // `perf record` then names guest functions (as `wasmtime run --profile perfmap`).
-    if std::env::var_os("OUTPOST_PERFMAP").is_some_and(|v| v == "1") {
+    let profiling = std::env::var_os("OUTPOST_PERFMAP").is_some_and(|v| v == "1");
+    if profiling {
         config.profiler(wasmtime::ProfilingStrategy::PerfMap);
     }
+    // `.eh_frame` for guest code serves only outside unwinders (a profiler
+    // walking the stack); wasmtime's own traps and backtraces do not use
+    // it, and registering it frame by frame is much of loading cached code.
+    config.native_unwind_info(profiling);
     config
 }
 
@@ -304,8 +309,12 @@ impl HostEngine {
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
         adjust(&mut config);
+        let t0 = std::time::Instant::now();
         let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let t_engine = t0.elapsed();
         let linker = service_linker(&engine)?;
+        let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1e3);
+        tracing::debug!(engine_ms = ms(t_engine), linker_ms = ms(t0.elapsed() - t_engine), "engine built");
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let baseline: Arc<OnceLock<Option<Tier>>> = Arc::default();
