@@ -203,17 +203,25 @@ impl Agent {
                 .map_err(|e| AgentError::Thread(e.to_string()))?
         };
         phase.done("I/O thread started");
-        // Services that started on baseline code move to optimized code
-        // once it is compiled, in the background while they serve.
-        // It waits for the link so as not to slow the start it follows.
-        if !optimize.is_empty() {
+        // After ready, in the background: services that started on baseline
+        // code move to optimized code, then the code pages start-up alone
+        // needed leave the resident set (`residency`). It waits for the
+        // link so as not to slow the start it follows.
+        {
             let (lifecycle, ready) = (lifecycle.clone(), link_state.clone());
             tokio::spawn(async move {
                 let waited = Instant::now();
                 while !ready.is_ready.load(Ordering::Acquire) && waited.elapsed() < Duration::from_secs(5) {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-                lifecycle.optimize(optimize).await
+                if !optimize.is_empty() {
+                    lifecycle.optimize(optimize).await;
+                }
+                match tokio::task::spawn_blocking(crate::residency::release_startup_code).await {
+                    Ok(Ok(kib)) => tracing::debug!(released_kib = kib, "start-up code pages released"),
+                    Ok(Err(e)) => tracing::info!(error = %e, "start-up code pages kept resident"),
+                    Err(e) => tracing::error!(error = %e, "releasing start-up code pages stopped"),
+                }
             });
         }
         let mut ended_rx = ended_rx;

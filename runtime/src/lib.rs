@@ -34,6 +34,7 @@ pub mod host;
 pub mod http;
 pub mod manifest;
 pub mod package;
+pub mod residency;
 pub mod state;
 pub mod status;
 pub mod telemetry;

@@ -15,6 +15,16 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The anonymous part of the resident set (heap, stacks, compiled guests).
+pub fn rss_anon_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("RssAnon:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 pub fn http_status(port: u16) -> Option<serde_json::Value> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -55,6 +65,11 @@ pub fn until_optimized(http: u16) -> Duration {
 
 /// As [`start_agent`], also returning the agent's HTTP port.
 pub fn start_agent_http(dir: &Path, extra: &str) -> (Proc, u16, f64, f64) {
+    start_agent_env(dir, extra, &[])
+}
+
+/// As [`start_agent_http`], with extra environment variables for the agent.
+pub fn start_agent_env(dir: &Path, extra: &str, envs: &[(&str, &str)]) -> (Proc, u16, f64, f64) {
     let (mqtt, http, api) = (free_port(), free_port(), free_port());
     let config = dir.join("outpost.toml");
     std::fs::write(
@@ -66,16 +81,21 @@ pub fn start_agent_http(dir: &Path, extra: &str) -> (Proc, u16, f64, f64) {
         ),
     )
     .expect("config");
-    let (proc_, elapsed, status) = spawn_ready(&config, http);
+    let (proc_, elapsed, status) = spawn_ready_with(&config, http, envs);
     (proc_, http, elapsed.as_secs_f64() * 1e3, status["ready_ms"].as_f64().unwrap_or(f64::NAN))
 }
 
 /// Starts the release agent on `config` and waits until `/status` on
 /// `http` says ready; returns it, the time that took, and that status.
 pub fn spawn_ready(config: &Path, http: u16) -> (Proc, Duration, serde_json::Value) {
+    spawn_ready_with(config, http, &[])
+}
+
+fn spawn_ready_with(config: &Path, http: u16, envs: &[(&str, &str)]) -> (Proc, Duration, serde_json::Value) {
     let bin = env_dir("OUTPOST_BIN_DIR", "target/release").join("outpost");
     let t = Instant::now();
     let child = Command::new(&bin)
+        .envs(envs.iter().copied())
         .arg("--config")
         .arg(config)
         .stderr(Stdio::null())
