@@ -9,7 +9,7 @@ use outpost::telemetry::Metrics;
 use outpost_sdk::testing::Harness;
 use outpost_sdk::Message;
 use positioning::Positioning;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// NMEA lines of every shipped capture (the positioning workload).
@@ -214,37 +214,48 @@ pub fn wit_batch(b: &[(String, Vec<u8>)]) -> Vec<outpost::host::WitMessage<'_>> 
 }
 
 /// Leak detection at L-Town scale, one hour (12 steps) per call, after
-/// calibration on two leak-free weeks: the simulated year of `cargo xtask
-/// eval leak` when it is cached, else a synthetic stream made here (so the
-/// row always prints).
+/// calibration on two weeks: a simulated year of `cargo xtask eval leak`
+/// when one is cached (its 2019, calibrated on the first two weeks of its
+/// 2018), else a synthetic stream made here (so the row always prints).
 pub fn bench_leak(r: &mut Report) {
     let cache = std::env::var_os("OUTPOST_LTOWN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/tmp/outpost-data/battledim"));
-    let (cal_start, cal_end) = ("2019-01-01 00:00", "2019-01-14 23:55");
     let topic = "site/bench/ltown";
     let as_messages = |payloads: Vec<String>| -> Vec<(String, Vec<u8>)> {
         payloads.into_iter().map(|p| (format!("{topic}/scada"), p.into_bytes())).collect()
     };
     let mut setup = Vec::new();
-    let (source, calibration, stream) = if cache.join("evaluation/pressures.csv").is_file()
-        && cache.join("leak-model.json").is_file()
-    {
-        let load = |dir: &str, from: Option<&str>, to: Option<&str>| {
-            leak_detection::replay::load_dir(&cache.join(dir), from, to).expect("simulated SCADA")
-        };
-        setup.push((format!("{topic}/leak-model"), std::fs::read(cache.join("leak-model.json")).expect("leak model")));
-        let cal = load("leakfree", Some(cal_start), Some(cal_end)).into_iter().map(|s| s.payload).collect();
-        let year = load("evaluation", None, None).into_iter().map(|s| s.payload).collect();
-        ("the simulated year of L-Town", cal, year)
-    } else {
-        println!(
-            "    no simulated year in {} (`cargo xtask eval leak` makes one): a synthetic L-Town-sized stream instead",
-            cache.display()
-        );
-        let steps = synthetic_scada(6 * 7 * 288);
-        let (cal, rest) = steps.split_at(14 * 288);
-        ("4 synthetic weeks at L-Town scale (no leak model, so no localisation)", cal.to_vec(), rest.to_vec())
+    let (source, calibration, stream, (cal_start, cal_end)) = match cached_ltown_seed(&cache) {
+        Some(seed) => {
+            let load = |dir: &str, from: Option<&str>, to: Option<&str>| {
+                leak_detection::replay::load_dir(&cache.join(dir), from, to).expect("simulated SCADA")
+            };
+            let window = ("2018-01-01 00:00", "2018-01-14 23:55");
+            setup.push((
+                format!("{topic}/leak-model"),
+                std::fs::read(cache.join("leak-model.json")).expect("leak model"),
+            ));
+            let historical = format!("historical-seed{seed}");
+            let cal = load(&historical, Some(window.0), Some(window.1)).into_iter().map(|s| s.payload).collect();
+            let evaluation = format!("evaluation-seed{seed}");
+            let year = load(&evaluation, None, None).into_iter().map(|s| s.payload).collect();
+            (format!("the simulated 2019 of L-Town, seed {seed} (leaks in)"), cal, year, window)
+        }
+        None => {
+            println!(
+                "    no simulated year in {} (`cargo xtask eval leak` makes them): a synthetic L-Town-sized stream instead",
+                cache.display()
+            );
+            let steps = synthetic_scada(6 * 7 * 288);
+            let (cal, rest) = steps.split_at(14 * 288);
+            (
+                "4 synthetic weeks at L-Town scale (no leak model, so no localisation)".to_owned(),
+                cal.to_vec(),
+                rest.to_vec(),
+                ("2019-01-01 00:00", "2019-01-14 23:55"),
+            )
+        }
     };
     println!("\n(a) leak-detection, per 5-minute SCADA step over {source}: WASM (real host) vs native");
     setup.push((format!("{topic}/calibrate"), format!(r#"{{"start":"{cal_start}","end":"{cal_end}"}}"#).into_bytes()));
@@ -310,6 +321,21 @@ pub fn bench_leak(r: &mut Report) {
         Figure::new("leak.guest_memory", &format!("leak-detection guest memory after {source}"), "MiB", memory)
             .target(&format!("bounded (limit {} MiB)", manifest.limits.memory_mib)),
     );
+}
+
+/// The lowest seed with both simulated years and the leak model cached.
+fn cached_ltown_seed(cache: &Path) -> Option<u64> {
+    if !cache.join("leak-model.json").is_file() {
+        return None;
+    }
+    std::fs::read_dir(cache)
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("evaluation-seed")?.parse::<u64>().ok())
+        .filter(|seed| {
+            cache.join(format!("evaluation-seed{seed}/pressures.csv")).is_file()
+                && cache.join(format!("historical-seed{seed}/pressures.csv")).is_file()
+        })
+        .min()
 }
 
 /// `steps` 5-minute SCADA messages shaped like L-Town's (33 pressures, the
