@@ -262,8 +262,7 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 struct TempDir(PathBuf);
 
 fn tempdir() -> Result<TempDir, ReplayError> {
-    let dir =
-        std::env::temp_dir().join(format!("outpost-replay-{}-{}", std::process::id(), outpost::dispatch::now_ms()));
+    let dir = std::env::temp_dir().join(format!("outpost-replay-{}-{}", std::process::id(), outpost::dispatch::now_ms()));
     std::fs::create_dir_all(&dir).map_err(|source| ReplayError::Input { path: dir.clone(), source })?;
     Ok(TempDir(dir))
 }

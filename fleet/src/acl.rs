@@ -30,9 +30,6 @@ mod tests {
         let acl = super::mosquitto_acl("ops");
         assert!(acl.contains("user ops\ntopic readwrite outpost/fleet/#"));
         assert!(acl.contains("pattern read outpost/fleet/%u/desired"));
-        assert!(
-            !acl.contains("pattern write outpost/fleet/%u/desired"),
-            "a gateway never writes its own desired state"
-        );
+        assert!(!acl.contains("pattern write outpost/fleet/%u/desired"), "a gateway never writes its own desired state");
     }
 }

@@ -10,10 +10,7 @@ pub enum FleetTopic<'a> {
     Reported(&'a str),
     Events(&'a str),
     /// `outpost/fleet/{gw}/data/{rest}`: data the customer's policy lets out.
-    Data {
-        gateway: &'a str,
-        topic: &'a str,
-    },
+    Data { gateway: &'a str, topic: &'a str },
 }
 
 /// Retained desired state for one gateway (operations center → gateway).
@@ -37,8 +34,7 @@ pub fn data(gateway: &str, local_topic: &str) -> String {
 }
 
 /// Subscription filters the operations center uses for every gateway.
-pub const OPS_SUBSCRIPTIONS: [&str; 3] =
-    ["outpost/fleet/+/reported", "outpost/fleet/+/events", "outpost/fleet/+/data/#"];
+pub const OPS_SUBSCRIPTIONS: [&str; 3] = ["outpost/fleet/+/reported", "outpost/fleet/+/events", "outpost/fleet/+/data/#"];
 
 /// Parses a fleet topic; `None` for anything else (including a gateway id
 /// that [`valid_gateway_id`] refuses).

@@ -333,11 +333,9 @@ fn start_desired(
     let build = |want: &control::DesiredService, package: &std::path::Path| {
         let t0 = Instant::now();
         let overrides = DesiredOverrides::of(want);
-        let built = if cfg.dispatch.fast_start {
-            control::build_def_for_start(cfg, host, state, metrics, package, &overrides)
-        } else {
-            control::build_def(cfg, host, state, metrics, package, &overrides).map(|def| (def, None))
-        };
+        let code =
+            if cfg.dispatch.fast_start { control::CodeWanted::FastStart } else { control::CodeWanted::Optimized };
+        let built = control::build_def(cfg, host, state, metrics, package, &overrides, code);
         (built, t0.elapsed())
     };
     let first_tries = parallel_map(&wanted, |(_, want)| build(want, &want.package));

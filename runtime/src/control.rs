@@ -304,9 +304,11 @@ impl Lifecycle {
             (self.cfg.clone(), self.host.clone(), self.state.clone(), self.metrics.clone());
         let package = package.to_owned();
         let overrides = overrides.clone();
-        tokio::task::spawn_blocking(move || build_def(&cfg, &host, &state, &metrics, &package, &overrides))
-            .await
-            .map_err(|e| ControlError::Failed(format!("package preparation stopped: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            build_def(&cfg, &host, &state, &metrics, &package, &overrides, CodeWanted::Optimized).map(|(def, _)| def)
+        })
+        .await
+        .map_err(|e| ControlError::Failed(format!("package preparation stopped: {e}")))?
     }
 
     /// After a fast start: compiles the optimized code of each service that
@@ -619,16 +621,15 @@ impl DesiredOverrides {
     }
 }
 
-/// Loads, checks and compiles a package folder into a definition.
-pub fn build_def(
-    cfg: &AgentConfig,
-    host: &Arc<HostEngine>,
-    state: &Arc<StateStore>,
-    metrics: &Arc<Metrics>,
-    dir: &Path,
-    overrides: &DesiredOverrides,
-) -> Result<ServiceDef, ControlError> {
-    build(cfg, host, state, metrics, dir, overrides, false).map(|(def, _)| def)
+/// Which code a definition's component gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeWanted {
+    /// Cranelift's, from the cache or compiled now.
+    Optimized,
+    /// At the agent's start: the cached optimized code, or else baseline
+    /// code ([`HostEngine::load_for_start`]), returned with what
+    /// [`Lifecycle::optimize`] needs to replace it.
+    FastStart,
 }
 
 /// A service that started on baseline code, for [`Lifecycle::optimize`].
@@ -639,37 +640,24 @@ pub struct PendingOptimization {
     wasm: Vec<u8>,
 }
 
-/// As [`build_def`] at the agent's start: code from the precompiled cache,
-/// or else baseline code ([`HostEngine::load_for_start`]), returned with
-/// what [`Lifecycle::optimize`] needs to replace it.
-pub fn build_def_for_start(
+/// Loads, checks and compiles a package folder into a ready-to-run
+/// definition (with what to optimize later, after a fast start).
+pub fn build_def(
     cfg: &AgentConfig,
     host: &Arc<HostEngine>,
     state: &Arc<StateStore>,
     metrics: &Arc<Metrics>,
     dir: &Path,
     overrides: &DesiredOverrides,
-) -> Result<(ServiceDef, Option<PendingOptimization>), ControlError> {
-    build(cfg, host, state, metrics, dir, overrides, true)
-}
-
-fn build(
-    cfg: &AgentConfig,
-    host: &Arc<HostEngine>,
-    state: &Arc<StateStore>,
-    metrics: &Arc<Metrics>,
-    dir: &Path,
-    overrides: &DesiredOverrides,
-    fast_start: bool,
+    code: CodeWanted,
 ) -> Result<(ServiceDef, Option<PendingOptimization>), ControlError> {
     let pkg = Package::load(dir).map_err(|e| ControlError::Invalid(e.to_string()))?;
     check_fits(cfg, &pkg)?;
     let name = pkg.manifest.service.name.clone();
     let cache = cfg.state_dir.join("cache");
-    let loaded = if fast_start {
-        host.load_for_start(&pkg.wasm_path, &pkg.wasm, &cache)
-    } else {
-        host.load(&pkg.wasm_path, &pkg.wasm, Some(&cache))
+    let loaded = match code {
+        CodeWanted::FastStart => host.load_for_start(&pkg.wasm_path, &pkg.wasm, &cache),
+        CodeWanted::Optimized => host.load(&pkg.wasm_path, &pkg.wasm, Some(&cache)),
     }
     .map_err(|e| ControlError::Invalid(e.to_string()))?;
     // WASI the component imports but the manifest does not declare: refused

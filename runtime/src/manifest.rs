@@ -387,9 +387,7 @@ impl Manifest {
             }
             if let Some(m) = kpi.health_margin {
                 if !(m.is_finite() && (0.0..=10.0).contains(&m)) {
-                    p.push(format!(
-                        "kpis.{name}.health_margin is {m}; it must be a share from 0 to 10 (0.2 = 20 % worse)"
-                    ));
+                    p.push(format!("kpis.{name}.health_margin is {m}; it must be a share from 0 to 10 (0.2 = 20 % worse)"));
                 }
             }
         }

@@ -142,27 +142,11 @@ impl Metrics {
             "Broker messages refused (invalid topic, oversized)",
             m.bad_input.clone(),
         );
-        r.register(
-            "outpost_fleet_connected",
-            "1 while connected to the operations center's broker",
-            m.fleet_connected.clone(),
-        );
+        r.register("outpost_fleet_connected", "1 while connected to the operations center's broker", m.fleet_connected.clone());
         r.register("outpost_uplink_queued", "Messages waiting in the uplink outbox", m.uplink_queued.clone());
-        r.register(
-            "outpost_uplink_sent",
-            "Uplink messages acknowledged by the operations center's broker",
-            m.uplink_sent.clone(),
-        );
-        r.register(
-            "outpost_uplink_dropped",
-            "Oldest uplink messages dropped by the outbox bound",
-            m.uplink_dropped.clone(),
-        );
-        r.register(
-            "outpost_uplink_held",
-            "Site data kept on site by the sharing policy, by reason",
-            m.uplink_held.clone(),
-        );
+        r.register("outpost_uplink_sent", "Uplink messages acknowledged by the operations center's broker", m.uplink_sent.clone());
+        r.register("outpost_uplink_dropped", "Oldest uplink messages dropped by the outbox bound", m.uplink_dropped.clone());
+        r.register("outpost_uplink_held", "Site data kept on site by the sharing policy, by reason", m.uplink_held.clone());
         r.register(
             "outpost_fleet_desired_refused",
             "Desired states refused (signature, gateway, malformed)",

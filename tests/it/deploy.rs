@@ -439,7 +439,15 @@ fn installer_sets_up_mosquitto_as_the_production_broker() {
     let scratch = tempfile::tempdir().expect("tempdir");
     let prefix = scratch.path().join("root");
     let prefix_s = prefix.to_str().expect("utf-8 path");
-    let args = ["--prefix", prefix_s, "--bin-dir", bins.to_str().expect("utf-8"), "--site", "s1", "--no-start"];
+    let args = [
+        "--prefix",
+        prefix_s,
+        "--bin-dir",
+        bins.to_str().expect("utf-8"),
+        "--site",
+        "s1",
+        "--no-start",
+    ];
     // No --broker: Mosquitto is the default.
     let (out, _) = assert_ok(&run_installer(&args), "install.sh (default broker)");
     assert!(out.contains("configuring Mosquitto"), "{out}");

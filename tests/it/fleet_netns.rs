@@ -17,10 +17,7 @@ const GATEWAYS: usize = 3;
 const OPS: (&str, &str) = ("ops", "ops-secret");
 
 fn sh(cmd: &[&str]) {
-    let out = Command::new(cmd[0])
-        .args(&cmd[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (iproute2's `ip` is needed)"));
+    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap_or_else(|e| panic!("{cmd:?}: {e} (iproute2's `ip` is needed)"));
     assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -83,9 +80,7 @@ fn ops_cli(config: &Path, args: &[&str]) -> String {
 fn reports_by_gateway(sub: &Subscriber) -> BTreeMap<String, Vec<serde_json::Value>> {
     let mut by: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
     for (t, p) in sub.received() {
-        if let (Some(gw), Ok(v)) =
-            (t.strip_prefix("outpost/fleet/").and_then(|r| r.strip_suffix("/reported")), serde_json::from_str(&p))
-        {
+        if let (Some(gw), Ok(v)) = (t.strip_prefix("outpost/fleet/").and_then(|r| r.strip_suffix("/reported")), serde_json::from_str(&p)) {
             by.entry(gw.to_owned()).or_default().push(v);
         }
     }
@@ -120,8 +115,7 @@ fn a_rollout_to_agents_on_another_network_survives_an_uplink_cut() {
 
     // The operations side: Mosquitto (loopback for ops, the veth address for gateways) and outpost-ops.
     let passwords = d("passwords");
-    let ok =
-        Command::new(find_binary("mosquitto_passwd")).args(["-c", "-b"]).arg(&passwords).args([OPS.0, OPS.1]).status();
+    let ok = Command::new(find_binary("mosquitto_passwd")).args(["-c", "-b"]).arg(&passwords).args([OPS.0, OPS.1]).status();
     assert!(ok.expect("mosquitto_passwd").success());
     make_world_accessible(&passwords, 0o666);
     std::fs::write(d("acl"), outpost_fleet::acl::mosquitto_acl(OPS.0)).expect("acl");
@@ -174,10 +168,7 @@ fn a_rollout_to_agents_on_another_network_survives_an_uplink_cut() {
     let _ = http_port;
     let ids: Vec<String> = (0..GATEWAYS).map(|i| format!("gw-{i}")).collect();
     for id in &ids {
-        ops_cli(
-            &config,
-            &["gateway", "add", id, "--site", "quarry", "--out", d(&format!("{id}.cred")).to_str().expect("utf-8")],
-        );
+        ops_cli(&config, &["gateway", "add", id, "--site", "quarry", "--out", d(&format!("{id}.cred")).to_str().expect("utf-8")]);
     }
     broker.restart(); // reads the gateways' new passwords
     let start = Instant::now();
@@ -191,10 +182,7 @@ fn a_rollout_to_agents_on_another_network_survives_an_uplink_cut() {
         ops_cli(&config, &["package", "add", file.to_str().expect("utf-8")]);
     }
     let digest = |v: &str| {
-        format!(
-            "sha256:{}",
-            outpost_package::format::sha256_hex(&std::fs::read(d(&format!("testbed-{v}.opkg"))).expect("read"))
-        )
+        format!("sha256:{}", outpost_package::format::sha256_hex(&std::fs::read(d(&format!("testbed-{v}.opkg"))).expect("read")))
     };
     let sub = Subscriber::start_as(broker.port, &["outpost/fleet/+/reported"], Some(OPS));
 
@@ -233,12 +221,7 @@ fn a_rollout_to_agents_on_another_network_survives_an_uplink_cut() {
         agents.push(Proc(child));
     }
     let reporting = sub.wait_until(Duration::from_secs(30), |_| reports_by_gateway(&sub).len() == GATEWAYS);
-    assert_eq!(
-        reports_by_gateway(&sub).len(),
-        GATEWAYS,
-        "every gateway reports across the veth: {} messages",
-        reporting.len()
-    );
+    assert_eq!(reports_by_gateway(&sub).len(), GATEWAYS, "every gateway reports across the veth: {} messages", reporting.len());
 
     // Rollout 1: install 1.0.0 everywhere.
     let plan = |id: &str, v: &str, waves: &str, bake: u64| {
@@ -258,17 +241,13 @@ fn a_rollout_to_agents_on_another_network_survives_an_uplink_cut() {
     assert!(shown.starts_with("install testbed 1.0.0: succeeded"), "{shown}");
 
     // Rollout 2: 2.0.0 in three waves; the uplink is cut once wave 1 has passed.
-    ops_cli(
-        &config,
-        &["rollout", "start", plan("upgrade", "2.0.0", "[1, \"50%\", \"100%\"]", 2).to_str().expect("utf-8")],
-    );
+    ops_cli(&config, &["rollout", "start", plan("upgrade", "2.0.0", "[1, \"50%\", \"100%\"]", 2).to_str().expect("utf-8")]);
     let start = Instant::now();
     while !reports_by_gateway(&sub).values().any(|r| r.last().and_then(version) == Some("2.0.0")) {
         assert!(start.elapsed() < Duration::from_secs(60), "wave 1 never reported 2.0.0");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let now_ms =
-        || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     net.link(false);
     let cut_at = now_ms();
     std::thread::sleep(Duration::from_secs(12)); // > 1.5 x the 5 s keep-alive: both ends drop the connection
@@ -299,10 +278,7 @@ fn a_rollout_to_agents_on_another_network_survives_an_uplink_cut() {
             .iter()
             .filter(|r| r["at_ms"].as_u64().is_some_and(|t| t > cut_at + 1000 && t < restored_at))
             .count();
-        assert!(
-            made_offline >= 5,
-            "{id}: reports made during the cut were kept and delivered after it ({made_offline})"
-        );
+        assert!(made_offline >= 5, "{id}: reports made during the cut were kept and delivered after it ({made_offline})");
     }
     let gateways = ops_cli(&config, &["gateways"]);
     assert_eq!(gateways.matches("testbed=2.0.0").count(), GATEWAYS, "{gateways}");

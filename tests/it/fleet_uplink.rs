@@ -102,11 +102,7 @@ impl Ops {
         }
     }
 
-    fn publish_desired(
-        &mut self,
-        services: BTreeMap<String, Option<DesiredService>>,
-        key: &outpost_package::SigningKey,
-    ) {
+    fn publish_desired(&mut self, services: BTreeMap<String, Option<DesiredService>>, key: &outpost_package::SigningKey) {
         self.revision += 1;
         let state = DesiredState { gateway: GW.into(), revision: self.revision, issued_ms: 0, services };
         let signed = state.sign("ops-test", key).to_json();
@@ -158,7 +154,10 @@ allow = ["testbed.rate"]
 "#;
 
 fn reports(got: &[(String, String)]) -> Vec<serde_json::Value> {
-    got.iter().filter(|(t, _)| t == &topic::reported(GW)).filter_map(|(_, p)| serde_json::from_str(p).ok()).collect()
+    got.iter()
+        .filter(|(t, _)| t == &topic::reported(GW))
+        .filter_map(|(_, p)| serde_json::from_str(p).ok())
+        .collect()
 }
 
 fn version_of(report: &serde_json::Value, service: &str) -> Option<String> {
@@ -178,7 +177,9 @@ fn wait_version(sub: &Subscriber, service: &str, version: &str, what: &str) {
 
 fn data_messages(got: &[(String, String)]) -> Vec<(String, serde_json::Value)> {
     let prefix = format!("outpost/fleet/{GW}/data/");
-    got.iter().filter_map(|(t, p)| Some((t.strip_prefix(&prefix)?.to_owned(), serde_json::from_str(p).ok()?))).collect()
+    got.iter()
+        .filter_map(|(t, p)| Some((t.strip_prefix(&prefix)?.to_owned(), serde_json::from_str(p).ok()?)))
+        .collect()
 }
 
 #[test]
@@ -221,10 +222,7 @@ fn desired_state_reports_sharing_policy_audit_and_store_and_forward() {
     let kpi_reported = sub.wait_until(Duration::from_secs(15), |got| {
         reports(got).iter().any(|r| r["services"][0]["kpis"]["rate"] == 12.5)
     });
-    assert!(
-        reports(&kpi_reported).iter().any(|r| r["services"][0]["kpis"]["rate"] == 12.5),
-        "the allowed KPI is reported"
-    );
+    assert!(reports(&kpi_reported).iter().any(|r| r["services"][0]["kpis"]["rate"] == 12.5), "the allowed KPI is reported");
 
     // 3. A policy change takes effect live: positions stop leaving, KPIs too.
     std::fs::write(&policy, "version = 1\n").expect("rewrite policy");
@@ -239,10 +237,7 @@ fn desired_state_reports_sharing_policy_audit_and_store_and_forward() {
     assert_eq!(data_messages(&after).len(), before, "nothing leaves once the policy says so");
     let late: Vec<_> = reports(&after).into_iter().skip(reports_before).collect();
     assert!(!late.is_empty(), "reports still go (versions and health)");
-    assert!(
-        late.iter().all(|r| r["services"][0]["kpis"].as_object().is_none_or(|k| k.is_empty())),
-        "KPIs no longer leave: {late:?}"
-    );
+    assert!(late.iter().all(|r| r["services"][0]["kpis"].as_object().is_none_or(|k| k.is_empty())), "KPIs no longer leave: {late:?}");
     assert!(!after.iter().any(|(t, _)| t.contains("secret")), "a topic no rule allows never leaves");
     assert!(agent.metric("outpost_uplink_held_total", &[]) >= 10.0, "held-back data is counted:\n{}", agent.metrics());
 
@@ -253,10 +248,7 @@ fn desired_state_reports_sharing_policy_audit_and_store_and_forward() {
     assert!(verified.status.success(), "audit verify: {}", String::from_utf8_lossy(&verified.stderr));
     let shown = ctl(&["audit", "show", "--file", audit.to_str().expect("utf-8"), "--provider", "acme"]);
     let shown_text = String::from_utf8_lossy(&shown.stdout).into_owned();
-    assert!(
-        shown.status.success() && shown_text.contains("test/out/pos") && !shown_text.contains("J. Smith"),
-        "{shown_text}"
-    );
+    assert!(shown.status.success() && shown_text.contains("test/out/pos") && !shown_text.contains("J. Smith"), "{shown_text}");
     let text = std::fs::read_to_string(&audit).expect("audit log");
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines.len() >= 2, "export batches are recorded: {}", lines.len());
@@ -279,10 +271,7 @@ fn desired_state_reports_sharing_policy_audit_and_store_and_forward() {
     let got = sub.wait_until(Duration::from_secs(15), |got| {
         got.iter().any(|(t, p)| t == &topic::events(GW) && p.contains("desired_refused"))
     });
-    assert!(
-        got.iter().any(|(t, p)| t == &topic::events(GW) && p.contains("desired_refused")),
-        "the refusal is reported"
-    );
+    assert!(got.iter().any(|(t, p)| t == &topic::events(GW) && p.contains("desired_refused")), "the refusal is reported");
     assert_eq!(agent.metric("outpost_fleet_desired_refused_total", &[]), 1.0);
 
     // 5b. Signed desired state naming an unsigned package: the agent's own
@@ -296,8 +285,7 @@ fn desired_state_reports_sharing_policy_audit_and_store_and_forward() {
     let got = sub.wait_until(Duration::from_secs(15), |got| {
         got.iter().any(|(t, p)| t == &topic::events(GW) && p.contains("apply_failed"))
     });
-    let failed =
-        got.iter().find(|(t, p)| t == &topic::events(GW) && p.contains("apply_failed")).map(|(_, p)| p.clone());
+    let failed = got.iter().find(|(t, p)| t == &topic::events(GW) && p.contains("apply_failed")).map(|(_, p)| p.clone());
     let failed = failed.expect("the refusal of an unsigned package is reported");
     assert!(failed.to_lowercase().contains("unsigned") || failed.contains("signature"), "{failed}");
     let last = reports(&sub.received()).last().cloned().expect("reports");
@@ -381,11 +369,7 @@ fn the_fleet_link_over_tls_trusts_the_configured_ca_only() {
     let seen = reports(&sub.received()).len();
     let (_dir2, stranger) = start_gateway("stranger-ca.pem");
     std::thread::sleep(Duration::from_secs(4));
-    assert_eq!(
-        stranger.metric("outpost_fleet_connected", &[]),
-        0.0,
-        "a CA that did not sign the broker's certificate is refused"
-    );
+    assert_eq!(stranger.metric("outpost_fleet_connected", &[]), 0.0, "a CA that did not sign the broker's certificate is refused");
     assert!(stranger.metric("outpost_uplink_queued", &[]) >= 1.0, "its reports wait in the outbox");
     assert_eq!(reports(&sub.received()).len(), seen, "nothing arrives from it");
 }

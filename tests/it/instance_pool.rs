@@ -18,11 +18,7 @@ fn sharded_testbed(dir: &AgentDir) {
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()))
         .unwrap_or(0)
 }
 
@@ -32,7 +28,11 @@ fn one_thousand_instances_run_in_one_agent() {
     sharded_testbed(&dir);
     let before = rss_kib();
     let t0 = Instant::now();
-    let agent = TestAgent::start(&dir, None, "max_instances = 1100\n\n[services.testbed]\ninstances = 1000\n");
+    let agent = TestAgent::start(
+        &dir,
+        None,
+        "max_instances = 1100\n\n[services.testbed]\ninstances = 1000\n",
+    );
     let started = t0.elapsed();
     let status = agent.status().expect("status");
     let svc = &status["services"][0];

@@ -21,9 +21,7 @@ const FUEL: &str = "mine-haul-dispatch/SfdShiftFueltrucksAllUpdatedFin.csv";
 
 /// Every published (topic, payload) of a sequence of bus messages, in
 /// order, and the KPIs, run natively.
-fn weight_loading_natively(
-    messages: &[outpost_devtools::sim::Scheduled],
-) -> (Vec<(String, String)>, BTreeMap<String, f64>) {
+fn weight_loading_natively(messages: &[outpost_devtools::sim::Scheduled]) -> (Vec<(String, String)>, BTreeMap<String, f64>) {
     let config = default_config("weight-loading");
     let mut h = Harness::<WeightLoading>::new(&config).expect("init");
     for m in messages {

@@ -171,10 +171,8 @@ impl Drop for KillOnDrop {
 }
 
 pub fn build_bins(release: bool) -> Result<()> {
-    let t = step(&format!(
-        "building outpost, outpostctl, outpost-sim and outpost-ops ({})",
-        if release { "release" } else { "debug" }
-    ));
+    let t =
+        step(&format!("building outpost, outpostctl, outpost-sim and outpost-ops ({})", if release { "release" } else { "debug" }));
     let mut cmd = cargo();
     cmd.args(["build", "-p", "outpost-runtime", "-p", "outpost-devtools", "-p", "outpost-ops", "--bins"]);
     if release {

@@ -11,12 +11,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const GATEWAYS: [(&str, &str); 4] = [
-    ("north-1", "quarry-north"),
-    ("north-2", "quarry-north"),
-    ("south-1", "quarry-south"),
-    ("south-2", "quarry-south"),
-];
+const GATEWAYS: [(&str, &str); 4] =
+    [("north-1", "quarry-north"), ("north-2", "quarry-north"), ("south-1", "quarry-south"), ("south-2", "quarry-south")];
 
 fn wait_port(addr: &str, what: &str) -> Result<()> {
     let start = Instant::now();
@@ -54,21 +50,12 @@ pub fn run(root: &Path, bin: &Path, work: &Path, provider_key: &Path, trust: &Pa
         open(p, 0o755);
     }
     let passwords = dir.join("passwords");
-    run_cmd(
-        Command::new(binary("mosquitto_passwd")?).args(["-c", "-b"]).arg(&passwords).args(["ops", "ops-demo-secret"]),
-    )?;
+    run_cmd(Command::new(binary("mosquitto_passwd")?).args(["-c", "-b"]).arg(&passwords).args(["ops", "ops-demo-secret"]))?;
     open(&passwords, 0o666);
     std::fs::write(dir.join("ops.pass"), "ops-demo-secret")?;
     let port = free_port()?;
     let ops = bin.join("outpost-ops");
-    run_cmd(
-        Command::new(bin.join("outpostctl"))
-            .arg("keygen")
-            .arg("--out")
-            .arg(dir.join("keys"))
-            .args(["--name", "ops-demo"])
-            .stdout(Stdio::null()),
-    )?;
+    run_cmd(Command::new(bin.join("outpostctl")).arg("keygen").arg("--out").arg(dir.join("keys")).args(["--name", "ops-demo"]).stdout(Stdio::null()))?;
     let http = format!("127.0.0.1:{}", free_port()?);
     let config = dir.join("ops.toml");
     std::fs::write(
@@ -111,14 +98,7 @@ pub fn run(root: &Path, bin: &Path, work: &Path, provider_key: &Path, trust: &Pa
 
     let ops_log = std::fs::File::create(dir.join("outpost-ops.log"))?;
     let _ops = KillOnDrop(
-        Command::new(&ops)
-            .arg("--config")
-            .arg(&config)
-            .arg("serve")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(ops_log)
-            .spawn()?,
+        Command::new(&ops).arg("--config").arg(&config).arg("serve").env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(ops_log).spawn()?,
     );
     wait_port(&http, "outpost-ops")?;
     let cli = |args: &[&str]| -> Result<String> {
@@ -140,8 +120,7 @@ pub fn run(root: &Path, bin: &Path, work: &Path, provider_key: &Path, trust: &Pa
         let opkg = testbed_package(root, bin, &dir, provider_key, v, "fleet/out")?;
         let line = cli(&["package", "add", &opkg.display().to_string()])?;
         print!("    catalogued {line}");
-        let digest =
-            line.split_whitespace().find(|w| w.starts_with("sha256:")).context("package add printed no digest")?;
+        let digest = line.split_whitespace().find(|w| w.starts_with("sha256:")).context("package add printed no digest")?;
         digests.push(digest.to_owned());
     }
 

@@ -41,7 +41,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 const TOPIC: &str = "site/eval/ltown";
-const USAGE: &str = "leak-eval [--set report|tuning|retired|all] [--report 9501,...,9506] [--tuning 2020,...,2027] \
+const USAGE: &str =
+    "leak-eval [--set report|tuning|retired|all] [--report 9501,...,9506] [--tuning 2020,...,2027] \
 [--cache DIR] [--data DIR] [--model FILE] [--cal-start T] [--cal-days D] [--leak-free-only] [--config JSON] \
 [--verbose] [--out DIR]\n\
 Calibrates leak-detection on each seed's simulated 2018 (labelled leaks taken out; --leak-free-only: \

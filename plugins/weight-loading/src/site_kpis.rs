@@ -277,12 +277,7 @@ mod tests {
     use super::*;
 
     fn record(i: u64) -> TruckShift {
-        let mut r = TruckShift {
-            cycles: i % 7,
-            tonnes: (i % 7) as f64 * 180.5,
-            ratio_sum: (i % 7) as f64 * 0.93,
-            ..Default::default()
-        };
+        let mut r = TruckShift { cycles: i % 7, tonnes: (i % 7) as f64 * 180.5, ratio_sum: (i % 7) as f64 * 0.93, ..Default::default() };
         r.class[0] = i % 3;
         r.class[3] = i % 2;
         r.dur[0].n = i % 5;

@@ -117,9 +117,13 @@ impl Dispatcher {
         {
             return Ok(false);
         }
+        // Instances waiting to restart after a fault restart here, on the
+        // new code: counted as the restarts they are.
+        let waiting = current.instances.iter().filter(|i| matches!(i.health, Health::Backoff { .. })).count();
         let def = (*current.def).clone();
         let version = def.version().to_owned();
         self.replace_current(s, def)?;
+        self.services[s].current.def.metrics.restarts.inc_by(waiting as u64);
         let event = serde_json::json!({"event": "optimized_code", "service": name, "version": version,
             "digest": digest, "ts_ms": now_ms()});
         self.emit(&format!("outpost/{}/events", self.gateway), &event.to_string());

@@ -50,13 +50,10 @@ pub async fn apply(
         if step == Step::Nothing {
             continue;
         }
-        let result =
-            apply_one(lifecycle, name, step.clone(), target.as_ref(), artifacts_url, downloads, approved_by).await;
+        let result = apply_one(lifecycle, name, step.clone(), target.as_ref(), artifacts_url, downloads, approved_by).await;
         match result {
-            Ok(outcome) => {
-                tracing::info!(service = %name, version = %outcome.version, step = ?step, revision = want.revision,
-                "applied the operations center's desired state")
-            }
+            Ok(outcome) => tracing::info!(service = %name, version = %outcome.version, step = ?step, revision = want.revision,
+                "applied the operations center's desired state"),
             Err(e) => {
                 tracing::warn!(service = %name, step = ?step, revision = want.revision, error = %e,
                     "cannot apply the operations center's desired state");
@@ -153,11 +150,7 @@ mod tests {
     fn each_case_gets_its_step() {
         assert_eq!(plan(None, None), Step::Nothing);
         assert_eq!(plan(None, Some(&want("1"))), Step::Install);
-        assert_eq!(
-            plan(Some(&local("1", None, true)), Some(&want("1"))),
-            Step::Install,
-            "a removed service comes back"
-        );
+        assert_eq!(plan(Some(&local("1", None, true)), Some(&want("1"))), Step::Install, "a removed service comes back");
         assert_eq!(plan(Some(&local("1", None, false)), Some(&want("1"))), Step::Nothing);
         assert_eq!(plan(Some(&local("2", Some("1"), false)), Some(&want("1"))), Step::Rollback);
         assert_eq!(plan(Some(&local("1", None, false)), Some(&want("2"))), Step::Upgrade);

@@ -70,8 +70,8 @@ pub async fn fetch(url: &str, digest: &str, size: u64, dir: &Path) -> Result<Vec
 
 async fn download(url: &str, uri: hyper::Uri, part: &Path, have: u64, size: u64) -> Result<(), FetchError> {
     let http = |message: String| FetchError::Http { url: url.to_owned(), message };
-    let client =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<Bytes>>();
     let mut req = hyper::Request::get(uri);
     if have > 0 {
         req = req.header(hyper::header::RANGE, format!("bytes={have}-"));
@@ -105,8 +105,7 @@ async fn download(url: &str, uri: hyper::Uri, part: &Path, have: u64, size: u64)
         .await
         .map_err(|_| http(format!("stalled at {offset} of {size} bytes; the next attempt resumes there")))?
     {
-        let frame = frame
-            .map_err(|e| http(format!("cut at {offset} of {size} bytes ({e}); the next attempt resumes there")))?;
+        let frame = frame.map_err(|e| http(format!("cut at {offset} of {size} bytes ({e}); the next attempt resumes there")))?;
         let Ok(data) = frame.into_data() else { continue };
         offset += data.len() as u64;
         if offset > size {
@@ -129,10 +128,7 @@ mod tests {
 
     #[test]
     fn artifact_urls_resolve_against_the_base() {
-        assert_eq!(
-            artifact_url(Some("http://ops:8080/"), "/artifacts/sha256/ab").expect("ok"),
-            "http://ops:8080/artifacts/sha256/ab"
-        );
+        assert_eq!(artifact_url(Some("http://ops:8080/"), "/artifacts/sha256/ab").expect("ok"), "http://ops:8080/artifacts/sha256/ab");
         assert_eq!(artifact_url(None, "http://x/a").expect("ok"), "http://x/a");
         assert!(artifact_url(None, "/artifacts/x").is_err());
         assert!(artifact_url(Some("http://ops"), "file:///etc/passwd").is_err());

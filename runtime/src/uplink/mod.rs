@@ -78,8 +78,11 @@ pub struct DataTap {
 
 impl DataTap {
     pub fn offer(&self, topic: &str, payload: &[u8]) {
-        let wanted =
-            self.filters.read().map(|f| f.iter().any(|filter| crate::topic::matches(filter, topic))).unwrap_or(false);
+        let wanted = self
+            .filters
+            .read()
+            .map(|f| f.iter().any(|filter| crate::topic::matches(filter, topic)))
+            .unwrap_or(false);
         if !wanted {
             self.no_rule.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         } else if self.tx.try_send((topic.to_owned(), payload.to_vec())).is_err() {
@@ -223,12 +226,7 @@ mod tests {
     }
 }
 
-fn mqtt_options(
-    cfg: &AgentConfig,
-    fleet: &FleetConfig,
-    user: &str,
-    password: &str,
-) -> Result<MqttOptions, UplinkError> {
+fn mqtt_options(cfg: &AgentConfig, fleet: &FleetConfig, user: &str, password: &str) -> Result<MqttOptions, UplinkError> {
     let (host, port, tls) = parse_fleet_url(&fleet.broker).map_err(UplinkError::Config)?;
     let mut o = MqttOptions::new(format!("outpost-fleet-{}", cfg.gateway), host, port);
     o.set_credentials(user, password);
@@ -238,9 +236,9 @@ fn mqtt_options(
     o.set_clean_session(true);
     if tls {
         let path = fleet.ca_file.clone().ok_or_else(|| UplinkError::Config("mqtts:// needs [fleet] ca_file".into()))?;
-        o.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::new(tls_config(
-            &path,
-        )?))));
+        o.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::new(
+            tls_config(&path)?,
+        ))));
     }
     Ok(o)
 }
@@ -459,8 +457,7 @@ async fn applier(
             let _ = applied_tx.send(Applied { revision: want.revision, managed, errors: BTreeMap::new() });
             continue;
         }
-        let errors =
-            apply::apply(&lifecycle, &want, shared.fleet.artifacts_url.as_deref(), &downloads, &approved_by).await;
+        let errors = apply::apply(&lifecycle, &want, shared.fleet.artifacts_url.as_deref(), &downloads, &approved_by).await;
         if errors.is_empty() {
             retry_after = Duration::from_secs(10);
             if let Err(e) = shared.outbox.set_meta(APPLIED_REVISION, want.revision) {
@@ -645,8 +642,7 @@ impl Producer {
             return;
         }
         let gw = &self.shared.cfg.gateway;
-        let items: Vec<(String, Vec<u8>)> =
-            exports.into_iter().map(|e| (topic::data(gw, &e.topic), e.payload)).collect();
+        let items: Vec<(String, Vec<u8>)> = exports.into_iter().map(|e| (topic::data(gw, &e.topic), e.payload)).collect();
         self.shared.queue(&items);
     }
 
