@@ -204,11 +204,12 @@ impl Agent {
         };
         phase.done("I/O thread started");
         // After ready, in the background: services that started on baseline
-        // code move to optimized code, then the code pages start-up alone
-        // needed leave the resident set (`residency`). It waits for the
+        // code move to optimized code, cache entries no longer loadable go,
+        // then the code pages start-up alone needed leave the resident set
+        // (`residency`). It waits for the
         // link so as not to slow the start it follows.
         {
-            let (lifecycle, ready) = (lifecycle.clone(), link_state.clone());
+            let (lifecycle, ready, host, cfg) = (lifecycle.clone(), link_state.clone(), host.clone(), cfg.clone());
             tokio::spawn(async move {
                 let waited = Instant::now();
                 while !ready.is_ready.load(Ordering::Acquire) && waited.elapsed() < Duration::from_secs(5) {
@@ -216,6 +217,13 @@ impl Agent {
                 }
                 if !optimize.is_empty() {
                     lifecycle.optimize(optimize).await;
+                }
+                let (host, cache) = (host.clone(), cfg.state_dir.join("cache"));
+                match tokio::task::spawn_blocking(move || host.prune_cache(&cache)).await {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(n)) => tracing::info!(entries = n, "removed precompiled code of another engine version"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "cannot prune the precompiled cache"),
+                    Err(e) => tracing::error!(error = %e, "pruning the precompiled cache stopped"),
                 }
                 match tokio::task::spawn_blocking(crate::residency::release_startup_code).await {
                     Ok(Ok(kib)) => tracing::debug!(released_kib = kib, "start-up code pages released"),

@@ -548,3 +548,25 @@ fn a_fast_start_moves_to_optimized_code_without_losing_or_reordering_a_message()
     sink.release();
     assert_eq!(acked.load(Ordering::SeqCst), 36);
 }
+
+#[test]
+fn the_move_to_optimized_code_restarts_an_instance_waiting_after_a_fault_and_counts_it() {
+    let (sink, j, acked) = (Sink::default(), Arc::new(Journal::default()), Arc::new(AtomicUsize::new(0)));
+    let factory = Arc::new(TieredFactory { journal: j.clone(), tier: Mutex::new(CodeTier::Baseline) });
+    // A backoff far longer than the test: only the move can bring it back.
+    let config = DispatchConfig { initial_backoff_ms: 600_000, max_backoff_ms: 600_000, ..DispatchConfig::default() };
+    let mut d = Dispatcher::without_host(config, "gw", Box::new(sink.clone()));
+    let svc = ServiceDef { factory: factory.clone(), ..def("svc", "1.0.0", 1, &j) };
+    let restarts = svc.metrics.restarts.clone();
+    d.install(svc).expect("install");
+    d.accept(input("in/a", "trap", &acked));
+    d.run_for(Some(Duration::from_millis(50)));
+    assert_eq!(d.status()[0].running, 0, "the instance waits in backoff after its fault");
+    *factory.tier.lock().unwrap() = CodeTier::Optimized;
+    assert!(d.restart_on_optimized_code("svc", "digest-1").expect("move"));
+    assert_eq!(d.status()[0].running, 1, "running again, on optimized code");
+    assert_eq!(restarts.get(), 1, "the restart the move made is counted");
+    d.accept(input("in/a", "after", &acked));
+    d.run_until_idle();
+    assert!(handled(&j).contains(&("optimized".into(), "in/a".into(), "after".into())));
+}

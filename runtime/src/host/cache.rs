@@ -103,6 +103,29 @@ pub(crate) fn read_verified(entry: &Path, component_sha256: &str, engine: &str) 
     Ok(Some(code))
 }
 
+/// Removes the entries (and their records) compiled by another engine
+/// configuration, which this agent can never load (an agent or wasmtime
+/// upgrade, changed settings); returns how many entries went. Entries of
+/// this engine stay, including those of versions kept for a rollback.
+pub(crate) fn remove_other_engines(dir: &Path, engine: &str) -> std::io::Result<usize> {
+    let ours = format!("-{}.cwasm", &engine[..16.min(engine.len())]);
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let base = name.strip_suffix(".meta").unwrap_or(name);
+        if !base.ends_with(".cwasm") || base.ends_with(&ours) {
+            continue;
+        }
+        match std::fs::remove_file(dir.join(name)) {
+            Ok(()) => removed += usize::from(!name.ends_with(".meta")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(removed)
+}
+
 /// Writes an entry and then its record, each to a private temporary file
 /// renamed into place: a record exists only for a complete entry.
 pub(crate) fn write(entry: &Path, code: &[u8], component_sha256: &str, engine: &str) -> std::io::Result<()> {
@@ -151,6 +174,23 @@ mod tests {
         let on_disk = std::fs::read(&entry).expect("entry written");
         assert_eq!(c.serialize().expect("serialize"), on_disk, "the entry is what was compiled");
         (entry, on_disk)
+    }
+
+    #[test]
+    fn entries_of_other_engines_are_removed_and_ours_kept() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        let host = host();
+        let (ours, _) = compile(&host, dir, GOOD);
+        let other = dir.join(format!("{}-0123456789abcdef.cwasm", "ab".repeat(32)));
+        std::fs::write(&other, b"old code").expect("write");
+        std::fs::write(meta_path(&other), b"{}").expect("write");
+        std::fs::write(dir.join("notes.txt"), b"not an entry").expect("write");
+        let removed = remove_other_engines(dir, &engine_hash(host.engine())).expect("prune");
+        assert_eq!(removed, 1);
+        assert!(!other.exists() && !meta_path(&other).exists());
+        assert!(ours.exists() && meta_path(&ours).exists(), "this engine's entry stays");
+        assert!(dir.join("notes.txt").exists(), "only cache entries are touched");
     }
 
     #[test]

@@ -591,6 +591,12 @@ impl HostEngine {
         Ok(component)
     }
 
+    /// Removes cache entries this engine can never load (compiled by another
+    /// configuration or wasmtime version); returns how many.
+    pub fn prune_cache(&self, dir: &Path) -> std::io::Result<usize> {
+        cache::remove_other_engines(dir, &cache::engine_hash(&self.engine))
+    }
+
     /// Starts a new instance of a loaded component and runs its `init`.
     pub fn instantiate(
         &self,
