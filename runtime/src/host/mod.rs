@@ -221,6 +221,8 @@ pub enum CodeTier {
 pub struct HostEngine {
     engine: Engine,
     linker: Linker<InstanceState>,
+    /// The pool settings, for the baseline tier too.
+    options: EngineOptions,
     /// The baseline tier, built at the first start-up load that needs it
     /// (`None` inside if Winch cannot run here); the epoch thread ticks it too.
     baseline: Arc<OnceLock<Option<Tier>>>,
@@ -265,12 +267,35 @@ fn service_linker(engine: &Engine) -> Result<Linker<InstanceState>, LoadError> {
     Ok(linker)
 }
 
+/// The instance pool: `max_instances` slots for all services together, the
+/// memory cap per instance, room for a component's core instances.
+fn pool_config(options: &EngineOptions) -> PoolingAllocationConfig {
+    let mut pool = PoolingAllocationConfig::default();
+    let n = options.max_instances.max(1);
+    pool.total_component_instances(n);
+    pool.total_core_instances(n * 8);
+    pool.total_memories(n * 2);
+    pool.total_tables(n * 8);
+    pool.max_memories_per_component(2);
+    pool.max_core_instances_per_component(16);
+    pool.max_tables_per_component(16);
+    pool.max_memory_size((MAX_MEMORY_MIB as usize) << 20);
+    pool.max_component_instance_size(1 << 20);
+    pool.max_core_instance_size(1 << 20);
+    pool.table_elements(20_000);
+    pool
+}
+
 impl Tier {
-    /// Winch, without the pool: its instances live only until the
-    /// optimized code replaces them (the store's limiter still caps memory).
-    fn baseline() -> Result<Tier, LoadError> {
+    /// Winch, with a pool of the same size as the agent's (so the same
+    /// `max_instances` holds for baseline code; it is address space until
+    /// used).
+    fn baseline(options: &EngineOptions) -> Result<Tier, LoadError> {
         let mut config = base_config();
         config.strategy(wasmtime::Strategy::Winch);
+        if options.pooling {
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config(options)));
+        }
         let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         let linker = service_linker(&engine)?;
         Ok(Tier { engine, linker })
@@ -293,20 +318,7 @@ impl HostEngine {
         // space only (hundreds of instances fit in 47 bits), and the real
         // cap is the per-service limit enforced by the store's limiter.
         if options.pooling {
-            let mut pool = PoolingAllocationConfig::default();
-            let n = options.max_instances.max(1);
-            pool.total_component_instances(n);
-            pool.total_core_instances(n * 8);
-            pool.total_memories(n * 2);
-            pool.total_tables(n * 8);
-            pool.max_memories_per_component(2);
-            pool.max_core_instances_per_component(16);
-            pool.max_tables_per_component(16);
-            pool.max_memory_size((MAX_MEMORY_MIB as usize) << 20);
-            pool.max_component_instance_size(1 << 20);
-            pool.max_core_instance_size(1 << 20);
-            pool.table_elements(20_000);
-            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config(options)));
         }
         adjust(&mut config);
         let t0 = std::time::Instant::now();
@@ -335,7 +347,7 @@ impl HostEngine {
                 }
             })
             .map_err(|e| LoadError::Engine(format!("cannot start epoch thread: {e}")))?;
-        Ok(HostEngine { engine, linker, baseline, stop_ticker, loaded: Mutex::default() })
+        Ok(HostEngine { engine, linker, options: options.clone(), baseline, stop_ticker, loaded: Mutex::default() })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -489,7 +501,7 @@ impl HostEngine {
     /// machine, or a feature Winch lacks), with Cranelift through the cache.
     fn compile_baseline(&self, path: &Path, bytes: &[u8]) -> Result<(Component, CodeTier), LoadError> {
         let tier = self.baseline.get_or_init(|| {
-            Tier::baseline()
+            Tier::baseline(&self.options)
                 .inspect_err(
                     |e| tracing::info!(error = %e, "no baseline compiler here; services start on optimized code"),
                 )
