@@ -44,6 +44,7 @@ impl From<&AgentStatus> for pb::AgentStatus {
                     canary_percent: v.canary.as_ref().map_or(0, |c| u32::from(c.1)),
                     shadow_version: v.shadow.clone(),
                     probation: v.probation,
+                    code: v.code.as_str().to_owned(),
                 })
                 .collect(),
             rejected: s

@@ -132,6 +132,13 @@ fn a_first_start_moves_to_optimized_code_while_serving_and_loses_nothing() {
     }
     assert_eq!(first.as_deref(), Some("baseline"), "served on baseline code right after a start without cache");
     assert_eq!(code_of(&agent, "testbed").as_deref(), Some("optimized"));
+    // The management API says the same (`outpostctl status`).
+    let api_code = client_runtime().block_on(async {
+        let mut c = agent.api().await;
+        let status = c.get_status(outpost_proto::agent::v1::GetStatusRequest {}).await.expect("GetStatus").into_inner();
+        status.services.iter().find(|s| s.name == "testbed").map(|s| s.code.clone())
+    });
+    assert_eq!(api_code.as_deref(), Some("optimized"));
     let cache = cache_entries(&dir.path().join("state").join("cache"));
     assert_eq!(cache.iter().filter(|n| n.ends_with(".cwasm")).count(), 1, "optimized code cached: {cache:?}");
     agent.stop().expect("stop");

@@ -217,6 +217,16 @@ pub enum CodeTier {
     Baseline,
 }
 
+impl CodeTier {
+    /// As in `/status` and the management API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CodeTier::Optimized => "optimized",
+            CodeTier::Baseline => "baseline",
+        }
+    }
+}
+
 /// The agent's wasmtime engine plus a linker with the Outpost and WASI imports.
 pub struct HostEngine {
     engine: Engine,

@@ -60,7 +60,8 @@ fn parse_since(s: &str, now_ms: u64) -> anyhow::Result<u64> {
         return Ok(ms);
     }
     let (num, unit) = s.split_at(s.len().saturating_sub(1));
-    let n: u64 = num.parse().with_context(|| format!("--since '{s}': give milliseconds since the epoch or an age like 24h"))?;
+    let n: u64 =
+        num.parse().with_context(|| format!("--since '{s}': give milliseconds since the epoch or an age like 24h"))?;
     let secs = match unit {
         "s" => n,
         "m" => n * 60,
@@ -94,7 +95,10 @@ pub fn run(a: Audit) -> anyhow::Result<bool> {
                         _ => String::new(),
                     };
                     println!("audit log {} is intact: {} export batches{span}", path.display(), s.entries);
-                    println!("head {}  (keep this hash elsewhere; `--expect-head` checks the log still ends there)", s.head);
+                    println!(
+                        "head {}  (keep this hash elsewhere; `--expect-head` checks the log still ends there)",
+                        s.head
+                    );
                     Ok(true)
                 }
                 Err(e) => {

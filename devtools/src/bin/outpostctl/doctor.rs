@@ -116,7 +116,10 @@ fn examine(args: &DoctorArgs) -> Vec<Finding> {
 fn fleet_checks(cfg: &AgentConfig, fleet: &outpost::config::FleetConfig) -> Vec<Finding> {
     let mut out = Vec::new();
     match outpost_package::ProviderKey::load(&fleet.ops_key) {
-        Ok(k) => out.push(ok("fleet", format!("operations center key {} ({}, key {})", fleet.ops_key.display(), k.provider, k.key_id))),
+        Ok(k) => out.push(ok(
+            "fleet",
+            format!("operations center key {} ({}, key {})", fleet.ops_key.display(), k.provider, k.key_id),
+        )),
         Err(e) => out.push(fail(
             "fleet",
             e.to_string(),
@@ -137,7 +140,15 @@ fn fleet_checks(cfg: &AgentConfig, fleet: &outpost::config::FleetConfig) -> Vec<
     }
     match &fleet.sharing_policy {
         Some(path) if path.exists() => match outpost_sharing::Policy::load(path) {
-            Ok(p) => out.push(ok("sharing", format!("policy {} is valid ({} export rules, sha256 {})", path.display(), p.rules().len(), &p.sha256()[..12]))),
+            Ok(p) => out.push(ok(
+                "sharing",
+                format!(
+                    "policy {} is valid ({} export rules, sha256 {})",
+                    path.display(),
+                    p.rules().len(),
+                    &p.sha256()[..12]
+                ),
+            )),
             Err(e) => out.push(fail(
                 "sharing",
                 e.to_string().replace('\n', " "),
@@ -151,20 +162,29 @@ fn fleet_checks(cfg: &AgentConfig, fleet: &outpost::config::FleetConfig) -> Vec<
     let audit = cfg.state_dir.join("sharing-audit.jsonl");
     if audit.exists() {
         match outpost_sharing::verify(&audit) {
-            Ok(s) => out.push(ok("audit", format!("export audit intact: {} batches, head {}", s.entries, &s.head[..16]))),
+            Ok(s) => {
+                out.push(ok("audit", format!("export audit intact: {} batches, head {}", s.entries, &s.head[..16])))
+            }
             Err(e) => out.push(fail(
                 "audit",
                 e.to_string(),
                 "the record of what left the site can no longer be trusted past the line named",
-                format!("keep {} as evidence, tell the customer, and run `outpostctl audit verify --file {}`", audit.display(), audit.display()),
+                format!(
+                    "keep {} as evidence, tell the customer, and run `outpostctl audit verify --file {}`",
+                    audit.display(),
+                    audit.display()
+                ),
             )),
         }
     }
     if let Some(addr) = cfg.metrics.listen {
         if let Ok(text) = http_get(addr, "/metrics") {
             let value = |name: &str| metric_sum(&text, name, None);
-            let (connected, queued, dropped) =
-                (value("outpost_fleet_connected"), value("outpost_uplink_queued"), value("outpost_uplink_dropped_total"));
+            let (connected, queued, dropped) = (
+                value("outpost_fleet_connected"),
+                value("outpost_uplink_queued"),
+                value("outpost_uplink_dropped_total"),
+            );
             if connected >= 1.0 {
                 out.push(ok("fleet", format!("connected to {} ({queued} queued)", fleet.broker)));
             } else {
@@ -172,7 +192,8 @@ fn fleet_checks(cfg: &AgentConfig, fleet: &outpost::config::FleetConfig) -> Vec<
                     "fleet",
                     format!("not connected to {} ({queued} messages queued in the outbox)", fleet.broker),
                     "reports and approved data wait on the gateway; the oldest are dropped when the outbox is full",
-                    "check the uplink (`ping`), the broker address in [fleet] broker, the credentials and the CA file".to_string(),
+                    "check the uplink (`ping`), the broker address in [fleet] broker, the credentials and the CA file"
+                        .to_string(),
                 ));
             }
             if dropped > 0.0 {

@@ -338,6 +338,8 @@ async fn status(target: manage::Target) -> anyhow::Result<()> {
     }
     for v in &s.services {
         let health = if v.running == v.instances { "ok" } else { "DEGRADED" };
+        // Baseline code is fast start's, until optimized code replaces it.
+        let health = if v.code == "baseline" { format!("{health} (baseline code)") } else { health.to_owned() };
         println!(
             "{:<20} {:<10} {:>4}/{:<4} {:>7} {:>8}  {health}",
             v.name, v.version, v.running, v.instances, v.queued, v.restarts
