@@ -206,8 +206,8 @@ impl Agent {
         // After ready, in the background: services that started on baseline
         // code move to optimized code, cache entries no longer loadable go,
         // then the code pages start-up alone needed leave the resident set
-        // (`residency`). It waits for the
-        // link so as not to slow the start it follows.
+        // (`residency`). It waits for the link so as not to slow the start
+        // it follows.
         {
             let (lifecycle, ready, host, cfg) = (lifecycle.clone(), link_state.clone(), host.clone(), cfg.clone());
             tokio::spawn(async move {
@@ -218,7 +218,7 @@ impl Agent {
                 if !optimize.is_empty() {
                     lifecycle.optimize(optimize).await;
                 }
-                let (host, cache) = (host.clone(), cfg.state_dir.join("cache"));
+                let cache = cfg.state_dir.join("cache");
                 match tokio::task::spawn_blocking(move || host.prune_cache(&cache)).await {
                     Ok(Ok(0)) => {}
                     Ok(Ok(n)) => tracing::info!(entries = n, "removed precompiled code of another engine version"),

@@ -100,47 +100,25 @@ impl From<LifecycleError> for ControlError {
 /// A change for the I/O thread, ready to apply.
 pub enum Command {
     Install(ServiceDef),
-    Upgrade {
-        def: ServiceDef,
-        probation: Option<ProbationPolicy>,
-    },
+    Upgrade { def: ServiceDef, probation: Option<ProbationPolicy> },
     Remove(String),
-    Scale {
-        name: String,
-        instances: u32,
-    },
-    SetConfig {
-        name: String,
-        config_json: String,
-    },
-    Canary {
-        def: ServiceDef,
-        percent: u8,
-    },
+    Scale { name: String, instances: u32 },
+    SetConfig { name: String, config_json: String },
+    Canary { def: ServiceDef, percent: u8 },
     Promote(String),
     AbortCanary(String),
     Shadow(ServiceDef),
-    ShadowReport {
-        name: String,
-        stop: bool,
-    },
+    ShadowReport { name: String, stop: bool },
     /// After a fast start: restart a service on the optimized code of
     /// component `digest`, if it still serves that component's baseline code.
-    RestartOnOptimizedCode {
-        name: String,
-        digest: String,
-    },
+    RestartOnOptimizedCode { name: String, digest: String },
 }
 
 #[derive(Debug)]
 pub enum Reply {
     Done,
-    Removed {
-        unhandled: usize,
-    },
-    Promoted {
-        version: String,
-    },
+    Removed { unhandled: usize },
+    Promoted { version: String },
     Report(Box<ShadowReport>),
     /// Whether the instances were restarted.
     Restarted(bool),

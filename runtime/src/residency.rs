@@ -65,15 +65,21 @@ fn parse_smaps(text: &str) -> Vec<Mapping> {
     out
 }
 
-/// The mappings it is safe and useful to drop: of `exe`, private, not
-/// writable (so nothing can write them between the check and the drop),
-/// with no anonymous (copied-on-write) page, with something resident. That is the code and the
-/// read-only data (strings, tables, the relocation records the loader read
-/// once), never the relocated part (copied on write) or anything writable.
+impl Mapping {
+    /// Private and not writable, so nothing can write it between a check
+    /// and a drop: code (`r-xp`) and read-only data (`r--p`).
+    fn is_private_read_only(&self) -> bool {
+        self.perms == "r-xp" || self.perms == "r--p"
+    }
+}
+
+/// The mappings it is safe and useful to drop: private read-only mappings
+/// of `exe` with no anonymous (copied-on-write) page and something
+/// resident. That is the code and the read-only data (strings, tables, the
+/// relocation records the loader read once), never the relocated part
+/// (copied on write) or anything writable.
 fn droppable<'a>(maps: &'a [Mapping], exe: &'a Path) -> impl Iterator<Item = &'a Mapping> + 'a {
-    maps.iter().filter(move |m| {
-        (m.perms == "r-xp" || m.perms == "r--p") && m.path == exe && m.anonymous_kib == 0 && m.rss_kib > 0
-    })
+    maps.iter().filter(move |m| m.is_private_read_only() && m.path == exe && m.anonymous_kib == 0 && m.rss_kib > 0)
 }
 
 /// Drops the agent's resident code pages (see the module docs); returns how
@@ -157,21 +163,15 @@ Anonymous:        12 kB
     fn dropping_code_shrinks_the_resident_set_and_the_code_still_runs() {
         // On the test binary itself, which has run the harness and tests.
         let exe = std::fs::read_link("/proc/self/exe").expect("exe");
-        let resident = || -> u64 {
+        let own_maps = || -> Vec<Mapping> {
             let maps = parse_smaps(&std::fs::read_to_string("/proc/self/smaps").expect("smaps"));
-            maps.iter().filter(|m| (m.perms == "r-xp" || m.perms == "r--p") && m.path == exe).map(|m| m.rss_kib).sum()
+            maps.into_iter().filter(|m| m.path == exe).collect()
         };
+        let resident = || -> u64 { own_maps().iter().filter(|m| m.is_private_read_only()).map(|m| m.rss_kib).sum() };
         let before = resident();
         let released = drop_code_pages().expect("madvise");
         let after = resident();
-        let exe_maps = || -> Vec<String> {
-            let maps = parse_smaps(&std::fs::read_to_string("/proc/self/smaps").expect("smaps"));
-            maps.iter()
-                .filter(|m| m.path == exe)
-                .map(|m| format!("{} rss {} anonymous {}", m.perms, m.rss_kib, m.anonymous_kib))
-                .collect()
-        };
-        assert!(released > 0 && released <= before, "released {released} KiB of {before}: {:?}", exe_maps());
+        assert!(released > 0 && released <= before, "released {released} KiB of {before}: {:?}", own_maps());
         assert!(after < before, "resident code {before} KiB before, {after} after");
         // The dropped code runs again (parsing and filtering fault it back in).
         let maps = parse_smaps(SMAPS);

@@ -34,14 +34,14 @@ pub fn http_status(port: u16) -> Option<serde_json::Value> {
 
 /// Starts the release agent binary; returns it with (wall ms to ready, agent's own ready_ms).
 pub fn start_agent(dir: &Path, extra: &str) -> (Proc, f64, f64) {
-    let (proc_, _, wall, ready) = start_agent_http(dir, extra);
+    let (proc_, _, wall, ready) = start_agent_env(dir, extra, &[]);
     (proc_, wall, ready)
 }
 
 /// Starts the agent once, to fill its precompiled cache, and stops it once
 /// every service runs optimized code (so later starts measure cached starts).
 pub fn fill_cache(dir: &Path) {
-    let (agent, http, _, _) = start_agent_http(dir, "");
+    let (agent, http, _, _) = start_agent_env(dir, "", &[]);
     until_optimized(http);
     drop(agent);
 }
@@ -61,12 +61,8 @@ pub fn until_optimized(http: u16) -> Duration {
     }
 }
 
-/// As [`start_agent`], also returning the agent's HTTP port.
-pub fn start_agent_http(dir: &Path, extra: &str) -> (Proc, u16, f64, f64) {
-    start_agent_env(dir, extra, &[])
-}
-
-/// As [`start_agent_http`], with extra environment variables for the agent.
+/// As [`start_agent`], with extra environment variables for the agent, also
+/// returning its HTTP port.
 pub fn start_agent_env(dir: &Path, extra: &str, envs: &[(&str, &str)]) -> (Proc, u16, f64, f64) {
     let (mqtt, http, api) = (free_port(), free_port(), free_port());
     let config = dir.join("outpost.toml");

@@ -1,9 +1,7 @@
 //! Agent start to ready, and resident memory, with the release binary.
 
 use crate::mqtt::start_mosquitto;
-use crate::process::{
-    fill_cache, install, rss_anon_kib, rss_kib, start_agent, start_agent_env, start_agent_http, until_optimized,
-};
+use crate::process::{fill_cache, install, rss_anon_kib, rss_kib, start_agent, start_agent_env, until_optimized};
 use crate::report::{Figure, Report, RUNS};
 use crate::{packages, test_packages};
 use std::time::Duration;
@@ -23,7 +21,7 @@ pub fn bench_start_and_memory(r: &mut Report) {
         // Without the precompiled cache (the agent's state folder): with the
         // fast start, and waiting for optimized code; then with the cache.
         let _ = std::fs::remove_dir_all(dir.path().join("state"));
-        let (agent, http, _, ms) = start_agent_http(dir.path(), "");
+        let (agent, http, _, ms) = start_agent_env(dir.path(), "", &[]);
         cold.push(ms);
         optimized_at.push(ms + until_optimized(http).as_secs_f64() * 1e3);
         drop(agent);

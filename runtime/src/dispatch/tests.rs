@@ -488,7 +488,7 @@ struct TieredFactory {
 
 impl InstanceFactory for TieredFactory {
     fn start(&self, _m: &Manifest, _c: &str) -> Result<Box<dyn Instance>, CallError> {
-        let version = format!("{:?}", self.code_tier()).to_lowercase();
+        let version = self.code_tier().as_str().to_owned();
         Ok(Box::new(Fake { version, journal: self.journal.clone(), tick_faults: false }))
     }
     fn digest(&self) -> String {

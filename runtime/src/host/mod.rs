@@ -231,6 +231,8 @@ impl CodeTier {
 pub struct HostEngine {
     engine: Engine,
     linker: Linker<InstanceState>,
+    /// [`cache::engine_hash`] of `engine`: what its cache entries are keyed by.
+    cache_key: String,
     /// The pool settings, for the baseline tier too.
     options: EngineOptions,
     /// The baseline tier, built at the first start-up load that needs it
@@ -357,7 +359,15 @@ impl HostEngine {
                 }
             })
             .map_err(|e| LoadError::Engine(format!("cannot start epoch thread: {e}")))?;
-        Ok(HostEngine { engine, linker, options: options.clone(), baseline, stop_ticker, loaded: Mutex::default() })
+        Ok(HostEngine {
+            cache_key: cache::engine_hash(&engine),
+            engine,
+            linker,
+            options: options.clone(),
+            baseline,
+            stop_ticker,
+            loaded: Mutex::default(),
+        })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -445,7 +455,7 @@ impl HostEngine {
         let (component, tier) = match (cache_dir, wanted) {
             (Some(dir), Wanted::Fast) => match self.read_cache(&digest, dir) {
                 Some(c) => (c, CodeTier::Optimized),
-                None => self.compile_baseline(wasm_path, bytes)?,
+                None => self.compile_baseline(wasm_path, bytes, &digest, dir)?,
             },
             (Some(dir), Wanted::Optimized) => {
                 (self.compile_cached(wasm_path, bytes, &digest, dir)?, CodeTier::Optimized)
@@ -508,8 +518,15 @@ impl HostEngine {
     }
 
     /// Compiles with Winch; where it cannot (no baseline engine on this
-    /// machine, or a feature Winch lacks), with Cranelift through the cache.
-    fn compile_baseline(&self, path: &Path, bytes: &[u8]) -> Result<(Component, CodeTier), LoadError> {
+    /// machine, or a feature Winch lacks), with Cranelift into the cache
+    /// (no optimization follows optimized code, so the cache is filled now).
+    fn compile_baseline(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        digest: &str,
+        dir: &Path,
+    ) -> Result<(Component, CodeTier), LoadError> {
         let tier = self.baseline.get_or_init(|| {
             Tier::baseline(&self.options)
                 .inspect_err(
@@ -537,7 +554,7 @@ impl HostEngine {
                 ),
             }
         }
-        Ok((self.compile(path, bytes)?, CodeTier::Optimized))
+        Ok((self.compile_into_cache(path, bytes, digest, dir)?, CodeTier::Optimized))
     }
 
     /// Compiles `bytes`, or loads the agent's own earlier compilation of them
@@ -556,14 +573,14 @@ impl HostEngine {
             tracing::warn!(cache = %dir.display(), error = %e, "precompiled cache unusable; compiling without it");
             return None;
         }
-        let engine = cache::engine_hash(&self.engine);
-        let file = cache::entry_path(dir, digest, &engine);
+        let engine = &self.cache_key;
+        let file = cache::entry_path(dir, digest, engine);
         let t0 = std::time::Instant::now();
-        match cache::read_verified(&file, digest, &engine) {
+        match cache::read_verified(&file, digest, engine) {
             Ok(Some(code)) => {
                 let read = t0.elapsed();
                 // SAFETY: wasmtime runs these bytes as native code. They are
-                // the very bytes whose sha256 the agent recorded when it
+                // the very bytes whose BLAKE3 hash the agent recorded when it
                 // compiled `digest` with this engine configuration, read from
                 // a folder only the agent's user can write (checked above).
                 match unsafe { Component::deserialize(&self.engine, &code) } {
@@ -598,10 +615,10 @@ impl HostEngine {
         let component = self.compile(path, bytes)?;
         let compiled = t0.elapsed();
         if outpost_package::store::private_dir(dir).is_ok() {
-            let file = cache::entry_path(dir, digest, &cache::engine_hash(&self.engine));
+            let file = cache::entry_path(dir, digest, &self.cache_key);
             match component.serialize() {
                 Ok(data) => {
-                    if let Err(e) = cache::write(&file, &data, digest, &cache::engine_hash(&self.engine)) {
+                    if let Err(e) = cache::write(&file, &data, digest, &self.cache_key) {
                         tracing::warn!(cache = %file.display(), error = %e, "cannot write precompiled cache");
                     }
                 }
@@ -616,7 +633,7 @@ impl HostEngine {
     /// Removes cache entries this engine can never load (compiled by another
     /// configuration or wasmtime version); returns how many.
     pub fn prune_cache(&self, dir: &Path) -> std::io::Result<usize> {
-        cache::remove_other_engines(dir, &cache::engine_hash(&self.engine))
+        cache::remove_other_engines(dir, &self.cache_key)
     }
 
     /// Starts a new instance of a loaded component and runs its `init`.
