@@ -53,7 +53,6 @@ impl Agent {
         let started = Instant::now();
         let mut phase = Phases::new(started);
         let cfg = Arc::new(self.config);
-        let metrics = Metrics::new();
         let pool = EngineOptions {
             max_instances: cfg.dispatch.max_instances.unwrap_or_else(crate::host::default_max_instances),
             ..EngineOptions::default()
@@ -66,35 +65,23 @@ impl Agent {
             .spawn(move || HostEngine::new(&pool))
             .map_err(|e| AgentError::Thread(e.to_string()))?;
         private_dir(&cfg.state_dir);
-        let state = Arc::new(StateStore::open(&cfg.state_dir.join("state.redb"))?);
-        phase.done("state store open");
+        // So is the state store, which the broker and the link do not need.
+        let state_file = cfg.state_dir.join("state.redb");
+        let state = std::thread::Builder::new()
+            .name("outpost-state".into())
+            .spawn(move || StateStore::open(&state_file))
+            .map_err(|e| AgentError::Thread(e.to_string()))?;
         let embedded_secret = if cfg.broker.mode == BrokerMode::Embedded {
             Some(crate::broker::start_embedded(&cfg.broker, &cfg.state_dir, &cfg.gateway)?)
         } else {
             None
         };
         phase.done("broker start");
-        let (desired, mut rejected) = control::boot_desired(&cfg, &state)?;
-        phase.done("package scan");
-        let host = match engine.join() {
-            Ok(host) => Arc::new(host?),
-            Err(_) => return Err(AgentError::Thread("the thread building the wasmtime engine panicked".into())),
-        };
-        phase.done("engine, pool and linker (waited for)");
 
+        // The link connects on the I/O thread while the services start; it
+        // subscribes (and the agent is ready) once they have.
         let (host_name, port) = cfg.broker.client_target().map_err(AgentError::Config)?;
         let status_topic = format!("outpost/{}/status", cfg.gateway);
-
-        // Services start before the link connects, so the subscriptions
-        // are known; init outputs before then are discarded.
-        let mut dispatcher = Dispatcher::new(host.clone(), cfg.dispatch.clone(), &cfg.gateway, Box::new(NullEgress));
-        let optimize = start_desired(&cfg, &host, &state, &metrics, &desired, &mut dispatcher, &mut rejected);
-        phase.done("services loaded and started");
-        for name in cfg.services.keys() {
-            if !desired.services.contains_key(name) {
-                tracing::warn!(service = %name, "config has [services.{name}] but no such service is installed");
-            }
-        }
         let credentials = match &embedded_secret {
             Some(secret) => Some(secret.clone()),
             None => crate::broker::read_credentials(cfg.broker.client_credentials_file.as_deref())
@@ -104,21 +91,55 @@ impl Agent {
             Some((_, secret)) => crate::broker::agent_client_id(&cfg.gateway, secret),
             None => format!("outpost-{}", cfg.gateway),
         };
-        let link = Link::new(
+        let metrics = Metrics::new();
+        let mut link = Link::new(
             LinkOptions {
                 host: host_name.clone(),
                 port,
                 client_id,
                 keep_alive: Duration::from_secs(cfg.broker.keep_alive_s),
-                subscriptions: dispatcher.broker_subscriptions(),
+                subscriptions: Vec::new(),
                 last_will: Some((status_topic.clone(), br#"{"state":"offline"}"#.to_vec())),
                 credentials,
                 hold_acks_for_outputs: cfg.broker.mode == BrokerMode::External,
             },
             metrics.clone(),
         );
-        dispatcher.set_egress(Box::new(link.egress()));
-        let link_state = link.state.clone();
+        link.await_subscriptions();
+        if embedded_secret.is_some() {
+            link.broker_starting(Duration::from_secs(2));
+        }
+        let (egress, link_state) = (link.egress(), link.state.clone());
+        let (parts_tx, parts_rx) = tokio::sync::oneshot::channel::<IoParts>();
+        let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
+        let io = std::thread::Builder::new()
+            .name("outpost-io".into())
+            .spawn(move || {
+                // Dropped when this thread ends, normally or by a panic.
+                let _ended = ended_tx;
+                match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => {
+                        if let Some(io) = IoLoop::connect_while_starting(&rt, link, parts_rx) {
+                            io.run(&rt);
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot start the I/O thread's runtime"),
+                }
+            })
+            .map_err(|e| AgentError::Thread(e.to_string()))?;
+        phase.done("I/O thread started, connecting");
+        let state = match state.join() {
+            Ok(state) => Arc::new(state?),
+            Err(_) => return Err(AgentError::Thread("the thread opening the state store panicked".into())),
+        };
+        phase.done("state store open (waited for)");
+        let (desired, mut rejected) = control::boot_desired(&cfg, &state)?;
+        phase.done("package scan");
+        let host = match engine.join() {
+            Ok(host) => Arc::new(host?),
+            Err(_) => return Err(AgentError::Thread("the thread building the wasmtime engine panicked".into())),
+        };
+        phase.done("engine, pool and linker (waited for)");
 
         let board = StatusBoard::new(
             AgentStatus {
@@ -128,8 +149,8 @@ impl Agent {
                 broker: format!("{}:{port} ({})", host_name, cfg.broker.mode),
                 mqtt_connected: false,
                 refused_subscriptions: Vec::new(),
-                services: dispatcher.status(),
-                rejected,
+                services: Vec::new(),
+                rejected: rejected.clone(),
                 uptime_s: 0,
                 ready_ms: None,
             },
@@ -138,14 +159,13 @@ impl Agent {
         let (commands_tx, commands_rx) = mpsc::unbounded_channel::<CommandEnvelope>();
         let (notices_tx, mut notices_rx) = mpsc::unbounded_channel::<Notice>();
         let hub = crate::events::Hub::default();
-        dispatcher.set_events(hub.clone());
         let lifecycle = Arc::new(Lifecycle::new(
             cfg.clone(),
             host.clone(),
             state.clone(),
             metrics.clone(),
             commands_tx,
-            desired,
+            desired.clone(),
             hub.clone(),
         )?);
         {
@@ -156,19 +176,42 @@ impl Agent {
                 }
             });
         }
-        if let Some(addr) = cfg.metrics.listen {
-            crate::http::serve(addr, board.clone(), hub.recent())
-                .await
-                .map_err(|e| AgentError::Metrics { addr: addr.to_string(), message: e.to_string() })?;
+        // Status and API come up on the runtime's workers while the services
+        // start (the status says "starting"; commands wait for the I/O thread).
+        let http = cfg.metrics.listen.map(|addr| {
+            let serving = crate::http::serve(addr, board.clone(), hub.recent());
+            tokio::spawn(async move {
+                serving.await.map_err(|e| AgentError::Metrics { addr: addr.to_string(), message: e.to_string() })
+            })
+        });
+        let api = cfg.api.listen.map(|addr| {
+            let (cfg, board, lifecycle, hub) = (cfg.clone(), board.clone(), lifecycle.clone(), hub.clone());
+            tokio::spawn(async move {
+                let failed = |message: String| AgentError::Api { addr: addr.to_string(), message };
+                let token = crate::api::load_or_create_token(&cfg.token_file()).map_err(failed)?;
+                let tls = cfg.api.tls_identity().map_err(failed)?;
+                crate::api::serve(addr, board, lifecycle, hub, token, tls).await.map_err(|e| failed(e.to_string()))
+            })
+        });
+        // Init outputs before the link takes over are discarded.
+        let mut dispatcher = Dispatcher::new(host.clone(), cfg.dispatch.clone(), &cfg.gateway, Box::new(NullEgress));
+        dispatcher.set_events(hub.clone());
+        let optimize = start_desired(&cfg, &host, &state, &metrics, &desired, &mut dispatcher, &mut rejected);
+        phase.done("services loaded and started");
+        for name in cfg.services.keys() {
+            if !desired.services.contains_key(name) {
+                tracing::warn!(service = %name, "config has [services.{name}] but no such service is installed");
+            }
         }
-        if let Some(addr) = cfg.api.listen {
-            let token = crate::api::load_or_create_token(&cfg.token_file())
-                .map_err(|e| AgentError::Api { addr: addr.to_string(), message: e })?;
-            let tls = cfg.api.tls_identity().map_err(|e| AgentError::Api { addr: addr.to_string(), message: e })?;
-            crate::api::serve(addr, board.clone(), lifecycle.clone(), hub.clone(), token, tls)
-                .await
-                .map_err(|e| AgentError::Api { addr: addr.to_string(), message: e.to_string() })?;
+        dispatcher.set_egress(Box::new(egress));
+
+        for serving in [http, api].into_iter().flatten() {
+            serving.await.map_err(|e| AgentError::Thread(format!("starting the status or API server: {e}")))??;
         }
+        board.update(|s| {
+            s.services = dispatcher.status();
+            s.rejected = rejected;
+        });
         phase.done("HTTP and API listening");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         if crate::uplink::enabled(&cfg) {
@@ -176,33 +219,22 @@ impl Agent {
                 .map_err(|e| AgentError::Config(e.to_string()))?;
             hub.set_uplink(tap);
         }
-        let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
-        let io = {
-            let io = IoLoop {
-                link,
-                dispatcher,
-                stop: stop_rx,
-                commands: commands_rx,
-                notices: notices_tx,
-                board: board.clone(),
-                drain: Duration::from_millis(cfg.dispatch.drain_timeout_ms),
-                turn_budget: turn_budget(&cfg),
-                started,
-                status_topic,
-            };
-            std::thread::Builder::new()
-                .name("outpost-io".into())
-                .spawn(move || {
-                    // Dropped when this thread ends, normally or by a panic.
-                    let _ended = ended_tx;
-                    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                        Ok(rt) => io.run(&rt),
-                        Err(e) => tracing::error!(error = %e, "cannot start the I/O thread's runtime"),
-                    }
-                })
-                .map_err(|e| AgentError::Thread(e.to_string()))?
+        let parts = IoParts {
+            subscriptions: dispatcher.broker_subscriptions(),
+            dispatcher,
+            stop: stop_rx,
+            commands: commands_rx,
+            notices: notices_tx,
+            board: board.clone(),
+            drain: Duration::from_millis(cfg.dispatch.drain_timeout_ms),
+            turn_budget: turn_budget(&cfg),
+            started,
+            status_topic,
         };
-        phase.done("I/O thread started");
+        if parts_tx.send(parts).is_err() {
+            return Err(AgentError::IoThread("it ended before the services were handed to it".into()));
+        }
+        phase.done("services handed to the I/O thread");
         // After ready, in the background: services that started on baseline
         // code move to optimized code, cache entries no longer loadable go,
         // then the code pages start-up alone needed leave the resident set
@@ -417,6 +449,21 @@ fn parallel_map<I: Sync, R: Send>(items: &[I], f: impl Fn(&I) -> R + Sync) -> Ve
     slots.into_iter().zip(items).map(|(m, item)| m.into_inner().ok().flatten().unwrap_or_else(|| f(item))).collect()
 }
 
+/// What the I/O thread takes over once the services have started.
+struct IoParts {
+    /// The filters the link subscribes to first.
+    subscriptions: Vec<String>,
+    dispatcher: Dispatcher,
+    stop: tokio::sync::watch::Receiver<bool>,
+    commands: mpsc::UnboundedReceiver<CommandEnvelope>,
+    notices: mpsc::UnboundedSender<Notice>,
+    board: StatusBoard,
+    drain: Duration,
+    turn_budget: Duration,
+    started: Instant,
+    status_topic: String,
+}
+
 /// The I/O thread: the MQTT link, the dispatcher and lifecycle commands,
 /// run to completion together (see `bus`).
 struct IoLoop {
@@ -441,6 +488,55 @@ enum Wake {
 }
 
 impl IoLoop {
+    /// Connects `link` while the agent starts its services, until they are
+    /// handed over in `parts` (None: the start failed). A broker keeping
+    /// this client's session may deliver before then; those messages wait
+    /// for the dispatcher, in order.
+    fn connect_while_starting(
+        rt: &tokio::runtime::Runtime,
+        mut link: Link,
+        mut parts: tokio::sync::oneshot::Receiver<IoParts>,
+    ) -> Option<IoLoop> {
+        let mut early = Vec::new();
+        let nothing_local = |_: &str| false;
+        let parts = loop {
+            let turn = rt.block_on(async {
+                tokio::select! {
+                    biased;
+                    parts = &mut parts => Err(parts),
+                    m = link.next(Duration::from_millis(100), &nothing_local) => Ok(m),
+                }
+            });
+            match turn {
+                Ok(Some(m)) => early.push(m),
+                Ok(None) => {}
+                Err(Ok(parts)) => break parts,
+                Err(Err(_)) => return None,
+            }
+        };
+        let IoParts {
+            subscriptions,
+            mut dispatcher,
+            stop,
+            commands,
+            notices,
+            board,
+            drain,
+            turn_budget,
+            started,
+            status_topic,
+        } = parts;
+        link.set_subscriptions(subscriptions);
+        let local_outputs = dispatcher.output_filters();
+        for m in early {
+            // The agent's own outputs, served in the agent, are acknowledged in their turn.
+            if !local_outputs.iter().any(|f| crate::topic::matches(f, &m.topic)) {
+                dispatcher.accept(Arc::new(m));
+            }
+        }
+        Some(IoLoop { link, dispatcher, stop, commands, notices, board, drain, turn_budget, started, status_topic })
+    }
+
     /// Network waits run inside `rt`; service calls run outside it, because
     /// WASI's synchronous bindings start their own runtime for host I/O
     /// (a guest writing to stderr) and must not be nested in ours.

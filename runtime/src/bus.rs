@@ -198,6 +198,12 @@ pub struct Link {
     /// SUBSCRIBE packets waiting for their SUBACK, in order, each with its
     /// filters (a SUBACK has one return code per filter, in their order).
     pending_subacks: VecDeque<Vec<String>>,
+    /// False while the services are still starting ([`Link::await_subscriptions`]):
+    /// the link may connect, but is not ready before it knows its filters.
+    subscriptions_known: bool,
+    /// Until then (and before the first connect) a refused connection is
+    /// the embedded broker still binding its listener: retried at once.
+    broker_starting_until: Option<std::time::Instant>,
     connected_at: Option<std::time::Instant>,
     retry_at: Option<tokio::time::Instant>,
 }
@@ -246,6 +252,8 @@ impl Link {
             replies: Vec::new(),
             read_error: None,
             pending_subacks: VecDeque::new(),
+            subscriptions_known: true,
+            broker_starting_until: None,
             connected_at: None,
             retry_at: None,
         }
@@ -256,9 +264,37 @@ impl Link {
         LinkEgress { state: self.state.clone(), outbox: self.outbox.clone(), hold: self.opts.hold_acks_for_outputs }
     }
 
+    /// The filters come later, with the first [`Link::set_subscriptions`]:
+    /// the agent connects while its services start, and is ready only once
+    /// they are subscribed.
+    pub fn await_subscriptions(&mut self) {
+        self.subscriptions_known = false;
+    }
+
+    /// The broker is starting beside the agent (embedded, in its own
+    /// thread): for up to `patience` its refusals mean that it is not
+    /// listening yet, and the first connect is retried within a millisecond
+    /// instead of backing off.
+    pub fn broker_starting(&mut self, patience: Duration) {
+        self.broker_starting_until = Some(std::time::Instant::now() + patience);
+    }
+
     /// Subscribes to filters added since the last call and unsubscribes
     /// from those gone (services added, upgraded or removed at run time).
     pub fn set_subscriptions(&mut self, filters: Vec<String>) {
+        if !self.subscriptions_known {
+            // The first set, the services' start done: all in one packet,
+            // as after a connect (see `subscribe_all`).
+            self.subscriptions_known = true;
+            self.opts.subscriptions = filters.clone();
+            if self.eventloop.network.is_some() {
+                if filters.is_empty() {
+                    self.state.mark_ready();
+                }
+                self.subscribe_all(filters);
+            }
+            return;
+        }
         if filters == self.opts.subscriptions {
             return;
         }
@@ -449,6 +485,7 @@ impl Link {
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 self.connected_at = Some(std::time::Instant::now());
+                self.broker_starting_until = None;
                 self.acks.new_connection();
                 self.metrics.mqtt_connected.set(1);
                 tracing::info!(broker = %format!("{}:{}", self.opts.host, self.opts.port), session_present = ack.session_present, "connected to MQTT broker");
@@ -456,7 +493,7 @@ impl Link {
                 if let Ok(mut refused) = self.state.refused.lock() {
                     refused.clear();
                 }
-                if self.opts.subscriptions.is_empty() {
+                if self.subscriptions_known && self.opts.subscriptions.is_empty() {
                     self.state.mark_ready();
                 }
                 self.subscribe_all(self.opts.subscriptions.clone());
@@ -473,7 +510,7 @@ impl Link {
                     }
                 }
                 let all_refused_known = self.state.refused.lock().map(|r| r.is_empty()).unwrap_or(false);
-                if self.pending_subacks.is_empty() && all_refused_known {
+                if self.pending_subacks.is_empty() && all_refused_known && self.subscriptions_known {
                     self.state.mark_ready();
                 }
                 None
@@ -577,6 +614,13 @@ impl Link {
         self.replies.clear();
         self.acks.new_connection();
         self.metrics.mqtt_connected.set(0);
+        let not_listening_yet =
+            matches!(&e, ConnectionError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused);
+        if not_listening_yet && self.broker_starting_until.is_some_and(|t| std::time::Instant::now() < t) {
+            tracing::debug!("the embedded broker is not listening yet; connecting again");
+            self.retry_at = Some(tokio::time::Instant::now() + Duration::from_millis(1));
+            return;
+        }
         // A broker that accepts and then drops us must not reset the
         // backoff: only a connection that held counts as recovered.
         if self.connected_at.take().is_some_and(|t| t.elapsed() >= STABLE_CONNECTION) {

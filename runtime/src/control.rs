@@ -100,25 +100,47 @@ impl From<LifecycleError> for ControlError {
 /// A change for the I/O thread, ready to apply.
 pub enum Command {
     Install(ServiceDef),
-    Upgrade { def: ServiceDef, probation: Option<ProbationPolicy> },
+    Upgrade {
+        def: ServiceDef,
+        probation: Option<ProbationPolicy>,
+    },
     Remove(String),
-    Scale { name: String, instances: u32 },
-    SetConfig { name: String, config_json: String },
-    Canary { def: ServiceDef, percent: u8 },
+    Scale {
+        name: String,
+        instances: u32,
+    },
+    SetConfig {
+        name: String,
+        config_json: String,
+    },
+    Canary {
+        def: ServiceDef,
+        percent: u8,
+    },
     Promote(String),
     AbortCanary(String),
     Shadow(ServiceDef),
-    ShadowReport { name: String, stop: bool },
+    ShadowReport {
+        name: String,
+        stop: bool,
+    },
     /// After a fast start: restart a service on the optimized code of
     /// component `digest`, if it still serves that component's baseline code.
-    RestartOnOptimizedCode { name: String, digest: String },
+    RestartOnOptimizedCode {
+        name: String,
+        digest: String,
+    },
 }
 
 #[derive(Debug)]
 pub enum Reply {
     Done,
-    Removed { unhandled: usize },
-    Promoted { version: String },
+    Removed {
+        unhandled: usize,
+    },
+    Promoted {
+        version: String,
+    },
     Report(Box<ShadowReport>),
     /// Whether the instances were restarted.
     Restarted(bool),
@@ -629,46 +651,74 @@ pub fn build_def(
     overrides: &DesiredOverrides,
     code: CodeWanted,
 ) -> Result<(ServiceDef, Option<PendingOptimization>), ControlError> {
-    let pkg = Package::load(dir).map_err(|e| ControlError::Invalid(e.to_string()))?;
-    check_fits(cfg, &pkg)?;
-    let name = pkg.manifest.service.name.clone();
+    let invalid = |e: &dyn std::fmt::Display| ControlError::Invalid(e.to_string());
+    let (manifest, wasm_path) = Package::load_manifest(dir).map_err(|e| invalid(&e))?;
+    check_fits(cfg, &manifest)?;
+    let name = manifest.service.name.clone();
     let cache = cfg.state_dir.join("cache");
-    let loaded = match code {
-        CodeWanted::FastStart => host.load_for_start(&pkg.wasm_path, &pkg.wasm, &cache),
-        CodeWanted::Optimized => host.load(&pkg.wasm_path, &pkg.wasm, Some(&cache)),
-    }
-    .map_err(|e| ControlError::Invalid(e.to_string()))?;
+    // A stored package whose code is cached (or already loaded) is not read
+    // again; anything else loads from the component's bytes.
+    let stored = Package::recorded_digest(dir).and_then(|digest| host.load_stored(&wasm_path, &digest, &cache));
+    let (loaded, wasm) = match stored {
+        Some(loaded) => (loaded, None),
+        None => {
+            let wasm = std::fs::read(&wasm_path)
+                .map_err(|source| invalid(&crate::package::PackageError::Read { path: wasm_path.clone(), source }))?;
+            let loaded = match code {
+                CodeWanted::FastStart => host.load_for_start(&wasm_path, &wasm, &cache),
+                CodeWanted::Optimized => host.load(&wasm_path, &wasm, Some(&cache)),
+            }
+            .map_err(|e| invalid(&e))?;
+            record_digest(cfg, dir, &loaded.digest);
+            (loaded, Some(wasm))
+        }
+    };
     // WASI the component imports but the manifest does not declare: refused
     // here, before anything starts, with the line to add.
-    crate::host::check_capabilities(&loaded, &pkg.manifest, &pkg.wasm_path)
-        .map_err(|e| ControlError::Invalid(e.to_string()))?;
+    crate::host::check_capabilities(&loaded, &manifest, &wasm_path).map_err(|e| invalid(&e))?;
     let site = cfg.services.get(&name);
     let config = overrides.config.as_ref().or(site.map(|s| &s.config));
-    let instances = overrides.instances.or(site.and_then(|s| s.instances)).unwrap_or(pkg.manifest.scale.instances);
+    let instances = overrides.instances.or(site.and_then(|s| s.instances)).unwrap_or(manifest.scale.instances);
     let context = ServiceContext {
         service: name.as_str().into(),
-        publish_acl: pkg.manifest.bus.publish.clone().into(),
+        publish_acl: manifest.bus.publish.clone().into(),
         state: Some(state.clone()),
-        metrics: metrics.service_version(&name, &pkg.manifest.service.version),
+        metrics: metrics.service_version(&name, &manifest.service.version),
     };
     let baseline = loaded.tier == CodeTier::Baseline;
     let service_metrics = context.metrics.clone();
     let factory = Arc::new(WasmFactory::new(host.clone(), loaded, Arc::new(context)));
     let def = ServiceDef {
-        config_json: effective_config(&pkg.manifest.config, config),
+        config_json: effective_config(&manifest.config, config),
         instances,
         metrics: service_metrics,
         factory: factory.clone(),
-        manifest: pkg.manifest,
+        manifest,
     };
-    let pending =
-        baseline.then(|| PendingOptimization { service: name, factory, wasm_path: pkg.wasm_path, wasm: pkg.wasm });
+    // Baseline code comes only from the bytes.
+    let pending = match wasm {
+        Some(wasm) if baseline => Some(PendingOptimization { service: name, factory, wasm_path, wasm }),
+        _ => None,
+    };
     Ok((def, pending))
 }
 
+/// Records the component's digest in a stored package that lacks it (one
+/// stored by an earlier agent version), for the next start. The store's
+/// folders are otherwise immutable; a record that cannot be written only
+/// costs that start a read.
+fn record_digest(cfg: &AgentConfig, dir: &Path, digest: &str) {
+    let record = dir.join(crate::package::DIGEST_FILE);
+    // Both package stores (local imports, verified uploads) live in the state folder.
+    if dir.starts_with(&cfg.state_dir) && !record.exists() {
+        if let Err(e) = outpost_package::store::write_atomic(&record, digest.as_bytes(), 0o644) {
+            tracing::debug!(record = %record.display(), error = %e, "cannot record the component's digest");
+        }
+    }
+}
+
 /// Limits a manifest may ask for that this agent cannot give.
-fn check_fits(cfg: &AgentConfig, pkg: &Package) -> Result<(), ControlError> {
-    let m = &pkg.manifest;
+fn check_fits(cfg: &AgentConfig, m: &crate::manifest::Manifest) -> Result<(), ControlError> {
     let mut problems = Vec::new();
     if m.limits.memory_mib > MAX_MEMORY_MIB {
         problems.push(format!(
@@ -714,6 +764,8 @@ pub fn import_package(cfg: &AgentConfig, source: &Path) -> Result<PathBuf, Contr
     for f in [crate::package::MANIFEST_FILE, crate::package::COMPONENT_FILE] {
         std::fs::copy(source.join(f), tmp.join(f)).map_err(io)?;
     }
+    let component_digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&pkg.wasm));
+    std::fs::write(tmp.join(crate::package::DIGEST_FILE), component_digest).map_err(io)?;
     sync_dir(&tmp);
     std::fs::rename(&tmp, &dest).map_err(io)?;
     sync_dir(&root);

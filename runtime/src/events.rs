@@ -29,31 +29,26 @@ pub struct LogLine {
 
 /// One agent's event feed (per agent, so two agents in one process, as in
 /// tests, never see each other's events).
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Hub {
-    tx: broadcast::Sender<AgentEvent>,
+    /// Made by the first reader: a channel's slots are allocated up front.
+    tx: std::sync::Arc<OnceLock<broadcast::Sender<AgentEvent>>>,
     recent: std::sync::Arc<crate::history::Recent>,
     /// Where service outputs go up to the operations center, when the
     /// agent has an uplink (set once at start).
     uplink: std::sync::Arc<OnceLock<crate::uplink::DataTap>>,
 }
 
-impl Default for Hub {
-    fn default() -> Self {
-        Hub { tx: broadcast::channel(FEED_CAPACITY).0, recent: Default::default(), uplink: Default::default() }
-    }
-}
-
 impl Hub {
     pub fn subscribe(&self) -> broadcast::Receiver<AgentEvent> {
-        self.tx.subscribe()
+        self.tx.get_or_init(|| broadcast::channel(FEED_CAPACITY).0).subscribe()
     }
 
     /// Raises an event for API readers (if any).
     pub fn raise(&self, topic: &str, json: &str) {
         self.recent.record_event(topic, json, crate::dispatch::now_ms());
-        if self.tx.receiver_count() > 0 {
-            let _ = self.tx.send(AgentEvent { topic: topic.to_owned(), json: json.to_owned() });
+        if let Some(tx) = self.tx.get().filter(|tx| tx.receiver_count() > 0) {
+            let _ = tx.send(AgentEvent { topic: topic.to_owned(), json: json.to_owned() });
         }
     }
 
@@ -78,14 +73,12 @@ impl Hub {
     }
 }
 
-fn logs() -> &'static broadcast::Sender<LogLine> {
-    static TX: OnceLock<broadcast::Sender<LogLine>> = OnceLock::new();
-    TX.get_or_init(|| broadcast::channel(FEED_CAPACITY).0)
-}
+/// Made by the first reader, as [`Hub`]'s.
+static LOGS: OnceLock<broadcast::Sender<LogLine>> = OnceLock::new();
 
 /// Log lines are one feed per process (tracing is process-wide).
 pub fn subscribe_logs() -> broadcast::Receiver<LogLine> {
-    logs().subscribe()
+    LOGS.get_or_init(|| broadcast::channel(FEED_CAPACITY).0).subscribe()
 }
 
 /// A tracing layer that copies every event carrying a `service` field to
@@ -94,10 +87,7 @@ pub struct LogTap;
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LogTap {
     fn on_event(&self, event: &tracing::Event<'_>, _ctx: tracing_subscriber::layer::Context<'_, S>) {
-        let tx = logs();
-        if tx.receiver_count() == 0 {
-            return;
-        }
+        let Some(tx) = LOGS.get().filter(|tx| tx.receiver_count() > 0) else { return };
         let mut v = Fields::default();
         event.record(&mut v);
         let Some(service) = v.service else { return };

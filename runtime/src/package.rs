@@ -5,6 +5,10 @@ use std::path::{Path, PathBuf};
 
 pub const MANIFEST_FILE: &str = "service.toml";
 pub const COMPONENT_FILE: &str = "service.wasm";
+/// The component's sha256 (hex), written beside it when the package enters
+/// the agent's store, so that a start with its code cached need not read
+/// and hash the component again.
+pub const DIGEST_FILE: &str = "service.wasm.sha256";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PackageError {
@@ -48,6 +52,15 @@ impl Package {
             return Err(PackageError::NoComponent { dir: dir.to_owned() });
         }
         Ok((manifest, wasm_path))
+    }
+
+    /// The component's sha256 recorded in a stored package ([`DIGEST_FILE`]);
+    /// None when there is no such record or it is not a sha256.
+    pub fn recorded_digest(dir: &Path) -> Option<String> {
+        let text = std::fs::read_to_string(dir.join(DIGEST_FILE)).ok()?;
+        let digest = text.trim();
+        (digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+            .then(|| digest.to_owned())
     }
 
     /// Every package folder under `root` (sorted, so start-up order is stable).

@@ -5,9 +5,15 @@
 //! (mode 0700, our uid) and (2) the entry's sidecar `<entry>.meta`, written
 //! when the agent compiled it, records the sha256 of exactly these bytes,
 //! the digest of the verified component it came from, and this engine's
-//! compatibility hash. The bytes that were hashed are the bytes loaded (no
-//! second read of the file). Anything else is compiled again from the
-//! component and the entry rewritten.
+//! compatibility hash. Anything else is compiled again from the component
+//! and the entry rewritten.
+//!
+//! The entry is hashed through a read-only mapping of the file and then
+//! mapped by wasmtime itself (`deserialize_file`), so its code is never
+//! copied: the same page-cache pages are checked and then run. Between the
+//! check and the mapping the file is the same inode ([`Verified::is_still`]);
+//! the agent replaces entries only by rename, never in place, so changing
+//! it in place would take the agent's own user.
 
 use outpost_package::store::write_atomic;
 use serde::{Deserialize, Serialize};
@@ -79,18 +85,40 @@ pub(crate) enum Refused {
     Read(std::io::Error),
 }
 
-/// The entry's bytes if it is there and matches its record; `Ok(None)` when
-/// there is no entry at all.
-pub(crate) fn read_verified(entry: &Path, component_sha256: &str, engine: &str) -> Result<Option<Vec<u8>>, Refused> {
-    let code = match std::fs::read(entry) {
-        Ok(code) => code,
+/// An entry that matched its record: which file it was, to check that the
+/// file wasmtime then maps is the same one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Verified {
+    pub len: u64,
+    dev: u64,
+    ino: u64,
+}
+
+impl Verified {
+    fn of(meta: &std::fs::Metadata) -> Verified {
+        use std::os::unix::fs::MetadataExt;
+        Verified { len: meta.len(), dev: meta.dev(), ino: meta.ino() }
+    }
+
+    /// `entry` is still the file that was verified (not replaced since).
+    pub(crate) fn is_still(&self, entry: &Path) -> bool {
+        std::fs::metadata(entry).is_ok_and(|m| Verified::of(&m) == *self)
+    }
+}
+
+/// The entry, if it is there and matches its record; `Ok(None)` when there
+/// is no entry at all.
+pub(crate) fn verify(entry: &Path, component_sha256: &str, engine: &str) -> Result<Option<Verified>, Refused> {
+    let file = match std::fs::File::open(entry) {
+        Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Refused::Read(e)),
     };
+    let verified = Verified::of(&file.metadata().map_err(Refused::Read)?);
     let meta_file = meta_path(entry);
     let text = std::fs::read(&meta_file).map_err(|e| Refused::NoRecord(format!("{}: {e}", meta_file.display())))?;
     let meta: CacheMeta = serde_json::from_slice(&text).map_err(|e| Refused::BadRecord(e.to_string()))?;
-    let actual = blake3::hash(&code).to_hex().to_string();
+    let actual = blake3_of(&file, verified.len).map_err(Refused::Read)?.to_hex().to_string();
     if actual != meta.cwasm_blake3 {
         return Err(Refused::Altered { actual, recorded: meta.cwasm_blake3 });
     }
@@ -100,7 +128,30 @@ pub(crate) fn read_verified(entry: &Path, component_sha256: &str, engine: &str) 
     if meta.engine != engine {
         return Err(Refused::OtherEngine { recorded: meta.engine, wanted: engine.into() });
     }
-    Ok(Some(code))
+    Ok(Some(verified))
+}
+
+/// BLAKE3 of an open file's first `len` bytes, read through a mapping of
+/// the page cache (no copy into fresh memory).
+fn blake3_of(file: &std::fs::File, len: u64) -> std::io::Result<blake3::Hash> {
+    use std::os::fd::AsRawFd;
+    let len = usize::try_from(len).map_err(std::io::Error::other)?;
+    if len == 0 {
+        return Ok(blake3::hash(&[]));
+    }
+    // SAFETY: a new read-only private mapping of `len` bytes of an open
+    // file, read below and unmapped before returning; nothing else holds it.
+    // The file is in the agent's private cache folder, where entries are
+    // replaced by rename and never truncated, so its pages stay backed.
+    let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, file.as_raw_fd(), 0) };
+    if ptr == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `ptr` maps `len` readable bytes (checked above) until the munmap.
+    let hash = blake3::hash(unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) });
+    // SAFETY: unmaps exactly the mapping made above, no longer borrowed.
+    unsafe { libc::munmap(ptr, len) };
+    Ok(hash)
 }
 
 /// Removes the entries (and their records) compiled by another engine
@@ -212,7 +263,9 @@ mod tests {
         assert_eq!(std::fs::metadata(&entry).expect("entry").permissions().mode() & 0o777, 0o600);
         let (_, digest) = component(GOOD);
         let engine = engine_hash(host.engine());
-        assert_eq!(read_verified(&entry, &digest, &engine).expect("ok"), Some(code));
+        let verified = verify(&entry, &digest, &engine).expect("ok").expect("entry");
+        assert_eq!(verified.len, code.len() as u64);
+        assert!(verified.is_still(&entry));
         // Loaded, not compiled and rewritten: the entry is the same file.
         use std::os::unix::fs::MetadataExt;
         let inode = std::fs::metadata(&entry).expect("entry").ino();
@@ -231,7 +284,7 @@ mod tests {
         std::fs::write(&entry, &bad).expect("tamper");
         let (_, digest) = component(GOOD);
         let engine = engine_hash(host.engine());
-        assert!(matches!(read_verified(&entry, &digest, &engine), Err(Refused::Altered { .. })));
+        assert!(matches!(verify(&entry, &digest, &engine), Err(Refused::Altered { .. })));
         let (_, after) = compile(&host, tmp.path(), GOOD);
         assert_eq!(after, code, "recompiled from the component and rewritten");
     }
@@ -248,7 +301,7 @@ mod tests {
         let engine = engine_hash(host.engine());
         let entry = entry_path(tmp.path(), &digest, &engine);
         std::fs::write(&entry, &evil).expect("drop in");
-        assert!(matches!(read_verified(&entry, &digest, &engine), Err(Refused::NoRecord(_))));
+        assert!(matches!(verify(&entry, &digest, &engine), Err(Refused::NoRecord(_))));
         let (_, after) = compile(&host, tmp.path(), GOOD);
         let genuine = host.compile(Path::new("good"), &good_bytes).expect("compile").serialize().expect("ser");
         assert_eq!(after, genuine);
@@ -270,14 +323,18 @@ mod tests {
             (CacheMeta { engine: "22".repeat(32), ..recorded.clone() }, "OtherEngine"),
         ] {
             std::fs::write(&meta, serde_json::to_vec(&forged).expect("json")).expect("forge");
-            let got = read_verified(&entry, &digest, &engine).expect_err("refused");
+            let got = verify(&entry, &digest, &engine).expect_err("refused");
             assert!(format!("{got:?}").starts_with(want), "{got:?}");
         }
         std::fs::write(&meta, b"{not json").expect("forge");
-        assert!(matches!(read_verified(&entry, &digest, &engine), Err(Refused::BadRecord(_))));
+        assert!(matches!(verify(&entry, &digest, &engine), Err(Refused::BadRecord(_))));
         let (_, after) = compile(&host, tmp.path(), GOOD);
         assert_eq!(after, code);
-        assert_eq!(read_verified(&entry, &digest, &engine).expect("rewritten"), Some(code), "record rewritten");
+        let verified = verify(&entry, &digest, &engine).expect("rewritten").expect("entry");
+        assert_eq!(verified.len, code.len() as u64, "record rewritten");
+        // A replaced entry is not the file that was verified.
+        write_atomic(&entry, &code, 0o600).expect("replace");
+        assert!(!verified.is_still(&entry));
     }
 
     #[test]

@@ -295,6 +295,10 @@ fn pool_config(options: &EngineOptions) -> PoolingAllocationConfig {
     pool.max_component_instance_size(1 << 20);
     pool.max_core_instance_size(1 << 20);
     pool.table_elements(20_000);
+    // Fiber stacks serve only async calls, and the agent calls guests
+    // synchronously: without this the pool reserves 1,000 of them and
+    // protects a guard page on each, a thousand `mprotect`s on every start.
+    pool.total_stacks(0);
     pool
 }
 
@@ -380,6 +384,30 @@ impl HostEngine {
         self.load_as(wasm_path, bytes, cache_dir, Wanted::Optimized)
     }
 
+    /// The optimized code of a stored component whose sha256 is `digest`
+    /// (recorded when its package entered the agent's store), from the
+    /// engine's memo or the cache, without reading the component at all.
+    /// None when neither has it: the caller then loads from the bytes.
+    pub fn load_stored(&self, wasm_path: &Path, digest: &str, cache_dir: &Path) -> Option<LoadedComponent> {
+        let t0 = std::time::Instant::now();
+        let cell = {
+            let mut memo = self.loaded.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(Some(l)) = memo.get(digest).and_then(|cell| cell.get()) {
+                return Some(l.clone());
+            }
+            memo.entry(digest.to_owned()).or_default().clone()
+        };
+        // Services installing the same component wait for one load. A miss
+        // leaves an empty cell, which the next load replaces (`load_as`).
+        let shared = cell.get_or_init(|| {
+            let component = self.read_cache(digest, cache_dir)?;
+            self.finish_load(wasm_path, component, CodeTier::Optimized, digest.to_owned(), t0, Duration::ZERO)
+                .inspect_err(|e| tracing::warn!(component = %wasm_path.display(), error = %e, "cached code refused"))
+                .ok()
+        });
+        shared.clone()
+    }
+
     /// As [`HostEngine::load`] for the agent's start: the cached optimized
     /// code when `cache_dir` has it, else the component compiled by the
     /// baseline compiler (several times faster), so services serve sooner.
@@ -462,6 +490,19 @@ impl HostEngine {
             }
             (None, _) => (self.compile(wasm_path, bytes)?, CodeTier::Optimized),
         };
+        self.finish_load(wasm_path, component, tier, digest, t0, t_digest)
+    }
+
+    /// The checks and pre-linking every loaded component goes through.
+    fn finish_load(
+        &self,
+        wasm_path: &Path,
+        component: Component,
+        tier: CodeTier,
+        digest: String,
+        t0: std::time::Instant,
+        t_digest: Duration,
+    ) -> Result<LoadedComponent, LoadError> {
         let linker = match tier {
             CodeTier::Optimized => &self.linker,
             CodeTier::Baseline => match self.baseline.get() {
@@ -576,22 +617,27 @@ impl HostEngine {
         let engine = &self.cache_key;
         let file = cache::entry_path(dir, digest, engine);
         let t0 = std::time::Instant::now();
-        match cache::read_verified(&file, digest, engine) {
-            Ok(Some(code)) => {
-                let read = t0.elapsed();
-                // SAFETY: wasmtime runs these bytes as native code. They are
-                // the very bytes whose BLAKE3 hash the agent recorded when it
-                // compiled `digest` with this engine configuration, read from
-                // a folder only the agent's user can write (checked above).
-                match unsafe { Component::deserialize(&self.engine, &code) } {
-                    Ok(c) => {
+        match cache::verify(&file, digest, engine) {
+            Ok(Some(verified)) => {
+                let checked = t0.elapsed();
+                // SAFETY: wasmtime maps and runs this file as native code. It
+                // is the file whose BLAKE3 hash matched the agent's record of
+                // compiling `digest` with this engine configuration, in a
+                // folder only the agent's user can write (checked above),
+                // where entries are replaced by rename, never changed in
+                // place; `is_still` below refuses a file replaced meanwhile.
+                match unsafe { Component::deserialize_file(&self.engine, &file) } {
+                    Ok(c) if verified.is_still(&file) => {
                         tracing::debug!(
-                            bytes = code.len(),
-                            read_and_verify_ms = format!("{:.2}", read.as_secs_f64() * 1e3),
-                            deserialize_ms = format!("{:.2}", (t0.elapsed() - read).as_secs_f64() * 1e3),
+                            bytes = verified.len,
+                            verify_ms = format!("{:.2}", checked.as_secs_f64() * 1e3),
+                            map_ms = format!("{:.2}", (t0.elapsed() - checked).as_secs_f64() * 1e3),
                             "precompiled code loaded"
                         );
                         return Some(c);
+                    }
+                    Ok(_) => {
+                        tracing::warn!(cache = %file.display(), "precompiled cache entry replaced while loading; recompiling")
                     }
                     Err(e) => {
                         tracing::warn!(cache = %file.display(), error = %e, "precompiled cache entry unusable; recompiling")
