@@ -1049,6 +1049,85 @@ mod tests {
         broker.join().expect("broker");
     }
 
+    /// The agent connects while its services start. A broker keeping the
+    /// session may deliver at once (handed over like any input); the link
+    /// is ready only once the services' filters are known, subscribed in one
+    /// packet, and acknowledged.
+    #[test]
+    fn the_link_connects_before_its_filters_are_known_and_is_ready_once_subscribed() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let (tx, rx) = mpsc::channel();
+        let broker = std::thread::spawn({
+            let listener = listener.try_clone().expect("listener");
+            move || {
+                let mut peer = Peer::accept(&listener, true);
+                peer.publish(1, "in/kept", b"queued while away");
+                // Every SUBSCRIBE: the filters it carries.
+                let mut subscribes = Vec::new();
+                while let Ok((header, body)) = peer.read() {
+                    match header >> 4 {
+                        8 => {
+                            let mut filters = Vec::new();
+                            let mut at = 2;
+                            while at + 2 <= body.len() {
+                                let len = u16::from_be_bytes([body[at], body[at + 1]]) as usize;
+                                filters.push(String::from_utf8_lossy(&body[at + 2..at + 2 + len]).into_owned());
+                                at += 2 + len + 1;
+                            }
+                            let mut ack = body[..2].to_vec();
+                            ack.extend(std::iter::repeat_n(1u8, filters.len()));
+                            peer.write(0x90, &ack);
+                            subscribes.push(filters);
+                            // Anything more within 300 ms would be another SUBSCRIBE.
+                            peer.0.set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
+                        }
+                        12 => peer.write(0xd0, &[]),
+                        _ => {}
+                    }
+                }
+                tx.send(subscribes).expect("report");
+            }
+        });
+        let rt = runtime();
+        let mut link = link_to(&listener, None);
+        link.await_subscriptions();
+        let mut inbound = Vec::new();
+        drive(&rt, &mut link, &mut inbound, |link, got| got.len() == 1 && link.eventloop.network.is_some());
+        assert_eq!(inbound[0].payload, b"queued while away");
+        for _ in 0..10 {
+            assert!(rt.block_on(link.next(Duration::from_millis(5), &|_| false)).is_none());
+        }
+        assert!(!link.state.is_ready.load(Ordering::Acquire), "not ready before the services' filters are known");
+        link.set_subscriptions(vec!["in/a".into(), "in/b/#".into()]);
+        drive(&rt, &mut link, &mut inbound, |link, _| link.state.is_ready.load(Ordering::Acquire));
+        drop(inbound);
+        let subscribes = rx.recv_timeout(Duration::from_secs(5)).expect("report");
+        assert_eq!(subscribes, vec![vec!["in/a".to_string(), "in/b/#".to_string()]], "one SUBSCRIBE with both");
+        broker.join().expect("broker");
+    }
+
+    /// The embedded broker binds its listener in its own thread: while it is
+    /// starting a refused connection is retried within milliseconds, not
+    /// after the reconnect backoff, and is not counted as a failure.
+    #[test]
+    fn a_broker_still_binding_is_retried_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut link = link_to(&listener, None);
+        link.broker_starting(Duration::from_secs(2));
+        // Nothing listens on the port yet: refused.
+        let refused = ConnectionError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        link.connection_lost(refused);
+        let retry = link.retry_at.expect("retry planned") - tokio::time::Instant::now();
+        assert!(retry <= Duration::from_millis(1), "retried within a millisecond, not after {retry:?}");
+        assert_eq!(link.failures, 0, "not a failure of the broker");
+        // Once the patience is over (or after a first connect) the backoff applies.
+        link.broker_starting(Duration::ZERO);
+        let refused = ConnectionError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        link.connection_lost(refused);
+        let retry = link.retry_at.expect("retry planned") - tokio::time::Instant::now();
+        assert!(retry >= Duration::from_millis(100), "backoff after the broker's start: {retry:?}");
+    }
+
     /// A connection lost with publishes unacknowledged: the next connection
     /// gets exactly those (marked DUP), in order, before anything queued
     /// since, whether or not the broker kept the session; an ack of the lost

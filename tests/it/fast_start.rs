@@ -157,3 +157,34 @@ fn with_fast_start_off_a_start_waits_for_optimized_code() {
     assert_eq!(code_of(&agent, "testbed").as_deref(), Some("optimized"));
     agent.stop().expect("stop");
 }
+
+/// A package entering the agent's store records its component's digest, so
+/// a start whose optimized code is cached does not read the component at
+/// all. Without the cache the component is read again, and a damaged one is
+/// refused naming its file.
+#[test]
+fn a_cached_start_does_not_read_the_component() {
+    let dir = AgentDir::new();
+    dir.install(&test_package("testbed"), "testbed");
+    let agent = TestAgent::start(&dir, None, "fast_start = false\n");
+    let digest = agent.status().and_then(|s| s["services"][0]["digest"].as_str().map(str::to_owned));
+    agent.stop().expect("stop");
+    let stored_root = dir.path().join("state").join("packages").join("testbed");
+    let stored = std::fs::read_dir(&stored_root).expect("stored package").filter_map(|e| e.ok()).next().expect("one");
+    let stored = stored.path();
+    let record = std::fs::read_to_string(stored.join("service.wasm.sha256")).expect("digest recorded at import");
+    assert_eq!(Some(record.trim().to_owned()), digest, "the record is the component's sha256");
+
+    let wasm = stored.join("service.wasm");
+    std::fs::write(&wasm, b"\0asm\x0d\0\x01\0 damaged on disk").expect("damage");
+    let agent = TestAgent::start(&dir, None, "");
+    assert_eq!(code_of(&agent, "testbed").as_deref(), Some("optimized"), "started from its cached code");
+    agent.stop().expect("stop");
+
+    std::fs::remove_dir_all(dir.path().join("state").join("cache")).expect("drop the cache");
+    let agent = TestAgent::start(&dir, None, "");
+    let status = agent.status().expect("status");
+    let rejected = status["rejected"].to_string();
+    assert!(rejected.contains("testbed") && rejected.contains(&wasm.display().to_string()), "{status:#}");
+    agent.stop().expect("stop");
+}
