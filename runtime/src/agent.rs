@@ -110,7 +110,7 @@ impl Agent {
             link.broker_starting(Duration::from_secs(2));
         }
         let (egress, link_state) = (link.egress(), link.state.clone());
-        let (parts_tx, parts_rx) = tokio::sync::oneshot::channel::<IoParts>();
+        let (parts_tx, parts_rx) = tokio::sync::oneshot::channel::<(IoParts, Vec<String>)>();
         let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
         let io = std::thread::Builder::new()
             .name("outpost-io".into())
@@ -219,8 +219,8 @@ impl Agent {
                 .map_err(|e| AgentError::Config(e.to_string()))?;
             hub.set_uplink(tap);
         }
+        let subscriptions = dispatcher.broker_subscriptions();
         let parts = IoParts {
-            subscriptions: dispatcher.broker_subscriptions(),
             dispatcher,
             stop: stop_rx,
             commands: commands_rx,
@@ -231,7 +231,7 @@ impl Agent {
             started,
             status_topic,
         };
-        if parts_tx.send(parts).is_err() {
+        if parts_tx.send((parts, subscriptions)).is_err() {
             return Err(AgentError::IoThread("it ended before the services were handed to it".into()));
         }
         phase.done("services handed to the I/O thread");
@@ -449,10 +449,9 @@ fn parallel_map<I: Sync, R: Send>(items: &[I], f: impl Fn(&I) -> R + Sync) -> Ve
     slots.into_iter().zip(items).map(|(m, item)| m.into_inner().ok().flatten().unwrap_or_else(|| f(item))).collect()
 }
 
-/// What the I/O thread takes over once the services have started.
+/// What the I/O thread takes over, beside its link, once the services
+/// have started.
 struct IoParts {
-    /// The filters the link subscribes to first.
-    subscriptions: Vec<String>,
     dispatcher: Dispatcher,
     stop: tokio::sync::watch::Receiver<bool>,
     commands: mpsc::UnboundedReceiver<CommandEnvelope>,
@@ -468,15 +467,7 @@ struct IoParts {
 /// run to completion together (see `bus`).
 struct IoLoop {
     link: Link,
-    dispatcher: Dispatcher,
-    stop: tokio::sync::watch::Receiver<bool>,
-    commands: mpsc::UnboundedReceiver<CommandEnvelope>,
-    notices: mpsc::UnboundedSender<Notice>,
-    board: StatusBoard,
-    drain: Duration,
-    turn_budget: Duration,
-    started: Instant,
-    status_topic: String,
+    parts: IoParts,
 }
 
 // Both variants live for one loop turn on the stack; boxing the message
@@ -495,7 +486,7 @@ impl IoLoop {
     fn connect_while_starting(
         rt: &tokio::runtime::Runtime,
         mut link: Link,
-        mut parts: tokio::sync::oneshot::Receiver<IoParts>,
+        mut handover: tokio::sync::oneshot::Receiver<(IoParts, Vec<String>)>,
     ) -> Option<IoLoop> {
         let mut early = Vec::new();
         let nothing_local = |_: &str| false;
@@ -503,38 +494,27 @@ impl IoLoop {
             let turn = rt.block_on(async {
                 tokio::select! {
                     biased;
-                    parts = &mut parts => Err(parts),
+                    handover = &mut handover => Err(handover),
                     m = link.next(Duration::from_millis(100), &nothing_local) => Ok(m),
                 }
             });
             match turn {
                 Ok(Some(m)) => early.push(m),
                 Ok(None) => {}
-                Err(Ok(parts)) => break parts,
+                Err(Ok(handover)) => break handover,
                 Err(Err(_)) => return None,
             }
         };
-        let IoParts {
-            subscriptions,
-            mut dispatcher,
-            stop,
-            commands,
-            notices,
-            board,
-            drain,
-            turn_budget,
-            started,
-            status_topic,
-        } = parts;
+        let (mut parts, subscriptions) = parts;
         link.set_subscriptions(subscriptions);
-        let local_outputs = dispatcher.output_filters();
+        let local_outputs = parts.dispatcher.output_filters();
         for m in early {
             // The agent's own outputs, served in the agent, are acknowledged in their turn.
             if !local_outputs.iter().any(|f| crate::topic::matches(f, &m.topic)) {
-                dispatcher.accept(Arc::new(m));
+                parts.dispatcher.accept(Arc::new(m));
             }
         }
-        Some(IoLoop { link, dispatcher, stop, commands, notices, board, drain, turn_budget, started, status_topic })
+        Some(IoLoop { link, parts })
     }
 
     /// Network waits run inside `rt`; service calls run outside it, because
@@ -544,15 +524,15 @@ impl IoLoop {
         let mut announced = false;
         let mut last_status = Instant::now();
         let mut draining_since: Option<Instant> = None;
-        let mut local_outputs = self.dispatcher.output_filters();
+        let mut local_outputs = self.parts.dispatcher.output_filters();
         loop {
-            if draining_since.is_none() && *self.stop.borrow() {
+            if draining_since.is_none() && *self.parts.stop.borrow() {
                 draining_since = Some(Instant::now());
                 self.link.state.stop_input.store(true, Ordering::Release);
             }
-            let wait = self.dispatcher.next_wakeup().clamp(Duration::from_millis(1), Duration::from_millis(100));
+            let wait = self.parts.dispatcher.next_wakeup().clamp(Duration::from_millis(1), Duration::from_millis(100));
             let ignore = |t: &str| local_outputs.iter().any(|f| crate::topic::matches(f, t));
-            let (link, commands) = (&mut self.link, &mut self.commands);
+            let (link, commands) = (&mut self.link, &mut self.parts.commands);
             let wake = rt.block_on(async {
                 tokio::select! {
                     biased;
@@ -561,14 +541,14 @@ impl IoLoop {
                 }
             });
             match wake {
-                Wake::Message(Some(msg)) => self.dispatcher.accept(Arc::new(msg)),
+                Wake::Message(Some(msg)) => self.parts.dispatcher.accept(Arc::new(msg)),
                 Wake::Message(None) | Wake::Command(None) => {}
                 Wake::Command(Some((cmd, reply))) => {
-                    let result = control::apply(&mut self.dispatcher, cmd);
+                    let result = control::apply(&mut self.parts.dispatcher, cmd);
                     // The topology may have changed: subscribe to what the
                     // services now need, and serve new internal topics here.
-                    self.link.set_subscriptions(self.dispatcher.broker_subscriptions());
-                    local_outputs = self.dispatcher.output_filters();
+                    self.link.set_subscriptions(self.parts.dispatcher.broker_subscriptions());
+                    local_outputs = self.parts.dispatcher.output_filters();
                     self.refresh_status();
                     let _ = reply.send(result);
                 }
@@ -576,38 +556,39 @@ impl IoLoop {
             // Hand over whole batches: run the services once the socket's
             // buffered packets are taken.
             if !self.link.has_buffered() {
-                self.dispatcher.run_for(Some(self.turn_budget));
-                self.dispatcher.tick_if_due();
-                for n in self.dispatcher.take_notices() {
+                self.parts.dispatcher.run_for(Some(self.parts.turn_budget));
+                self.parts.dispatcher.tick_if_due();
+                for n in self.parts.dispatcher.take_notices() {
                     if let Notice::RolledBack { .. } = &n {
-                        self.link.set_subscriptions(self.dispatcher.broker_subscriptions());
-                        local_outputs = self.dispatcher.output_filters();
+                        self.link.set_subscriptions(self.parts.dispatcher.broker_subscriptions());
+                        local_outputs = self.parts.dispatcher.output_filters();
                     }
-                    let _ = self.notices.send(n);
+                    let _ = self.parts.notices.send(n);
                 }
             }
             if !announced && self.link.state.is_ready.load(Ordering::Acquire) {
                 announced = true;
-                let ms = self.started.elapsed().as_secs_f64() * 1e3;
+                let ms = self.parts.started.elapsed().as_secs_f64() * 1e3;
                 tracing::info!(ready_ms = format!("{ms:.1}"), "agent ready");
-                self.board.update(|s| {
+                self.parts.board.update(|s| {
                     s.state = "ready";
                     s.ready_ms = Some(ms);
                 });
-                let body = serde_json::json!({"state": "ready", "ready_ms": ms, "services": self.dispatcher.status()});
-                self.link.publish_retained(&self.status_topic, body.to_string().into_bytes());
+                let body =
+                    serde_json::json!({"state": "ready", "ready_ms": ms, "services": self.parts.dispatcher.status()});
+                self.link.publish_retained(&self.parts.status_topic, body.to_string().into_bytes());
             }
             if last_status.elapsed() > Duration::from_millis(200) {
                 last_status = Instant::now();
                 self.refresh_status();
             }
             if let Some(since) = draining_since {
-                if self.dispatcher.queued() == 0 || since.elapsed() > self.drain {
+                if self.parts.dispatcher.queued() == 0 || since.elapsed() > self.parts.drain {
                     break;
                 }
             }
         }
-        let left = self.dispatcher.queued();
+        let left = self.parts.dispatcher.queued();
         if left > 0 {
             tracing::error!(
                 messages = left,
@@ -617,15 +598,15 @@ impl IoLoop {
             tracing::info!("all accepted messages handled");
         }
         self.refresh_status();
-        self.link.publish_retained(&self.status_topic, br#"{"state":"stopped"}"#.to_vec());
+        self.link.publish_retained(&self.parts.status_topic, br#"{"state":"stopped"}"#.to_vec());
         rt.block_on(self.link.close(Duration::from_secs(5)));
     }
 
     fn refresh_status(&self) {
-        let services = self.dispatcher.status();
+        let services = self.parts.dispatcher.status();
         let refused = self.link.state.refused.lock().map(|r| r.clone()).unwrap_or_default();
-        let uptime = self.started.elapsed().as_secs();
-        self.board.update(|s| {
+        let uptime = self.parts.started.elapsed().as_secs();
+        self.parts.board.update(|s| {
             s.services = services;
             s.refused_subscriptions = refused;
             s.uptime_s = uptime;
