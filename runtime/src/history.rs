@@ -59,7 +59,9 @@ pub struct Recent {
 
 /// The kind of output the page lists, from the topic's last level.
 fn listed_kind(topic: &str) -> Option<&'static str> {
-    ["warning", "alarm", "advice"].into_iter().find(|k| topic.rsplit('/').next() == Some(*k))
+    // Every output passes here: one backwards byte scan, no searcher.
+    let last = topic.as_bytes().iter().rposition(|&b| b == b'/').map_or(topic, |i| &topic[i + 1..]);
+    ["warning", "alarm", "advice"].into_iter().find(|k| last == *k)
 }
 
 impl Recent {

@@ -156,6 +156,8 @@ impl ServiceInstance {
 
     /// Hands a batch to the service; returns what it published.
     pub fn handle(&mut self, batch: &[Message]) -> Result<CallOutput, CallError> {
+        // Most services publish about once per input: room for that up front.
+        self.store.data_mut().output.published.reserve(batch.len());
         self.call(|s, store| s.handle(store, batch))
     }
 

@@ -49,8 +49,11 @@ impl Service for Testbed {
         let mut rejected = None;
         for m in batch {
             // Everything after the first two levels: test/in/{tail} -> {out}/{tail}.
-            let tail = m.topic.splitn(3, '/').nth(2).unwrap_or("x").to_owned();
-            let out = format!("{}/{}", self.config.out, tail);
+            let tail = m.topic.splitn(3, '/').nth(2).unwrap_or("x");
+            let mut out = String::with_capacity(self.config.out.len() + 1 + tail.len());
+            out.push_str(&self.config.out);
+            out.push('/');
+            out.push_str(tail);
             if self.config.echo_only {
                 host::publish(&out, &m.payload).map_err(ServiceError::Internal)?;
                 continue;
