@@ -286,12 +286,9 @@ impl Link {
             // The first set, the services' start done: all in one packet,
             // as after a connect (see `subscribe_all`).
             self.subscriptions_known = true;
-            self.opts.subscriptions = filters.clone();
+            self.opts.subscriptions = filters;
             if self.eventloop.network.is_some() {
-                if filters.is_empty() {
-                    self.state.mark_ready();
-                }
-                self.subscribe_all(filters);
+                self.subscribe_known();
             }
             return;
         }
@@ -318,6 +315,15 @@ impl Link {
             refused.retain(|f| filters.contains(f));
         }
         self.opts.subscriptions = filters;
+    }
+
+    /// On a connection, once the filters are known: all of them in one
+    /// SUBSCRIBE, ready at its SUBACK (at once with none).
+    fn subscribe_known(&mut self) {
+        if self.opts.subscriptions.is_empty() {
+            self.state.mark_ready();
+        }
+        self.subscribe_all(self.opts.subscriptions.clone());
     }
 
     fn subscribe(&mut self, filter: String) {
@@ -493,10 +499,9 @@ impl Link {
                 if let Ok(mut refused) = self.state.refused.lock() {
                     refused.clear();
                 }
-                if self.subscriptions_known && self.opts.subscriptions.is_empty() {
-                    self.state.mark_ready();
+                if self.subscriptions_known {
+                    self.subscribe_known();
                 }
-                self.subscribe_all(self.opts.subscriptions.clone());
                 None
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {

@@ -764,7 +764,7 @@ pub fn import_package(cfg: &AgentConfig, source: &Path) -> Result<PathBuf, Contr
     for f in [crate::package::MANIFEST_FILE, crate::package::COMPONENT_FILE] {
         std::fs::copy(source.join(f), tmp.join(f)).map_err(io)?;
     }
-    let component_digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&pkg.wasm));
+    let component_digest = crate::host::component_digest(&pkg.wasm);
     std::fs::write(tmp.join(crate::package::DIGEST_FILE), component_digest).map_err(io)?;
     sync_dir(&tmp);
     std::fs::rename(&tmp, &dest).map_err(io)?;

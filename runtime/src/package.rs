@@ -59,8 +59,7 @@ impl Package {
     pub fn recorded_digest(dir: &Path) -> Option<String> {
         let text = std::fs::read_to_string(dir.join(DIGEST_FILE)).ok()?;
         let digest = text.trim();
-        (digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-            .then(|| digest.to_owned())
+        outpost_package::format::is_digest(digest).then(|| digest.to_owned())
     }
 
     /// Every package folder under `root` (sorted, so start-up order is stable).

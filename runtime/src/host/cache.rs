@@ -3,7 +3,7 @@
 //! wasmtime loads a `.cwasm` as native code without checking it, so an entry
 //! is used only when (1) the cache folder is private to the agent's user
 //! (mode 0700, our uid) and (2) the entry's sidecar `<entry>.meta`, written
-//! when the agent compiled it, records the sha256 of exactly these bytes,
+//! when the agent compiled it, records the BLAKE3 hash of exactly these bytes,
 //! the digest of the verified component it came from, and this engine's
 //! compatibility hash. Anything else is compiled again from the component
 //! and the entry rewritten.

@@ -252,6 +252,12 @@ struct Tier {
     linker: Linker<InstanceState>,
 }
 
+/// A component's identity: the hex sha256 of its bytes, as shown in status,
+/// keyed in the memo and the cache, and recorded in the package store.
+pub fn component_digest(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// What every engine of the agent shares: components, epoch deadlines,
 /// and perf names for guest functions when asked.
 fn base_config() -> Config {
@@ -390,15 +396,12 @@ impl HostEngine {
     /// None when neither has it: the caller then loads from the bytes.
     pub fn load_stored(&self, wasm_path: &Path, digest: &str, cache_dir: &Path) -> Option<LoadedComponent> {
         let t0 = std::time::Instant::now();
-        let cell = {
-            let mut memo = self.loaded.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            if let Some(Some(l)) = memo.get(digest).and_then(|cell| cell.get()) {
-                return Some(l.clone());
-            }
-            memo.entry(digest.to_owned()).or_default().clone()
+        let cell = match self.memo_cell(digest, digest.to_owned()) {
+            Ok(loaded) => return Some(loaded),
+            Err(cell) => cell,
         };
         // Services installing the same component wait for one load. A miss
-        // leaves an empty cell, which the next load replaces (`load_as`).
+        // leaves an empty cell, which the next load replaces (`memo_cell`).
         let shared = cell.get_or_init(|| {
             let component = self.read_cache(digest, cache_dir)?;
             self.finish_load(wasm_path, component, CodeTier::Optimized, digest.to_owned(), t0, Duration::ZERO)
@@ -406,6 +409,18 @@ impl HostEngine {
                 .ok()
         });
         shared.clone()
+    }
+
+    /// The optimized code of `digest` if already loaded (it serves a fast
+    /// start too); else the memo's cell for `key`, where a load of the same
+    /// bytes is shared. Entries nobody runs any more, and failed loads, go.
+    fn memo_cell(&self, digest: &str, key: String) -> Result<LoadedComponent, Arc<OnceLock<Option<LoadedComponent>>>> {
+        let mut memo = self.loaded.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        memo.retain(|_, cell| cell.get().is_none_or(|l| l.as_ref().is_some_and(|l| Arc::strong_count(&l.users) > 1)));
+        if let Some(Some(l)) = memo.get(digest).and_then(|cell| cell.get()) {
+            return Ok(l.clone());
+        }
+        Err(memo.entry(key).or_default().clone())
     }
 
     /// As [`HostEngine::load`] for the agent's start: the cached optimized
@@ -433,23 +448,15 @@ impl HostEngine {
         let t0 = std::time::Instant::now();
         check_component_bytes(bytes)
             .map_err(|message| LoadError::NotAComponent { path: wasm_path.to_owned(), message })?;
-        let digest = hex::encode(Sha256::digest(bytes));
+        let digest = component_digest(bytes);
         let t_digest = t0.elapsed();
-        let cell = {
-            let mut memo = self.loaded.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            // Only the memo holds it (or its load failed): nobody runs it any more.
-            memo.retain(|_, cell| {
-                cell.get().is_none_or(|l| l.as_ref().is_some_and(|l| Arc::strong_count(&l.users) > 1))
-            });
-            // Optimized code already loaded serves a fast start too.
-            if let Some(Some(l)) = memo.get(&digest).and_then(|cell| cell.get()) {
-                return Ok(l.clone());
-            }
-            let key = match wanted {
-                Wanted::Optimized => digest.clone(),
-                Wanted::Fast => format!("{digest}+fast"),
-            };
-            memo.entry(key).or_default().clone()
+        let key = match wanted {
+            Wanted::Optimized => digest.clone(),
+            Wanted::Fast => format!("{digest}+fast"),
+        };
+        let cell = match self.memo_cell(&digest, key) {
+            Ok(loaded) => return Ok(loaded),
+            Err(cell) => cell,
         };
         let mut error = None;
         let new = || self.load_new(wasm_path, bytes, digest.clone(), cache_dir, wanted, t0, t_digest);
