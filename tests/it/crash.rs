@@ -282,7 +282,9 @@ fn sigkill_during_install_upgrade_and_rollback_converges_to_the_desired_state() 
         t0.elapsed()
     };
     let first = deploy_and_remove();
-    let cached = deploy_and_remove();
+    // The fastest of three: one slow sample (the machine busy elsewhere)
+    // would stretch the sweep until nearly every kill lands after the change.
+    let cached = (0..3).map(|_| deploy_and_remove()).min().unwrap_or_default();
     let span_ms = (cached.as_millis() as u64 * 2).max(20);
     eprintln!(
         "an uninterrupted deploy + remove takes {first:?} compiling, {cached:?} cached; kills swept over {span_ms} ms"
