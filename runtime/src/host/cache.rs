@@ -161,7 +161,13 @@ fn blake3_of(file: &std::fs::File, len: u64) -> std::io::Result<blake3::Hash> {
 pub(crate) fn remove_other_engines(dir: &Path, engine: &str) -> std::io::Result<usize> {
     let ours = format!("-{}.cwasm", &engine[..16.min(engine.len())]);
     let mut removed = 0;
-    for entry in std::fs::read_dir(dir)? {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        // Nothing compiled yet (no service, or none loaded): nothing to prune.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
         let name = entry?.file_name();
         let Some(name) = name.to_str() else { continue };
         let base = name.strip_suffix(".meta").unwrap_or(name);
@@ -242,6 +248,7 @@ mod tests {
         assert!(!other.exists() && !meta_path(&other).exists());
         assert!(ours.exists() && meta_path(&ours).exists(), "this engine's entry stays");
         assert!(dir.join("notes.txt").exists(), "only cache entries are touched");
+        assert_eq!(remove_other_engines(&dir.join("absent"), &engine_hash(host.engine())).expect("no folder"), 0);
     }
 
     #[test]
