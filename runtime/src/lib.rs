@@ -19,6 +19,7 @@
 //! The tools for people (`outpostctl`, `outpost-sim`, replay, pretty-printers)
 //! are the `outpost-devtools` crate, so the gateway's binary carries none of them.
 
+pub mod allocator;
 pub mod agent;
 pub mod api;
 pub mod broker;

@@ -14,6 +14,8 @@ pub mod testing;
 
 #[doc(hidden)]
 pub mod guest;
+#[cfg_attr(not(target_family = "wasm"), allow(dead_code))] // only the guest links it
+mod mem;
 
 /// The WIT world version this SDK builds against.
 pub const WORLD: &str = "outpost:service@1.1.0";

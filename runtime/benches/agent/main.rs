@@ -29,6 +29,10 @@ use report::Report;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+// The agent's allocator, so that the in-process sections measure the data
+// path as the `outpost` binary runs it (the native baselines share it).
+outpost::install_allocator!();
+
 fn env_dir(var: &str, default: &str) -> PathBuf {
     std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| workspace().join(default))
 }

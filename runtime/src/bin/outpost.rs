@@ -6,6 +6,8 @@ use outpost::agent::Agent;
 use outpost::config::AgentConfig;
 use std::path::PathBuf;
 
+outpost::install_allocator!();
+
 #[derive(Parser)]
 #[command(version, about = "Outpost agent: hosts WASM services on the site's MQTT bus")]
 struct Args {
