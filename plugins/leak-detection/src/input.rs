@@ -72,21 +72,22 @@ struct SensorState {
 /// Validation memory of one network's sensors.
 #[derive(Debug, Clone, Default)]
 pub struct Validator {
-    sensors: BTreeMap<(Kind, String), SensorState>,
+    /// Per kind (`Kind as usize`), so that a sensor is found by its `&str` id.
+    sensors: [BTreeMap<String, SensorState>; 4],
 }
 
 impl Validator {
     /// Sensors validated so far (each a little memory).
     pub fn len(&self) -> usize {
-        self.sensors.len()
+        self.sensors.iter().map(BTreeMap::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.sensors.is_empty()
+        self.sensors.iter().all(BTreeMap::is_empty)
     }
 
     pub fn knows(&self, kind: Kind, id: &str) -> bool {
-        self.sensors.contains_key(&(kind, id.to_owned()))
+        self.sensors[kind as usize].contains_key(id)
     }
 
     /// Checks one value at `minute`; `Ok` gives the value to use.
@@ -108,7 +109,12 @@ impl Validator {
         if x < lo || x > hi {
             return Err(Reject::OutOfRange);
         }
-        let st = self.sensors.entry((kind, id.to_owned())).or_default();
+        let sensors = &mut self.sensors[kind as usize];
+        // The id is copied only for a sensor seen for the first time.
+        let st = match sensors.get_mut(id) {
+            Some(st) => st,
+            None => sensors.entry(id.to_owned()).or_default(),
+        };
         // Frozen: the exact same reading again and again (0 is a normal repeated value for
         // meters and an idle pump, so it is exempt).
         if st.last_raw == Some(x) && x != 0.0 {
@@ -178,7 +184,7 @@ pub fn parse_scada(payload: &[u8]) -> Result<Scada, ScadaError> {
         }
     })?;
     let shape = |m: &str| ScadaError::Shape(m.to_owned());
-    let obj = v.as_object().ok_or_else(|| shape("not a JSON object"))?;
+    let Value::Object(mut obj) = v else { return Err(shape("not a JSON object")) };
     let time = obj.get("time").and_then(Value::as_str).ok_or_else(|| shape("no \"time\" string"))?.to_owned();
     let mut groups = Vec::new();
     for (key, kind) in [
@@ -187,9 +193,9 @@ pub fn parse_scada(payload: &[u8]) -> Result<Scada, ScadaError> {
         ("demand_lph", Kind::Demand),
         ("level_m", Kind::Level),
     ] {
-        match obj.get(key) {
+        match obj.remove(key) {
             None | Some(Value::Null) => groups.push((kind, serde_json::Map::new())),
-            Some(Value::Object(m)) => groups.push((kind, m.clone())),
+            Some(Value::Object(m)) => groups.push((kind, m)),
             Some(_) => return Err(ScadaError::Shape(format!("\"{key}\" is not an object"))),
         }
     }

@@ -37,6 +37,7 @@ use input::{parse_scada, Checks, Kind, Validator};
 use model::{Calibration, Hour, ModelLimits, NetModel};
 use outpost_sdk::{export_service, host, Message, Service, ServiceError};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// A calibration window, `YYYY-MM-DD HH:MM` (network-local), both ends inclusive.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
@@ -321,9 +322,10 @@ struct Network {
 
 /// The service: one [`Network`] per `(site, network)` of the topics.
 pub struct LeakDetection {
-    cfg: Config,
-    params: Params,
-    checks: Checks,
+    // Shared, so that a step holds them beside its network without copying.
+    cfg: Arc<Config>,
+    params: Arc<Params>,
+    checks: Arc<Checks>,
     nets: BTreeMap<(String, String), Network>,
 }
 
@@ -482,9 +484,9 @@ impl LeakDetection {
     }
 
     fn on_scada(&mut self, site: &str, name: &str, payload: &[u8]) -> Result<(), (String, String)> {
-        let cfg = self.cfg.clone();
-        let checks = self.checks.clone();
-        let params = self.params.clone();
+        let cfg = Arc::clone(&self.cfg);
+        let checks = Arc::clone(&self.checks);
+        let params = Arc::clone(&self.params);
         let msg = parse_scada(payload).map_err(|e| (e.counter().to_string(), e.to_string()))?;
         let minute = time::parse_minutes(&msg.time)
             .ok_or_else(|| ("flag_bad_time".to_string(), format!("time {:?} is not YYYY-MM-DD HH:MM", msg.time)))?;
@@ -549,17 +551,23 @@ impl LeakDetection {
         let mut pressures = Vec::new();
         let mut amrs = Vec::new();
         let expected = match &net.calib {
-            Calib::Done(c) => Some((c.pressure_ids.clone(), c.amr_ids.clone())),
+            Calib::Done(c) => Some((&c.pressure_ids, &c.amr_ids)),
             _ => None,
         };
+        // Calibrated sensors present in the message (its keys are unique, and
+        // so are the calibrated ids): the others are counted missing.
+        let mut expected_seen = 0;
         for (kind, group) in &msg.groups {
             for (id, v) in group {
+                let inlet = *kind == Kind::Flow && cfg.inlet_flows.contains(id);
                 let known = match kind {
-                    Kind::Flow => cfg.inlet_flows.contains(id) || *id == cfg.pump_flow,
+                    Kind::Flow => inlet || *id == cfg.pump_flow,
                     Kind::Level => *id == cfg.tank_level,
-                    Kind::Pressure => expected.as_ref().is_none_or(|e| e.0.binary_search(id).is_ok()),
-                    Kind::Demand => expected.as_ref().is_none_or(|e| e.1.binary_search(id).is_ok()),
+                    Kind::Pressure => expected.is_none_or(|e| e.0.binary_search(id).is_ok()),
+                    Kind::Demand => expected.is_none_or(|e| e.1.binary_search(id).is_ok()),
                 };
+                expected_seen +=
+                    usize::from(known && expected.is_some() && matches!(kind, Kind::Pressure | Kind::Demand));
                 if !known {
                     flag(
                         "flag_unknown_sensor",
@@ -573,17 +581,17 @@ impl LeakDetection {
                 }
                 // The configured flows and level are never crowded out.
                 let listed = matches!(kind, Kind::Flow | Kind::Level);
-                if !listed && !net.validator.knows(*kind, id) && net.validator.len() >= cfg.max_sensors {
+                if !listed && net.validator.len() >= cfg.max_sensors && !net.validator.knows(*kind, id) {
                     flag("flag_too_many_sensors", &format!("{site}/{name} {} {id}: max_sensors reached", kind.name()));
                     continue;
                 }
                 match net.validator.check(&checks, *kind, id, minute, v) {
                     Ok(x) => match kind {
-                        Kind::Flow if cfg.inlet_flows.contains(id) => inlets.push(x),
+                        Kind::Flow if inlet => inlets.push(x),
                         Kind::Flow if *id == cfg.pump_flow => pump = Some(x),
                         Kind::Level if *id == cfg.tank_level => level = Some(x),
-                        Kind::Pressure => pressures.push((id.clone(), x)),
-                        Kind::Demand => amrs.push((id.clone(), x / 1000.0)),
+                        Kind::Pressure => pressures.push((id.as_str(), x)),
+                        Kind::Demand => amrs.push((id.as_str(), x / 1000.0)),
                         _ => {}
                     },
                     Err(r) => {
@@ -592,10 +600,9 @@ impl LeakDetection {
                 }
             }
         }
-        if let Some((p_ids, a_ids)) = &expected {
+        if let Some((p_ids, a_ids)) = expected {
             let flows = msg.groups.iter().find(|g| g.0 == Kind::Flow).map(|g| &g.1);
-            let miss = p_ids.iter().filter(|id| !msg.groups[0].1.contains_key(*id)).count()
-                + a_ids.iter().filter(|id| !msg.groups[2].1.contains_key(*id)).count()
+            let miss = p_ids.len() + a_ids.len() - expected_seen
                 + cfg.inlet_flows.iter().filter(|id| !flows.is_some_and(|f| f.contains_key(*id))).count();
             if miss > 0 {
                 host::counter("flag_missing", miss as u64);
@@ -623,15 +630,16 @@ impl LeakDetection {
                 acc.level_tail.push((minute, l));
             }
         }
-        for (id, x) in pressures {
-            let e = acc.pressure.entry(id).or_default();
-            e.0 += x;
-            e.1 += 1;
-        }
-        for (id, x) in amrs {
-            let e = acc.amr.entry(id).or_default();
-            e.0 += x;
-            e.1 += 1;
+        for (sums, values) in [(&mut acc.pressure, pressures), (&mut acc.amr, amrs)] {
+            for (id, x) in values {
+                // The key is copied once an hour, when the sensor first reports in it.
+                let e = match sums.get_mut(id) {
+                    Some(e) => e,
+                    None => sums.entry(id.to_owned()).or_default(),
+                };
+                e.0 += x;
+                e.1 += 1;
+            }
         }
         net.latest = Some(net.latest.map_or(minute, |l| l.max(minute)));
         let latest = net.latest.unwrap_or(minute);
@@ -795,7 +803,12 @@ impl Network {
 impl Service for LeakDetection {
     fn init(config_json: &str) -> Result<Self, ServiceError> {
         let cfg = Config::parse(config_json)?;
-        Ok(LeakDetection { params: cfg.params(), checks: cfg.checks(), cfg, nets: BTreeMap::new() })
+        Ok(LeakDetection {
+            params: Arc::new(cfg.params()),
+            checks: Arc::new(cfg.checks()),
+            cfg: Arc::new(cfg),
+            nets: BTreeMap::new(),
+        })
     }
 
     fn handle(&mut self, batch: Vec<Message>) -> Result<(), ServiceError> {
