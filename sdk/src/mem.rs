@@ -19,10 +19,8 @@ pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
         // SAFETY: i + 8 <= n, and both ranges are readable for n bytes.
         let (x, y) = unsafe { (a.add(i).cast::<u64>().read_unaligned(), b.add(i).cast::<u64>().read_unaligned()) };
         if x != y {
-            // Little-endian: the lowest differing bit is in the first differing byte.
-            let at = i + ((x ^ y).trailing_zeros() / 8) as usize;
-            // SAFETY: at < i + 8 <= n.
-            return unsafe { i32::from(*a.add(at)) - i32::from(*b.add(at)) };
+            // SAFETY: the words were read at i.
+            return unsafe { first_difference(a, b, i, x ^ y) };
         }
         i += 8;
     }
@@ -30,9 +28,8 @@ pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
         // SAFETY: i + 4 <= n.
         let (x, y) = unsafe { (a.add(i).cast::<u32>().read_unaligned(), b.add(i).cast::<u32>().read_unaligned()) };
         if x != y {
-            let at = i + ((x ^ y).trailing_zeros() / 8) as usize;
-            // SAFETY: at < i + 4 <= n.
-            return unsafe { i32::from(*a.add(at)) - i32::from(*b.add(at)) };
+            // SAFETY: the words were read at i.
+            return unsafe { first_difference(a, b, i, u64::from(x ^ y)) };
         }
         i += 4;
     }
@@ -45,6 +42,18 @@ pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
         i += 1;
     }
     0
+}
+
+/// The difference of the first differing bytes of two little-endian words
+/// read at `i`, given their (non-zero) XOR: its lowest set bit is in that byte.
+///
+/// # Safety
+/// The words were read from `a` and `b` at `i`, so the byte is readable.
+#[inline(always)]
+unsafe fn first_difference(a: *const u8, b: *const u8, i: usize, xor: u64) -> i32 {
+    let at = i + (xor.trailing_zeros() / 8) as usize;
+    // SAFETY: `at` is inside the words the caller read (the caller's contract).
+    unsafe { i32::from(*a.add(at)) - i32::from(*b.add(at)) }
 }
 
 /// Equality only: zero when the `n` bytes are equal (what LLVM calls for `==`).
