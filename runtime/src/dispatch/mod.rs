@@ -294,15 +294,19 @@ impl Dispatcher {
             {
                 continue;
             }
-            let def = slot.current.def.clone();
-            let limits = &def.manifest.limits;
-            if env.payload.len() > limits.max_payload_bytes {
+            // Read per message, so copied out rather than holding the definition.
+            let def = &slot.current.def;
+            let (max_payload, capacity, shard_by) = (
+                def.manifest.limits.max_payload_bytes,
+                def.manifest.limits.queue_capacity,
+                def.manifest.scale.shard_by,
+            );
+            if env.payload.len() > max_payload {
                 def.metrics.dropped("oversized");
                 tracing::warn!(service = %def.name(), topic = %env.topic, bytes = env.payload.len(),
-                    limit = limits.max_payload_bytes, "payload larger than limits.max_payload_bytes; not delivered");
+                    limit = max_payload, "payload larger than limits.max_payload_bytes; not delivered");
                 continue;
             }
-            let shard_by = def.manifest.scale.shard_by;
             if let Some((shadow, _)) = &mut slot.shadow {
                 // A copy without the acknowledgement: a slow or failing
                 // shadow never holds back live traffic.
@@ -321,8 +325,8 @@ impl Dispatcher {
                 _ => &mut slot.current,
             };
             let i = target.shard_of(&env.topic);
-            if target.instances[i].queue.len() >= limits.queue_capacity && !env.reliable {
-                def.metrics.dropped("queue_full");
+            if target.instances[i].queue.len() >= capacity && !env.reliable {
+                slot.current.def.metrics.dropped("queue_full");
                 continue;
             }
             target.instances[i].queue.push_back(env.clone());
@@ -484,8 +488,8 @@ impl Dispatcher {
         let mirror = self.mirror_all || def.manifest.bus.mirror;
         // One clock read per batch: its outputs were made in the same call.
         let now = now_ms();
+        def.metrics.messages_out.inc_by(output.published.len() as u64);
         for (topic_name, payload) in output.published {
-            def.metrics.messages_out.inc();
             self.events.record_output(def.name(), &topic_name, &payload, now);
             if mirror {
                 self.egress.publish_caused(&topic_name, &payload, cause);
