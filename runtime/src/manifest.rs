@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 /// The newest WIT world this agent hosts (it also hosts 1.0.0, see
 /// `host::HOSTED_VERSIONS`). Components built against another major
 /// version, or a newer minor one, are refused with both versions named.
-pub const SUPPORTED_WORLD: &str = "outpost:service@1.1.0";
+pub const SUPPORTED_WORLD: &str = "outpost:service@1.2.0";
 
 /// Most instances of one service on one gateway.
 pub const MAX_INSTANCES: u32 = 1024;
@@ -387,7 +387,9 @@ impl Manifest {
             }
             if let Some(m) = kpi.health_margin {
                 if !(m.is_finite() && (0.0..=10.0).contains(&m)) {
-                    p.push(format!("kpis.{name}.health_margin is {m}; it must be a share from 0 to 10 (0.2 = 20 % worse)"));
+                    p.push(format!(
+                        "kpis.{name}.health_margin is {m}; it must be a share from 0 to 10 (0.2 = 20 % worse)"
+                    ));
                 }
             }
         }
@@ -402,8 +404,8 @@ impl Manifest {
     }
 }
 
-/// Accepts `outpost:service@1.0.0` and `@1.1.0` (the versions this agent
-/// hosts; a 1.1.z patch is the same world).
+/// Accepts `outpost:service@1.0.0`, `@1.1.0` and `@1.2.0` (the versions
+/// this agent hosts; a 1.2.z patch is the same world).
 pub fn check_world(world: &str) -> Result<(), String> {
     let (pkg, version) =
         world.split_once('@').ok_or_else(|| format!("'{world}' has no version; this agent hosts {SUPPORTED_WORLD}"))?;
@@ -414,9 +416,9 @@ pub fn check_world(world: &str) -> Result<(), String> {
     if v.major != 1 {
         return Err(format!("service targets {world} but this agent hosts {SUPPORTED_WORLD} (major versions differ)"));
     }
-    if v.minor > 1 {
+    if v.minor > 2 {
         return Err(format!(
-            "service targets {world} but this agent hosts outpost:service@1.0.0 and {SUPPORTED_WORLD} (a newer agent is needed)"
+            "service targets {world} but this agent hosts outpost:service@1.0.0 to {SUPPORTED_WORLD} (a newer agent is needed)"
         ));
     }
     Ok(())

@@ -10,12 +10,14 @@ pub mod bindings {
         export_macro_name: "__export_outpost_world",
         default_bindings_module: "outpost_sdk::guest::bindings",
     });
-    pub use self::outpost::service::types::{Message as MessageWit, ServiceError as ServiceErrorWit};
+    pub use self::outpost::service::types::{
+        Message as MessageWit, PackedBatch as PackedBatchWit, ServiceError as ServiceErrorWit,
+    };
 }
 
 #[cfg(target_family = "wasm")]
 mod exports {
-    use super::bindings::{MessageWit, ServiceErrorWit};
+    use super::bindings::{MessageWit, PackedBatchWit, ServiceErrorWit};
     use crate::{Message, Service, ServiceError};
     use std::any::Any;
     use std::cell::RefCell;
@@ -57,6 +59,16 @@ mod exports {
         with_service::<S>(|s| s.handle(batch))
     }
 
+    /// The agent packed the batch (1.2.0); a batch that does not unpack is
+    /// the agent's fault, not the messages', so it is an internal error.
+    pub fn handle_packed<S: Service>(batch: PackedBatchWit) -> Result<(), ServiceErrorWit> {
+        let messages = crate::packed::unpack(&batch.bytes, &batch.lengths, &batch.received_ms)
+            .map_err(ServiceErrorWit::Internal)?;
+        // Freed before the service runs, so its allocations can reuse the space.
+        drop(batch);
+        with_service::<S>(|s| s.handle(messages))
+    }
+
     pub fn tick<S: Service>(now_ms: u64) -> Result<(), ServiceErrorWit> {
         with_service::<S>(|s| s.tick(now_ms))
     }
@@ -67,4 +79,4 @@ mod exports {
 }
 
 #[cfg(target_family = "wasm")]
-pub use exports::{handle, init, migrate, tick};
+pub use exports::{handle, handle_packed, init, migrate, tick};

@@ -2,7 +2,7 @@
 //!
 //! The same service code runs two ways:
 //! - compiled to `wasm32-wasip2`, the macro exports it as a component of the
-//!   world `outpost:service@1.1.0` (see `sdk/wit/`), and the free functions in
+//!   world `outpost:service@1.2.0` (see `sdk/wit/`), and the free functions in
 //!   [`host`] call the agent's imports;
 //! - compiled natively, [`testing::Harness`] drives it in plain `cargo test`,
 //!   and [`host`] records into an in-memory fake of the agent.
@@ -16,9 +16,10 @@ pub mod testing;
 pub mod guest;
 #[cfg_attr(not(target_family = "wasm"), allow(dead_code))] // only the guest links it
 mod mem;
+pub mod packed;
 
 /// The WIT world version this SDK builds against.
-pub const WORLD: &str = "outpost:service@1.1.0";
+pub const WORLD: &str = "outpost:service@1.2.0";
 
 /// One message from the bus.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,7 +93,7 @@ pub trait Service: Sized + 'static {
 }
 
 /// Exports a [`Service`] implementation as the component's `init`, `handle`,
-/// `tick` and `migrate`. Compiles to nothing on native targets, so the same crate is
+/// `tick`, `migrate` and `handle-packed`. Compiles to nothing on native targets, so the same crate is
 /// testable with [`testing::Harness`].
 #[macro_export]
 macro_rules! export_service {
@@ -118,6 +119,11 @@ macro_rules! export_service {
                     from_version: ::std::string::String,
                 ) -> ::std::result::Result<(), $crate::guest::bindings::ServiceErrorWit> {
                     $crate::guest::migrate::<$service>(&from_version)
+                }
+                fn handle_packed(
+                    batch: $crate::guest::bindings::PackedBatchWit,
+                ) -> ::std::result::Result<(), $crate::guest::bindings::ServiceErrorWit> {
+                    $crate::guest::handle_packed::<$service>(batch)
                 }
             }
     $crate::guest::bindings::__export_outpost_world!(OutpostExport with_types_in $crate::guest::bindings);

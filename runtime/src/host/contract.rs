@@ -29,8 +29,9 @@ pub fn check_component_bytes(bytes: &[u8]) -> Result<(), String> {
 }
 
 /// The `outpost:service` versions this agent hosts, oldest first. 1.1.0
-/// added the optional `migrate` export and changed no interface.
-pub const HOSTED_VERSIONS: [&str; 2] = ["1.0.0", "1.1.0"];
+/// added the optional `migrate` export and 1.2.0 `handle-packed`; neither
+/// changed an imported function.
+pub const HOSTED_VERSIONS: [&str; 3] = ["1.0.0", "1.1.0", "1.2.0"];
 
 /// What the contract check learnt about a component.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,10 +41,12 @@ pub struct ContractInfo {
     pub wit_version: semver::Version,
     /// It exports `migrate` (1.1.0).
     pub migrate: bool,
+    /// It exports `handle-packed` (1.2.0).
+    pub packed: bool,
 }
 
 fn hosted() -> String {
-    HOSTED_VERSIONS.iter().map(|v| format!("outpost:service@{v}")).collect::<Vec<_>>().join(" and ")
+    HOSTED_VERSIONS.iter().map(|v| format!("outpost:service@{v}")).collect::<Vec<_>>().join(", ")
 }
 
 /// Compares the component's imports and exports with the world.
@@ -91,16 +94,20 @@ pub fn check_contract(engine: &Engine, component: &Component) -> Result<Contract
             )),
         }
     }
-    let migrate = match exports.iter().find(|(n, _)| n == "migrate") {
+    let mut optional = |want: &str| match exports.iter().find(|(n, _)| n == want) {
         Some((_, true)) => true,
         Some((_, false)) => {
-            problems.push("exports `migrate` but not as a function".into());
+            problems.push(format!("exports `{want}` but not as a function"));
             false
         }
         None => false,
     };
+    let (migrate, packed) = (optional("migrate"), optional("handle-packed"));
+    if packed && !migrate {
+        problems.push("exports `handle-packed` without `migrate`; outpost:service@1.2.0 has both".into());
+    }
     if problems.is_empty() {
-        Ok(ContractInfo { wit_version, migrate })
+        Ok(ContractInfo { wit_version, migrate, packed })
     } else {
         Err(problems.join("; "))
     }

@@ -1,11 +1,13 @@
 //! One running instance of a service: its own store, memory limit and
 //! per-call deadline. A fault poisons only this instance.
 
-use super::bindings::outpost::service::types::{Message, ServiceError};
+use super::bindings::outpost::service::types::{Message, PackedBatch as PackedBatchWit, ServiceError};
 use super::bindings_1_0::outpost::service::types as types_1_0;
+use super::bindings_1_1::outpost::service::types as types_1_1;
 use super::imports::{CallOutput, InstanceState, ServiceContext};
-use super::{bindings, bindings_1_0, LoadedComponent, ServicePre, EPOCH_TICK};
+use super::{bindings, bindings_1_0, bindings_1_1, LoadedComponent, ServicePre, EPOCH_TICK};
 use crate::manifest::Manifest;
+use outpost_sdk::packed::PackedBatch;
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::{Store, StoreLimitsBuilder, Trap};
@@ -56,19 +58,35 @@ fn describe(e: &ServiceError) -> String {
     }
 }
 
+/// Batches larger than this (topics and payloads) go to `handle`, not
+/// `handle-packed`. The guest holds a packed batch and its unpacked copy at
+/// once while it unpacks, so its memory may grow by this much once; and
+/// packing copies every byte once more on the host, which costs more than
+/// the two calls into the guest it saves per message once messages reach a
+/// few KiB.
+pub const PACK_MAX_BYTES: usize = 256 << 10;
+
 /// The instantiated exports, by world.
 enum Service {
     V1_0(bindings_1_0::Service),
-    V1_1(bindings::Service),
+    V1_1(bindings_1_1::Service),
+    V1_2(bindings::Service),
 }
 
-fn from_1_0(e: types_1_0::ServiceError) -> ServiceError {
-    match e {
-        types_1_0::ServiceError::BadInput(m) => ServiceError::BadInput(m),
-        types_1_0::ServiceError::BadConfig(m) => ServiceError::BadConfig(m),
-        types_1_0::ServiceError::Internal(m) => ServiceError::Internal(m),
-    }
+/// The frozen worlds' `service-error` is the same variant as today's.
+macro_rules! from_frozen {
+    ($name:ident, $types:ident) => {
+        fn $name(e: $types::ServiceError) -> ServiceError {
+            match e {
+                $types::ServiceError::BadInput(m) => ServiceError::BadInput(m),
+                $types::ServiceError::BadConfig(m) => ServiceError::BadConfig(m),
+                $types::ServiceError::Internal(m) => ServiceError::Internal(m),
+            }
+        }
+    };
 }
+from_frozen!(from_1_0, types_1_0);
+from_frozen!(from_1_1, types_1_1);
 
 type Outcome = wasmtime::Result<Result<(), ServiceError>>;
 
@@ -76,7 +94,8 @@ impl Service {
     fn init(&self, store: &mut Store<InstanceState>, config: &str) -> Outcome {
         match self {
             Service::V1_0(s) => s.call_init(store, config).map(|r| r.map_err(from_1_0)),
-            Service::V1_1(s) => s.call_init(store, config),
+            Service::V1_1(s) => s.call_init(store, config).map(|r| r.map_err(from_1_1)),
+            Service::V1_2(s) => s.call_init(store, config),
         }
     }
 
@@ -89,14 +108,42 @@ impl Service {
                     .collect();
                 s.call_handle(store, &batch).map(|r| r.map_err(from_1_0))
             }
-            Service::V1_1(s) => s.call_handle(store, batch),
+            Service::V1_1(s) => {
+                let batch: Vec<types_1_1::Message<'_>> = batch
+                    .iter()
+                    .map(|m| types_1_1::Message { topic: m.topic, payload: m.payload, received_ms: m.received_ms })
+                    .collect();
+                s.call_handle(store, &batch).map(|r| r.map_err(from_1_1))
+            }
+            Service::V1_2(s) => s.call_handle(store, batch),
         }
+    }
+
+    /// Only a 1.2.0 component takes a packed batch (see [`Service::packs`]).
+    fn handle_packed(&self, store: &mut Store<InstanceState>, batch: &PackedBatch) -> Outcome {
+        let wit = PackedBatchWit { bytes: &batch.bytes, lengths: &batch.lengths, received_ms: &batch.received_ms };
+        match self {
+            Service::V1_2(s) => s.call_handle_packed(store, wit),
+            Service::V1_0(_) | Service::V1_1(_) => {
+                Err(wasmtime::format_err!("handle-packed needs outpost:service@1.2.0"))
+            }
+        }
+    }
+
+    /// Whether `batch` goes to `handle-packed`: a 1.2.0 component, more than
+    /// one message (for one, both exports allocate as often), at most
+    /// [`PACK_MAX_BYTES`] in all.
+    fn packs(&self, batch: &[Message<'_>]) -> bool {
+        matches!(self, Service::V1_2(_))
+            && batch.len() > 1
+            && batch.iter().map(|m| m.topic.len() + m.payload.len()).sum::<usize>() <= PACK_MAX_BYTES
     }
 
     fn tick(&self, store: &mut Store<InstanceState>, now_ms: u64) -> Outcome {
         match self {
             Service::V1_0(s) => s.call_tick(store, now_ms).map(|r| r.map_err(from_1_0)),
-            Service::V1_1(s) => s.call_tick(store, now_ms),
+            Service::V1_1(s) => s.call_tick(store, now_ms).map(|r| r.map_err(from_1_1)),
+            Service::V1_2(s) => s.call_tick(store, now_ms),
         }
     }
 
@@ -104,7 +151,8 @@ impl Service {
     fn migrate(&self, store: &mut Store<InstanceState>, from_version: &str) -> Outcome {
         match self {
             Service::V1_0(_) => Ok(Ok(())),
-            Service::V1_1(s) => s.call_migrate(store, from_version),
+            Service::V1_1(s) => s.call_migrate(store, from_version).map(|r| r.map_err(from_1_1)),
+            Service::V1_2(s) => s.call_migrate(store, from_version),
         }
     }
 }
@@ -113,6 +161,8 @@ pub struct ServiceInstance {
     store: Store<InstanceState>,
     service: Service,
     deadline_ticks: u64,
+    /// Refilled for each packed call: allocated once per instance.
+    packed: PackedBatch,
 }
 
 impl ServiceInstance {
@@ -150,14 +200,25 @@ impl ServiceInstance {
         let service = match &loaded.pre {
             ServicePre::V1_0(pre) => Service::V1_0(pre.instantiate(&mut store).map_err(fault)?),
             ServicePre::V1_1(pre) => Service::V1_1(pre.instantiate(&mut store).map_err(fault)?),
+            ServicePre::V1_2(pre) => Service::V1_2(pre.instantiate(&mut store).map_err(fault)?),
         };
-        Ok(ServiceInstance { store, service, deadline_ticks })
+        Ok(ServiceInstance { store, service, deadline_ticks, packed: PackedBatch::default() })
     }
 
     /// Hands a batch to the service; returns what it published.
     pub fn handle(&mut self, batch: &[Message]) -> Result<CallOutput, CallError> {
         // Most services publish about once per input: room for that up front.
         self.store.data_mut().output.published.reserve(batch.len());
+        if self.service.packs(batch) {
+            let mut packed = std::mem::take(&mut self.packed);
+            packed.clear();
+            let fits = batch.iter().all(|m| packed.push(m.topic, m.payload, m.received_ms).is_ok());
+            if fits {
+                let result = self.call(|s, store| s.handle_packed(store, &packed));
+                self.packed = packed;
+                return result;
+            }
+        }
         self.call(|s, store| s.handle(store, batch))
     }
 
@@ -175,9 +236,9 @@ impl ServiceInstance {
         })
     }
 
-    /// The component exports `migrate` (built against 1.1.0 with it).
+    /// The component exports `migrate` (built against 1.1.0 with it, or 1.2.0).
     pub fn has_migrate(&self) -> bool {
-        matches!(self.service, Service::V1_1(_))
+        matches!(self.service, Service::V1_1(_) | Service::V1_2(_))
     }
 
     /// Runs one export under the deadline; commits state writes only if the

@@ -24,15 +24,26 @@ use std::time::Duration;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-/// Generated from `sdk/wit/service.wit` (`outpost:service@1.1.0`), the
-/// single source of truth. The linker holds these imports only: a 1.0.0
-/// component's `outpost:service/*@1.0.0` imports resolve to them by semver
-/// (1.1.0 changed no interface, it added the `migrate` export).
+/// Generated from `sdk/wit/service.wit` (`outpost:service@1.2.0`), the
+/// single source of truth. The linker holds these imports only: a 1.0.0 or
+/// 1.1.0 component's `outpost:service/*` imports resolve to them by semver
+/// (1.1.0 added the `migrate` export, 1.2.0 `handle-packed` and the record
+/// it takes; neither changed a function a component imports).
 pub(crate) mod bindings {
     wasmtime::component::bindgen!({
         path: "../sdk/wit",
         world: "service",
         // Batches are lowered straight from the queued messages, no copies.
+        ownership: Borrowing { duplicate_if_necessary: true },
+    });
+}
+
+/// Generated from `sdk/wit-1.1.0/service.wit` (frozen): the exports of a
+/// component with `migrate` but without `handle-packed`.
+pub(crate) mod bindings_1_1 {
+    wasmtime::component::bindgen!({
+        path: "../sdk/wit-1.1.0",
+        world: "service",
         ownership: Borrowing { duplicate_if_necessary: true },
     });
 }
@@ -535,9 +546,12 @@ impl HostEngine {
         }
         let capability_imports = capability_imports(engine, &component);
         let pre = linker.instantiate_pre(&component).map_err(contract_error)?;
-        // The exports decide the bindings: `migrate` means the 1.1.0 world.
-        let pre = if info.migrate {
-            ServicePre::V1_1(bindings::ServicePre::new(pre).map_err(contract_error)?)
+        // The exports decide the bindings: `handle-packed` means the 1.2.0
+        // world, `migrate` without it 1.1.0.
+        let pre = if info.packed {
+            ServicePre::V1_2(bindings::ServicePre::new(pre).map_err(contract_error)?)
+        } else if info.migrate {
+            ServicePre::V1_1(bindings_1_1::ServicePre::new(pre).map_err(contract_error)?)
         } else {
             ServicePre::V1_0(bindings_1_0::ServicePre::new(pre).map_err(contract_error)?)
         };
@@ -749,7 +763,9 @@ pub(crate) enum ServicePre {
     /// `init`, `handle`, `tick` (built against 1.0.0, or 1.1.0 without `migrate`).
     V1_0(bindings_1_0::ServicePre<InstanceState>),
     /// 1.1.0 with `migrate`.
-    V1_1(bindings::ServicePre<InstanceState>),
+    V1_1(bindings_1_1::ServicePre<InstanceState>),
+    /// 1.2.0: `migrate` and `handle-packed`.
+    V1_2(bindings::ServicePre<InstanceState>),
 }
 
 /// A compiled, contract-checked component ready to instantiate.
@@ -774,12 +790,19 @@ impl LoadedComponent {
         match &self.pre {
             ServicePre::V1_0(p) => p.instance_pre().component(),
             ServicePre::V1_1(p) => p.instance_pre().component(),
+            ServicePre::V1_2(p) => p.instance_pre().component(),
         }
     }
 
-    /// The component exports `migrate` (1.1.0).
+    /// The component exports `migrate` (1.1.0 and later).
     pub fn has_migrate(&self) -> bool {
-        matches!(self.pre, ServicePre::V1_1(_))
+        matches!(self.pre, ServicePre::V1_1(_) | ServicePre::V1_2(_))
+    }
+
+    /// The component exports `handle-packed` (1.2.0): batches of up to
+    /// `instance::PACK_MAX_BYTES` go there.
+    pub fn takes_packed_batches(&self) -> bool {
+        matches!(self.pre, ServicePre::V1_2(_))
     }
 }
 
