@@ -88,6 +88,16 @@ macro_rules! from_frozen {
 from_frozen!(from_1_0, types_1_0);
 from_frozen!(from_1_1, types_1_1);
 
+/// The batch as a frozen world's messages (the same fields, borrowed).
+macro_rules! frozen_batch {
+    ($types:ident, $batch:expr) => {
+        $batch
+            .iter()
+            .map(|m| $types::Message { topic: m.topic, payload: m.payload, received_ms: m.received_ms })
+            .collect::<Vec<_>>()
+    };
+}
+
 type Outcome = wasmtime::Result<Result<(), ServiceError>>;
 
 impl Service {
@@ -101,20 +111,8 @@ impl Service {
 
     fn handle(&self, store: &mut Store<InstanceState>, batch: &[Message<'_>]) -> Outcome {
         match self {
-            Service::V1_0(s) => {
-                let batch: Vec<types_1_0::Message<'_>> = batch
-                    .iter()
-                    .map(|m| types_1_0::Message { topic: m.topic, payload: m.payload, received_ms: m.received_ms })
-                    .collect();
-                s.call_handle(store, &batch).map(|r| r.map_err(from_1_0))
-            }
-            Service::V1_1(s) => {
-                let batch: Vec<types_1_1::Message<'_>> = batch
-                    .iter()
-                    .map(|m| types_1_1::Message { topic: m.topic, payload: m.payload, received_ms: m.received_ms })
-                    .collect();
-                s.call_handle(store, &batch).map(|r| r.map_err(from_1_1))
-            }
+            Service::V1_0(s) => s.call_handle(store, &frozen_batch!(types_1_0, batch)).map(|r| r.map_err(from_1_0)),
+            Service::V1_1(s) => s.call_handle(store, &frozen_batch!(types_1_1, batch)).map(|r| r.map_err(from_1_1)),
             Service::V1_2(s) => s.call_handle(store, batch),
         }
     }
